@@ -1,0 +1,66 @@
+"""Shared fixtures: real tiny models built in code, the digits demo exported once per session."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+TRTBUILD = [sys.executable, "-m", "trtbuild"]
+
+FACTORY_FILE = '''
+import torch
+
+class Net(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 8, 3, padding=1)
+        self.drop = torch.nn.Dropout(0.5)
+        self.fc = torch.nn.Linear(8, 4)
+
+    def forward(self, x):
+        y = torch.relu(self.conv(x)).mean(dim=(2, 3))
+        return self.fc(self.drop(y).reshape(x.shape[0], -1))
+
+def make():
+    torch.manual_seed(0)
+    return Net(), torch.randn(1, 3, 16, 16)
+
+def make_plain():
+    torch.manual_seed(0)
+    return Net()
+
+def boom():
+    raise RuntimeError("weights missing")
+
+def not_a_module():
+    return 42
+'''
+
+
+def run_cli(*args: str, cwd: Path | None = None, check: bool = False) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    proc = subprocess.run([*TRTBUILD, *map(str, args)], capture_output=True, text=True,
+                          cwd=cwd, env=env, timeout=600)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"exit {proc.returncode}\n{proc.stdout}\n{proc.stderr}")
+    return proc
+
+
+@pytest.fixture
+def factory_file(tmp_path: Path) -> Path:
+    path = tmp_path / "mynet.py"
+    path.write_text(FACTORY_FILE)
+    return path
+
+
+@pytest.fixture(scope="session")
+def digits_onnx(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The demo CNN exported and cleaned once: (model.onnx, model.clean.onnx) in one dir."""
+    out = tmp_path_factory.mktemp("digits")
+    run_cli("build", "trtbuild.demo.digits:digits_cnn", "--out", out, check=True)
+    return out

@@ -1,0 +1,144 @@
+"""Each clean pass on real GraphSurgeon graphs, outputs checked with ONNX Runtime."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import onnx_graphsurgeon as gs
+import pytest
+import torch
+
+from trtbuild import onnxio
+from trtbuild.clean import clean, clean_model, outputs_diff
+from trtbuild.passes import PASSES
+from trtbuild.passes.fold import fold_constants
+from trtbuild.passes.noop import remove_noops
+from trtbuild.passes.reshape import constant_batch_reshapes
+from trtbuild.passes.tidy import cleanup, toposort
+
+
+def _graph_with(build) -> tuple[gs.Graph, onnx.ModelProto]:
+    x = gs.Variable("x", np.float32, ("batch", 4))
+    y = gs.Variable("y", np.float32, ("batch", 4))
+    graph = gs.Graph(inputs=[x], outputs=[y], opset=17)
+    build(graph, x, y)
+    return graph, gs.export_onnx(graph.copy())
+
+
+def _ops(graph: gs.Graph) -> list[str]:
+    return [n.op for n in graph.toposort().nodes]
+
+
+def _same_outputs(before: onnx.ModelProto, graph: gs.Graph) -> None:
+    after = gs.export_onnx(graph)
+    assert [o.name for o in after.graph.output] == [o.name for o in before.graph.output]
+    assert outputs_diff(before, after) == 0.0
+
+
+def test_remove_noops_identity_dropout_cast_transpose():
+    def build(g, x, y):
+        a = g.layer(op="Identity", inputs=[x], outputs=["a"])[0]
+        b = g.layer(op="Dropout", inputs=[a], outputs=["b"])[0]
+        c = g.layer(op="Cast", inputs=[b], outputs=[gs.Variable("c", np.float32)],
+                    attrs={"to": onnx.TensorProto.FLOAT})[0]
+        d = g.layer(op="Transpose", inputs=[c], outputs=["d"], attrs={"perm": [0, 1]})[0]
+        g.layer(op="Relu", inputs=[d], outputs=[y])
+    graph, before = _graph_with(build)
+    graph = remove_noops(graph)
+    assert _ops(graph) == ["Relu"]
+    _same_outputs(before, graph)
+
+
+def test_remove_noops_keeps_output_name_when_output_is_an_identity():
+    def build(g, x, y):
+        a = g.layer(op="Relu", inputs=[x], outputs=["a"])[0]
+        g.layer(op="Identity", inputs=[a], outputs=[y])
+    graph, before = _graph_with(build)
+    graph = remove_noops(graph)
+    assert _ops(graph) == ["Relu"] and graph.outputs[0].name == "y"
+    _same_outputs(before, graph)
+
+
+def test_remove_noops_keeps_a_real_cast():
+    def build(g, x, y):
+        h = g.layer(op="Cast", inputs=[x], outputs=[gs.Variable("h", np.float16)],
+                    attrs={"to": onnx.TensorProto.FLOAT16})[0]
+        g.layer(op="Cast", inputs=[h], outputs=[y], attrs={"to": onnx.TensorProto.FLOAT})
+    graph, _ = _graph_with(build)
+    assert _ops(remove_noops(graph)) == ["Cast", "Cast"]
+
+
+def test_merge_reshape_and_transpose_chains():
+    def build(g, x, y):
+        a = g.layer(op="Reshape", inputs=[x, np.array([-1, 2, 2], np.int64)], outputs=["a"])[0]
+        b = g.layer(op="Reshape", inputs=[a, np.array([-1, 4], np.int64)], outputs=["b"])[0]
+        c = g.layer(op="Transpose", inputs=[b], outputs=["c"], attrs={"perm": [1, 0]})[0]
+        d = g.layer(op="Transpose", inputs=[c], outputs=["d"], attrs={"perm": [1, 0]})[0]
+        g.layer(op="Relu", inputs=[d], outputs=[y])
+    graph, before = _graph_with(build)
+    graph = remove_noops(remove_noops(graph))
+    assert _ops(graph).count("Reshape") == 1 and _ops(graph).count("Transpose") <= 1
+    _same_outputs(before, graph)
+
+
+def test_fold_constants_folds_constant_subgraph():
+    def build(g, x, y):
+        c = g.layer(op="Add", inputs=[np.ones(4, np.float32), np.ones(4, np.float32)],
+                    outputs=["c"])[0]
+        g.layer(op="Mul", inputs=[x, c], outputs=[y])
+    graph, before = _graph_with(build)
+    graph = fold_constants(graph)
+    assert _ops(graph) == ["Mul"]
+    _same_outputs(before, graph)
+
+
+def test_cleanup_removes_dead_nodes_and_toposort_orders():
+    def build(g, x, y):
+        g.layer(op="Neg", inputs=[x], outputs=["dead"])
+        a = gs.Variable("a", np.float32)
+        g.nodes.append(gs.Node("Relu", inputs=[a], outputs=[y]))
+        g.nodes.append(gs.Node("Abs", inputs=[x], outputs=[a]))
+    graph, _ = _graph_with(build)
+    graph = toposort(cleanup(graph))
+    assert [n.op for n in graph.nodes] == ["Abs", "Relu"]
+
+
+@pytest.fixture(scope="module")
+def encoder_onnx(tmp_path_factory) -> str:
+    torch.manual_seed(0)
+    layer = torch.nn.TransformerEncoderLayer(32, 4, 64, batch_first=True, dropout=0.1)
+    enc = torch.nn.TransformerEncoder(layer, 2, enable_nested_tensor=False).eval()
+    path = str(tmp_path_factory.mktemp("enc") / "enc.onnx")
+    torch.onnx.export(enc, (torch.randn(1, 6, 32),), path, input_names=["x"],
+                      output_names=["y"], dynamic_axes={"x": {0: "b"}, "y": {0: "b"}},
+                      opset_version=17, dynamo=False)
+    return path
+
+
+def test_constant_batch_reshapes_removes_shape_arithmetic(encoder_onnx):
+    model = onnx.load(encoder_onnx)
+    graph = fold_constants(gs.import_onnx(model))
+    assert any(n.op == "Shape" for n in graph.nodes)
+    graph = constant_batch_reshapes(graph)
+    reshapes = [n for n in graph.nodes if n.op == "Reshape"]
+    assert reshapes and all(isinstance(n.inputs[1], gs.Constant) for n in reshapes)
+    # exact at batch sizes never probed
+    after = gs.export_onnx(fold_constants(graph))
+    for batch in (1, 4, 9):
+        assert outputs_diff(model, after, batch=batch) < 1e-5
+
+
+def test_full_pass_list_on_encoder(encoder_onnx, tmp_path):
+    result = clean(encoder_onnx, tmp_path / "c.onnx")
+    assert result.max_abs_diff < 1e-5
+    assert "Shape" not in result.nodes_after and "Identity" not in result.nodes_after
+    assert sum(result.nodes_after.values()) < sum(result.nodes_before.values()) / 3
+    assert [p["pass"] for p in result.passes] == [name for name, _ in PASSES]
+    sess = onnxio.session(tmp_path / "c.onnx")
+    assert sess.run(None, onnxio.random_feed(sess, batch=11))[0].shape == (11, 6, 32)
+
+
+def test_clean_model_is_idempotent(digits_onnx):
+    once, _ = clean_model(onnx.load(str(digits_onnx / "model.onnx")))
+    twice, _ = clean_model(once)
+    assert len(twice.graph.node) == len(once.graph.node)

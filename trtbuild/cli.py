@@ -1,0 +1,121 @@
+"""Command line: parses arguments and composes stages; no stage logic lives here."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Any, Callable
+
+from . import __version__
+from .errors import TrtBuildError
+
+COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {}
+DESCRIPTION = """\
+trtbuild: PyTorch or ONNX -> cleaned, calibrated, quantized TensorRT engines, with proof.
+
+pipeline: export -> clean -> calibrate -> quantize -> build -> cache -> validate -> bench
+`trtbuild SRC ...` is short for `trtbuild build SRC ...`.
+
+SRC is one of: model.onnx | path/to/file.py:factory | package.module:factory |
+torchvision:NAME. A factory returns a torch.nn.Module or (module, example_inputs).
+
+exit codes: 0 ok, 1 an accuracy/latency gate failed, 2 bad input, 3 missing capability."""
+
+
+def command(name: str) -> Callable:
+    def register(fn: Callable[[argparse.Namespace], int]) -> Callable:
+        COMMANDS[name] = fn
+        return fn
+    return register
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logs and tracebacks")
+    p.add_argument("--json", action="store_true",
+                   help="print the report as JSON on stdout (the human summary goes to stderr)")
+
+
+def _export_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--input", action="append", default=[], metavar="NAME:SHAPE",
+                   help="input name and example shape, e.g. input:1x3x224x224 (repeatable, in "
+                        "the model's input order); random example data of that shape is used")
+    p.add_argument("--dynamic-batch", action=argparse.BooleanOptionalAction, default=True,
+                   help="make the first axis of every input and output symbolic (default: on)")
+    p.add_argument("--opset", type=int, default=17, help="ONNX opset for export (default: 17)")
+
+
+def _build_args(p: argparse.ArgumentParser) -> None:
+    """Flags of the later pipeline stages (precision, calibration, validation)."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="trtbuild", description=DESCRIPTION,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=f"trtbuild {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    p = sub.add_parser("build", help="run the pipeline on SRC into an output directory")
+    p.add_argument("src", metavar="SRC")
+    p.add_argument("--out", type=Path, help="output directory (default: trtbuild-out/<model>/)")
+    _export_args(p)
+    _build_args(p)
+    _common(p)
+
+    p = sub.add_parser("demo", help="the digits demo: build the bundled CNN with its calib data")
+    p.add_argument("--out", type=Path, default=Path("trtbuild-out/digits"))
+    _build_args(p)
+    _common(p)
+
+    p = sub.add_parser("export", help="PyTorch -> ONNX, checked against PyTorch's output")
+    p.add_argument("src", metavar="SRC")
+    p.add_argument("-o", "--output", type=Path, required=True, metavar="OUT.onnx")
+    _export_args(p)
+    _common(p)
+
+    p = sub.add_parser("clean", help="GraphSurgeon cleanup passes (fold, no-ops, shapes)")
+    p.add_argument("model", type=Path, metavar="IN.onnx")
+    p.add_argument("-o", "--output", type=Path, required=True, metavar="OUT.onnx")
+    _common(p)
+
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and not argv[0].startswith("-") and argv[0] not in COMMANDS_ALL():
+        argv.insert(0, "build")
+    args = build_parser().parse_args(argv)
+    if not args.command:
+        build_parser().print_help()
+        return 0
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s")
+    from . import commands  # noqa: F401  (registers the command functions)
+
+    try:
+        return COMMANDS[args.command](args)
+    except TrtBuildError as e:
+        if args.verbose:
+            raise
+        print(f"trtbuild: error: {e.message}", file=sys.stderr)
+        return e.code
+    except KeyboardInterrupt:
+        print("trtbuild: interrupted", file=sys.stderr)
+        return 130
+
+
+def COMMANDS_ALL() -> set[str]:
+    return {"build", "demo", "export", "clean", "calibrate", "validate", "info", "cache", "bench",
+            "help"}
+
+
+def emit(args: argparse.Namespace, data: dict[str, Any], summary: list[str]) -> None:
+    """JSON on stdout with --json (summary then on stderr), else the summary on stdout."""
+    stream = sys.stderr if args.json else sys.stdout
+    for line in summary:
+        print(line, file=stream)
+    if args.json:
+        print(json.dumps(data, indent=2, default=str))
