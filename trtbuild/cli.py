@@ -47,8 +47,47 @@ def _export_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--opset", type=int, default=17, help="ONNX opset for export (default: 17)")
 
 
+def _calib_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("calibration data (INT8)")
+    g.add_argument("--calib", metavar="DIR", help="calibration samples: images (.png .jpg .jpeg "
+                   ".bmp, preprocessed per DIR/preprocess.json and the flags below), .npy (one "
+                   "sample or a batch on axis 0) or .npz (arrays keyed by input name)")
+    g.add_argument("--data-loader-script", metavar="FILE.py:FN",
+                   help="instead of --calib: FN() yields {input_name: array} dicts (Polygraphy's "
+                        "convention)")
+    g.add_argument("--calib-cache", type=Path, metavar="FILE",
+                   help="reuse a TensorRT calibration cache; recalibrates (and says why) when it "
+                        "lacks a tensor of this model")
+    g.add_argument("--calib-method", choices=("entropy", "max", "percentile"), default="entropy",
+                   help="threshold method (default: entropy = TensorRT EntropyCalibration2)")
+    g.add_argument("--percentile", type=float, default=99.99, help="for --calib-method percentile")
+    g.add_argument("--calib-batch-size", type=int, default=16, metavar="N")
+    g.add_argument("--max-samples", type=int, default=0, metavar="N", help="0 = all")
+    g = p.add_argument_group("image preprocessing (overrides DIR/preprocess.json)")
+    g.add_argument("--resize", type=int, metavar="PX", help="resize the shorter side to PX")
+    g.add_argument("--crop", type=int, metavar="PX", help="center crop PX x PX")
+    g.add_argument("--grayscale", action=argparse.BooleanOptionalAction, default=None)
+    g.add_argument("--scale", type=float, help="multiply pixel values (default 1/255)")
+    g.add_argument("--mean", type=float, nargs="+", help="per-channel mean, after scaling")
+    g.add_argument("--std", type=float, nargs="+", help="per-channel std, after scaling")
+    g.add_argument("--layout", choices=("NCHW", "NHWC"))
+    g.add_argument("--dtype", choices=("float32", "float16"))
+
+
+def _gate_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("accuracy gates (exit 1 when not met)")
+    g.add_argument("--val", metavar="DIR", help="held-out validation samples (same formats as "
+                   "--calib; DIR/labels.csv `file,label` adds label accuracy)")
+    g.add_argument("--min-top1-agreement", type=float, metavar="F", help="e.g. 0.99")
+    g.add_argument("--min-cosine", type=float, metavar="F", help="e.g. 0.98")
+
+
 def _build_args(p: argparse.ArgumentParser) -> None:
     """Flags of the later pipeline stages (precision, calibration, validation)."""
+    p.add_argument("--int8", action="store_true", help="calibrate and quantize (Q/DQ ONNX + "
+                   "TensorRT calibration cache), then check accuracy on the CPU")
+    _calib_args(p)
+    _gate_args(p)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -78,6 +117,23 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("clean", help="GraphSurgeon cleanup passes (fold, no-ops, shapes)")
     p.add_argument("model", type=Path, metavar="IN.onnx")
     p.add_argument("-o", "--output", type=Path, required=True, metavar="OUT.onnx")
+    _common(p)
+
+    p = sub.add_parser("calibrate", help="INT8 calibration of an ONNX model: calib.cache, "
+                       "model.int8.onnx (Q/DQ) and report.json in OUTDIR")
+    p.add_argument("model", type=Path, metavar="MODEL.onnx")
+    p.add_argument("-o", "--output", type=Path, required=True, metavar="OUTDIR")
+    _calib_args(p)
+    _common(p)
+
+    p = sub.add_parser("validate", help="accuracy of CANDIDATE.onnx against REFERENCE.onnx "
+                       "on --val data (Polygraphy, ONNX Runtime on the CPU)")
+    p.add_argument("reference", type=Path, metavar="REFERENCE.onnx")
+    p.add_argument("candidate", type=Path, metavar="CANDIDATE.onnx")
+    p.add_argument("--precision", choices=("fp32", "fp16", "int8"), default="int8",
+                   help="selects Polygraphy's default tolerances")
+    _calib_args(p)
+    _gate_args(p)
     _common(p)
 
     return parser

@@ -9,7 +9,9 @@ from typing import Any
 from . import demo
 from .cli import command, emit
 from .errors import TrtBuildError
+from .int8 import Int8Settings
 from .pipeline import BuildSettings, run
+from .validate import Gates
 from .shapes import parse_input_spec
 
 
@@ -21,19 +23,57 @@ def _inputs(args: argparse.Namespace) -> tuple:
     return specs
 
 
+PREPROCESS_FLAGS = ("resize", "crop", "grayscale", "scale", "mean", "std", "layout", "dtype")
+
+
+def int8_settings(args: argparse.Namespace) -> Int8Settings:
+    if args.calib and args.data_loader_script:
+        raise TrtBuildError("give --calib or --data-loader-script, not both")
+    calib = args.calib or args.data_loader_script
+    if not calib and not args.calib_cache:
+        raise TrtBuildError("--int8 needs calibration data: --calib DIR, --data-loader-script "
+                            "FILE.py:FN or --calib-cache FILE")
+    if args.calib_cache and not args.calib_cache.is_file():
+        raise TrtBuildError(f"{args.calib_cache}: no such calibration cache")
+    pre = {k: getattr(args, k) for k in PREPROCESS_FLAGS if getattr(args, k) is not None}
+    return Int8Settings(calib, args.calib_cache, args.calib_method, args.percentile,
+                        args.calib_batch_size, args.max_samples, pre)
+
+
 def settings_from(args: argparse.Namespace, src: str) -> BuildSettings:
-    return BuildSettings(src=src, out=args.out, inputs=_inputs(args) if hasattr(args, "input")
-                         else (), dynamic_batch=getattr(args, "dynamic_batch", True),
-                         opset=getattr(args, "opset", 17))
+    if not args.int8 and (args.calib or args.data_loader_script or args.calib_cache):
+        raise TrtBuildError("--calib, --data-loader-script and --calib-cache need --int8")
+    return BuildSettings(src=src, out=args.out, inputs=_inputs(args),
+                         dynamic_batch=getattr(args, "dynamic_batch", True),
+                         opset=getattr(args, "opset", 17),
+                         int8=int8_settings(args) if args.int8 else None, val=args.val,
+                         gates=Gates(args.min_top1_agreement, args.min_cosine))
 
 
 def _summary_line(stage: str, record: dict[str, Any]) -> str:
     figures = {"export": lambda r: f"max abs err vs torch {r.get('max_abs_err', 0):.2e}",
                "clean": lambda r: f"nodes {r['nodes_before']} -> {r['nodes_after']}, "
-                                  f"max abs diff {r['max_abs_diff']:.1e}"}
+                                  f"max abs diff {r['max_abs_diff']:.1e}",
+               "calibrate": lambda r: f"{r['method']}, {r.get('samples', 'cached')} samples, "
+                                      f"{r['tensors']} tensors",
+               "quantize": lambda r: f"{r['quantized_activations']} activations, "
+                                     f"{r['quantized_weights']} weights Q/DQ",
+               "validate": _validate_figures}
     detail = figures.get(stage, lambda r: "")(record)
     out = record.get("output", "")
     return f"  {stage:<10} {record['seconds']:7.2f}s  {detail}  {out}".rstrip()
+
+
+def _validate_figures(r: dict[str, Any]) -> str:
+    parts = []
+    for name, m in r["outputs"].items():
+        top1 = f", top-1 agreement {m['top1_agreement']:.4f}" if "top1_agreement" in m else ""
+        parts.append(f"{name}: cosine {m['cosine_mean']:.4f}{top1}")
+    acc = r.get("label_accuracy")
+    if acc:
+        parts.append(f"label accuracy fp32 {acc['reference']:.4f} -> {r['precision']} "
+                     f"{acc['candidate']:.4f} ({acc['delta_points']:+.2f} points)")
+    return "; ".join(parts) + f" ({r['samples']} samples)"
 
 
 @command("build")
@@ -43,7 +83,12 @@ def cmd_build(args: argparse.Namespace) -> int:
 
 @command("demo")
 def cmd_demo(args: argparse.Namespace) -> int:
-    args.input = []
+    """`build` on the bundled digits CNN: INT8 from calib/digits/calib, checked on .../val."""
+    args.input, args.int8 = [], True
+    args.calib = args.calib or str(demo.CALIB_DIR)
+    args.val = args.val or str(demo.VAL_DIR)
+    if args.min_top1_agreement is None:
+        args.min_top1_agreement = 0.98
     return _build(args, settings_from(args, demo.SRC))
 
 
@@ -90,3 +135,46 @@ def _check_parent(path: Path) -> None:
         raise TrtBuildError(f"{path}: output path is a directory")
     if not path.parent.is_dir():
         raise TrtBuildError(f"{path.parent}: output directory does not exist")
+
+
+@command("calibrate")
+def cmd_calibrate(args: argparse.Namespace) -> int:
+    from .files import ensure_dir
+    from .int8 import run_calibrate, run_quantize
+    from .report import Report, Timer
+
+    settings = int8_settings(args)
+    from . import onnxio
+
+    onnxio.load(args.model)  # bad model: fail before creating OUTDIR
+    out = ensure_dir(args.output)
+    report = Report(out / "report.json", model=str(args.model))
+    with Timer() as t:
+        amaxes, record = run_calibrate(args.model, out, settings)
+    lines = [_summary_line("calibrate", report.add("calibrate", t.seconds, **record))]
+    with Timer() as t:
+        record = run_quantize(args.model, amaxes, out / "model.int8.onnx")
+    lines.append(_summary_line("quantize", report.add("quantize", t.seconds, **record)))
+    emit(args, report.to_dict(), [f"trtbuild calibrate: {args.model} -> {out}/", *lines])
+    return 0
+
+
+@command("validate")
+def cmd_validate(args: argparse.Namespace) -> int:
+    from . import onnxio
+    from .int8 import open_dataset
+    from .validate import compare
+
+    if not args.val:
+        raise TrtBuildError("validate needs --val DIR (or a data loader script)")
+    args.calib = args.calib or args.val
+    reference = onnxio.load(args.reference)
+    onnxio.load(args.candidate)
+    data = open_dataset(args.val, reference, int8_settings(args))
+    record = compare(args.reference, args.candidate, data, args.precision,
+                     Path(args.val) if Path(args.val).is_dir() else None)
+    failures = Gates(args.min_top1_agreement, args.min_cosine).failures(record)
+    emit(args, record, [f"validate {args.candidate} vs {args.reference}: {_validate_figures(record)}"])
+    if failures:
+        raise TrtBuildError("gate failed: " + "; ".join(failures), 1)
+    return 0

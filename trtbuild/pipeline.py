@@ -11,7 +11,10 @@ from . import source as source_mod
 from .export import ExportSettings, export
 from .files import ensure_dir
 from .report import Report, Timer
+from .errors import GATE_FAILED, TrtBuildError
+from .int8 import Int8Settings
 from .shapes import Shape
+from .validate import Gates
 
 log = logging.getLogger(__name__)
 
@@ -25,11 +28,9 @@ class BuildSettings:
     inputs: tuple[tuple[str, Shape], ...] = ()
     dynamic_batch: bool = True
     opset: int = 17
-    int8: bool = False
-    calib: Path | None = None
-    calib_cache: Path | None = None
-    val: Path | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
+    int8: Int8Settings | None = None
+    val: str | None = None
+    gates: Gates = Gates()
 
     def out_dir(self, name: str) -> Path:
         return self.out or Path("trtbuild-out") / name
@@ -43,6 +44,7 @@ class BuildContext:
     out: Path
     report: Report
     artifacts: dict[str, Path] = field(default_factory=dict)
+    amaxes: dict[str, float] = field(default_factory=dict)
 
 
 Stage = Callable[[BuildContext], dict[str, Any]]
@@ -65,9 +67,48 @@ def stage_clean(ctx: BuildContext) -> dict[str, Any]:
     return result.record()
 
 
+def stage_calibrate(ctx: BuildContext) -> dict[str, Any]:
+    from .int8 import run_calibrate
+
+    amaxes, record = run_calibrate(ctx.artifacts["clean"], ctx.out, ctx.settings.int8)
+    ctx.artifacts["calib_cache"] = ctx.out / "calib.cache"
+    ctx.amaxes = amaxes
+    return record
+
+
+def stage_quantize(ctx: BuildContext) -> dict[str, Any]:
+    from .int8 import run_quantize
+
+    record = run_quantize(ctx.artifacts["clean"], ctx.amaxes, ctx.out / "model.int8.onnx")
+    ctx.artifacts["int8"] = ctx.out / "model.int8.onnx"
+    return record
+
+
+def stage_validate(ctx: BuildContext) -> dict[str, Any]:
+    """CPU accuracy of the INT8 Q/DQ model against the cleaned FP32 model (ONNX Runtime)."""
+    from . import onnxio
+    from .int8 import open_dataset
+    from .validate import compare
+
+    s = ctx.settings
+    val = s.val or s.int8.calib
+    if not s.val:
+        log.warning("no --val data: validating on the calibration data (not held out)")
+    data = open_dataset(val, onnxio.load(ctx.artifacts["clean"]), s.int8)
+    record = compare(ctx.artifacts["clean"], ctx.artifacts["int8"], data, "int8",
+                     Path(val) if Path(str(val)).is_dir() else None)
+    record["val"] = str(val)
+    record["gate_failures"] = s.gates.failures(record)
+    return record
+
+
 def stages_for(settings: BuildSettings) -> list[tuple[str, Stage]]:
-    """The stage list for these settings, in order. Later issues append to it."""
-    return [("export", stage_export), ("clean", stage_clean)]
+    """The stage list for these settings, in order."""
+    stages = [("export", stage_export), ("clean", stage_clean)]
+    if settings.int8:
+        stages += [("calibrate", stage_calibrate), ("quantize", stage_quantize),
+                   ("validate", stage_validate)]
+    return stages
 
 
 def run(settings: BuildSettings, on_stage: Callable[[str, dict], None] | None = None) -> BuildContext:
@@ -76,14 +117,24 @@ def run(settings: BuildSettings, on_stage: Callable[[str, dict], None] | None = 
     Raises TrtBuildError on bad input or a failed gate; records written so far are kept.
     """
     src = source_mod.parse(settings.src)  # validates SRC before creating any directory
-    out = ensure_dir(settings.out_dir(src.name))
+    out_dir = settings.out_dir(src.name)
+    created = not out_dir.exists()
+    out = ensure_dir(out_dir)
     ctx = BuildContext(settings, out, Report(out / "report.json", model=settings.src))
-    for name, stage in stages_for(settings):
-        log.info("stage %s: start", name)
-        with Timer() as t:
-            record = stage(ctx)
-        record = ctx.report.add(name, t.seconds, **record)
-        log.info("stage %s: done in %.2fs", name, t.seconds)
-        if on_stage:
-            on_stage(name, record)
+    try:
+        for name, stage in stages_for(settings):
+            log.info("stage %s: start", name)
+            with Timer() as t:
+                record = stage(ctx)
+            record = ctx.report.add(name, t.seconds, **record)
+            log.info("stage %s: done in %.2fs", name, t.seconds)
+            if on_stage:
+                on_stage(name, record)
+            if record.get("gate_failures"):
+                raise TrtBuildError(f"{name} gate failed: " + "; ".join(record["gate_failures"]),
+                                    GATE_FAILED)
+    except TrtBuildError as e:
+        if e.code != GATE_FAILED and created and not any(out.iterdir()):
+            out.rmdir()  # bad input: leave no empty directory behind
+        raise
     return ctx
