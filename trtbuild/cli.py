@@ -148,7 +148,8 @@ def main(argv: list[str] | None = None) -> int:
         build_parser().print_help()
         return 0
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
-                        format="%(levelname)s %(name)s: %(message)s")
+                        format="trtbuild: %(levelname)s: %(message)s" if not args.verbose
+                        else "%(levelname)s %(name)s: %(message)s")
     from . import commands  # noqa: F401  (registers the command functions)
 
     try:

@@ -11,8 +11,8 @@ from .cli import command, emit
 from .errors import TrtBuildError
 from .int8 import Int8Settings
 from .pipeline import BuildSettings, run
-from .validate import Gates
 from .shapes import parse_input_spec
+from .validate import Gates
 
 
 def _inputs(args: argparse.Namespace) -> tuple:

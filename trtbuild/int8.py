@@ -87,7 +87,8 @@ def _from_cache(s: Int8Settings, needed: list[str], record: dict) -> dict | None
     if missing:
         record["cache_status"] = (f"{len(missing)} of {len(needed)} tensors missing, "
                                   f"e.g. '{missing[0]}'")
-        log.warning("%s: recalibrating: %s", s.calib_cache, record["cache_status"])
+        if s.calib:
+            log.warning("%s: recalibrating: %s", s.calib_cache, record["cache_status"])
         return None
     record.update(cache_status="reused", calib_cache=str(s.calib_cache))
     return {t: cached[t] for t in needed}

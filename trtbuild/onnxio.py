@@ -53,12 +53,18 @@ def save(model: Any, path: str | Path) -> None:
         onnx.save(model, str(tmp))
 
 
-def session(model: Any, threads: int = 0) -> Any:
-    """A CPU ONNX Runtime session from a ModelProto or a path."""
+def session(model: Any, threads: int = 0, spin: bool = True) -> Any:
+    """A CPU ONNX Runtime session from a ModelProto or a path.
+
+    spin=False stops idle ORT worker threads from busy-waiting, which otherwise takes the
+    cores that a concurrent Python thread (the calibration histograms) needs.
+    """
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
     opts.log_severity_level = 3
+    if not spin:
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
     if threads:
         opts.intra_op_num_threads = threads
     data = model if isinstance(model, (str, Path)) else model.SerializeToString()

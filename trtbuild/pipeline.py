@@ -8,11 +8,11 @@ from pathlib import Path
 from typing import Any, Callable
 
 from . import source as source_mod
+from .errors import GATE_FAILED, TrtBuildError
 from .export import ExportSettings, export
 from .files import ensure_dir
-from .report import Report, Timer
-from .errors import GATE_FAILED, TrtBuildError
 from .int8 import Int8Settings
+from .report import Report, Timer
 from .shapes import Shape
 from .validate import Gates
 

@@ -63,8 +63,9 @@ def calibrate(model: Any, tensors: list[str], data: Dataset,
     """Thresholds for `tensors` of `model` over `data`. Raises TrtBuildError on bad data."""
     from .. import onnxio
 
-    sess = onnxio.session(observed_model(model, tensors), threads=settings.threads)
-    hists = {t: Histogram() for t in tensors}
+    sess = onnxio.session(observed_model(model, tensors), threads=settings.threads, spin=False)
+    inputs = {i.name for i in data.inputs}  # graph inputs: max only (see CalibSettings)
+    hists = {t: Histogram(max_only=t in inputs) for t in tensors}
     samples = 0
     # histogramming of batch k overlaps inference of batch k+1 (ORT releases the GIL)
     worker: threading.Thread | None = None
@@ -80,7 +81,6 @@ def calibrate(model: Any, tensors: list[str], data: Dataset,
             progress(n)
     if worker:
         worker.join()
-    inputs = {i.name for i in data.inputs}
     amaxes = {t: h.amax if t in inputs else amax(h, settings.method, settings.percentile)
               for t, h in hists.items()}
     ignored = {t: h.ignored for t, h in hists.items() if h.ignored}

@@ -30,8 +30,8 @@ def entropy_divergences(h: np.ndarray, levels: int = LEVELS) -> np.ndarray:
     hlogh = np.where(h > 0, h * np.log(np.where(h > 0, h, 1.0)), 0.0)
     pre_hl = np.concatenate([[0.0], np.cumsum(hlogh)])
 
-    l = np.arange(levels + 1)
-    bounds = -(-(l[None, :] * cand[:, None]) // levels)  # ceil(l * i / levels), (n, levels+1)
+    lv = np.arange(levels + 1)
+    bounds = -(-(lv[None, :] * cand[:, None]) // levels)  # ceil(l * i / levels), (n, levels+1)
     lo, hi = bounds[:, :-1], bounds[:, 1:]
     level_sum = pre_h[hi] - pre_h[lo]                    # S_l over h[:i]
     level_nz = pre_nz[hi] - pre_nz[lo]
