@@ -139,21 +139,20 @@ def _check_parent(path: Path) -> None:
 
 @command("calibrate")
 def cmd_calibrate(args: argparse.Namespace) -> int:
+    from . import onnxio
     from .files import ensure_dir
     from .int8 import run_calibrate, run_quantize
     from .report import Report, Timer
 
     settings = int8_settings(args)
-    from . import onnxio
-
-    onnxio.load(args.model)  # bad model: fail before creating OUTDIR
+    model = onnxio.load(args.model)  # bad model: fail before creating OUTDIR
     out = ensure_dir(args.output)
     report = Report(out / "report.json", model=str(args.model))
     with Timer() as t:
-        amaxes, record = run_calibrate(args.model, out, settings)
+        amaxes, record = run_calibrate(model, out, settings)
     lines = [_summary_line("calibrate", report.add("calibrate", t.seconds, **record))]
     with Timer() as t:
-        record = run_quantize(args.model, amaxes, out / "model.int8.onnx")
+        record = run_quantize(model, amaxes, out / "model.int8.onnx")
     lines.append(_summary_line("quantize", report.add("quantize", t.seconds, **record)))
     emit(args, report.to_dict(), [f"trtbuild calibrate: {args.model} -> {out}/", *lines])
     return 0

@@ -68,18 +68,20 @@ def stage_clean(ctx: BuildContext) -> dict[str, Any]:
 
 
 def stage_calibrate(ctx: BuildContext) -> dict[str, Any]:
+    from . import onnxio
     from .int8 import run_calibrate
 
-    amaxes, record = run_calibrate(ctx.artifacts["clean"], ctx.out, ctx.settings.int8)
+    amaxes, record = run_calibrate(onnxio.load(ctx.artifacts["clean"]), ctx.out, ctx.settings.int8)
     ctx.artifacts["calib_cache"] = ctx.out / "calib.cache"
     ctx.amaxes = amaxes
     return record
 
 
 def stage_quantize(ctx: BuildContext) -> dict[str, Any]:
+    from . import onnxio
     from .int8 import run_quantize
 
-    record = run_quantize(ctx.artifacts["clean"], ctx.amaxes, ctx.out / "model.int8.onnx")
+    record = run_quantize(onnxio.load(ctx.artifacts["clean"]), ctx.amaxes, ctx.out / "model.int8.onnx")
     ctx.artifacts["int8"] = ctx.out / "model.int8.onnx"
     return record
 

@@ -3,7 +3,8 @@
 Placement (TensorRT's explicit-quantization guide; ModelOpt's output as the reference, see
 ../shared/design/peers.md):
 - activation inputs of Conv, ConvTranspose, Gemm, MatMul (both inputs of activation x
-  activation MatMuls, e.g. attention) and of pooling ops: per-tensor symmetric INT8;
+  activation MatMuls, e.g. attention) and of pooling ops (max pooling only where its output
+  is not quantized anyway): per-tensor symmetric INT8;
 - their constant weights: per-output-channel symmetric INT8 (int8 initializer + DQ);
 - in conv nets, the skip input of a residual Add (the one not produced by a Conv), so
   TensorRT fuses Conv+Add; transformers keep residual and mask Adds in float (their ranges
@@ -71,7 +72,20 @@ def plan(model: Any) -> QuantPlan:
             conv_a, conv_b = _from_conv(a, producers), _from_conv(b, producers)
             if conv_a != conv_b and a not in inits and b not in inits:
                 add_act(b if conv_a else a, n)
+    _drop_commuting_pool_inputs(g, acts, consumers)
     return QuantPlan(acts, list(dict.fromkeys(weights)), consumers)
+
+
+def _drop_commuting_pool_inputs(g: Any, acts: list[str], consumers: set) -> None:
+    """Max pooling commutes with quantization: when its output is quantized anyway, TensorRT
+    propagates that Q/DQ across it, so a second one on the input only costs calibration time
+    (on resnet18 the stem MaxPool input is a third of all observed values)."""
+    for n in g.node:
+        if n.op_type in ("MaxPool", "GlobalMaxPool") and n.output[0] in acts and \
+                (n.name, n.input[0]) in consumers:
+            consumers.discard((n.name, n.input[0]))
+            if not any(t == n.input[0] for _, t in consumers):
+                acts.remove(n.input[0])
 
 
 def _feeds_output(node: Any, g: Any, outputs: set[str]) -> bool:
@@ -158,11 +172,21 @@ def insert_qdq(model: Any, plan_: QuantPlan, amaxes: dict[str, float]) -> Any:
         for k, inp in enumerate(node.input):
             if inp in rename and (node.name, inp) in plan_.consumers:
                 node.input[k] = rename[inp]
-    nodes = [n for _, group in new_nodes for n in group] + list(g.node)
+    # keep topological order: each activation's Q/DQ right after its producer; weight DQs
+    # and graph-input Q/DQs first
+    after: dict[str, list] = {}
+    for tensor, group in new_nodes:
+        after.setdefault(tensor, []).extend(group)
+    produced = {o for n in g.node for o in n.output}
+    nodes = [n for t, group in after.items() if t is None or t not in produced for n in group]
+    for node in g.node:
+        nodes.append(node)
+        for out in node.output:
+            nodes.extend(after.get(out, []))
     del g.node[:]
     g.node.extend(nodes)
     _drop_unused_initializers(g)
-    return _toposorted(m)
+    return m
 
 
 def quantize_weight(w: np.ndarray, axis: int) -> tuple[np.ndarray, np.ndarray]:
@@ -181,9 +205,3 @@ def _drop_unused_initializers(g: Any) -> None:
     keep = [i for i in g.initializer if i.name in used]
     del g.initializer[:]
     g.initializer.extend(keep)
-
-
-def _toposorted(model: Any) -> Any:
-    import onnx_graphsurgeon as gs
-
-    return gs.export_onnx(gs.import_onnx(model).toposort())

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import resource
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -81,8 +82,10 @@ def calibrate(model: Any, tensors: list[str], data: Dataset,
             progress(n)
     if worker:
         worker.join()
-    amaxes = {t: h.amax if t in inputs else amax(h, settings.method, settings.percentile)
-              for t, h in hists.items()}
+    with ThreadPoolExecutor(2) as pool:  # the KL searches are numpy work that drops the GIL
+        found = pool.map(lambda t: hists[t].amax if t in inputs else
+                         amax(hists[t], settings.method, settings.percentile), tensors)
+        amaxes = dict(zip(tensors, found))
     ignored = {t: h.ignored for t, h in hists.items() if h.ignored}
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     return CalibResult(amaxes, samples, ignored, rss)
