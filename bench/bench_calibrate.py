@@ -51,6 +51,7 @@ def make_samples(folder: Path, n: int) -> list[np.ndarray]:
     data = [rng.random((1, 3, 224, 224), dtype=np.float32) for _ in range(n)]
     for i, x in enumerate(data):
         np.save(folder / f"{i:05d}.npy", x)
+    os.sync()  # no write-back of fresh samples during the timed runs
     return data
 
 

@@ -117,3 +117,19 @@ def test_percentile():
     h.observe(np.arange(1, 10001, dtype=np.float32))
     assert percentile_amax(h, 99.0) == pytest.approx(9900, rel=2e-3)
     assert percentile_amax(h, 100.0) == pytest.approx(10000)
+
+
+def test_c_kernel_and_numpy_fallback_agree():
+    from trtbuild.calibrate import observer
+
+    if observer._hist is None:
+        pytest.skip("the optional C kernel was not built (no compiler at install)")
+    rng = np.random.default_rng(5)
+    batches = [rng.standard_normal(70001).astype(np.float32) * s for s in (1, 0.3, 4, 9)]
+    batches[1][[3, 8, 13]] = [np.nan, -np.inf, 3.4e38]
+    c, py = Histogram(use_c=True), Histogram(use_c=False)
+    for b in batches:
+        c.observe(b.copy())
+        py.observe(b.copy())
+    np.testing.assert_array_equal(c.counts, py.counts)
+    assert (c.range, c.amax, c.ignored) == (py.range, py.amax, py.ignored) and c.ignored == 3

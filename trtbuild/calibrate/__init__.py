@@ -64,7 +64,8 @@ def calibrate(model: Any, tensors: list[str], data: Dataset,
     """Thresholds for `tensors` of `model` over `data`. Raises TrtBuildError on bad data."""
     from .. import onnxio
 
-    sess = onnxio.session(observed_model(model, tensors), threads=settings.threads, spin=False)
+    sess = onnxio.session(observed_model(model, tensors), threads=settings.threads,
+                          spin=False)
     inputs = {i.name for i in data.inputs}  # graph inputs: max only (see CalibSettings)
     hists = {t: Histogram(max_only=t in inputs) for t in tensors}
     samples = 0
