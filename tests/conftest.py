@@ -42,8 +42,13 @@ def not_a_module():
 '''
 
 
-def run_cli(*args: str, cwd: Path | None = None, check: bool = False) -> subprocess.CompletedProcess:
+def run_cli(*args: str, cwd: Path | None = None, check: bool = False,
+            setup=None) -> subprocess.CompletedProcess:
+    """Run `python -m trtbuild ARGS` (after `setup()`, if given) with a private engine cache."""
+    if setup:
+        setup()
     env = {**os.environ, "PYTHONPATH": str(REPO)}
+    env.setdefault("XDG_CACHE_HOME", str(Path(os.environ.get("TMPDIR", "/tmp")) / "trtbuild-test-cache"))
     proc = subprocess.run([*TRTBUILD, *map(str, args)], capture_output=True, text=True,
                           cwd=cwd, env=env, timeout=600)
     if check and proc.returncode != 0:

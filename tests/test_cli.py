@@ -34,7 +34,7 @@ def test_help_and_import_do_not_load_heavy_modules():
 
 def test_build_shorthand_writes_artifacts_and_report(factory_file, tmp_path):
     out = tmp_path / "out"
-    proc = run_cli(f"{factory_file}:make", "--out", out, "--json")
+    proc = run_cli(f"{factory_file}:make", "--out", out, "--json", "--target", "onnx")
     assert proc.returncode == 0, proc.stderr
     report = json.loads(proc.stdout)
     assert [s["stage"] for s in report["stages"]] == ["export", "clean"]

@@ -82,12 +82,56 @@ def _gate_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--min-cosine", type=float, metavar="F", help="e.g. 0.98")
 
 
+def _engine_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("engines (TensorRT 10/11 or TensorRT-RTX)")
+    g.add_argument("--target", choices=("auto", "onnx", "engine"), default="auto",
+                   help="auto: build engines when a builder is installed, else stop after the "
+                        "CPU stages and say why (exit 0); engine: a missing builder is exit 3; "
+                        "onnx: never build engines")
+    g.add_argument("--builder", choices=("auto", "tensorrt", "tensorrt-rtx"), default="auto",
+                   help="auto: the first importable of tensorrt, tensorrt_rtx")
+    g.add_argument("--arch", metavar="sm_86,sm_89",
+                   help="target architectures, one engine each. TensorRT-RTX: any of sm_75, "
+                        "sm_80, sm_86, sm_89, sm_120, sm_121 (no GPU needed; default "
+                        "sm_86,sm_89); TensorRT: the local GPU (default) or ampere+")
+    g.add_argument("--shapes", action="append", default=[], metavar="NAME:MIN,OPT,MAX",
+                   help="optimization profile, e.g. input:1x3x224x224,8x3x224x224,32x3x224x224 "
+                        "(default: static shapes, or batch 1/8/32 for a dynamic batch)")
+    g.add_argument("--workspace", type=int, default=2048, metavar="MB",
+                   help="builder workspace memory pool limit (default 2048)")
+    g.add_argument("--opt-level", type=int, default=3, choices=range(6), metavar="0-5",
+                   help="builder optimization level (default 3)")
+    g.add_argument("--hardware-compat", choices=("none", "ampere+", "same-cc"), default="none")
+    g.add_argument("--version-compatible", action="store_true",
+                   help="engines that newer TensorRT runtimes can load")
+    g.add_argument("--plugins", nargs="+", default=[], metavar="LIB.so",
+                   help="plugin libraries to load (also every *.so under plugins/)")
+    g.add_argument("--cache-dir", type=Path, metavar="DIR",
+                   help="engine cache (default: $XDG_CACHE_HOME/trtbuild/engines)")
+
+
+def _fp16_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("FP16")
+    g.add_argument("--fp16", action="store_true",
+                   help="convert the graph to FP16 (FP32 kept for LayerNorm/Softmax/reductions "
+                        "and Exp/Log/Pow) and check its accuracy on the CPU")
+    g.add_argument("--fp16-io", action="store_true", help="FP16 graph inputs and outputs too")
+    g.add_argument("--fp16-keep", default="", metavar="OP_OR_NODE,...",
+                   help="more op types or node names to keep in FP32")
+    g.add_argument("--fp16-mode", choices=("graph", "flag"), default="graph",
+                   help="flag: TensorRT <= 10 only, BuilderFlag.FP16 on the FP32 graph")
+
+
 def _build_args(p: argparse.ArgumentParser) -> None:
-    """Flags of the later pipeline stages (precision, calibration, validation)."""
+    """Flags of the later pipeline stages (precision, calibration, validation, engines)."""
     p.add_argument("--int8", action="store_true", help="calibrate and quantize (Q/DQ ONNX + "
                    "TensorRT calibration cache), then check accuracy on the CPU")
+    p.add_argument("--fp32", action="store_true", help="also build an FP32 engine (the default "
+                   "when neither --fp16 nor --int8 is given)")
+    _fp16_args(p)
     _calib_args(p)
     _gate_args(p)
+    _engine_args(p)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -134,6 +178,18 @@ def build_parser() -> argparse.ArgumentParser:
                    help="selects Polygraphy's default tolerances")
     _calib_args(p)
     _gate_args(p)
+    _common(p)
+
+    p = sub.add_parser("info", help="GPU, compute capability, TensorRT/CUDA versions, and the "
+                       "engine cache key prefix for this machine")
+    p.add_argument("--cache-dir", type=Path, metavar="DIR")
+    _common(p)
+
+    p = sub.add_parser("cache", help="the engine cache: ls | verify | prune")
+    p.add_argument("action", choices=("ls", "verify", "prune"))
+    p.add_argument("--cache-dir", type=Path, metavar="DIR")
+    p.add_argument("--max-age-days", type=float, help="prune: remove entries older than this")
+    p.add_argument("--max-size-mb", type=float, help="prune: then the oldest until under this")
     _common(p)
 
     return parser

@@ -8,11 +8,16 @@ from typing import Any
 
 from . import demo
 from .cli import command, emit
+from .engine import EngineSettings
+from .engines import EngineStageSettings
 from .errors import TrtBuildError
+from .fp16 import KEEP_FP32_OPS, Fp16Settings
 from .int8 import Int8Settings
 from .pipeline import BuildSettings, run
-from .shapes import parse_input_spec
+from .shapes import parse_input_spec, parse_profile_spec
 from .validate import Gates
+
+PLUGINS_DIR = Path(__file__).resolve().parents[1] / "plugins"
 
 
 def _inputs(args: argparse.Namespace) -> tuple:
@@ -40,14 +45,37 @@ def int8_settings(args: argparse.Namespace) -> Int8Settings:
                         args.calib_batch_size, args.max_samples, pre)
 
 
+def fp16_settings(args: argparse.Namespace) -> Fp16Settings | None:
+    if not args.fp16 or args.fp16_mode == "flag":
+        return None
+    keep = {k.strip() for k in args.fp16_keep.split(",") if k.strip()}
+    ops = {k for k in keep if k[:1].isupper() and "/" not in k}
+    return Fp16Settings(KEEP_FP32_OPS | ops, frozenset(keep - ops), args.fp16_io)
+
+
+def engine_settings(args: argparse.Namespace) -> EngineStageSettings:
+    plugins = sorted(str(p) for p in PLUGINS_DIR.glob("*.so")) + list(args.plugins)
+    for lib in plugins:
+        if not Path(lib).is_file():
+            raise TrtBuildError(f"{lib}: no such plugin library")
+    archs = tuple(a.strip() for a in (args.arch or "").split(",") if a.strip())
+    return EngineStageSettings(
+        target=args.target, builder=args.builder, archs=archs, cache_dir=args.cache_dir,
+        engine=EngineSettings(tuple(parse_profile_spec(x) for x in args.shapes), args.workspace,
+                              args.opt_level, args.hardware_compat, args.version_compatible,
+                              args.fp16 and args.fp16_mode == "flag", tuple(plugins)))
+
+
 def settings_from(args: argparse.Namespace, src: str) -> BuildSettings:
     if not args.int8 and (args.calib or args.data_loader_script or args.calib_cache):
         raise TrtBuildError("--calib, --data-loader-script and --calib-cache need --int8")
     return BuildSettings(src=src, out=args.out, inputs=_inputs(args),
                          dynamic_batch=getattr(args, "dynamic_batch", True),
                          opset=getattr(args, "opset", 17),
-                         int8=int8_settings(args) if args.int8 else None, val=args.val,
-                         gates=Gates(args.min_top1_agreement, args.min_cosine))
+                         int8=int8_settings(args) if args.int8 else None,
+                         fp16=fp16_settings(args), fp32_engine=args.fp32, val=args.val,
+                         gates=Gates(args.min_top1_agreement, args.min_cosine),
+                         engines=engine_settings(args))
 
 
 def _summary_line(stage: str, record: dict[str, Any]) -> str:
@@ -58,7 +86,8 @@ def _summary_line(stage: str, record: dict[str, Any]) -> str:
                                       f"{r['tensors']} tensors",
                "quantize": lambda r: f"{r['quantized_activations']} activations, "
                                      f"{r['quantized_weights']} weights Q/DQ",
-               "validate": _validate_figures}
+               "validate": _validate_figures, "fp16": _validate_figures,
+               "build": _build_figures}
     detail = figures.get(stage, lambda r: "")(record)
     out = record.get("output", "")
     return f"  {stage:<10} {record['seconds']:7.2f}s  {detail}  {out}".rstrip()
@@ -76,6 +105,15 @@ def _validate_figures(r: dict[str, Any]) -> str:
     return "; ".join(parts) + f" ({r['samples']} samples)"
 
 
+def _build_figures(r: dict[str, Any]) -> str:
+    if "skipped" in r:
+        return r["skipped"]
+    engines = ", ".join(f"{e['precision']}@{e['arch']}{' (cached)' if e['cache_hit'] else ''}"
+                        for e in r["engines"])
+    return f"{r['builder']} {r['trt_version']}: {engines}; {r['built']} built, " \
+           f"{r['cache_hits']} from cache"
+
+
 @command("build")
 def cmd_build(args: argparse.Namespace) -> int:
     return _build(args, settings_from(args, args.src))
@@ -83,8 +121,9 @@ def cmd_build(args: argparse.Namespace) -> int:
 
 @command("demo")
 def cmd_demo(args: argparse.Namespace) -> int:
-    """`build` on the bundled digits CNN: INT8 from calib/digits/calib, checked on .../val."""
-    args.input, args.int8 = [], True
+    """`build` on the bundled digits CNN: FP16 and INT8 (from calib/digits/calib), both checked
+    on calib/digits/val, and FP32/FP16/INT8 engines where a builder is installed."""
+    args.input, args.int8, args.fp16, args.fp32 = [], True, True, True
     args.calib = args.calib or str(demo.CALIB_DIR)
     args.val = args.val or str(demo.VAL_DIR)
     if args.min_top1_agreement is None:
@@ -95,7 +134,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def _build(args: argparse.Namespace, settings: BuildSettings) -> int:
     lines: list[str] = []
     ctx = run(settings, on_stage=lambda n, r: lines.append(_summary_line(n, r)))
-    summary = [f"trtbuild: {settings.src} -> {ctx.out}/", *lines, f"  report     {ctx.report.path}"]
+    summary = [f"trtbuild: {settings.src} -> {ctx.out}/", *lines,
+               f"  report     {ctx.report.path}"]
     emit(args, ctx.report.to_dict(), summary)
     return 0
 
@@ -176,4 +216,68 @@ def cmd_validate(args: argparse.Namespace) -> int:
     emit(args, record, [f"validate {args.candidate} vs {args.reference}: {_validate_figures(record)}"])
     if failures:
         raise TrtBuildError("gate failed: " + "; ".join(failures), 1)
+    return 0
+
+
+@command("info")
+def cmd_info(args: argparse.Namespace) -> int:
+    from .cache import EngineCache
+    from .engine import load_backend, native_arch
+    from .gpuinfo import gpu_info
+
+    gpu = gpu_info()
+    builders = {}
+    for name in ("tensorrt", "tensorrt-rtx"):
+        try:
+            b = load_backend(name)
+            builders[name] = {"version": b.version, "tag": b.tag}
+        except TrtBuildError as e:
+            builders[name] = {"missing": e.message}
+    cache = EngineCache(args.cache_dir)
+    arch = native_arch()
+    prefixes = [f"{cache.root}/{arch or '<arch>'}/{b['tag']}/" for b in builders.values()
+                if "tag" in b]
+    info = {"gpu": gpu, "builders": builders, "cache_dir": str(cache.root),
+            "cache_key_prefixes": prefixes}
+    lines = [f"gpu:        {gpu['name']} ({gpu['arch']}, driver {gpu['driver']}, CUDA "
+             f"{gpu['cuda']})" if gpu else "gpu:        none found (engines can still be built "
+             "ahead of time with TensorRT-RTX)"]
+    for name, b in builders.items():
+        lines.append(f"{name + ':':<12}{b.get('version') or b['missing']}")
+    lines.append(f"cache:      {cache.root}")
+    lines += [f"key prefix: {p}" for p in prefixes]
+    emit(args, info, lines)
+    return 0
+
+
+@command("cache")
+def cmd_cache(args: argparse.Namespace) -> int:
+    import json
+
+    from .cache import MANIFEST, EngineCache
+
+    cache = EngineCache(args.cache_dir)
+    if args.action == "ls":
+        rows = []
+        for e in cache.entries():
+            try:
+                m = json.loads((e / MANIFEST).read_text())
+            except (OSError, json.JSONDecodeError):
+                m = {}
+            rows.append({"entry": str(e.relative_to(cache.root)), "precision": m.get("precision"),
+                         "bytes": m.get("engine_bytes"), "created": m.get("created")})
+        emit(args, {"entries": rows}, [f"{r['entry']}  {r['precision']}  {r['bytes']} bytes"
+                                       for r in rows] or [f"{cache.root}: empty"])
+        return 0
+    if args.action == "verify":
+        results = cache.verify()
+        bad = [(str(e), p) for e, p in results if p]
+        emit(args, {"checked": len(results), "quarantined": bad},
+             [f"{len(results)} entries checked, {len(bad)} quarantined",
+              *[f"  {e}: {p}" for e, p in bad]])
+        return 1 if bad else 0
+    if args.max_age_days is None and args.max_size_mb is None:
+        raise TrtBuildError("cache prune needs --max-age-days and/or --max-size-mb")
+    removed = cache.prune(args.max_age_days, args.max_size_mb)
+    emit(args, {"removed": [str(r) for r in removed]}, [f"removed {len(removed)} entries"])
     return 0

@@ -8,9 +8,11 @@ from pathlib import Path
 from typing import Any, Callable
 
 from . import source as source_mod
+from .engines import EngineStageSettings
 from .errors import GATE_FAILED, TrtBuildError
 from .export import ExportSettings, export
 from .files import ensure_dir
+from .fp16 import Fp16Settings
 from .int8 import Int8Settings
 from .report import Report, Timer
 from .shapes import Shape
@@ -29,8 +31,11 @@ class BuildSettings:
     dynamic_batch: bool = True
     opset: int = 17
     int8: Int8Settings | None = None
+    fp16: Fp16Settings | None = None
+    fp32_engine: bool = False
     val: str | None = None
     gates: Gates = Gates()
+    engines: EngineStageSettings = field(default_factory=EngineStageSettings)
 
     def out_dir(self, name: str) -> Path:
         return self.out or Path("trtbuild-out") / name
@@ -104,12 +109,67 @@ def stage_validate(ctx: BuildContext) -> dict[str, Any]:
     return record
 
 
+def stage_fp16(ctx: BuildContext) -> dict[str, Any]:
+    """Graph-level FP16, then its CPU accuracy against the FP32 model (ONNX Runtime; FP16
+    kernels where ORT has them, else the Cast round-trip simulation)."""
+    from . import fp16, onnxio
+    from .validate import RandomData, compare
+
+    s = ctx.settings
+    clean = onnxio.load(ctx.artifacts["clean"])
+    model, info = fp16.convert(clean, s.fp16)
+    out = ctx.out / "model.fp16.onnx"
+    onnxio.check_model(model, out)
+    onnxio.save(model, out)
+    ctx.artifacts["fp16"] = out
+    check = out
+    try:
+        onnxio.session(model)
+        info["cpu_check"] = "fp16 model"
+    except Exception as e:  # noqa: BLE001 - ORT lacks an FP16 kernel: simulate instead
+        check = ctx.out / "model.fp16sim.onnx"
+        onnxio.save(fp16.simulated(clean, info, s.fp16), check)
+        info["cpu_check"] = f"cast round-trip simulation ({str(e).splitlines()[0][:120]})"
+    source = s.val or (s.int8.calib if s.int8 else None)
+    data = _dataset(ctx, source) if source else RandomData(clean)
+    record = compare(ctx.artifacts["clean"], check, data, "fp16",
+                     Path(source) if source and Path(str(source)).is_dir() else None)
+    record.update(info, output=str(out), val=str(source or "random inputs"))
+    record["gate_failures"] = s.gates.failures(record)
+    return record
+
+
+def _dataset(ctx: BuildContext, source: str) -> Any:
+    from . import onnxio
+    from .int8 import Int8Settings, open_dataset
+
+    return open_dataset(source, onnxio.load(ctx.artifacts["clean"]),
+                        ctx.settings.int8 or Int8Settings())
+
+
+def stage_engines(ctx: BuildContext) -> dict[str, Any]:
+    from .engines import run_engines
+
+    models = {p: ctx.artifacts[p] for p in ("fp16", "int8") if p in ctx.artifacts}
+    if ctx.settings.fp32_engine or not models:
+        models = {"fp32": ctx.artifacts["clean"], **models}
+    record = run_engines(models,
+                         ctx.artifacts.get("calib_cache"), ctx.out, ctx.settings.engines)
+    if "skipped" in record:
+        log.warning("%s", record["skipped"])
+    return record
+
+
 def stages_for(settings: BuildSettings) -> list[tuple[str, Stage]]:
     """The stage list for these settings, in order."""
     stages = [("export", stage_export), ("clean", stage_clean)]
+    if settings.fp16:
+        stages.append(("fp16", stage_fp16))
     if settings.int8:
         stages += [("calibrate", stage_calibrate), ("quantize", stage_quantize),
                    ("validate", stage_validate)]
+    if settings.engines.target != "onnx":
+        stages.append(("build", stage_engines))
     return stages
 
 

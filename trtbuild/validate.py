@@ -40,6 +40,20 @@ class Gates:
         return out
 
 
+class RandomData:
+    """Dataset stand-in when no samples are given: seeded random inputs (integers in [0, 2))."""
+
+    def __init__(self, model: Any, batches: int = 8, batch_size: int = 4):
+        self.model, self.batches, self.batch_size = model, batches, batch_size
+
+    def samples(self) -> Iterator[tuple[str, dict[str, np.ndarray]]]:
+        from . import onnxio
+
+        sess = onnxio.session(self.model)
+        for k in range(self.batches):
+            yield f"random[{k}]", onnxio.random_feed(sess, batch=self.batch_size, seed=k)
+
+
 class _Loader:
     """Re-iterable feeds for Polygraphy (it iterates once per runner); records file order."""
 
