@@ -122,6 +122,20 @@ def _fp16_args(p: argparse.ArgumentParser) -> None:
                    help="flag: TensorRT <= 10 only, BuilderFlag.FP16 on the FP32 graph")
 
 
+def _bench_args(p: argparse.ArgumentParser, with_flag: bool = True) -> None:
+    g = p.add_argument_group("latency")
+    if with_flag:
+        g.add_argument("--bench", action="store_true",
+                       help="measure latency: engines on this GPU (CUDA events), else the ONNX "
+                            "models with ONNX Runtime on the CPU; plus PyTorch eager")
+    g.add_argument("--warmup", type=int, default=5, metavar="N")
+    g.add_argument("--iterations", type=int, default=50, metavar="N")
+    g.add_argument("--baseline", type=Path, metavar="OLD_report.json",
+                   help="compare p50 latencies with an earlier report's bench results")
+    g.add_argument("--max-regression", default="5%", metavar="PCT",
+                   help="with --baseline: exit 1 when a p50 latency grew by more (default 5%%)")
+
+
 def _build_args(p: argparse.ArgumentParser) -> None:
     """Flags of the later pipeline stages (precision, calibration, validation, engines)."""
     p.add_argument("--int8", action="store_true", help="calibrate and quantize (Q/DQ ONNX + "
@@ -132,6 +146,7 @@ def _build_args(p: argparse.ArgumentParser) -> None:
     _calib_args(p)
     _gate_args(p)
     _engine_args(p)
+    _bench_args(p)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -178,6 +193,17 @@ def build_parser() -> argparse.ArgumentParser:
                    help="selects Polygraphy's default tolerances")
     _calib_args(p)
     _gate_args(p)
+    _common(p)
+
+    p = sub.add_parser("bench", help="latency of MODEL.onnx (ONNX Runtime, CPU) or ENGINE (GPU) "
+                       "at each profile shape; compare with --baseline")
+    p.add_argument("model", type=Path, metavar="MODEL.onnx|ENGINE")
+    p.add_argument("--shapes", action="append", default=[], metavar="NAME:MIN,OPT,MAX")
+    p.add_argument("--reference", type=Path, metavar="MODEL.onnx",
+                   help="for an engine: the ONNX model that gives input names and shapes")
+    p.add_argument("-o", "--output", type=Path, metavar="report.json",
+                   help="write the results as a report (usable as a later --baseline)")
+    _bench_args(p, with_flag=False)
     _common(p)
 
     p = sub.add_parser("info", help="GPU, compute capability, TensorRT/CUDA versions, and the "

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from . import demo
+from .benchstage import BenchStageSettings
 from .cli import command, emit
 from .engine import EngineSettings
 from .engines import EngineStageSettings
@@ -75,7 +76,18 @@ def settings_from(args: argparse.Namespace, src: str) -> BuildSettings:
                          int8=int8_settings(args) if args.int8 else None,
                          fp16=fp16_settings(args), fp32_engine=args.fp32, val=args.val,
                          gates=Gates(args.min_top1_agreement, args.min_cosine),
-                         engines=engine_settings(args))
+                         engines=engine_settings(args), bench=bench_settings(args))
+
+
+def bench_settings(args: argparse.Namespace) -> BenchStageSettings:
+    from .bench import parse_regression
+
+    if args.baseline and not args.baseline.is_file():
+        raise TrtBuildError(f"{args.baseline}: no such baseline report")
+    if args.iterations < 1 or args.warmup < 0:
+        raise TrtBuildError("--iterations must be >= 1 and --warmup >= 0")
+    return BenchStageSettings(getattr(args, "bench", True), args.warmup, args.iterations,
+                              args.baseline, parse_regression(args.max_regression))
 
 
 def _summary_line(stage: str, record: dict[str, Any]) -> str:
@@ -87,10 +99,13 @@ def _summary_line(stage: str, record: dict[str, Any]) -> str:
                "quantize": lambda r: f"{r['quantized_activations']} activations, "
                                      f"{r['quantized_weights']} weights Q/DQ",
                "validate": _validate_figures, "fp16": _validate_figures,
-               "build": _build_figures}
+               "build": _build_figures, "bench": _bench_figures,
+               "validate_engines": lambda r: r.get("skipped") or "; ".join(
+                   f"{Path(e['engine']).parent.name}/{Path(e['engine']).name}: "
+                   + _validate_figures(e) for e in r["engines"])}
     detail = figures.get(stage, lambda r: "")(record)
     out = record.get("output", "")
-    return f"  {stage:<10} {record['seconds']:7.2f}s  {detail}  {out}".rstrip()
+    return f"  {stage:<16} {record['seconds']:7.2f}s  {detail}  {out}".rstrip()
 
 
 def _validate_figures(r: dict[str, Any]) -> str:
@@ -114,6 +129,17 @@ def _build_figures(r: dict[str, Any]) -> str:
            f"{r['cache_hits']} from cache"
 
 
+def _bench_figures(r: dict[str, Any]) -> str:
+    from .bench import table
+
+    lines = [f"{x['runner']} {x['model']} {x['shape']}: p50 {x['p50_ms']:.3f} ms, "
+             f"p99 {x['p99_ms']:.3f} ms, {x['throughput_per_s']:.0f}/s" for x in r["runs"]]
+    if "comparison" in r:
+        lines += [f"vs {r['baseline']} (max regression {100 * r['max_regression']:.1f}%):",
+                  *table(r["comparison"])]
+    return "\n    " + "\n    ".join(lines)
+
+
 @command("build")
 def cmd_build(args: argparse.Namespace) -> int:
     return _build(args, settings_from(args, args.src))
@@ -135,7 +161,7 @@ def _build(args: argparse.Namespace, settings: BuildSettings) -> int:
     lines: list[str] = []
     ctx = run(settings, on_stage=lambda n, r: lines.append(_summary_line(n, r)))
     summary = [f"trtbuild: {settings.src} -> {ctx.out}/", *lines,
-               f"  report     {ctx.report.path}"]
+               f"  {'report':<16}          {ctx.report.path}"]
     emit(args, ctx.report.to_dict(), summary)
     return 0
 
@@ -281,3 +307,46 @@ def cmd_cache(args: argparse.Namespace) -> int:
     removed = cache.prune(args.max_age_days, args.max_size_mb)
     emit(args, {"removed": [str(r) for r in removed]}, [f"removed {len(removed)} entries"])
     return 0
+
+
+@command("bench")
+def cmd_bench(args: argparse.Namespace) -> int:
+    """Latency of one ONNX model (CPU) or engine (GPU), as a report usable as a baseline."""
+    from . import onnxio
+    from .bench import BenchSettings, bench_engine, bench_onnxruntime, compare
+    from .benchstage import _label, profile_shapes
+    from .report import Report, Timer
+
+    s = bench_settings(args)
+    is_onnx = args.model.suffix == ".onnx"
+    reference = onnxio.load(args.model if is_onnx else (args.reference or _no_reference(args)))
+    profiles = tuple(parse_profile_spec(x) for x in args.shapes)
+    cfg = BenchSettings(s.warmup, s.iterations)
+    runs = []
+    with Timer() as t:
+        sess = onnxio.session(reference)
+        for shapes in profile_shapes(reference, profiles):
+            if is_onnx:
+                run = bench_onnxruntime(args.model, onnxio.random_feed(sess, shapes=shapes), cfg)
+            else:
+                run = bench_engine(args.model, shapes, cfg)
+            runs.append({**run, "model": args.model.stem.split(".")[-1], "shape": _label(shapes)})
+    record: dict[str, Any] = {"runs": runs, "warmup": s.warmup, "iterations": s.iterations}
+    if s.baseline:
+        from .bench import baseline_runs
+
+        record["comparison"] = compare(runs, baseline_runs(s.baseline), s.max_regression)
+        record.update(baseline=str(s.baseline), max_regression=s.max_regression)
+    if args.output:
+        Report(args.output, model=str(args.model)).add("bench", t.seconds, **record)
+    emit(args, record, [f"bench {args.model}:{_bench_figures(record)}"])
+    regressed = [r for r in record.get("comparison", []) if r["regressed"]]
+    if regressed:
+        raise TrtBuildError(f"latency regressed beyond {args.max_regression}: " + "; ".join(
+            f"{r['runner']} {r['shape']} {100 * r['change']:+.1f}%" for r in regressed), 1)
+    return 0
+
+
+def _no_reference(args: argparse.Namespace) -> Path:
+    raise TrtBuildError(f"{args.model}: benchmarking an engine needs --reference MODEL.onnx "
+                        "(input names and shapes)")

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from . import source as source_mod
+from .benchstage import BenchStageSettings
 from .engines import EngineStageSettings
 from .errors import GATE_FAILED, TrtBuildError
 from .export import ExportSettings, export
@@ -36,6 +37,7 @@ class BuildSettings:
     val: str | None = None
     gates: Gates = Gates()
     engines: EngineStageSettings = field(default_factory=EngineStageSettings)
+    bench: BenchStageSettings = field(default_factory=BenchStageSettings)
 
     def out_dir(self, name: str) -> Path:
         return self.out or Path("trtbuild-out") / name
@@ -50,6 +52,7 @@ class BuildContext:
     report: Report
     artifacts: dict[str, Path] = field(default_factory=dict)
     amaxes: dict[str, float] = field(default_factory=dict)
+    source: Any = None
 
 
 Stage = Callable[[BuildContext], dict[str, Any]]
@@ -60,6 +63,7 @@ def stage_export(ctx: BuildContext) -> dict[str, Any]:
     src = source_mod.load(source_mod.parse(s.src), dict(s.inputs) or None)
     names = tuple(n for n, _ in s.inputs)
     result = export(src, ctx.out / "model.onnx", ExportSettings(names, s.dynamic_batch, s.opset))
+    ctx.source = src if src.kind == "torch" else None
     ctx.artifacts["model"] = result.path
     return result.record()
 
@@ -160,6 +164,40 @@ def stage_engines(ctx: BuildContext) -> dict[str, Any]:
     return record
 
 
+def stage_validate_engines(ctx: BuildContext) -> dict[str, Any]:
+    """Each engine this machine can run (GPU + TensorRT) against the FP32 ONNX model."""
+    from .benchstage import _runnable_engines
+    from .validate import RandomData, compare_engine
+
+    build = ctx.report.get("build") or {}
+    runnable = _runnable_engines(build.get("engines", []))
+    if not runnable:
+        return {"skipped": "no engine can run here (needs a CUDA GPU of the engine's "
+                           "architecture and TensorRT)"}
+    s = ctx.settings
+    source = s.val or (s.int8.calib if s.int8 else None)
+    results = []
+    for e in runnable:
+        data = _dataset(ctx, source) if source else RandomData(ctx.artifacts["clean"])
+        r = compare_engine(ctx.artifacts["clean"], Path(e["path"]), data, e["precision"],
+                           Path(source) if source and Path(str(source)).is_dir() else None)
+        results.append({**r, "engine": e["path"], "gate_failures": s.gates.failures(r)})
+    return {"engines": results,
+            "gate_failures": [f for r in results for f in r["gate_failures"]]}
+
+
+def stage_bench(ctx: BuildContext) -> dict[str, Any]:
+    from . import onnxio
+    from .benchstage import run_bench
+
+    models = {"fp32": ctx.artifacts["clean"],
+              **{p: ctx.artifacts[p] for p in ("fp16", "int8") if p in ctx.artifacts}}
+    build = ctx.report.get("build") or {}
+    return run_bench(models, build.get("engines", []), ctx.source,
+                     onnxio.load(ctx.artifacts["clean"]),
+                     ctx.settings.engines.engine.profiles, ctx.settings.bench)
+
+
 def stages_for(settings: BuildSettings) -> list[tuple[str, Stage]]:
     """The stage list for these settings, in order."""
     stages = [("export", stage_export), ("clean", stage_clean)]
@@ -169,7 +207,9 @@ def stages_for(settings: BuildSettings) -> list[tuple[str, Stage]]:
         stages += [("calibrate", stage_calibrate), ("quantize", stage_quantize),
                    ("validate", stage_validate)]
     if settings.engines.target != "onnx":
-        stages.append(("build", stage_engines))
+        stages += [("build", stage_engines), ("validate_engines", stage_validate_engines)]
+    if settings.bench.enabled:
+        stages.append(("bench", stage_bench))
     return stages
 
 

@@ -81,14 +81,35 @@ def compare(reference: Path, candidate: Path, data: Dataset, precision: str = "i
             labels_dir: Path | None = None) -> dict[str, Any]:
     """Run both ONNX models with Polygraphy (ONNX Runtime, CPU) and measure agreement."""
     from polygraphy.backend.onnxrt import OnnxrtRunner, SessionFromOnnx
+
+    return compare_runners(
+        OnnxrtRunner(SessionFromOnnx(str(reference), providers=["cpu"]), name="reference"),
+        OnnxrtRunner(SessionFromOnnx(str(candidate), providers=["cpu"]), name=precision),
+        data, precision, labels_dir)
+
+
+def compare_engine(reference: Path, engine: Path, data: Dataset, precision: str,
+                   labels_dir: Path | None = None) -> dict[str, Any]:
+    """A TensorRT engine on the GPU (Polygraphy TrtRunner) against the FP32 ONNX model on the
+    CPU. Needs `tensorrt` and a CUDA GPU (Polygraphy's TensorRT backend imports tensorrt)."""
+    from polygraphy.backend.onnxrt import OnnxrtRunner, SessionFromOnnx
+    from polygraphy.backend.trt import EngineFromBytes, TrtRunner
+
+    return compare_runners(
+        OnnxrtRunner(SessionFromOnnx(str(reference), providers=["cpu"]), name="reference"),
+        TrtRunner(EngineFromBytes(engine.read_bytes()), name=f"trt-{precision}"),
+        data, precision, labels_dir)
+
+
+def compare_runners(ref_runner: Any, cand_runner: Any, data: Dataset, precision: str,
+                    labels_dir: Path | None = None) -> dict[str, Any]:
+    """Polygraphy's Comparator over both runners, then our metrics on its results."""
     from polygraphy.comparator import Comparator, CompareFunc
     from polygraphy.logger import G_LOGGER
 
     G_LOGGER.module_severity = G_LOGGER.CRITICAL  # our summary reports the comparison
     loader = _Loader(data)
-    runners = [OnnxrtRunner(SessionFromOnnx(str(reference), providers=["cpu"]), name="reference"),
-               OnnxrtRunner(SessionFromOnnx(str(candidate), providers=["cpu"]), name=precision)]
-    results = Comparator.run(runners, data_loader=loader)
+    results = Comparator.run([ref_runner, cand_runner], data_loader=loader)
     atol, rtol = TOLERANCES[precision]
     passed = bool(Comparator.compare_accuracy(
         results, compare_func=CompareFunc.simple(atol=atol, rtol=rtol)))
