@@ -143,3 +143,11 @@ def test_no_torch_needed_for_engines_module():
     import trtbuild.engine  # noqa: F401
 
     assert torch is not None and "tensorrt" not in sys.modules
+
+
+def test_trt_calibrator_needs_tensorrt_10(tmp_path):
+    proc = run_cli("trtbuild.demo.digits:digits_cnn", "--int8", "--calib", CALIB_DIR,
+                   "--calibrator", "trt", "--builder", "tensorrt-rtx", "--arch", "sm_86",
+                   "--out", tmp_path / "o", "--cache-dir", tmp_path / "c")
+    assert proc.returncode == 3 and "needs TensorRT <= 10" in proc.stderr
+    assert not EngineCache(tmp_path / "c").entries()  # nothing half-built in the cache

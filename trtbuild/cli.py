@@ -108,6 +108,10 @@ def _engine_args(p: argparse.ArgumentParser) -> None:
                    help="plugin libraries to load (also every *.so under plugins/)")
     g.add_argument("--cache-dir", type=Path, metavar="DIR",
                    help="engine cache (default: $XDG_CACHE_HOME/trtbuild/engines)")
+    g.add_argument("--calibrator", choices=("qdq", "trt"), default="qdq",
+                   help="INT8 engines: qdq (default) builds the Q/DQ model; trt (TensorRT <= 10 "
+                        "only) lets IInt8EntropyCalibrator2 calibrate the FP32 graph from the "
+                        "same --calib data")
 
 
 def _fp16_args(p: argparse.ArgumentParser) -> None:

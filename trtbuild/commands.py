@@ -64,7 +64,8 @@ def engine_settings(args: argparse.Namespace) -> EngineStageSettings:
         target=args.target, builder=args.builder, archs=archs, cache_dir=args.cache_dir,
         engine=EngineSettings(tuple(parse_profile_spec(x) for x in args.shapes), args.workspace,
                               args.opt_level, args.hardware_compat, args.version_compatible,
-                              args.fp16 and args.fp16_mode == "flag", tuple(plugins)))
+                              args.fp16 and args.fp16_mode == "flag", args.calibrator,
+                              tuple(plugins)))
 
 
 def settings_from(args: argparse.Namespace, src: str) -> BuildSettings:

@@ -91,6 +91,7 @@ class EngineSettings:
     hardware_compat: str = "none"
     version_compatible: bool = False
     fp16_flag: bool = False  # TensorRT <= 10 only: weakly typed network + BuilderFlag.FP16
+    calibrator: str = "qdq"  # "trt": TensorRT <= 10 IInt8EntropyCalibrator2 on the FP32 graph
     plugins: tuple[str, ...] = ()
 
     def key_fields(self) -> dict[str, Any]:
@@ -162,7 +163,8 @@ def _progress_monitor(trt: Any, advance: Callable[[str], None]) -> Any:
 
 def build(backend: Backend, onnx_path: Path, arch: str, settings: EngineSettings,
           timing_cache: bytes | None = None,
-          advance: Callable[[str], None] = lambda phase: None) -> BuildOutput:
+          advance: Callable[[str], None] = lambda phase: None,
+          calibrator: Any = None) -> BuildOutput:
     """One engine for `arch` ('sm_86', ... for RTX; 'native' or 'ampere+' for TensorRT).
 
     Raises TrtBuildError(2) for parser errors (naming node and op), (3) for an arch the
@@ -175,7 +177,7 @@ def build(backend: Backend, onnx_path: Path, arch: str, settings: EngineSettings
     builder = trt.Builder(logger)
     for lib in settings.plugins:
         builder.get_plugin_registry().load_library(str(lib))
-    network = builder.create_network(_network_flags(trt, settings))
+    network = builder.create_network(_network_flags(trt, settings, calibrator is not None))
     parser = trt.OnnxParser(network, logger)
     if not parser.parse_from_file(str(onnx_path)):
         raise TrtBuildError(f"{onnx_path}: TensorRT ({backend.name} {backend.version}) cannot "
@@ -193,6 +195,9 @@ def build(backend: Backend, onnx_path: Path, arch: str, settings: EngineSettings
                                 "(TensorRT 11 and RTX take precision from the graph: use "
                                 "--fp16-mode graph)", MISSING_CAPABILITY)
         config.set_flag(trt.BuilderFlag.FP16)
+    if calibrator is not None:  # TensorRT <= 10 implicit INT8 (trt_calibrator.py)
+        config.set_flag(trt.BuilderFlag.INT8)
+        config.int8_calibrator = calibrator
     _add_profiles(builder, network, config, settings.profiles)
     cache = _timing_cache(backend, config, timing_cache)
     monitor = _progress_monitor(trt, advance)
@@ -200,8 +205,9 @@ def build(backend: Backend, onnx_path: Path, arch: str, settings: EngineSettings
     start = time.perf_counter()
     engine = builder.build_serialized_network(network, config)
     seconds = time.perf_counter() - start
-    if monitor.error is not None:
-        raise monitor.error
+    for callback in (monitor, calibrator):
+        if callback is not None and callback.error is not None:
+            raise callback.error
     if engine is None:
         detail = "; ".join(logger.errors[-3:]) or "no error message"
         raise TrtBuildError(f"{onnx_path}: TensorRT built no engine for {arch}: {detail}", 1)
@@ -221,9 +227,9 @@ def layer_output_dtypes(network: Any) -> dict[str, int]:
     return counts
 
 
-def _network_flags(trt: Any, settings: EngineSettings) -> int:
+def _network_flags(trt: Any, settings: EngineSettings, implicit_int8: bool = False) -> int:
     flags = trt.NetworkDefinitionCreationFlag
-    if settings.fp16_flag or not hasattr(flags, "STRONGLY_TYPED"):
+    if settings.fp16_flag or implicit_int8 or not hasattr(flags, "STRONGLY_TYPED"):
         return 0  # TensorRT <= 10 weakly typed: precision from builder flags
     return 1 << int(flags.STRONGLY_TYPED)
 

@@ -25,6 +25,7 @@ class EngineStageSettings:
     archs: tuple[str, ...] = ()
     cache_dir: Path | None = None
     engine: eng.EngineSettings = field(default_factory=eng.EngineSettings)
+    calib_data: Any = None  # () -> Dataset, for --calibrator trt
 
 
 def target_archs(backend: eng.Backend, s: EngineStageSettings) -> list[str]:
@@ -78,7 +79,12 @@ def _one(backend: eng.Backend, cache: EngineCache, onnx_path: Path, precision: s
 
     def build() -> tuple[bytes, dict[str, Any]]:
         timing = timing_path.read_bytes() if timing_path.is_file() else None
-        result = eng.build(backend, onnx_path, arch, s.engine, timing)
+        calibrator = None
+        if precision == "int8" and s.engine.calibrator == "trt":
+            from .trt_calibrator import make_calibrator
+
+            calibrator = make_calibrator(backend.trt, s.calib_data(), out / "calib.trt.cache")
+        result = eng.build(backend, onnx_path, arch, s.engine, timing, calibrator=calibrator)
         if result.timing_cache:
             write_bytes(timing_path, result.timing_cache)
         gpu = gpu_info() or {}

@@ -155,10 +155,17 @@ def stage_engines(ctx: BuildContext) -> dict[str, Any]:
     from .engines import run_engines
 
     models = {p: ctx.artifacts[p] for p in ("fp16", "int8") if p in ctx.artifacts}
+    s = ctx.settings.engines
+    if "int8" in models and s.engine.calibrator == "trt":
+        # TensorRT <= 10 calibrates the FP32 graph itself, from the same dataset
+        import dataclasses
+
+        models["int8"] = ctx.artifacts["clean"]
+        s = dataclasses.replace(s, calib_data=lambda: _dataset(ctx, ctx.settings.int8.calib))
     if ctx.settings.fp32_engine or not models:
         models = {"fp32": ctx.artifacts["clean"], **models}
     record = run_engines(models,
-                         ctx.artifacts.get("calib_cache"), ctx.out, ctx.settings.engines)
+                         ctx.artifacts.get("calib_cache"), ctx.out, s)
     if "skipped" in record:
         log.warning("%s", record["skipped"])
     return record
