@@ -149,7 +149,8 @@ def test_timing_cache_file_is_read_and_merged(tmp_path, monkeypatch):
 
     seen = []
 
-    def fake_timing_build(backend, onnx_path, arch, settings, timing_cache=None, advance=None):
+    def fake_timing_build(backend, onnx_path, arch, settings, timing_cache=None, advance=None,
+                          calibrator=None):
         seen.append(timing_cache)
         return eng.BuildOutput(b"E" * 64, 0.01, (timing_cache or b"") + b"+t")
 

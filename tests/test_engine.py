@@ -151,3 +151,26 @@ def test_trt_calibrator_needs_tensorrt_10(tmp_path):
                    "--out", tmp_path / "o", "--cache-dir", tmp_path / "c")
     assert proc.returncode == 3 and "needs TensorRT <= 10" in proc.stderr
     assert not EngineCache(tmp_path / "c").entries()  # nothing half-built in the cache
+
+
+def test_fp16_flag_mode_needs_a_builder_with_the_flag(tmp_path):
+    proc = run_cli("trtbuild.demo.digits:digits_cnn", "--fp16", "--fp16-mode", "flag",
+                   "--builder", "tensorrt-rtx", "--out", tmp_path / "o", "--cache-dir",
+                   tmp_path / "c")
+    assert proc.returncode == 3 and "no FP16 builder flag" in proc.stderr
+
+
+def test_mobilenet_v3_small_int8_and_fp16(tmp_path):
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    for split, n in (("calib", 12), ("val", 8)):
+        (tmp_path / split).mkdir()
+        for i in range(n):
+            np.save(tmp_path / split / f"{i}.npy", rng.random((1, 3, 224, 224), dtype=np.float32))
+    stages = _stages(run_cli("torchvision:mobilenet_v3_small", "--int8", "--fp16", "--calib",
+                             tmp_path / "calib", "--val", tmp_path / "val", "--arch", "sm_89",
+                             "--out", tmp_path / "o", "--cache-dir", tmp_path / "c", "--json"))
+    assert stages["validate"]["outputs"]["output"]["cosine_mean"] > 0.95
+    assert stages["fp16"]["outputs"]["output"]["cosine_mean"] > 0.999
+    assert {e["precision_from"] for e in stages["build"]["engines"]} == {"graph", "Q/DQ graph"}

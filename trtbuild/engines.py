@@ -4,7 +4,7 @@ through the engine cache, into `<out>/engines/<arch>/model.<precision>.engine`."
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -73,7 +73,8 @@ def run_engines(models: dict[str, Path], calib_cache: Path | None, out: Path,
 def _one(backend: eng.Backend, cache: EngineCache, onnx_path: Path, precision: str, arch: str,
          calib: bytes | None, out: Path, s: EngineStageSettings) -> dict[str, Any]:
     onnx_bytes = onnx_path.read_bytes()
-    settings = {**s.engine.key_fields(), "precision": precision}
+    engine_settings = replace(s.engine, fp16_flag=s.engine.fp16_flag and precision == "fp16")
+    settings = {**engine_settings.key_fields(), "precision": precision}
     key = cache_key(onnx_bytes, calib, settings, arch, backend.tag)
     timing_path = cache.root / arch / backend.tag / "timing.cache"
 
@@ -84,7 +85,8 @@ def _one(backend: eng.Backend, cache: EngineCache, onnx_path: Path, precision: s
             from .trt_calibrator import make_calibrator
 
             calibrator = make_calibrator(backend.trt, s.calib_data(), out / "calib.trt.cache")
-        result = eng.build(backend, onnx_path, arch, s.engine, timing, calibrator=calibrator)
+        result = eng.build(backend, onnx_path, arch, engine_settings, timing,
+                           calibrator=calibrator)
         if result.timing_cache:
             write_bytes(timing_path, result.timing_cache)
         gpu = gpu_info() or {}
@@ -99,7 +101,10 @@ def _one(backend: eng.Backend, cache: EngineCache, onnx_path: Path, precision: s
     path = out / "engines" / arch / f"model.{precision}.engine"
     path.parent.mkdir(parents=True, exist_ok=True)
     write_bytes(path, found.engine)
+    path_taken = {"fp16": "builder flag" if engine_settings.fp16_flag else "graph",
+                  "int8": "IInt8EntropyCalibrator2" if s.engine.calibrator == "trt" else "Q/DQ graph"}
     return {"precision": precision, "arch": arch, "path": str(path), "cache_hit": found.hit,
+            "precision_from": path_taken.get(precision, "graph"),
             "cache_entry": str(found.path), "key": key, "bytes": len(found.engine),
             "sha256": found.manifest["engine_sha256"],
             "build_seconds": found.manifest.get("build_seconds"),

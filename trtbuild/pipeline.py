@@ -156,6 +156,8 @@ def stage_engines(ctx: BuildContext) -> dict[str, Any]:
 
     models = {p: ctx.artifacts[p] for p in ("fp16", "int8") if p in ctx.artifacts}
     s = ctx.settings.engines
+    if s.engine.fp16_flag:  # --fp16-mode flag: TensorRT <= 10 lowers the FP32 graph itself
+        models = {"fp16": ctx.artifacts["clean"], **models}
     if "int8" in models and s.engine.calibrator == "trt":
         # TensorRT <= 10 calibrates the FP32 graph itself, from the same dataset
         import dataclasses
