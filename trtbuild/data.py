@@ -158,11 +158,9 @@ class Dataset:
     def _check_header(self, path: Path) -> None:
         ext = path.suffix.lower()
         if ext == ".npy":
-            try:
-                arr = np.load(path, mmap_mode="r", allow_pickle=False)
-            except (OSError, ValueError) as e:
-                raise TrtBuildError(f"{path}: not a readable .npy file ({e})")
-            self._check_array(path, self.inputs[0] if len(self.inputs) == 1 else None, arr)
+            shape, dtype = _npy_header(path)
+            self._check_array(path, self.inputs[0] if len(self.inputs) == 1 else None,
+                              _Header(shape, dtype))
         elif ext == ".npz":
             with _open_npz(path) as z:
                 for spec in self.inputs:
@@ -192,7 +190,7 @@ class Dataset:
             raise TrtBuildError(f"{path}: image gives shape {shape}, model input "
                                 f"'{self.inputs[0].name}' expects {self.inputs[0].shape[1:]}")
 
-    def _check_array(self, path: Path, spec: InputSpec | None, arr: np.ndarray) -> None:
+    def _check_array(self, path: Path, spec: InputSpec | None, arr: Any) -> None:
         if spec is None:
             raise TrtBuildError(f"{path}: .npy feeds one input; the model has "
                                 f"{len(self.inputs)} (use .npz keyed by input name)")
@@ -268,6 +266,29 @@ class Dataset:
                 pending, count = [], 0
         if pending:
             yield _concat(pending)
+
+
+class _Header:
+    """Shape and dtype of an array not read yet (for the up-front checks)."""
+
+    def __init__(self, shape: tuple, dtype: np.dtype):
+        self.shape, self.dtype = shape, dtype
+
+
+def _npy_header(path: Path) -> tuple[tuple, np.dtype]:
+    """(shape, dtype) from a .npy header alone, without reading the data."""
+    from numpy.lib import format as npy
+
+    try:
+        with open(path, "rb") as f:
+            major, _ = npy.read_magic(f)
+            read = npy.read_array_header_1_0 if major == 1 else npy.read_array_header_2_0
+            shape, _, dtype = read(f)
+    except (OSError, ValueError) as e:
+        raise TrtBuildError(f"{path}: not a readable .npy file ({e})")
+    if dtype.hasobject:
+        raise TrtBuildError(f"{path}: .npy holds Python objects (pickles are never loaded)")
+    return tuple(shape), dtype
 
 
 def _concat(feeds: list[Batch]) -> Batch:

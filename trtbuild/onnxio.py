@@ -30,11 +30,12 @@ def load(path: str | Path, check: bool = True) -> Any:
     if not model.graph.node and not model.graph.output:
         raise TrtBuildError(f"{path}: not an ONNX model (empty graph)")
     if check:
-        check_model(model, path)
+        check_model(str(path), path)  # a path: the checker reads the file in C++, no re-encoding
     return model
 
 
 def check_model(model: Any, where: str | Path) -> None:
+    """onnx.checker on a ModelProto or a file path; raises TrtBuildError naming `where`."""
     import onnx
 
     try:
@@ -53,18 +54,12 @@ def save(model: Any, path: str | Path) -> None:
         onnx.save(model, str(tmp))
 
 
-def session(model: Any, threads: int = 0, spin: bool = True) -> Any:
-    """A CPU ONNX Runtime session from a ModelProto or a path.
-
-    spin=False stops idle ORT worker threads from busy-waiting, which otherwise takes the
-    cores that a concurrent Python thread (the calibration histograms) needs.
-    """
+def session(model: Any, threads: int = 0) -> Any:
+    """A CPU ONNX Runtime session from a ModelProto or a path."""
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
     opts.log_severity_level = 3
-    if not spin:
-        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
     if threads:
         opts.intra_op_num_threads = threads
     data = model if isinstance(model, (str, Path)) else model.SerializeToString()

@@ -43,6 +43,10 @@ def plan(model: Any) -> QuantPlan:
     floats = _float_tensors(model)
     outputs = {o.name for o in g.output}
     producers = {o: n for n in g.node for o in n.output}
+    readers: dict[str, list] = {}
+    for n in g.node:
+        for i in n.input:
+            readers.setdefault(i, []).append(n)
     has_conv = any(n.op_type in ("Conv", "ConvTranspose") for n in g.node)
     acts: list[str] = []
     weights: list[tuple[str, int]] = []
@@ -56,7 +60,7 @@ def plan(model: Any) -> QuantPlan:
 
     for n in g.node:
         if n.op_type in COMPUTE_OPS:
-            if n.op_type in ("Gemm", "MatMul") and _feeds_output(n, g, outputs):
+            if n.op_type in ("Gemm", "MatMul") and _feeds_output(n, readers, outputs):
                 continue
             for k, name in enumerate(n.input[:2]):
                 if name in inits:
@@ -88,15 +92,17 @@ def _drop_commuting_pool_inputs(g: Any, acts: list[str], consumers: set) -> None
                 acts.remove(n.input[0])
 
 
-def _feeds_output(node: Any, g: Any, outputs: set[str]) -> bool:
-    consumers = {i: [n for n in g.node if i in n.input] for i in node.output}
-    frontier = list(node.output)
+def _feeds_output(node: Any, readers: dict[str, list], outputs: set[str]) -> bool:
+    """Does `node` produce a graph output through only shape ops, bias Adds and activations
+    (the classifier head that ModelOpt leaves in float)?"""
+    frontier, seen = list(node.output), set()
     while frontier:
         t = frontier.pop()
         if t in outputs:
             return True
-        for c in consumers.get(t, [n for n in g.node if t in n.input]):
-            if c.op_type in PASS_THROUGH | {"Add", "Softmax", "Relu"}:
+        for c in readers.get(t, []):
+            if c.op_type in PASS_THROUGH | {"Add", "Softmax", "Relu"} and c.name not in seen:
+                seen.add(c.name)
                 frontier.extend(c.output)
     return False
 

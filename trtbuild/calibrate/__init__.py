@@ -8,11 +8,12 @@ per-tensor histograms are alive at any time.
 from __future__ import annotations
 
 import logging
+import queue
 import resource
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 from ..data import Dataset
 from .observer import Histogram
@@ -64,14 +65,13 @@ def calibrate(model: Any, tensors: list[str], data: Dataset,
     """Thresholds for `tensors` of `model` over `data`. Raises TrtBuildError on bad data."""
     from .. import onnxio
 
-    sess = onnxio.session(observed_model(model, tensors), threads=settings.threads,
-                          spin=False)
+    sess = onnxio.session(observed_model(model, tensors), threads=settings.threads)
     inputs = {i.name for i in data.inputs}  # graph inputs: max only (see CalibSettings)
     hists = {t: Histogram(max_only=t in inputs) for t in tensors}
     samples = 0
     # histogramming of batch k overlaps inference of batch k+1 (ORT releases the GIL)
     worker: threading.Thread | None = None
-    for feed in data.batches():
+    for feed in _prefetched(data.batches()):
         outs = sess.run(tensors, feed)
         if worker:
             worker.join()
@@ -90,6 +90,30 @@ def calibrate(model: Any, tensors: list[str], data: Dataset,
     ignored = {t: h.ignored for t, h in hists.items() if h.ignored}
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     return CalibResult(amaxes, samples, ignored, rss)
+
+
+def _prefetched(batches: Iterator[dict], depth: int = 2) -> Iterator[dict]:
+    """Read the next batches in a thread while ONNX Runtime runs this one; errors (bad
+    samples) are re-raised here, in order."""
+    q: queue.Queue = queue.Queue(maxsize=depth)
+    done = object()
+
+    def read() -> None:
+        try:
+            for b in batches:
+                q.put(b)
+            q.put(done)
+        except BaseException as e:  # noqa: BLE001 - handed to the consumer
+            q.put(e)
+
+    threading.Thread(target=read, daemon=True).start()
+    while True:
+        item = q.get()
+        if item is done:
+            return
+        if isinstance(item, BaseException):
+            raise item
+        yield item
 
 
 def _observe(hists: dict[str, Histogram], tensors: list[str], outs: list) -> None:
