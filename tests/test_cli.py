@@ -96,6 +96,15 @@ def test_truncated_onnx_is_rejected(digits_onnx, tmp_path):
     assert not (tmp_path / "c.onnx").exists()
 
 
+def test_input_spec_checked_against_an_onnx_src(digits_onnx, tmp_path):
+    model = digits_onnx / "model.onnx"
+    _one_line_error(run_cli(model, "--input", "input:1x8x8", "--out", tmp_path / "a"),
+                    "rank 3 given")
+    _one_line_error(run_cli(model, "--input", "pixels:1x1x8x8", "--out", tmp_path / "b"),
+                    "no such model input")
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+
+
 def test_output_directory_that_is_a_file(factory_file, tmp_path):
     target = tmp_path / "taken"
     target.write_text("x")

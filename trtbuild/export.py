@@ -27,6 +27,7 @@ class ExportSettings:
     opset: int = DEFAULT_OPSET
     atol: float = 1e-4
     rtol: float = 1e-3
+    input_shapes: tuple[tuple[int, ...], ...] = ()  # --input shapes, checked for ONNX SRCs
 
 
 @dataclass
@@ -51,11 +52,24 @@ def export(src: Source, out: Path, settings: ExportSettings = ExportSettings()) 
     """
     if src.kind == "onnx":
         model = onnxio.load(src.path)
+        _check_inputs(src.path, dict(zip(settings.input_names, settings.input_shapes)),
+                      _io_shapes(model)[0])
         with atomic_path(out) as tmp:
             shutil.copyfile(src.path, tmp)
         opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
         return ExportResult(out, _io_shapes(model)[0], _io_shapes(model)[1], opset=opset)
     return _export_torch(src, out, settings)
+
+
+def _check_inputs(path: Path, given: dict, model: dict[str, list]) -> None:
+    """--input on an ONNX SRC: each name must exist and its shape fit (rank, static dims)."""
+    from .shapes import check_rank
+
+    for name, shape in given.items():
+        if name not in model:
+            raise TrtBuildError(f"{path}: --input {name}: no such model input "
+                                f"(inputs: {', '.join(model)})")
+        check_rank(name, shape, [d if isinstance(d, int) and d > 0 else -1 for d in model[name]])
 
 
 def _export_torch(src: Source, out: Path, s: ExportSettings) -> ExportResult:

@@ -62,7 +62,9 @@ def stage_export(ctx: BuildContext) -> dict[str, Any]:
     s = ctx.settings
     src = source_mod.load(source_mod.parse(s.src), dict(s.inputs) or None)
     names = tuple(n for n, _ in s.inputs)
-    result = export(src, ctx.out / "model.onnx", ExportSettings(names, s.dynamic_batch, s.opset))
+    shapes = tuple(shape for _, shape in s.inputs)
+    result = export(src, ctx.out / "model.onnx",
+                    ExportSettings(names, s.dynamic_batch, s.opset, input_shapes=shapes))
     ctx.source = src if src.kind == "torch" else None
     ctx.artifacts["model"] = result.path
     return result.record()
