@@ -70,7 +70,7 @@ def run_bench(models: dict[str, Path], engines: list[dict], torch_src: Any, refe
                 runs.append({**bench.bench_onnxruntime(path, feeds, cfg), "model": precision,
                              "shape": label})
         if torch_src is not None:
-            runs.append({**bench.bench_torch(torch_src.module, _torch_inputs(torch_src, feeds), cfg),
+            runs.append({**bench.bench_torch(torch_src.module, _torch_inputs(feeds), cfg),
                          "model": "fp32", "shape": label})
     record: dict[str, Any] = {"runs": runs, "warmup": s.warmup, "iterations": s.iterations,
                               "device": "gpu" if runnable else "cpu"}
@@ -102,7 +102,7 @@ def _runnable_engines(engines: list[dict]) -> list[dict]:
     return [e for e in engines if e["arch"] in (gpu["arch"], "native", "ampere+")]
 
 
-def _torch_inputs(src: Any, feeds: dict[str, np.ndarray]) -> tuple:
+def _torch_inputs(feeds: dict[str, np.ndarray]) -> tuple:
     import torch
 
     return tuple(torch.from_numpy(np.ascontiguousarray(x)) for x in feeds.values())

@@ -32,11 +32,12 @@ def _inputs(args: argparse.Namespace) -> tuple:
 PREPROCESS_FLAGS = ("resize", "crop", "grayscale", "scale", "mean", "std", "layout", "dtype")
 
 
-def int8_settings(args: argparse.Namespace) -> Int8Settings:
+def int8_settings(args: argparse.Namespace, need_data: bool = True) -> Int8Settings:
+    """Calibration and data-reading settings; `need_data`: calibration data must be given."""
     if args.calib and args.data_loader_script:
         raise TrtBuildError("give --calib or --data-loader-script, not both")
     calib = args.calib or args.data_loader_script
-    if not calib and not args.calib_cache:
+    if need_data and not calib and not args.calib_cache:
         raise TrtBuildError("--int8 needs calibration data: --calib DIR, --data-loader-script "
                             "FILE.py:FN or --calib-cache FILE")
     if args.calib_cache and not args.calib_cache.is_file():
@@ -233,10 +234,9 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
     if not args.val:
         raise TrtBuildError("validate needs --val DIR (or a data loader script)")
-    args.calib = args.calib or args.val
     reference = onnxio.load(args.reference)
     onnxio.load(args.candidate)
-    data = open_dataset(args.val, reference, int8_settings(args))
+    data = open_dataset(args.val, reference, int8_settings(args, need_data=False))
     record = compare(args.reference, args.candidate, data, args.precision,
                      Path(args.val) if Path(args.val).is_dir() else None)
     failures = Gates(args.min_top1_agreement, args.min_cosine).failures(record)

@@ -13,6 +13,8 @@ from typing import Any
 
 import numpy as np
 
+from . import onnxio
+
 # Reductions inside normalisation/softmax, and math whose range overflows FP16.
 KEEP_FP32_OPS = frozenset({
     "LayerNormalization", "Softmax", "LogSoftmax", "ReduceMean", "ReduceSum", "ReduceL2",
@@ -40,7 +42,7 @@ def convert(model: Any, s: Fp16Settings = Fp16Settings()) -> tuple[Any, dict[str
     m = onnx.ModelProto()
     m.CopyFrom(model)
     g = m.graph
-    floats = _float_tensors(m)
+    floats = onnxio.float_tensors(m)
     inits = {i.name: i for i in g.initializer}
     producer = {o: n for n in g.node for o in n.output}
     half = {n.name or id(n): _runs_half(n, floats, s) for n in g.node}
@@ -100,7 +102,7 @@ def convert(model: Any, s: Fp16Settings = Fp16Settings()) -> tuple[Any, dict[str
     del g.node[:]
     g.node.extend(rebuilt)
     g.initializer.extend(half_inits.values())
-    _drop_unused(g)
+    onnxio.drop_unused_initializers(g)
     del g.value_info[:]
     m = onnx.shape_inference.infer_shapes(m)
     n_half = sum(half.values())
@@ -122,22 +124,6 @@ def _runs_half(node: Any, floats: set[str], s: Fp16Settings) -> bool:
     return any(o in floats for o in node.output)
 
 
-def _float_tensors(model: Any) -> set[str]:
-    from onnx import TensorProto
-
-    g = model.graph
-    names = {vi.name for vi in list(g.input) + list(g.value_info) + list(g.output)
-             if vi.type.tensor_type.elem_type == TensorProto.FLOAT}
-    return names | {i.name for i in g.initializer if i.data_type == TensorProto.FLOAT}
-
-
-def _drop_unused(g: Any) -> None:
-    used = {i for n in g.node for i in n.input}
-    keep = [i for i in g.initializer if i.name in used]
-    del g.initializer[:]
-    g.initializer.extend(keep)
-
-
 def simulated(model: Any, fp16_model_info: dict[str, Any], s: Fp16Settings = Fp16Settings()) -> Any:
     """FP32 model with FP16 rounding where the FP16 model would run half: weights rounded to
     float16 and every half node's float outputs round-tripped through Cast(fp16)->Cast(fp32).
@@ -148,7 +134,7 @@ def simulated(model: Any, fp16_model_info: dict[str, Any], s: Fp16Settings = Fp1
     m = onnx.ModelProto()
     m.CopyFrom(model)
     g = m.graph
-    floats = _float_tensors(m)
+    floats = onnxio.float_tensors(m)
     half_nodes = [n for n in g.node if _runs_half(n, floats, s)]
     used_by_half = {i for n in half_nodes for i in n.input}
     for init in g.initializer:

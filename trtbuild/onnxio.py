@@ -91,3 +91,22 @@ def random_feed(sess: Any, batch: int = 1, seed: int = 0,
 def max_abs_diff(a: list[np.ndarray], b: list[np.ndarray]) -> float:
     return max((float(np.max(np.abs(x.astype(np.float64) - y.astype(np.float64))))
                 if x.size else 0.0) for x, y in zip(a, b))
+
+
+def float_tensors(model: Any) -> set[str]:
+    """Names of the float32 tensors of a shape-inferred model: inputs, outputs, value infos
+    and initializers."""
+    from onnx import TensorProto
+
+    g = model.graph
+    names = {vi.name for vi in list(g.input) + list(g.value_info) + list(g.output)
+             if vi.type.tensor_type.elem_type == TensorProto.FLOAT}
+    return names | {i.name for i in g.initializer if i.data_type == TensorProto.FLOAT}
+
+
+def drop_unused_initializers(graph: Any) -> None:
+    """Remove initializers that no node reads and that are not graph outputs."""
+    used = {i for n in graph.node for i in n.input} | {o.name for o in graph.output}
+    keep = [i for i in graph.initializer if i.name in used]
+    del graph.initializer[:]
+    graph.initializer.extend(keep)

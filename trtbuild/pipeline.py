@@ -53,6 +53,16 @@ class BuildContext:
     artifacts: dict[str, Path] = field(default_factory=dict)
     amaxes: dict[str, float] = field(default_factory=dict)
     source: Any = None
+    _clean: Any = None
+
+    def clean_model(self) -> Any:
+        """The cleaned ModelProto, loaded from disk once for all later stages (read-only:
+        the stages that rewrite it work on copies)."""
+        if self._clean is None:
+            from . import onnxio
+
+            self._clean = onnxio.load(self.artifacts["clean"])
+        return self._clean
 
 
 Stage = Callable[[BuildContext], dict[str, Any]]
@@ -79,50 +89,56 @@ def stage_clean(ctx: BuildContext) -> dict[str, Any]:
 
 
 def stage_calibrate(ctx: BuildContext) -> dict[str, Any]:
-    from . import onnxio
     from .int8 import run_calibrate
 
-    amaxes, record = run_calibrate(onnxio.load(ctx.artifacts["clean"]), ctx.out, ctx.settings.int8)
+    amaxes, record = run_calibrate(ctx.clean_model(), ctx.out, ctx.settings.int8)
     ctx.artifacts["calib_cache"] = ctx.out / "calib.cache"
     ctx.amaxes = amaxes
     return record
 
 
 def stage_quantize(ctx: BuildContext) -> dict[str, Any]:
-    from . import onnxio
     from .int8 import run_quantize
 
-    record = run_quantize(onnxio.load(ctx.artifacts["clean"]), ctx.amaxes, ctx.out / "model.int8.onnx")
+    record = run_quantize(ctx.clean_model(), ctx.amaxes, ctx.out / "model.int8.onnx")
     ctx.artifacts["int8"] = ctx.out / "model.int8.onnx"
     return record
 
 
 def stage_validate(ctx: BuildContext) -> dict[str, Any]:
     """CPU accuracy of the INT8 Q/DQ model against the cleaned FP32 model (ONNX Runtime)."""
-    from . import onnxio
-    from .int8 import open_dataset
     from .validate import compare
 
-    s = ctx.settings
-    val = s.val or s.int8.calib
-    if not s.val:
+    if not ctx.settings.val:
         log.warning("no --val data: validating on the calibration data (not held out)")
-    data = open_dataset(val, onnxio.load(ctx.artifacts["clean"]), s.int8)
-    record = compare(ctx.artifacts["clean"], ctx.artifacts["int8"], data, "int8",
-                     Path(val) if Path(str(val)).is_dir() else None)
-    record["val"] = str(val)
-    record["gate_failures"] = s.gates.failures(record)
+    data, labels, label = _eval_data(ctx)
+    record = compare(ctx.artifacts["clean"], ctx.artifacts["int8"], data, "int8", labels)
+    record["val"] = label
+    record["gate_failures"] = ctx.settings.gates.failures(record)
     return record
+
+
+def _eval_data(ctx: BuildContext) -> tuple[Any, Path | None, str]:
+    """(dataset, labels directory, description) for accuracy checks: --val, else the
+    calibration data, else seeded random inputs."""
+    from .validate import RandomData
+
+    s = ctx.settings
+    source = s.val or (s.int8.calib if s.int8 else None)
+    if not source:
+        return RandomData(ctx.clean_model()), None, "random inputs"
+    labels = Path(source) if Path(str(source)).is_dir() else None
+    return _dataset(ctx, source), labels, str(source)
 
 
 def stage_fp16(ctx: BuildContext) -> dict[str, Any]:
     """Graph-level FP16, then its CPU accuracy against the FP32 model (ONNX Runtime; FP16
     kernels where ORT has them, else the Cast round-trip simulation)."""
     from . import fp16, onnxio
-    from .validate import RandomData, compare
+    from .validate import compare
 
     s = ctx.settings
-    clean = onnxio.load(ctx.artifacts["clean"])
+    clean = ctx.clean_model()
     model, info = fp16.convert(clean, s.fp16)
     out = ctx.out / "model.fp16.onnx"
     onnxio.check_model(model, out)
@@ -136,21 +152,17 @@ def stage_fp16(ctx: BuildContext) -> dict[str, Any]:
         check = ctx.out / "model.fp16sim.onnx"
         onnxio.save(fp16.simulated(clean, info, s.fp16), check)
         info["cpu_check"] = f"cast round-trip simulation ({str(e).splitlines()[0][:120]})"
-    source = s.val or (s.int8.calib if s.int8 else None)
-    data = _dataset(ctx, source) if source else RandomData(clean)
-    record = compare(ctx.artifacts["clean"], check, data, "fp16",
-                     Path(source) if source and Path(str(source)).is_dir() else None)
-    record.update(info, output=str(out), val=str(source or "random inputs"))
+    data, labels, label = _eval_data(ctx)
+    record = compare(ctx.artifacts["clean"], check, data, "fp16", labels)
+    record.update(info, output=str(out), val=label)
     record["gate_failures"] = s.gates.failures(record)
     return record
 
 
 def _dataset(ctx: BuildContext, source: str) -> Any:
-    from . import onnxio
     from .int8 import Int8Settings, open_dataset
 
-    return open_dataset(source, onnxio.load(ctx.artifacts["clean"]),
-                        ctx.settings.int8 or Int8Settings())
+    return open_dataset(source, ctx.clean_model(), ctx.settings.int8 or Int8Settings())
 
 
 def stage_engines(ctx: BuildContext) -> dict[str, Any]:
@@ -168,8 +180,7 @@ def stage_engines(ctx: BuildContext) -> dict[str, Any]:
         s = dataclasses.replace(s, calib_data=lambda: _dataset(ctx, ctx.settings.int8.calib))
     if ctx.settings.fp32_engine or not models:
         models = {"fp32": ctx.artifacts["clean"], **models}
-    record = run_engines(models,
-                         ctx.artifacts.get("calib_cache"), ctx.out, s)
+    record = run_engines(models, ctx.artifacts.get("calib_cache"), ctx.out, s)
     if "skipped" in record:
         log.warning("%s", record["skipped"])
     return record
@@ -178,34 +189,29 @@ def stage_engines(ctx: BuildContext) -> dict[str, Any]:
 def stage_validate_engines(ctx: BuildContext) -> dict[str, Any]:
     """Each engine this machine can run (GPU + TensorRT) against the FP32 ONNX model."""
     from .benchstage import _runnable_engines
-    from .validate import RandomData, compare_engine
+    from .validate import compare_engine
 
     build = ctx.report.get("build") or {}
     runnable = _runnable_engines(build.get("engines", []))
     if not runnable:
         return {"skipped": "no engine can run here (needs a CUDA GPU of the engine's "
                            "architecture and TensorRT)"}
-    s = ctx.settings
-    source = s.val or (s.int8.calib if s.int8 else None)
     results = []
     for e in runnable:
-        data = _dataset(ctx, source) if source else RandomData(ctx.artifacts["clean"])
-        r = compare_engine(ctx.artifacts["clean"], Path(e["path"]), data, e["precision"],
-                           Path(source) if source and Path(str(source)).is_dir() else None)
-        results.append({**r, "engine": e["path"], "gate_failures": s.gates.failures(r)})
+        data, labels, _ = _eval_data(ctx)
+        r = compare_engine(ctx.artifacts["clean"], Path(e["path"]), data, e["precision"], labels)
+        results.append({**r, "engine": e["path"], "gate_failures": ctx.settings.gates.failures(r)})
     return {"engines": results,
             "gate_failures": [f for r in results for f in r["gate_failures"]]}
 
 
 def stage_bench(ctx: BuildContext) -> dict[str, Any]:
-    from . import onnxio
     from .benchstage import run_bench
 
     models = {"fp32": ctx.artifacts["clean"],
               **{p: ctx.artifacts[p] for p in ("fp16", "int8") if p in ctx.artifacts}}
     build = ctx.report.get("build") or {}
-    return run_bench(models, build.get("engines", []), ctx.source,
-                     onnxio.load(ctx.artifacts["clean"]),
+    return run_bench(models, build.get("engines", []), ctx.source, ctx.clean_model(),
                      ctx.settings.engines.engine.profiles, ctx.settings.bench)
 
 

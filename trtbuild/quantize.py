@@ -20,6 +20,8 @@ from typing import Any
 
 import numpy as np
 
+from . import onnxio
+
 COMPUTE_OPS = {"Conv": 0, "ConvTranspose": 1, "Gemm": None, "MatMul": None}  # weight axis
 POOL_OPS = {"MaxPool", "AveragePool", "GlobalAveragePool", "GlobalMaxPool"}
 PASS_THROUGH = {"Reshape", "Flatten", "Squeeze", "Unsqueeze", "Transpose", "Identity"}
@@ -40,7 +42,7 @@ def plan(model: Any) -> QuantPlan:
     for k, n in enumerate(g.node):  # rewiring addresses nodes by name
         n.name = n.name or f"node_{k}"
     inits = {i.name: i for i in g.initializer}
-    floats = _float_tensors(model)
+    floats = onnxio.float_tensors(model)
     outputs = {o.name for o in g.output}
     producers = {o: n for n in g.node for o in n.output}
     readers: dict[str, list] = {}
@@ -130,14 +132,6 @@ def _init_dtype(init: Any) -> np.dtype:
     return np.dtype(onnx.helper.tensor_dtype_to_np_dtype(init.data_type))
 
 
-def _float_tensors(model: Any) -> set[str]:
-    import onnx
-
-    g = model.graph
-    infos = list(g.input) + list(g.value_info) + list(g.output)
-    return {vi.name for vi in infos if vi.type.tensor_type.elem_type == onnx.TensorProto.FLOAT}
-
-
 def insert_qdq(model: Any, plan_: QuantPlan, amaxes: dict[str, float]) -> Any:
     """A copy of `model` with Q/DQ on planned activations and INT8+DQ weights.
 
@@ -150,7 +144,9 @@ def insert_qdq(model: Any, plan_: QuantPlan, amaxes: dict[str, float]) -> Any:
     m.CopyFrom(model)
     g = m.graph
     inits = {i.name: i for i in g.initializer}
-    new_nodes, rename = [], {}
+    # new nodes keyed by the tensor they follow (None: no producer, they go first)
+    after: dict[str | None, list] = {}
+    rename = {}
     for name in plan_.activations:
         if name not in amaxes:
             continue
@@ -159,10 +155,10 @@ def insert_qdq(model: Any, plan_: QuantPlan, amaxes: dict[str, float]) -> Any:
         g.initializer.extend([numpy_helper.from_array(np.array(scale), s),
                               numpy_helper.from_array(np.array(0, np.int8), z)])
         q, dq = f"{name}_quantized", f"{name}_dequantized"
-        new_nodes.append((name, [helper.make_node("QuantizeLinear", [name, s, z], [q],
-                                                  name=f"{name}_QuantizeLinear"),
-                                 helper.make_node("DequantizeLinear", [q, s, z], [dq],
-                                                  name=f"{name}_DequantizeLinear")]))
+        after[name] = [helper.make_node("QuantizeLinear", [name, s, z], [q],
+                                        name=f"{name}_QuantizeLinear"),
+                       helper.make_node("DequantizeLinear", [q, s, z], [dq],
+                                        name=f"{name}_DequantizeLinear")]
         rename[name] = dq
     for name, axis in plan_.weights:
         w = numpy_helper.to_array(inits[name]).astype(np.float32)
@@ -170,9 +166,9 @@ def insert_qdq(model: Any, plan_: QuantPlan, amaxes: dict[str, float]) -> Any:
         qn, s, z = f"{name}_int8", f"{name}_wscale", f"{name}_wzero"
         g.initializer.extend([numpy_helper.from_array(w_q, qn), numpy_helper.from_array(scale, s),
                               numpy_helper.from_array(np.zeros(scale.shape, np.int8), z)])
-        new_nodes.append((None, [helper.make_node("DequantizeLinear", [qn, s, z],
-                                                  [f"{name}_dequantized"], axis=axis,
-                                                  name=f"{name}_DequantizeLinear")]))
+        after.setdefault(None, []).append(helper.make_node(
+            "DequantizeLinear", [qn, s, z], [f"{name}_dequantized"], axis=axis,
+            name=f"{name}_DequantizeLinear"))
         rename[name] = f"{name}_dequantized"
     for node in g.node:
         for k, inp in enumerate(node.input):
@@ -180,9 +176,6 @@ def insert_qdq(model: Any, plan_: QuantPlan, amaxes: dict[str, float]) -> Any:
                 node.input[k] = rename[inp]
     # keep topological order: each activation's Q/DQ right after its producer; weight DQs
     # and graph-input Q/DQs first
-    after: dict[str, list] = {}
-    for tensor, group in new_nodes:
-        after.setdefault(tensor, []).extend(group)
     produced = {o for n in g.node for o in n.output}
     nodes = [n for t, group in after.items() if t is None or t not in produced for n in group]
     for node in g.node:
@@ -191,7 +184,7 @@ def insert_qdq(model: Any, plan_: QuantPlan, amaxes: dict[str, float]) -> Any:
             nodes.extend(after.get(out, []))
     del g.node[:]
     g.node.extend(nodes)
-    _drop_unused_initializers(g)
+    onnxio.drop_unused_initializers(g)
     return m
 
 
@@ -204,10 +197,3 @@ def quantize_weight(w: np.ndarray, axis: int) -> tuple[np.ndarray, np.ndarray]:
     shape[axis] = -1
     q = np.clip(np.round(w / scale.reshape(shape)), -127, 127).astype(np.int8)
     return q, scale
-
-
-def _drop_unused_initializers(g: Any) -> None:
-    used = {i for n in g.node for i in n.input} | {o.name for o in g.output}
-    keep = [i for i in g.initializer if i.name in used]
-    del g.initializer[:]
-    g.initializer.extend(keep)
