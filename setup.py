@@ -6,5 +6,5 @@ numpy (same results, about 6x slower histogramming).
 
 from setuptools import Extension, setup
 
-setup(ext_modules=[Extension("trtbuild.calibrate._hist", ["trtbuild/calibrate/_hist.c"],
+setup(ext_modules=[Extension("trtbuild.calib._hist", ["trtbuild/calib/_hist.c"],
                              extra_compile_args=["-O3"], optional=True)])

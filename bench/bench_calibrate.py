@@ -31,7 +31,7 @@ def make_model(tmp: Path) -> Path:
     import torch
     import torchvision
 
-    from trtbuild.clean import clean
+    from trtbuild.stages.clean import clean
 
     torch.manual_seed(0)
     raw = tmp / "resnet18.onnx"

@@ -17,7 +17,7 @@ from pathlib import Path
 import onnx
 import torch
 
-from trtbuild.clean import clean_model, outputs_diff
+from trtbuild.stages.clean import clean_model, outputs_diff
 
 
 def models() -> dict[str, tuple[torch.nn.Module, torch.Tensor]]:

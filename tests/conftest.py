@@ -2,15 +2,21 @@
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 TRTBUILD = [sys.executable, "-m", "trtbuild"]
+# one engine cache for this test session, never the user's and never a previous session's
+SESSION_CACHE = tempfile.mkdtemp(prefix="trtbuild-test-cache-")
+atexit.register(shutil.rmtree, SESSION_CACHE, ignore_errors=True)
 
 FACTORY_FILE = '''
 import torch
@@ -48,7 +54,7 @@ def run_cli(*args: str, cwd: Path | None = None, check: bool = False,
     if setup:
         setup()
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    env.setdefault("XDG_CACHE_HOME", str(Path(os.environ.get("TMPDIR", "/tmp")) / "trtbuild-test-cache"))
+    env["XDG_CACHE_HOME"] = SESSION_CACHE
     proc = subprocess.run([*TRTBUILD, *map(str, args)], capture_output=True, text=True,
                           cwd=cwd, env=env, timeout=600)
     if check and proc.returncode != 0:
@@ -67,5 +73,21 @@ def factory_file(tmp_path: Path) -> Path:
 def digits_onnx(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The demo CNN exported and cleaned once: (model.onnx, model.clean.onnx) in one dir."""
     out = tmp_path_factory.mktemp("digits")
-    run_cli("build", "trtbuild.demo.digits:digits_cnn", "--out", out, check=True)
+    run_cli("build", "trtbuild.demo.digits:digits_cnn", "--out", out, "--target", "onnx",
+            check=True)
     return out
+
+
+@pytest.fixture(scope="session")
+def encoder_onnx(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """A 2-layer TransformerEncoder exported once per session (dynamic batch, opset 17)."""
+    import torch
+
+    torch.manual_seed(0)
+    layer = torch.nn.TransformerEncoderLayer(32, 4, 64, batch_first=True, dropout=0.1)
+    enc = torch.nn.TransformerEncoder(layer, 2, enable_nested_tensor=False).eval()
+    path = str(tmp_path_factory.mktemp("enc") / "enc.onnx")
+    torch.onnx.export(enc, (torch.randn(1, 6, 32),), path, input_names=["x"],
+                      output_names=["y"], dynamic_axes={"x": {0: "b"}, "y": {0: "b"}},
+                      opset_version=17, dynamo=False)
+    return path

@@ -7,7 +7,8 @@ import json
 import pytest
 from conftest import run_cli
 
-from trtbuild import bench
+from trtbuild import timing as bench
+from trtbuild.config import parse_regression
 from trtbuild.errors import TrtBuildError
 
 
@@ -18,10 +19,10 @@ def test_stats_percentiles():
 
 
 def test_parse_regression():
-    assert bench.parse_regression("5%") == pytest.approx(0.05)
-    assert bench.parse_regression("0.1") == pytest.approx(0.1)
+    assert parse_regression("5%") == pytest.approx(0.05)
+    assert parse_regression("0.1") == pytest.approx(0.1)
     with pytest.raises(TrtBuildError):
-        bench.parse_regression("five")
+        parse_regression("five")
 
 
 def test_bench_onnx_at_profile_shapes_and_baseline_gate(digits_onnx, tmp_path):

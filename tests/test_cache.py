@@ -144,24 +144,31 @@ def test_cache_cli_ls_verify_prune(tmp_path):
 def test_timing_cache_file_is_read_and_merged(tmp_path, monkeypatch):
     """FakeTimingBuilder stands in for TensorRT (which this machine cannot run) to check that
     the engine stage feeds the stored timing cache in and writes the merged one back."""
-    from trtbuild import engine as eng
-    from trtbuild import engines
+    from trtbuild.config import build_settings
+    from trtbuild.context import Context
+    from trtbuild.report import Report
+    from trtbuild.stages import engines
+    from trtbuild.trt import backend as trt_backend
+    from trtbuild.trt import builder
 
     seen = []
 
-    def fake_timing_build(backend, onnx_path, arch, settings, timing_cache=None, advance=None,
+    def fake_timing_build(backend, onnx_path, arch, settings, timing_cache=None, on_phase=None,
                           calibrator=None):
         seen.append(timing_cache)
-        return eng.BuildOutput(b"E" * 64, 0.01, (timing_cache or b"") + b"+t")
+        return builder.BuildOutput(b"E" * 64, 0.01, (timing_cache or b"") + b"+t")
 
-    backend = eng.Backend("tensorrt", None, "10.13.0.35")
-    monkeypatch.setattr(eng, "load_backend", lambda choice: backend)
-    monkeypatch.setattr(eng, "build", fake_timing_build)
+    backend = trt_backend.Backend("tensorrt", None, "10.13.0.35")
+    monkeypatch.setattr(trt_backend, "load_backend", lambda choice: backend)
+    monkeypatch.setattr(builder, "build", fake_timing_build)
     onnx_path = tmp_path / "m.onnx"
+    settings = build_settings(str(onnx_path), archs=["ampere+"], cache_dir=tmp_path / "c")
     for k in range(2):
         onnx_path.write_bytes(b"model %d" % k)  # a different model: a cache miss each time
-        engines.run_engines({"fp32": onnx_path}, None, tmp_path / "out",
-                            engines.EngineStageSettings(archs=("ampere+",),
-                                                        cache_dir=tmp_path / "c"))
+        ctx = Context(settings, tmp_path / "out", Report(None))
+        ctx.artifacts.clean = onnx_path
+        record = engines.run(ctx)
+        assert record["engines"][0]["builder_version"] == "10.13.0.35"
+        assert ctx.artifacts.engines[0].builder == "tensorrt"
     assert seen == [None, b"+t"]
     assert (tmp_path / "c" / "ampere+" / "trt-10.13.0" / "timing.cache").read_bytes() == b"+t+t"

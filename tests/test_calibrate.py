@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from trtbuild.calibrate.observer import BINS, Histogram
-from trtbuild.calibrate.thresholds import entropy_amax, entropy_divergences, percentile_amax
+from trtbuild.calib.observer import BINS, Histogram
+from trtbuild.calib.thresholds import entropy_amax, entropy_divergences, percentile_amax
 
 
 def ref_quantize(h: np.ndarray, i: int, levels: int) -> tuple[np.ndarray, np.ndarray]:
@@ -120,7 +120,7 @@ def test_percentile():
 
 
 def test_c_kernel_and_numpy_fallback_agree():
-    from trtbuild.calibrate import observer
+    from trtbuild.calib import observer
 
     if observer._hist is None:
         pytest.skip("the optional C kernel was not built (no compiler at install)")

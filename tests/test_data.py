@@ -6,9 +6,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from trtbuild.data import Dataset, InputSpec, Preprocess, read_labels
+from trtbuild.data import Dataset, Preprocess, read_labels
 from trtbuild.demo import CALIB_DIR, VAL_DIR
 from trtbuild.errors import TrtBuildError
+from trtbuild.onnx.inputs import InputSpec
 
 IMG = [InputSpec("input", ("batch", 1, 8, 8), np.dtype(np.float32))]
 VEC = [InputSpec("x", ("batch", 4), np.dtype(np.float32))]

@@ -6,12 +6,12 @@ import json
 
 import onnx
 import pytest
-import torch
 from conftest import run_cli
 from onnx import TensorProto, helper
 
 from trtbuild.cache import EngineCache
 from trtbuild.demo import CALIB_DIR, VAL_DIR
+from trtbuild.trt.backend import load_backend
 
 trt = pytest.importorskip("tensorrt_rtx", reason="TensorRT-RTX (the [rtx] extra) not installed")
 
@@ -42,7 +42,7 @@ def test_digits_fp32_fp16_int8_for_two_archs(digits_engines):
     for e in build["engines"]:
         data = (tmp / "a" / "engines" / e["arch"] / f"model.{e['precision']}.engine").read_bytes()
         assert len(data) == e["bytes"] > 10_000
-        entry = cache.entry(e["arch"], "trt-rtx-1.7.1", e["key"])
+        entry = cache.entry(e["arch"], load_backend("tensorrt-rtx").tag, e["key"])
         assert entry.parent.parent.name == e["arch"] and cache.problem(entry) is None
         manifest = json.loads((entry / "manifest.json").read_text())
         assert manifest["precision"] == e["precision"] and manifest["engine_sha256"] == e["sha256"]
@@ -98,12 +98,14 @@ def test_parser_error_names_node_and_op(tmp_path):
                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17),
                                                     helper.make_opsetid("my.domain", 1)])
-    from trtbuild import engine as eng
+    from trtbuild import TrtBuildError
+    from trtbuild.config import EngineSettings
+    from trtbuild.trt import builder
 
     path = tmp_path / "custom.onnx"
     onnx.save(model, str(path))
-    with pytest.raises(eng.TrtBuildError) as e:
-        eng.build(eng.load_backend("tensorrt-rtx"), path, "sm_86", eng.EngineSettings())
+    with pytest.raises(TrtBuildError) as e:
+        builder.build(load_backend("tensorrt-rtx"), path, "sm_86", EngineSettings())
     assert "custom_node_1" in e.value.message and "MyCustomOp" in e.value.message
     assert e.value.code == 2
 
@@ -136,13 +138,23 @@ def test_info_works():
     assert any("trt-rtx-" in p for p in info["cache_key_prefixes"])
 
 
-def test_no_torch_needed_for_engines_module():
-    # engine.py imports TensorRT lazily: importing trtbuild.engine loads neither
+def test_only_the_trt_package_imports_tensorrt():
+    # every module imports TensorRT lazily, and only trtbuild/trt/ names it at all
+    import re
+    import subprocess
     import sys
 
-    import trtbuild.engine  # noqa: F401
+    from conftest import REPO
 
-    assert torch is not None and "tensorrt" not in sys.modules
+    code = ("import sys, pkgutil, importlib, trtbuild\n"
+            "for m in pkgutil.walk_packages(trtbuild.__path__, 'trtbuild.'):\n"
+            "    importlib.import_module(m.name)\n"
+            "assert not [m for m in ('tensorrt', 'tensorrt_rtx') if m in sys.modules]\n")
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO)
+    pattern = r"^\s*(import|from) tensorrt|import_module\(MODULES|polygraphy\.backend\.trt"
+    importers = sorted(str(p.relative_to(REPO)) for p in (REPO / "trtbuild").rglob("*.py")
+                       if re.search(pattern, p.read_text(), re.M))
+    assert importers and all(p.startswith("trtbuild/trt/") for p in importers), importers
 
 
 def test_trt_calibrator_needs_tensorrt_10(tmp_path):

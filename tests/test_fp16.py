@@ -5,11 +5,12 @@ from __future__ import annotations
 import numpy as np
 import onnx
 import pytest
-import torch
 from onnx import TensorProto
 
-from trtbuild import fp16, onnxio
-from trtbuild.clean import clean_model, outputs_diff
+from trtbuild.config import Fp16Settings
+from trtbuild.onnx import io as onnxio
+from trtbuild.quant import fp16
+from trtbuild.stages.clean import clean_model, outputs_diff
 
 
 def _types(model) -> dict[str, int]:
@@ -19,14 +20,8 @@ def _types(model) -> dict[str, int]:
 
 
 @pytest.fixture(scope="module")
-def encoder(tmp_path_factory):
-    torch.manual_seed(0)
-    layer = torch.nn.TransformerEncoderLayer(32, 4, 64, batch_first=True)
-    enc = torch.nn.TransformerEncoder(layer, 2, enable_nested_tensor=False).eval()
-    path = str(tmp_path_factory.mktemp("e16") / "enc.onnx")
-    torch.onnx.export(enc, (torch.randn(1, 6, 32),), path, input_names=["x"], output_names=["y"],
-                      dynamic_axes={"x": {0: "b"}, "y": {0: "b"}}, opset_version=17, dynamo=False)
-    return clean_model(onnx.load(path))[0]
+def encoder(encoder_onnx):
+    return clean_model(onnx.load(encoder_onnx))[0]
 
 
 def test_digits_weights_half_io_float(digits_onnx):
@@ -44,7 +39,7 @@ def test_digits_weights_half_io_float(digits_onnx):
 
 def test_fp16_io(digits_onnx):
     half, _ = fp16.convert(onnx.load(str(digits_onnx / "model.clean.onnx")),
-                           fp16.Fp16Settings(fp16_io=True))
+                           Fp16Settings(io=True))
     types = _types(half)
     assert types["input"] == TensorProto.FLOAT16 and types["output"] == TensorProto.FLOAT16
     sess = onnxio.session(half)
@@ -68,7 +63,7 @@ def test_encoder_keeps_layernorm_and_softmax_fp32(encoder):
 
 def test_keep_nodes_override(encoder):
     matmul = next(n.name for n in encoder.graph.node if n.op_type == "MatMul")
-    half, info = fp16.convert(encoder, fp16.Fp16Settings(keep_nodes=frozenset({matmul})))
+    half, info = fp16.convert(encoder, Fp16Settings(keep_nodes=frozenset({matmul})))
     types = _types(half)
     node = next(n for n in half.graph.node if n.name == matmul)
     assert types[node.output[0]] == TensorProto.FLOAT
@@ -77,7 +72,7 @@ def test_keep_nodes_override(encoder):
 
 def test_simulation_tracks_the_real_fp16_model(encoder):
     half, info = fp16.convert(encoder)
-    sim = fp16.simulated(encoder, info)
+    sim = fp16.simulated(encoder)
     d_sim, d_real = outputs_diff(encoder, sim), outputs_diff(encoder, half)
     assert 0 < d_sim < 0.02 and 0 < d_real < 0.02
     assert outputs_diff(sim, half) < 0.02

@@ -5,16 +5,15 @@ from __future__ import annotations
 import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
-import pytest
-import torch
 
-from trtbuild import onnxio
-from trtbuild.clean import clean, clean_model, outputs_diff
+from trtbuild.onnx import io as onnxio
+from trtbuild.onnx.inputs import random_feed
 from trtbuild.passes import PASSES
 from trtbuild.passes.fold import fold_constants
 from trtbuild.passes.noop import remove_noops
 from trtbuild.passes.reshape import constant_batch_reshapes
 from trtbuild.passes.tidy import cleanup, toposort
+from trtbuild.stages.clean import clean, clean_model, outputs_diff
 
 
 def _graph_with(build) -> tuple[gs.Graph, onnx.ModelProto]:
@@ -103,18 +102,6 @@ def test_cleanup_removes_dead_nodes_and_toposort_orders():
     assert [n.op for n in graph.nodes] == ["Abs", "Relu"]
 
 
-@pytest.fixture(scope="module")
-def encoder_onnx(tmp_path_factory) -> str:
-    torch.manual_seed(0)
-    layer = torch.nn.TransformerEncoderLayer(32, 4, 64, batch_first=True, dropout=0.1)
-    enc = torch.nn.TransformerEncoder(layer, 2, enable_nested_tensor=False).eval()
-    path = str(tmp_path_factory.mktemp("enc") / "enc.onnx")
-    torch.onnx.export(enc, (torch.randn(1, 6, 32),), path, input_names=["x"],
-                      output_names=["y"], dynamic_axes={"x": {0: "b"}, "y": {0: "b"}},
-                      opset_version=17, dynamo=False)
-    return path
-
-
 def test_constant_batch_reshapes_removes_shape_arithmetic(encoder_onnx):
     model = onnx.load(encoder_onnx)
     graph = fold_constants(gs.import_onnx(model))
@@ -135,7 +122,8 @@ def test_full_pass_list_on_encoder(encoder_onnx, tmp_path):
     assert sum(result.nodes_after.values()) < sum(result.nodes_before.values()) / 3
     assert [p["pass"] for p in result.passes] == [name for name, _ in PASSES]
     sess = onnxio.session(tmp_path / "c.onnx")
-    assert sess.run(None, onnxio.random_feed(sess, batch=11))[0].shape == (11, 6, 32)
+    feed = random_feed(onnx.load(str(tmp_path / "c.onnx")), batch=11)
+    assert sess.run(None, feed)[0].shape == (11, 6, 32)
 
 
 def test_clean_model_is_idempotent(digits_onnx):

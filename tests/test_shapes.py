@@ -1,7 +1,7 @@
 import pytest
 
 from trtbuild.errors import TrtBuildError
-from trtbuild.shapes import check_rank, parse_input_spec, parse_profile_spec
+from trtbuild.onnx.shapes import check_rank, parse_input_spec, parse_profile_spec
 
 
 def test_input_spec():

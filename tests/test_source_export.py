@@ -7,14 +7,17 @@ import onnx
 import pytest
 import torch
 
-from trtbuild import onnxio, source
+from trtbuild.config import ExportSettings
 from trtbuild.errors import TrtBuildError
-from trtbuild.export import ExportSettings, export
+from trtbuild.onnx import io as onnxio
+from trtbuild.onnx import source
+from trtbuild.onnx.inputs import random_feed
+from trtbuild.stages.export import export
 
 
 def _run_batch(path, batch: int) -> list[np.ndarray]:
     sess = onnxio.session(path)
-    return sess.run(None, onnxio.random_feed(sess, batch=batch))
+    return sess.run(None, random_feed(onnx.load(str(path)), batch=batch))
 
 
 def test_file_factory_with_examples_exports_and_matches_torch(factory_file, tmp_path):
@@ -32,7 +35,7 @@ def test_file_factory_with_examples_exports_and_matches_torch(factory_file, tmp_
 
 def test_factory_without_examples_uses_input_spec(factory_file, tmp_path):
     src = source.load(source.parse(f"{factory_file}:make_plain"), {"images": (2, 3, 8, 8)})
-    result = export(src, tmp_path / "m.onnx", ExportSettings(input_names=("images",),
+    result = export(src, tmp_path / "m.onnx", ExportSettings(inputs=(("images", (2, 3, 8, 8)),),
                                                              dynamic_batch=False))
     assert result.inputs == {"images": [2, 3, 8, 8]}
 

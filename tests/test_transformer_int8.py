@@ -76,7 +76,7 @@ def test_integer_inputs_untouched_and_ranges_finite(bert_build):
     q_inputs = {n.input[0] for n in model.graph.node if n.op_type == "QuantizeLinear"}
     assert not q_inputs & {"input_ids", "attention_mask"}
     assert stages["quantize"]["quantized_activations"] > 0
-    from trtbuild import calib_cache
+    from trtbuild.calib import cachefile as calib_cache
 
     amaxes = calib_cache.read(out / "calib.cache")
     assert amaxes and all(np.isfinite(a) and 0 < a < 1e4 for a in amaxes.values())

@@ -141,6 +141,19 @@ class EngineCache:
         return sorted(p for p in self.root.glob("*/*/*") if p.is_dir()
                       and p.parts[-3] != "quarantine" and ".tmp-" not in p.name)
 
+    def listing(self) -> list[dict[str, Any]]:
+        """One row per entry: its path under the root, precision, size, creation time."""
+        rows = []
+        for e in self.entries():
+            try:
+                m = json.loads((e / MANIFEST).read_text())
+            except (OSError, ValueError):
+                m = {}
+            m = m if isinstance(m, dict) else {}
+            rows.append({"entry": str(e.relative_to(self.root)), "precision": m.get("precision"),
+                         "bytes": m.get("engine_bytes"), "created": m.get("created")})
+        return rows
+
     def verify(self) -> list[tuple[Path, str | None]]:
         """(entry, problem or None) for every entry; damaged ones are quarantined."""
         out = []

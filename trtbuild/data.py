@@ -11,11 +11,15 @@ import csv
 import json
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
-from typing import Any, Iterator
+from typing import TYPE_CHECKING, Any, Iterator
 
 import numpy as np
 
 from .errors import TrtBuildError
+from .onnx.inputs import InputSpec, model_inputs
+
+if TYPE_CHECKING:
+    from .config import DataSettings
 
 IMAGE_EXTS = {".png", ".jpg", ".jpeg", ".bmp"}
 ARRAY_EXTS = {".npy", ".npz"}
@@ -87,38 +91,6 @@ class Preprocess:
             left, top = (w - self.crop) // 2, (h - self.crop) // 2
             im = im.crop((left, top, left + self.crop, top + self.crop))
         return im
-
-
-@dataclass(frozen=True)
-class InputSpec:
-    """A model input: name, shape (str/None for symbolic dims) and numpy dtype."""
-
-    name: str
-    shape: tuple
-    dtype: np.dtype
-
-    def fits(self, shape: tuple) -> bool:
-        """Does one sample (no batch axis) of `shape` fit this input?"""
-        want = self.shape[1:]
-        return len(shape) == len(want) and all(
-            not isinstance(w, int) or w <= 0 or w == g for w, g in zip(want, shape))
-
-
-def model_inputs(model: Any) -> list[InputSpec]:
-    """Graph inputs (initializers excluded) of an ONNX ModelProto."""
-    import onnx
-
-    inits = {i.name for i in model.graph.initializer}
-    specs = []
-    for vi in model.graph.input:
-        if vi.name in inits:
-            continue
-        t = vi.type.tensor_type
-        shape = tuple(d.dim_value if d.HasField("dim_value") else (d.dim_param or None)
-                      for d in t.shape.dim)
-        specs.append(InputSpec(vi.name, shape, np.dtype(onnx.helper.tensor_dtype_to_np_dtype(
-            t.elem_type))))
-    return specs
 
 
 class Dataset:
@@ -235,10 +207,10 @@ class Dataset:
         return out
 
     def _script_samples(self) -> Iterator[tuple[str, Batch]]:
-        from .source import _import
+        from .onnx.source import import_target
 
         target, _, fn_name = self.script.rpartition(":")
-        fn = getattr(_import(target), fn_name, None)
+        fn = getattr(import_target(target), fn_name, None)
         if not callable(fn):
             raise TrtBuildError(f"{self.script}: {target} has no callable '{fn_name}'")
         try:
@@ -319,3 +291,27 @@ def read_labels(folder: Path) -> dict[str, int] | None:
             if len(row) >= 2 and row[1].strip().lstrip("-").isdigit():
                 labels[row[0].strip()] = int(row[1])
     return labels
+
+
+def open_dataset(source: str | Path, model: Any, s: "DataSettings") -> Dataset:
+    """Samples for `model` (a ModelProto) from a directory or FILE.py:FN, read with the data
+    settings (batch size, sample cap, preprocessing overrides) wherever data is read."""
+    pre = None
+    if not _is_script(str(source)) and Path(source).is_dir():
+        pre = Preprocess.from_dir(Path(source), **s.preprocess)
+    return Dataset(source, model_inputs(model), s.batch_size, s.max_samples, pre)
+
+
+def check_source(source: str, flag: str) -> None:
+    """Before any work: a data directory exists and holds samples, or a FILE.py:FN exists.
+    Raises TrtBuildError(2) naming the path."""
+    if _is_script(str(source)):
+        path = Path(str(source).rpartition(":")[0])
+        if not path.is_file():
+            raise TrtBuildError(f"{path}: {flag}: no such data loader script")
+        return
+    folder = Path(source)
+    if not folder.is_dir():
+        raise TrtBuildError(f"{folder}: {flag}: no such data directory")
+    if not any(p.suffix.lower() in IMAGE_EXTS | ARRAY_EXTS for p in folder.iterdir()):
+        raise TrtBuildError(f"{folder}: no samples (.png .jpg .jpeg .bmp .npy .npz) in directory")

@@ -48,3 +48,28 @@ def ensure_dir(path: str | Path) -> Path:
     except (FileExistsError, NotADirectoryError):
         raise TrtBuildError(f"{path}: cannot create output directory (a parent is a file)")
     return path
+
+
+def file_sha256(path: Path) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def check_output_file(path: Path) -> Path:
+    """An output file path the user named: its directory must exist, and whatever is there
+    now must be a regular file (never replace a device, a directory or a socket)."""
+    path = Path(path)
+    if path.is_dir():
+        raise TrtBuildError(f"{path}: output path is a directory")
+    if path.exists() and not path.is_file():
+        raise TrtBuildError(f"{path}: output path exists and is not a regular file")
+    if path.is_symlink():
+        raise TrtBuildError(f"{path}: output path is a symbolic link")
+    if not path.parent.is_dir():
+        raise TrtBuildError(f"{path.parent}: output directory does not exist")
+    return path

@@ -69,7 +69,8 @@ def _shape_values(graph: Any, nodes: list, batch: int) -> list | None:
     """(target, data shape) of each Reshape when the model runs on random inputs of this batch."""
     import onnx_graphsurgeon as gs
 
-    from .. import onnxio
+    from ..onnx import io
+    from ..onnx.inputs import random_feed
 
     g = graph.copy()  # same node order as `graph`
     index = {id(n): i for i, n in enumerate(graph.nodes)}
@@ -83,9 +84,10 @@ def _shape_values(graph: Any, nodes: list, batch: int) -> list | None:
         outs += [target, shape]
     g.outputs = outs
     try:
-        sess = onnxio.session(gs.export_onnx(g.cleanup()))
+        model = gs.export_onnx(g.cleanup())
+        sess = io.session(model)
         got = dict(zip([o.name for o in sess.get_outputs()],
-                       sess.run(None, onnxio.random_feed(sess, batch=batch))))
+                       sess.run(None, random_feed(model, batch=batch))))
     except Exception:  # an unrunnable probe just means: leave the graph as it is
         return None
     return [(got[outs[2 * k].name], got[outs[2 * k + 1].name]) for k in range(len(nodes))]

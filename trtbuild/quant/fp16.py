@@ -8,30 +8,16 @@ Graph inputs and outputs stay FP32 unless `fp16_io`.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from . import onnxio
+from ..config import Fp16Settings
+from ..onnx import io
 
-# Reductions inside normalisation/softmax, and math whose range overflows FP16.
-KEEP_FP32_OPS = frozenset({
-    "LayerNormalization", "Softmax", "LogSoftmax", "ReduceMean", "ReduceSum", "ReduceL2",
-    "ReduceLogSumExp", "ReduceSumSquare", "Exp", "Log", "Pow", "Range", "RandomNormal",
-    "RandomUniform", "RandomNormalLike", "RandomUniformLike", "ConstantOfShape", "Constant",
-    "EyeLike", "NonMaxSuppression", "TopK", "CumSum", "Einsum",
-})
 # Inputs that the ONNX type constraints pin to float32 whatever the data type.
 FLOAT32_INPUTS = {"Resize": {1, 2}, "Upsample": {1}}
 TYPE_AGNOSTIC = frozenset({"Shape", "Size"})
-
-
-@dataclass(frozen=True)
-class Fp16Settings:
-    keep_ops: frozenset[str] = KEEP_FP32_OPS
-    keep_nodes: frozenset[str] = frozenset()
-    fp16_io: bool = False
 
 
 def convert(model: Any, s: Fp16Settings = Fp16Settings()) -> tuple[Any, dict[str, Any]]:
@@ -42,19 +28,19 @@ def convert(model: Any, s: Fp16Settings = Fp16Settings()) -> tuple[Any, dict[str
     m = onnx.ModelProto()
     m.CopyFrom(model)
     g = m.graph
-    floats = onnxio.float_tensors(m)
+    floats = io.float_tensors(m)
     inits = {i.name: i for i in g.initializer}
-    producer = {o: n for n in g.node for o in n.output}
-    half = {n.name or id(n): _runs_half(n, floats, s) for n in g.node}
-    is_half = lambda n: half[n.name or id(n)]  # noqa: E731
+    # by position: node names may be empty or repeated
+    half = [_runs_half(n, floats, s) for n in g.node]
+    producer = {o: k for k, n in enumerate(g.node) for o in n.output}
     inputs = {i.name for i in g.input}
     outputs = {o.name for o in g.output}
 
     def tensor_half(name: str) -> bool:
         if name in inputs:
-            return s.fp16_io
+            return s.io
         p = producer.get(name)
-        return p is not None and is_half(p) and name in floats
+        return p is not None and half[p] and name in floats
 
     new_nodes, casts, half_inits = [], {}, {}
 
@@ -68,12 +54,12 @@ def convert(model: Any, s: Fp16Settings = Fp16Settings()) -> tuple[Any, dict[str
         return casts[key]
 
     rebuilt = []
-    for node in g.node:
+    for index, node in enumerate(g.node):
         pinned = FLOAT32_INPUTS.get(node.op_type, set())
         for k, name in enumerate(node.input):
             if not name or name not in floats or node.op_type in TYPE_AGNOSTIC:
                 continue
-            want_half = is_half(node) and k not in pinned
+            want_half = half[index] and k not in pinned
             if name in inits:
                 if want_half:
                     if name not in half_inits:
@@ -82,7 +68,7 @@ def convert(model: Any, s: Fp16Settings = Fp16Settings()) -> tuple[Any, dict[str
                     node.input[k] = f"{name}_fp16"
             elif tensor_half(name) != want_half:
                 node.input[k] = cast(name, want_half)
-        if is_half(node) and node.op_type == "Cast" and \
+        if half[index] and node.op_type == "Cast" and \
                 node.attribute[0].i == TensorProto.FLOAT:
             node.attribute[0].i = TensorProto.FLOAT16
         rebuilt.extend(new_nodes)  # casts feed this node: they go first
@@ -91,25 +77,25 @@ def convert(model: Any, s: Fp16Settings = Fp16Settings()) -> tuple[Any, dict[str
     # graph outputs keep their names and (unless fp16_io) FP32
     for node in list(rebuilt):
         for k, name in enumerate(node.output):
-            if name in outputs and tensor_half(name) and not s.fp16_io:
+            if name in outputs and tensor_half(name) and not s.io:
                 node.output[k] = f"{name}_fp16_out"
                 rebuilt.append(helper.make_node("Cast", [node.output[k]], [name],
                                                 name=f"{name}_to_fp32", to=TensorProto.FLOAT))
-    if s.fp16_io:
+    if s.io:
         for vi in list(g.input) + list(g.output):
             if vi.type.tensor_type.elem_type == TensorProto.FLOAT:
                 vi.type.tensor_type.elem_type = TensorProto.FLOAT16
     del g.node[:]
     g.node.extend(rebuilt)
     g.initializer.extend(half_inits.values())
-    onnxio.drop_unused_initializers(g)
+    io.drop_unused_initializers(g)
     del g.value_info[:]
     m = onnx.shape_inference.infer_shapes(m)
-    n_half = sum(half.values())
+    n_half = sum(half)
     return m, {"fp16_nodes": n_half, "fp32_nodes": len(half) - n_half,
-               "fp32_ops": sorted({n.op_type for n in model.graph.node if not is_half(n)
+               "fp32_ops": sorted({n.op_type for n, h in zip(model.graph.node, half) if not h
                                    and n.output and n.output[0] in floats}),
-               "casts": len(casts), "fp16_io": s.fp16_io}
+               "casts": len(casts), "fp16_io": s.io}
 
 
 def _to_half(arr: np.ndarray) -> np.ndarray:
@@ -124,7 +110,7 @@ def _runs_half(node: Any, floats: set[str], s: Fp16Settings) -> bool:
     return any(o in floats for o in node.output)
 
 
-def simulated(model: Any, fp16_model_info: dict[str, Any], s: Fp16Settings = Fp16Settings()) -> Any:
+def simulated(model: Any, s: Fp16Settings = Fp16Settings()) -> Any:
     """FP32 model with FP16 rounding where the FP16 model would run half: weights rounded to
     float16 and every half node's float outputs round-tripped through Cast(fp16)->Cast(fp32).
     Used for the CPU accuracy check where ONNX Runtime has no FP16 kernel for an op."""
@@ -134,18 +120,17 @@ def simulated(model: Any, fp16_model_info: dict[str, Any], s: Fp16Settings = Fp1
     m = onnx.ModelProto()
     m.CopyFrom(model)
     g = m.graph
-    floats = onnxio.float_tensors(m)
-    half_nodes = [n for n in g.node if _runs_half(n, floats, s)]
-    used_by_half = {i for n in half_nodes for i in n.input}
+    floats = io.float_tensors(m)
+    half = [_runs_half(n, floats, s) for n in g.node]
+    used_by_half = {i for n, h in zip(g.node, half) if h for i in n.input}
     for init in g.initializer:
         if init.name in used_by_half and init.data_type == TensorProto.FLOAT:
             arr = _to_half(numpy_helper.to_array(init)).astype(np.float32)
             init.CopyFrom(numpy_helper.from_array(arr, init.name))
-    outputs = {o.name for o in g.output}
     rebuilt = []
-    for node in g.node:
+    for node, h in zip(g.node, half):
         rebuilt.append(node)
-        if node not in half_nodes:
+        if not h:
             continue
         for k, name in enumerate(node.output):
             if name not in floats:
@@ -157,5 +142,4 @@ def simulated(model: Any, fp16_model_info: dict[str, Any], s: Fp16Settings = Fp1
     del g.node[:]
     g.node.extend(rebuilt)
     del g.value_info[:]
-    assert outputs == {o.name for o in g.output}
     return m

@@ -14,8 +14,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from .errors import MISSING_CAPABILITY, TrtBuildError
-from .files import write_bytes
+from ..errors import MISSING_CAPABILITY, TrtBuildError
+from ..files import write_bytes
 
 
 def make_calibrator(trt: Any, data: Any, cache_path: Path) -> Any:

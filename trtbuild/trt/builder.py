@@ -27,86 +27,20 @@ asks the imported module what it can do:
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import threading
-from dataclasses import asdict, dataclass, field
+import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from .errors import MISSING_CAPABILITY, TrtBuildError
-from .files import write_bytes
-from .shapes import Profile
+from ..config import EngineSettings
+from ..errors import GATE_FAILED, MISSING_CAPABILITY, TrtBuildError
+from ..onnx.shapes import Profile, default_profile
+from .backend import Backend, make_logger
 
 log = logging.getLogger(__name__)
-BUILDERS = {"tensorrt-rtx": "tensorrt_rtx", "tensorrt": "tensorrt"}
-RTX_ARCHS = ("sm_75", "sm_80", "sm_86", "sm_89", "sm_120", "sm_121")
-DEFAULT_RTX_ARCHS = ("sm_86", "sm_89")
 HARDWARE_COMPAT = {"none": "NONE", "ampere+": "AMPERE_PLUS", "same-cc": "SAME_COMPUTE_CAPABILITY"}
-
-
-@dataclass(frozen=True)
-class Backend:
-    """An importable TensorRT flavour: `name` as on the CLI, its module and version."""
-
-    name: str
-    trt: Any
-    version: str
-
-    @property
-    def is_rtx(self) -> bool:
-        return self.name == "tensorrt-rtx"
-
-    @property
-    def tag(self) -> str:
-        """Cache directory name: builder and major.minor.patch version."""
-        return f"{'trt-rtx' if self.is_rtx else 'trt'}-{'.'.join(self.version.split('.')[:3])}"
-
-
-def load_backend(choice: str = "auto") -> Backend:
-    """The builder to use. Raises TrtBuildError(3) when the chosen one is not installed."""
-    import importlib
-
-    names = [choice] if choice != "auto" else ["tensorrt", "tensorrt-rtx"]
-    for name in names:
-        try:
-            module = importlib.import_module(BUILDERS[name])
-            if not hasattr(module, "Builder"):  # PyPI's `tensorrt` stub without its libraries
-                raise ImportError(f"{BUILDERS[name]} has no Builder")
-            return Backend(name, module, str(module.__version__))
-        except (ImportError, OSError) as e:
-            log.debug("builder %s unavailable: %s", name, e)
-    want = "tensorrt or tensorrt-rtx" if choice == "auto" else choice
-    raise TrtBuildError(f"no TensorRT builder: {want} is not installed "
-                        "(pip install -e '.[rtx]' for TensorRT-RTX)", MISSING_CAPABILITY)
-
-
-@dataclass(frozen=True)
-class EngineSettings:
-    """Every setting that changes the engine; all of them go into the cache key."""
-
-    profiles: tuple[Profile, ...] = ()
-    workspace_mb: int = 2048
-    opt_level: int = 3
-    hardware_compat: str = "none"
-    version_compatible: bool = False
-    fp16_flag: bool = False  # TensorRT <= 10 only: weakly typed network + BuilderFlag.FP16
-    calibrator: str = "qdq"  # "trt": TensorRT <= 10 IInt8EntropyCalibrator2 on the FP32 graph
-    plugins: tuple[str, ...] = ()
-
-    def key_fields(self) -> dict[str, Any]:
-        d = asdict(self)
-        d["profiles"] = [asdict(p) for p in self.profiles]
-        d["plugins"] = [file_sha256(Path(p)) for p in self.plugins]
-        return d
-
-
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 @dataclass
@@ -118,24 +52,8 @@ class BuildOutput:
     layer_dtypes: dict[str, int] = field(default_factory=dict)
 
 
-class _Logger:
-    """TensorRT ILogger that routes messages to logging and keeps the errors for the user."""
-
-    def __new__(cls, trt: Any) -> Any:
-        class Impl(trt.ILogger):
-            def __init__(self) -> None:
-                trt.ILogger.__init__(self)
-                self.errors: list[str] = []
-
-            def log(self, severity: Any, msg: str) -> None:
-                if severity <= trt.ILogger.Severity.ERROR:
-                    self.errors.append(msg)
-                log.debug("TensorRT: %s", msg)
-        return Impl()
-
-
-def _progress_monitor(trt: Any, advance: Callable[[str], None]) -> Any:
-    """IProgressMonitor -> `advance(phase)`. Exceptions never cross into TensorRT: they are
+def _progress_monitor(trt: Any, on_phase: Callable[[str], None]) -> Any:
+    """IProgressMonitor -> `on_phase(phase)`. Exceptions never cross into TensorRT: they are
     kept and re-raised after the build call."""
 
     class Monitor(trt.IProgressMonitor):
@@ -149,7 +67,7 @@ def _progress_monitor(trt: Any, advance: Callable[[str], None]) -> Any:
             try:
                 with self.lock:
                     self.phases.append(phase_name)
-                advance(phase_name)
+                on_phase(phase_name)
             except BaseException as e:  # noqa: BLE001 - recorded, re-raised after the build
                 self.error = e
 
@@ -163,17 +81,16 @@ def _progress_monitor(trt: Any, advance: Callable[[str], None]) -> Any:
 
 def build(backend: Backend, onnx_path: Path, arch: str, settings: EngineSettings,
           timing_cache: bytes | None = None,
-          advance: Callable[[str], None] = lambda phase: None,
+          on_phase: Callable[[str], None] = lambda phase: None,
           calibrator: Any = None) -> BuildOutput:
-    """One engine for `arch` ('sm_86', ... for RTX; 'native' or 'ampere+' for TensorRT).
+    """One engine for `arch`, already resolved by backend.resolve_arch ('sm_86', ... or
+    'ampere+'). `on_phase(name)` is called as TensorRT starts each build phase.
 
     Raises TrtBuildError(2) for parser errors (naming node and op), (3) for an arch the
     builder cannot target, (1) when TensorRT returns no engine.
     """
-    import time
-
     trt = backend.trt
-    logger = _Logger(trt)
+    logger = make_logger(trt)
     builder = trt.Builder(logger)
     for lib in settings.plugins:
         builder.get_plugin_registry().load_library(str(lib))
@@ -195,12 +112,12 @@ def build(backend: Backend, onnx_path: Path, arch: str, settings: EngineSettings
                                 "(TensorRT 11 and RTX take precision from the graph: use "
                                 "--fp16-mode graph)", MISSING_CAPABILITY)
         config.set_flag(trt.BuilderFlag.FP16)
-    if calibrator is not None:  # TensorRT <= 10 implicit INT8 (trt_calibrator.py)
+    if calibrator is not None:  # TensorRT <= 10 implicit INT8 (calibrator.py)
         config.set_flag(trt.BuilderFlag.INT8)
         config.int8_calibrator = calibrator
     _add_profiles(builder, network, config, settings.profiles)
     cache = _timing_cache(backend, config, timing_cache)
-    monitor = _progress_monitor(trt, advance)
+    monitor = _progress_monitor(trt, on_phase)
     config.progress_monitor = monitor
     start = time.perf_counter()
     engine = builder.build_serialized_network(network, config)
@@ -210,7 +127,8 @@ def build(backend: Backend, onnx_path: Path, arch: str, settings: EngineSettings
             raise callback.error
     if engine is None:
         detail = "; ".join(logger.errors[-3:]) or "no error message"
-        raise TrtBuildError(f"{onnx_path}: TensorRT built no engine for {arch}: {detail}", 1)
+        raise TrtBuildError(f"{onnx_path}: TensorRT built no engine for {arch}: {detail}",
+                            GATE_FAILED)
     merged = bytes(cache.serialize()) if cache is not None else None
     return BuildOutput(bytes(engine), seconds, merged, list(monitor.phases), dtypes)
 
@@ -250,17 +168,11 @@ def _target(backend: Backend, config: Any, arch: str, settings: EngineSettings) 
         config.hardware_compatibility_level = getattr(trt.HardwareCompatibilityLevel, level)
     if backend.is_rtx:
         cc = getattr(trt.ComputeCapability, arch.replace("sm_", "SM"), None)
-        if arch == "native":
-            cc = trt.ComputeCapability.CURRENT
         if cc is None:
-            raise TrtBuildError(f"--arch {arch}: TensorRT-RTX builds for "
-                                f"{', '.join(RTX_ARCHS)} or native", MISSING_CAPABILITY)
+            raise TrtBuildError(f"--arch {arch}: TensorRT-RTX {backend.version} has no "
+                                "ComputeCapability for it", MISSING_CAPABILITY)
         config.num_compute_capabilities = 1
         config.set_compute_capability(cc, 0)
-    elif arch not in ("native", "ampere+") and arch != native_arch():
-        raise TrtBuildError(f"--arch {arch}: TensorRT builds for the local GPU "
-                            f"({native_arch() or 'none found'}) or with --hardware-compat "
-                            "ampere+", MISSING_CAPABILITY)
 
 
 def _add_profiles(builder: Any, network: Any, config: Any, profiles: tuple[Profile, ...]) -> None:
@@ -284,33 +196,9 @@ def _add_profiles(builder: Any, network: Any, config: Any, profiles: tuple[Profi
         config.add_optimization_profile(profile)
 
 
-def default_profile(name: str, shape: tuple) -> Profile | None:
-    """None for a static shape; batch 1/8/32 where only the first dim is dynamic."""
-    if all(d >= 0 for d in shape):
-        return None
-    if any(d < 0 for d in shape[1:]):
-        raise TrtBuildError(f"input '{name}' has dynamic dims {shape} beyond the batch: "
-                            f"give --shapes {name}:MIN,OPT,MAX")
-    rest = tuple(shape[1:])
-    return Profile(name, (1, *rest), (8, *rest), (32, *rest))
-
-
 def _timing_cache(backend: Backend, config: Any, data: bytes | None) -> Any:
     if backend.is_rtx:  # timing caches are no-ops in TensorRT-RTX (deprecated since 1.2)
         return None
     cache = config.create_timing_cache(data or b"")
     config.set_timing_cache(cache, ignore_mismatch=False)
     return cache
-
-
-def native_arch() -> str | None:
-    """Compute capability of GPU 0 as 'sm_XY' (nvidia-smi), or None without a GPU."""
-    from .gpuinfo import gpu_info
-
-    info = gpu_info()
-    return info["arch"] if info else None
-
-
-def save_engine(data: bytes, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    write_bytes(path, data)

@@ -11,23 +11,15 @@ from typing import Any
 
 import numpy as np
 
-from . import onnxio
-from .errors import GATE_FAILED, TrtBuildError
-from .files import atomic_path
-from .source import Source
+from ..config import DEFAULT_OPSET, ExportSettings
+from ..context import Context
+from ..errors import GATE_FAILED, TrtBuildError
+from ..files import atomic_path
+from ..onnx import io, source
+from ..onnx.inputs import model_inputs, model_outputs
+from ..onnx.source import Source
 
 log = logging.getLogger(__name__)
-DEFAULT_OPSET = 17  # widest TensorRT 8.6-11 / RTX parser support; Q/DQ later raises it to 19
-
-
-@dataclass(frozen=True)
-class ExportSettings:
-    input_names: tuple[str, ...] = ()
-    dynamic_batch: bool = True
-    opset: int = DEFAULT_OPSET
-    atol: float = 1e-4
-    rtol: float = 1e-3
-    input_shapes: tuple[tuple[int, ...], ...] = ()  # --input shapes, checked for ONNX SRCs
 
 
 @dataclass
@@ -45,25 +37,34 @@ class ExportResult:
                 "max_rel_err": self.max_rel_err}
 
 
+def run(ctx: Context) -> dict[str, Any]:
+    """SRC -> out/model.onnx; torch SRCs keep their module for the eager latency baseline."""
+    s = ctx.settings.export
+    src = source.load(source.parse(ctx.settings.src), dict(s.inputs) or None)
+    result = export(src, ctx.out / "model.onnx", s)
+    ctx.torch_module = src.module if src.kind == "torch" else None
+    ctx.artifacts.model = result.path
+    return result.record()
+
+
 def export(src: Source, out: Path, settings: ExportSettings = ExportSettings()) -> ExportResult:
     """Write `out` from SRC. ONNX SRCs are checked and copied; torch SRCs exported and compared.
 
     Raises TrtBuildError(code 2) for bad input, (code 1) when outputs differ beyond tolerance.
     """
     if src.kind == "onnx":
-        model = onnxio.load(src.path)
-        _check_inputs(src.path, dict(zip(settings.input_names, settings.input_shapes)),
-                      _io_shapes(model)[0])
+        model = io.load(src.path)
+        _check_inputs(src.path, dict(settings.inputs), _io_shapes(model))
         with atomic_path(out) as tmp:
             shutil.copyfile(src.path, tmp)
         opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
-        return ExportResult(out, _io_shapes(model)[0], _io_shapes(model)[1], opset=opset)
+        return ExportResult(out, _io_shapes(model), model_outputs(model), opset=opset)
     return _export_torch(src, out, settings)
 
 
 def _check_inputs(path: Path, given: dict, model: dict[str, list]) -> None:
     """--input on an ONNX SRC: each name must exist and its shape fit (rank, static dims)."""
-    from .shapes import check_rank
+    from ..onnx.shapes import check_rank
 
     for name, shape in given.items():
         if name not in model:
@@ -77,7 +78,7 @@ def _export_torch(src: Source, out: Path, s: ExportSettings) -> ExportResult:
     import torch
 
     examples = src.example_inputs
-    names = list(s.input_names) or (["input"] if len(examples) == 1 else
+    names = [n for n, _ in s.inputs] or (["input"] if len(examples) == 1 else
                                     [f"input_{i}" for i in range(len(examples))])
     if len(names) != len(examples):
         raise TrtBuildError(f"{src.text}: {len(names)} --input names for {len(examples)} inputs")
@@ -96,15 +97,14 @@ def _export_torch(src: Source, out: Path, s: ExportSettings) -> ExportResult:
             raise TrtBuildError(f"{src.text}: torch.onnx.export failed: {type(e).__name__}: "
                                 f"{str(e).splitlines()[0] if str(e) else ''}")
         model = onnx.load(str(tmp))
-        onnxio.check_model(model, src.text)
+        io.check_model(model, src.text)
         model = onnx.shape_inference.infer_shapes(model)
         onnx.save(model, str(tmp))
         abs_err, rel_err = _compare(model, names, examples, reference)
         if abs_err > s.atol + s.rtol * max(float(np.max(np.abs(r))) for r in reference):
             raise TrtBuildError(f"{src.text}: exported ONNX differs from PyTorch: max abs error "
                                 f"{abs_err:.3g} (rel {rel_err:.3g})", GATE_FAILED)
-    ins, outs = _io_shapes(model)
-    return ExportResult(out, ins, outs, abs_err, rel_err, s.opset)
+    return ExportResult(out, _io_shapes(model), model_outputs(model), abs_err, rel_err, s.opset)
 
 
 def _flatten(value: Any) -> list[np.ndarray]:
@@ -121,19 +121,16 @@ def _flatten(value: Any) -> list[np.ndarray]:
 
 
 def _compare(model: Any, names: list[str], examples: tuple, reference: list) -> tuple[float, float]:
-    sess = onnxio.session(model)
+    sess = io.session(model)
     feed = {n: x.detach().cpu().numpy() for n, x in zip(names, examples)
-            if n in {i.name for i in sess.get_inputs()}}
+            if n in {i.name for i in model_inputs(model)}}
     got = sess.run(None, feed)
-    abs_err = onnxio.max_abs_diff(got, reference)
+    abs_err = io.max_abs_diff(got, reference)
     scale = max(float(np.max(np.abs(r))) for r in reference) or 1.0
     return abs_err, abs_err / scale
 
 
-def _io_shapes(model: Any) -> tuple[dict[str, list], list[str]]:
-    def dims(vi: Any) -> list:
-        return [d.dim_param or d.dim_value for d in vi.type.tensor_type.shape.dim]
-
-    inits = {i.name for i in model.graph.initializer}
-    ins = {i.name: dims(i) for i in model.graph.input if i.name not in inits}
-    return ins, [o.name for o in model.graph.output]
+def _io_shapes(model: Any) -> dict[str, list]:
+    """{input: dims} with symbolic dims by name, for the record."""
+    return {i.name: [d if isinstance(d, int) else (d or "?") for d in i.shape]
+            for i in model_inputs(model)}

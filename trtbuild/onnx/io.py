@@ -7,12 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from .errors import TrtBuildError
-
-ORT_TO_NUMPY = {"tensor(float)": np.float32, "tensor(float16)": np.float16,
-                "tensor(double)": np.float64, "tensor(int64)": np.int64,
-                "tensor(int32)": np.int32, "tensor(int8)": np.int8, "tensor(uint8)": np.uint8,
-                "tensor(bool)": np.bool_}
+from ..errors import TrtBuildError
 
 
 def load(path: str | Path, check: bool = True) -> Any:
@@ -48,7 +43,7 @@ def save(model: Any, path: str | Path) -> None:
     """Save atomically (external data is not used: models stay below 2 GB here)."""
     import onnx
 
-    from .files import atomic_path
+    from ..files import atomic_path
 
     with atomic_path(path) as tmp:
         onnx.save(model, str(tmp))
@@ -58,34 +53,15 @@ def session(model: Any, threads: int = 0) -> Any:
     """A CPU ONNX Runtime session from a ModelProto or a path."""
     import onnxruntime as ort
 
+    from ..thirdparty import ort_severity
+
     opts = ort.SessionOptions()
-    opts.log_severity_level = 3
+    opts.log_severity_level = ort_severity()
     if threads:
         opts.intra_op_num_threads = threads
     data = model if isinstance(model, (str, Path)) else model.SerializeToString()
     return ort.InferenceSession(str(data) if isinstance(data, Path) else data, opts,
                                 providers=["CPUExecutionProvider"])
-
-
-def input_specs(sess: Any) -> list[tuple[str, list, Any]]:
-    """[(name, shape with str/None for symbolic dims, numpy dtype)] of a session's inputs."""
-    return [(i.name, list(i.shape), ORT_TO_NUMPY.get(i.type, np.float32)) for i in sess.get_inputs()]
-
-
-def random_feed(sess: Any, batch: int = 1, seed: int = 0,
-                shapes: dict[str, tuple] | None = None) -> dict[str, np.ndarray]:
-    """Random inputs for every session input: symbolic first dims get `batch`, others 1."""
-    rng = np.random.default_rng(seed)
-    feed = {}
-    for name, shape, dtype in input_specs(sess):
-        dims = (shapes or {}).get(name) or tuple(
-            d if isinstance(d, int) and d > 0 else (batch if k == 0 else 1)
-            for k, d in enumerate(shape))
-        if np.issubdtype(dtype, np.integer):
-            feed[name] = rng.integers(0, 2, size=dims).astype(dtype)
-        else:
-            feed[name] = rng.standard_normal(dims).astype(dtype)
-    return feed
 
 
 def max_abs_diff(a: list[np.ndarray], b: list[np.ndarray]) -> float:

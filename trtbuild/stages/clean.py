@@ -8,10 +8,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import onnxio
-from .errors import TrtBuildError
-from .passes import PASSES, Pass
-from .report import Timer
+from ..context import Context
+from ..errors import GATE_FAILED, TrtBuildError
+from ..onnx import io
+from ..onnx.inputs import random_feed
+from ..passes import PASSES, Pass
+from ..report import Timer
 
 log = logging.getLogger(__name__)
 MAX_DIFF = 1e-4
@@ -30,6 +32,13 @@ class CleanResult:
                 "nodes_after": sum(self.nodes_after.values()),
                 "ops_before": self.nodes_before, "ops_after": self.nodes_after,
                 "passes": self.passes, "max_abs_diff": self.max_abs_diff}
+
+
+def run(ctx: Context) -> dict[str, Any]:
+    """out/model.onnx -> out/model.clean.onnx, the FP32 reference of every later stage."""
+    result = clean(ctx.artifacts.model, ctx.out / "model.clean.onnx")
+    ctx.set_clean(result.path)
+    return result.record()
 
 
 def op_counts(model: Any) -> dict[str, int]:
@@ -55,19 +64,19 @@ def clean_model(model: Any, passes: list[tuple[str, Pass]] = PASSES) -> tuple[An
 
 def clean(src: Path, out: Path, passes: list[tuple[str, Pass]] = PASSES) -> CleanResult:
     """Write the cleaned model to `out`. Raises TrtBuildError if outputs change (> 1e-4)."""
-    model = onnxio.load(src)
+    model = io.load(src)
     before = op_counts(model)
     cleaned, done = clean_model(model, passes)
-    onnxio.check_model(cleaned, out)
+    io.check_model(cleaned, out)
     diff = outputs_diff(model, cleaned)
     if diff > MAX_DIFF:
-        raise TrtBuildError(f"{src}: cleaning changed the outputs (max abs diff {diff:.3g})", 1)
-    onnxio.save(cleaned, out)
+        raise TrtBuildError(f"{src}: cleaning changed the outputs (max abs diff {diff:.3g})",
+                            GATE_FAILED)
+    io.save(cleaned, out)
     return CleanResult(out, before, op_counts(cleaned), done, diff)
 
 
 def outputs_diff(a: Any, b: Any, batch: int = 2) -> float:
     """Max abs difference of two models' outputs on the same random input."""
-    sa, sb = onnxio.session(a), onnxio.session(b)
-    feed = onnxio.random_feed(sa, batch=batch, seed=1)
-    return onnxio.max_abs_diff(sa.run(None, feed), sb.run(None, feed))
+    feed = random_feed(a, batch=batch, seed=1)
+    return io.max_abs_diff(io.session(a).run(None, feed), io.session(b).run(None, feed))

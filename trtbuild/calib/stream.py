@@ -1,4 +1,4 @@
-"""Calibrate stage: stream the dataset through ONNX Runtime (CPU), observe every tensor a
+"""Streaming calibration: stream the dataset through ONNX Runtime (CPU), observe every tensor a
 Q/DQ goes on, and turn each histogram into a threshold (entropy, max or percentile).
 
 Peak memory does not grow with the sample count: only one batch's activations and the
@@ -20,19 +20,6 @@ from .observer import Histogram
 from .thresholds import amax
 
 log = logging.getLogger(__name__)
-METHODS = ("entropy", "max", "percentile")
-
-
-@dataclass(frozen=True)
-class CalibSettings:
-    """`method` for activations; graph inputs always use their max: they are data of a known
-    range, and a clipped input is lost to every layer after it (entropy on the digits input,
-    whose 17 discrete levels leave a degenerate histogram, clipped it to 0.063 of 1.0 and
-    the INT8 model fell to 15% accuracy)."""
-
-    method: str = "entropy"
-    percentile: float = 99.99
-    threads: int = 0
 
 
 @dataclass
@@ -59,14 +46,20 @@ def observed_model(model: Any, tensors: list[str]) -> Any:
     return m
 
 
-def calibrate(model: Any, tensors: list[str], data: Dataset,
-              settings: CalibSettings = CalibSettings(),
-              progress: Callable[[int], None] | None = None) -> CalibResult:
-    """Thresholds for `tensors` of `model` over `data`. Raises TrtBuildError on bad data."""
-    from .. import onnxio
+def calibrate(model: Any, tensors: list[str], data: Dataset, method: str = "entropy",
+              percentile: float = 99.99, progress: Callable[[int], None] | None = None,
+              threads: int = 0) -> CalibResult:
+    """Thresholds for `tensors` of `model` over `data` with `method` for activations.
 
-    sess = onnxio.session(observed_model(model, tensors), threads=settings.threads)
-    inputs = {i.name for i in data.inputs}  # graph inputs: max only (see CalibSettings)
+    Graph inputs always use their max: they are data of a known range, and a clipped input
+    is lost to every layer after it (entropy on the digits input, whose 17 discrete levels
+    leave a degenerate histogram, clipped it to 0.063 of 1.0 and the INT8 model fell to
+    15% accuracy). Raises TrtBuildError on bad data.
+    """
+    from ..onnx import io
+
+    sess = io.session(observed_model(model, tensors), threads=threads)
+    inputs = {i.name for i in data.inputs}  # graph inputs: max only
     hists = {t: Histogram(max_only=t in inputs) for t in tensors}
     samples = 0
     # histogramming of batch k overlaps inference of batch k+1 (ORT releases the GIL)
@@ -85,7 +78,7 @@ def calibrate(model: Any, tensors: list[str], data: Dataset,
         worker.join()
     with ThreadPoolExecutor(2) as pool:  # the KL searches are numpy work that drops the GIL
         found = pool.map(lambda t: hists[t].amax if t in inputs else
-                         amax(hists[t], settings.method, settings.percentile), tensors)
+                         amax(hists[t], method, percentile), tensors)
         amaxes = dict(zip(tensors, found))
     ignored = {t: h.ignored for t, h in hists.items() if h.ignored}
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024

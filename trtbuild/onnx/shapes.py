@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .errors import TrtBuildError
+from ..errors import TrtBuildError
 
 Shape = tuple[int, ...]
 
@@ -67,3 +67,38 @@ def check_rank(name: str, shape: Shape, model_shape: list) -> None:
         if isinstance(want, int) and want > 0 and got != want:
             raise TrtBuildError(f"--input {name}: shape {shape} does not fit model input "
                                 f"{tuple(model_shape)}")
+
+
+def default_profile(name: str, dims: tuple[int, ...]) -> Profile | None:
+    """None for a static shape (-1 marks a dynamic dim); batch 1/8/32 where only the first
+    dim is dynamic; other dynamic dims need --shapes."""
+    if all(d >= 0 for d in dims):
+        return None
+    if any(d < 0 for d in dims[1:]):
+        raise TrtBuildError(f"input '{name}' has dynamic dims {dims} beyond the batch: "
+                            f"give --shapes {name}:MIN,OPT,MAX")
+    rest = tuple(dims[1:])
+    return Profile(name, (1, *rest), (8, *rest), (32, *rest))
+
+
+def profile_shapes(inputs: list, profiles: tuple[Profile, ...]) -> list[dict[str, tuple]]:
+    """[{input: shape}] for the min, opt and max shapes (one entry for static models);
+    `inputs` are InputSpecs."""
+    given = {p.name: p for p in profiles}
+    tiers: list[dict[str, tuple]] = [{}, {}, {}]
+    for spec in inputs:
+        dims = spec.dims
+        p = given.get(spec.name) or default_profile(spec.name, dims) or Profile(
+            spec.name, dims, dims, dims)
+        for tier, shape in zip(tiers, (p.min, p.opt, p.max)):
+            tier[spec.name] = tuple(shape)
+    unique: list[dict[str, tuple]] = []
+    for t in tiers:
+        if t not in unique:
+            unique.append(t)
+    return unique
+
+
+def shape_label(shapes: dict[str, tuple]) -> str:
+    """'1x3x224x224' (inputs joined by ',')."""
+    return ",".join("x".join(map(str, s)) for s in shapes.values())

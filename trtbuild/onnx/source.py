@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .errors import TrtBuildError
+from ..errors import MISSING_CAPABILITY, TrtBuildError
 from .shapes import Shape, check_rank
 
 TORCHVISION_DEFAULT_SHAPE = (1, 3, 224, 224)
@@ -55,7 +55,7 @@ def load(src: Source, input_shapes: dict[str, Shape] | None = None) -> Source:
         module = _torchvision(factory)
         examples = None
     else:
-        fn = getattr(_import(target), factory, None)
+        fn = getattr(import_target(target), factory, None)
         if fn is None or not callable(fn):
             raise TrtBuildError(f"{src.text}: {target} has no callable '{factory}'")
         module, examples = _call_factory(src.text, fn)
@@ -64,7 +64,7 @@ def load(src: Source, input_shapes: dict[str, Shape] | None = None) -> Source:
     return src
 
 
-def _import(target: str) -> Any:
+def import_target(target: str) -> Any:
     try:
         if target.endswith(".py"):
             path = Path(target).resolve()
@@ -100,7 +100,8 @@ def _torchvision(name: str) -> Any:
     try:
         import torchvision
     except ImportError:
-        raise TrtBuildError("torchvision is not installed: pip install torchvision", 3)
+        raise TrtBuildError("torchvision is not installed: pip install torchvision",
+                            MISSING_CAPABILITY)
     try:
         return torchvision.models.get_model(name, weights=None)
     except (ValueError, KeyError):

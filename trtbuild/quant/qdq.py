@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from . import onnxio
+from ..onnx import io
 
 COMPUTE_OPS = {"Conv": 0, "ConvTranspose": 1, "Gemm": None, "MatMul": None}  # weight axis
 POOL_OPS = {"MaxPool", "AveragePool", "GlobalAveragePool", "GlobalMaxPool"}
@@ -42,7 +42,7 @@ def plan(model: Any) -> QuantPlan:
     for k, n in enumerate(g.node):  # rewiring addresses nodes by name
         n.name = n.name or f"node_{k}"
     inits = {i.name: i for i in g.initializer}
-    floats = onnxio.float_tensors(model)
+    floats = io.float_tensors(model)
     outputs = {o.name for o in g.output}
     producers = {o: n for n in g.node for o in n.output}
     readers: dict[str, list] = {}
@@ -184,7 +184,7 @@ def insert_qdq(model: Any, plan_: QuantPlan, amaxes: dict[str, float]) -> Any:
             nodes.extend(after.get(out, []))
     del g.node[:]
     g.node.extend(nodes)
-    onnxio.drop_unused_initializers(g)
+    io.drop_unused_initializers(g)
     return m
 
 

@@ -8,8 +8,8 @@ from __future__ import annotations
 import struct
 from pathlib import Path
 
-from .errors import TrtBuildError
-from .files import write_text
+from ..errors import TrtBuildError
+from ..files import write_text
 
 TRT_VERSION = "100300"  # TensorRT 10.3 writes its version as MAJOR*10000+MINOR*100+PATCH
 ALGORITHMS = {"entropy": "EntropyCalibration2", "percentile": "EntropyCalibration2",

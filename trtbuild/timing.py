@@ -1,11 +1,7 @@
-"""Latency: warm-up, then timed runs at each profile shape; percentiles and throughput;
-comparison against a baseline report.
+"""Latency: warm-up, then timed runs; percentiles and throughput; comparison against a
+baseline report. Each run records its runner and the device it ran on.
 
-Runners:
-- `trt`: a TensorRT engine on the GPU (TensorRT 10/11 or RTX runtime API:
-  `Runtime.deserialize_cuda_engine`, `ICudaEngine.create_execution_context`,
-  `IExecutionContext.set_input_shape / set_tensor_address / execute_async_v3`), device
-  buffers and CUDA events from torch, on a dedicated stream;
+Runners (engines are timed by trtbuild.trt.runtime with `timed_cuda`):
 - `torch`: the PyTorch module in eager mode (the baseline a user would otherwise deploy), on
   the GPU with CUDA events when there is one, else on the CPU;
 - `onnxruntime`: an ONNX model on the CPU (what build hosts without a GPU can measure).
@@ -14,19 +10,13 @@ Runners:
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
 
-from .errors import MISSING_CAPABILITY, TrtBuildError
-
-
-@dataclass(frozen=True)
-class BenchSettings:
-    warmup: int = 5
-    iterations: int = 50
+from .config import BenchSettings
+from .errors import TrtBuildError
 
 
 def stats(times_ms: list[float], batch: int) -> dict[str, float]:
@@ -38,7 +28,7 @@ def stats(times_ms: list[float], batch: int) -> dict[str, float]:
             "throughput_per_s": batch * 1000.0 / mean if mean > 0 else 0.0}
 
 
-def _timed_cpu(run: Callable[[], Any], s: BenchSettings) -> list[float]:
+def timed_cpu(run: Callable[[], Any], s: BenchSettings) -> list[float]:
     for _ in range(s.warmup):
         run()
     out = []
@@ -49,7 +39,7 @@ def _timed_cpu(run: Callable[[], Any], s: BenchSettings) -> list[float]:
     return out
 
 
-def _timed_cuda(run: Callable[[Any], Any], s: BenchSettings) -> list[float]:
+def timed_cuda(run: Callable[[Any], Any], s: BenchSettings) -> list[float]:
     """run(stream) enqueues work on `stream`; timed with CUDA events on that stream."""
     import torch
 
@@ -69,11 +59,12 @@ def _timed_cuda(run: Callable[[Any], Any], s: BenchSettings) -> list[float]:
 
 
 def bench_onnxruntime(model: Path, feeds: dict[str, np.ndarray], s: BenchSettings) -> dict:
-    from . import onnxio
+    from .onnx import io
 
-    sess = onnxio.session(model)
+    sess = io.session(model)
     batch = len(next(iter(feeds.values())))
-    return {"runner": "onnxruntime-cpu", **stats(_timed_cpu(lambda: sess.run(None, feeds), s), batch)}
+    return {"runner": "onnxruntime-cpu", "device": "cpu",
+            **stats(timed_cpu(lambda: sess.run(None, feeds), s), batch)}
 
 
 def bench_torch(module: Any, inputs: tuple, s: BenchSettings) -> dict:
@@ -89,41 +80,11 @@ def bench_torch(module: Any, inputs: tuple, s: BenchSettings) -> dict:
             def run(stream: Any) -> None:
                 with torch.cuda.stream(stream):
                     module(*inputs)
-            times = _timed_cuda(run, s)
+            times = timed_cuda(run, s)
         else:
-            times = _timed_cpu(lambda: module(*inputs), s)
-    return {"runner": f"torch-eager-{device}", **stats(times, batch)}
-
-
-def bench_engine(engine_path: Path, shapes: dict[str, tuple], s: BenchSettings,
-                 builder: str = "auto") -> dict:
-    """Time a serialized engine on the GPU. Raises TrtBuildError(3) without GPU/runtime."""
-    import torch
-
-    from .engine import load_backend
-
-    if not torch.cuda.is_available():
-        raise TrtBuildError(f"{engine_path}: no CUDA GPU here to run the engine", MISSING_CAPABILITY)
-    trt = load_backend(builder).trt
-    logger = trt.Logger(trt.Logger.WARNING)
-    engine = trt.Runtime(logger).deserialize_cuda_engine(engine_path.read_bytes())
-    if engine is None:
-        raise TrtBuildError(f"{engine_path}: this TensorRT runtime cannot load the engine "
-                            "(other GPU architecture or TensorRT version?)", MISSING_CAPABILITY)
-    context = engine.create_execution_context()
-    buffers = []
-    for i in range(engine.num_io_tensors):
-        name = engine.get_tensor_name(i)
-        if engine.get_tensor_mode(name) == trt.TensorIOMode.INPUT:
-            context.set_input_shape(name, shapes[name])
-    for i in range(engine.num_io_tensors):
-        name = engine.get_tensor_name(i)
-        dtype = torch.from_numpy(np.zeros(1, trt.nptype(engine.get_tensor_dtype(name)))).dtype
-        buf = torch.zeros(tuple(context.get_tensor_shape(name)), dtype=dtype, device="cuda")
-        context.set_tensor_address(name, buf.data_ptr())
-        buffers.append(buf)
-    times = _timed_cuda(lambda stream: context.execute_async_v3(stream.cuda_stream), s)
-    return {"runner": "tensorrt", **stats(times, next(iter(shapes.values()))[0])}
+            times = timed_cpu(lambda: module(*inputs), s)
+    name = torch.cuda.get_device_name() if cuda else "cpu"
+    return {"runner": f"torch-eager-{device}", "device": name, **stats(times, batch)}
 
 
 def compare(current: list[dict], baseline: list[dict], max_regression: float) -> list[dict]:
@@ -156,17 +117,6 @@ def baseline_runs(path: Path) -> list[dict]:
     if bench is None or not bench.get("runs"):
         raise TrtBuildError(f"{path}: baseline report has no bench results")
     return bench["runs"]
-
-
-def parse_regression(text: str) -> float:
-    """'5%' or '0.05' -> 0.05."""
-    try:
-        value = float(text.rstrip("%")) / (100.0 if text.endswith("%") else 1.0)
-    except ValueError:
-        raise TrtBuildError(f"--max-regression: '{text}' is not a percentage like 5%")
-    if value < 0:
-        raise TrtBuildError("--max-regression must not be negative")
-    return value
 
 
 def table(rows: list[dict]) -> list[str]:
