@@ -26,3 +26,23 @@ def test_demo_main_job_runs(tmp_path):
     assert proc.returncode == 0, proc.stderr
     stages = {s["stage"]: s for s in json.loads(proc.stdout)["stages"]}
     assert stages["export"]["max_abs_err"] < 1e-4
+
+
+def test_readme_python_api_example_runs(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    from conftest import SESSION_CACHE
+
+    section = (REPO / "README.md").read_text().split("## Python API", 1)[1].split("\n## ", 1)[0]
+    (code,) = re.findall(r"```python\n(.+?)\n```", section, re.S)
+    env = {**os.environ, "PYTHONPATH": str(REPO), "XDG_CACHE_HOME": SESSION_CACHE}
+    proc = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    assert "'candidate'" in lines[0]  # the label accuracy record
+    assert sum("tensorrt-rtx" in ln for ln in lines) == 4  # fp16 + int8 x 2 archs
+    assert lines[-1] == "2 missing.json: no such baseline report"
+    assert (tmp_path / "out" / "cal" / "model.int8.onnx").is_file()

@@ -8,11 +8,10 @@
 Importing trtbuild loads no torch, onnxruntime or TensorRT; each function does when needed.
 """
 
-__version__ = "0.2.0"
-
 from .api import Result, bench, build, calibrate, clean, export, validate  # noqa: E402
 from .context import Engine  # noqa: E402
 from .errors import TrtBuildError  # noqa: E402
+from .version import __version__  # noqa: E402
 
 __all__ = ["Engine", "Result", "TrtBuildError", "bench", "build", "calibrate", "clean",
            "export", "validate", "__version__"]

@@ -46,9 +46,8 @@ def observed_model(model: Any, tensors: list[str]) -> Any:
     return m
 
 
-def calibrate(model: Any, tensors: list[str], data: Dataset, method: str = "entropy",
-              percentile: float = 99.99, progress: Callable[[int], None] | None = None,
-              threads: int = 0) -> CalibResult:
+def calibrate(model: Any, tensors: list[str], data: Dataset, method: str, percentile: float,
+              progress: Callable[[int], None] | None = None, threads: int = 0) -> CalibResult:
     """Thresholds for `tensors` of `model` over `data` with `method` for activations.
 
     Graph inputs always use their max: they are data of a known range, and a clipped input

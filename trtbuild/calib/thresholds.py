@@ -82,7 +82,7 @@ def percentile_amax(hist: Histogram, percentile: float) -> float:
     return min((k + 1) * hist.bin_width, hist.amax)
 
 
-def amax(hist: Histogram, method: str, percentile: float = 99.99) -> float:
+def amax(hist: Histogram, method: str, percentile: float) -> float:
     if method == "entropy":
         return entropy_amax(hist)
     if method == "percentile":

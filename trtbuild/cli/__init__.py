@@ -8,7 +8,7 @@ import signal
 import sys
 from typing import Any
 
-from ..errors import INTERNAL_ERROR, INTERRUPTED, TrtBuildError
+from ..errors import BAD_INPUT, INTERNAL_ERROR, INTERRUPTED, TrtBuildError
 from .args import build_parser, commands
 
 
@@ -24,7 +24,7 @@ def main(argv: list[str] | None = None) -> int:
         if topic and topic not in subparsers:
             print(f"trtbuild: error: no command '{topic}' (commands: "
                   f"{', '.join(subparsers)})", file=sys.stderr)
-            return 2
+            return BAD_INPUT
         (subparsers[topic] if topic else parser).print_help()
         return 0
     _logging(args.verbose)

@@ -8,7 +8,6 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from .. import __version__
 from ..config import (
     BENCH_DEFAULTS,
     CALIB_DEFAULTS,
@@ -22,6 +21,7 @@ from ..config import (
     TOP_LEVEL,
     Fp16Settings,
 )
+from ..version import __version__
 
 DESCRIPTION = """\
 trtbuild: PyTorch or ONNX -> cleaned, calibrated, quantized TensorRT engines, with proof.

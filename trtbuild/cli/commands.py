@@ -8,6 +8,7 @@ import sys
 from typing import Any, Callable
 
 from .. import api
+from ..errors import GATE_FAILED, OK
 from ..report import bench_figures, summary_line, validate_figures
 from .args import options
 
@@ -140,7 +141,7 @@ def cmd_cache(args: argparse.Namespace) -> int:
         emit(args, {"checked": len(results), "quarantined": bad},
              [f"{len(results)} entries checked, {len(bad)} quarantined",
               *[f"  {e}: {p}" for e, p in bad]])
-        return 1 if bad else 0
+        return GATE_FAILED if bad else OK
     if args.max_age_days is None and args.max_size_mb is None:
         raise TrtBuildError("cache prune needs --max-age-days and/or --max-size-mb")
     removed = cache.prune(args.max_age_days, args.max_size_mb)

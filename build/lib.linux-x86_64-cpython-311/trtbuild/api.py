@@ -1,0 +1,165 @@
+"""The public Python API; the CLI is a thin layer over these functions.
+
+Options are keywords named like the CLI flags (`calib_method="max"`, `archs=["sm_86"]`,
+`shapes=["input:1x3x224x224,8x3x224x224,32x3x224x224"]`); trtbuild.config.OPTIONS lists
+them. Every failure raises TrtBuildError carrying the exit code the CLI would use.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from .config import build_settings
+from .context import Context, Engine
+from .errors import GATE_FAILED, MISSING_CAPABILITY, TrtBuildError
+
+OnStage = Callable[[str, dict], None]
+
+
+@dataclass
+class Result:
+    """What a run produced: its output directory, report.json's content, the engines."""
+
+    out: Path
+    report: dict[str, Any]
+    engines: list[Engine] = field(default_factory=list)
+    artifacts: Any = None
+
+    @classmethod
+    def of(cls, ctx: Context) -> "Result":
+        return cls(ctx.out, ctx.report.to_dict(), list(ctx.artifacts.engines), ctx.artifacts)
+
+    def stage(self, name: str) -> dict[str, Any] | None:
+        return next((s for s in self.report["stages"] if s["stage"] == name), None)
+
+
+def build(src: str, out: str | Path | None = None, *, on_stage: OnStage | None = None,
+          **options: Any) -> Result:
+    """The whole pipeline on SRC (model.onnx, file.py:fn, module:fn, torchvision:NAME) into
+    `out` (default trtbuild-out/<model>/): export, clean, [fp16], [calibrate, quantize,
+    validate], engines, [bench]. Raises TrtBuildError (exit code 1 for a failed gate: the
+    report up to that stage is on disk)."""
+    from . import pipeline
+
+    settings = build_settings(str(src), out=Path(out) if out else None, **options)
+    return Result.of(pipeline.run(settings, on_stage))
+
+
+def export(src: str, output: str | Path, **options: Any) -> dict[str, Any]:
+    """SRC -> one ONNX file, compared with PyTorch (exit 1 beyond tolerance)."""
+    from .files import check_output_file
+    from .onnx import source
+    from .stages.export import export as export_model
+
+    s = build_settings(str(src), **options).export
+    output = check_output_file(Path(output))
+    loaded = source.load(source.parse(str(src)), dict(s.inputs) or None)
+    return export_model(loaded, output, s).record()
+
+
+def clean(model: str | Path, output: str | Path) -> dict[str, Any]:
+    """The cleanup passes on one ONNX file; the record has node counts by op."""
+    from .files import check_output_file
+    from .stages.clean import clean as clean_model
+
+    return clean_model(Path(model), check_output_file(Path(output))).record()
+
+
+def calibrate(model: str | Path, calib: str | None = None, out: str | Path = "calibrated", *,
+              on_stage: OnStage | None = None, **options: Any) -> Result:
+    """INT8 calibration of an ONNX model into `out`: the model is prepared as `build` does
+    (model.clean.onnx), then calib.cache and model.int8.onnx (Q/DQ) and report.json."""
+    from . import pipeline
+    from .onnx import io
+    from .stages import calibrate as calib_stage
+    from .stages import clean as clean_stage
+    from .stages import quantize
+
+    settings = build_settings(str(model), int8=True, calib=calib, **options)
+    pipeline.check_files(settings)
+    io.load(model)  # a bad model fails before OUTDIR exists
+
+    def work(o: Path) -> Context:
+        ctx = pipeline.new_context(settings, o, str(model))
+        ctx.artifacts.model = Path(model)
+        return pipeline.run_stages(ctx, [("clean", clean_stage.run),
+                                         ("calibrate", calib_stage.run),
+                                         ("quantize", quantize.run)], on_stage)
+    return Result.of(pipeline.in_out_dir(Path(out), work))
+
+
+def validate(reference: str | Path, candidate: str | Path, val: str, precision: str = "int8",
+             **options: Any) -> dict[str, Any]:
+    """Accuracy of CANDIDATE against REFERENCE (ONNX Runtime, CPU) on `val` data (read with
+    the data options), through the validate stage; raises TrtBuildError(1) when a gate
+    fails."""
+    from .onnx import io
+    from .report import Report
+    from .stages import validate as validate_stage
+
+    if precision not in ("fp32", "fp16", "int8"):
+        raise TrtBuildError(f"--precision: '{precision}' is not one of fp32, fp16, int8")
+    if not val:
+        raise TrtBuildError("validate needs --val DIR (or a data loader script)")
+    settings = build_settings(str(candidate), val=str(val), **options)
+    io.load(reference)
+    io.load(candidate)
+    ctx = Context(settings, Path(candidate).parent, Report(None, str(candidate)))
+    ctx.artifacts.clean = Path(reference)
+    record = validate_stage.check(ctx, Path(candidate), precision)
+    if record["gate_failures"]:
+        raise TrtBuildError("gate failed: " + "; ".join(record["gate_failures"]), GATE_FAILED,
+                            record)
+    return record
+
+
+def bench(model: str | Path, output: str | Path | None = None, *,
+          reference: str | Path | None = None, builder: str = "auto",
+          **options: Any) -> dict[str, Any]:
+    """Latency of one ONNX model (ONNX Runtime, CPU) or engine (GPU, with the runtime that
+    built it) at each profile shape, through the bench stage; `output` writes a report
+    usable as a later baseline. Raises TrtBuildError(1) on a regression beyond
+    max_regression, (3) for an engine on a machine that cannot run it."""
+    import functools
+
+    from . import pipeline
+    from .files import check_output_file
+    from .report import Report
+    from .stages import bench as bench_stage
+    from .trt import runtime
+
+    model = Path(model)
+    is_onnx = model.suffix == ".onnx"
+    if not is_onnx and reference is None:
+        raise TrtBuildError(f"{model}: benchmarking an engine needs --reference MODEL.onnx "
+                            "(input names and shapes)")
+    if not model.is_file():
+        raise TrtBuildError(f"{model}: no such file")
+    settings = build_settings(str(model), bench=True, **options)
+    pipeline.check_files(settings)
+    report = Report(check_output_file(Path(output)) if output else None, str(model))
+    ctx = Context(settings, model.parent, report)
+    ctx.artifacts.clean = Path(reference) if reference else model
+    ctx.clean_model()  # a bad model fails here, before any timing
+    models = {model.stem.split(".")[-1]: model} if is_onnx else {}
+    if not is_onnx:
+        why = runtime.machine_refusal()
+        if why:
+            raise TrtBuildError(f"{model}: {why}", MISSING_CAPABILITY)
+        ctx.artifacts.engines.append(bench_stage.engine_from_report(model, builder))
+    try:
+        pipeline.run_stages(ctx, [("bench", functools.partial(bench_stage.run, models=models))])
+    except TrtBuildError as e:
+        if e.code == GATE_FAILED:
+            rows = [r for r in ctx.report.stages[-1].get("comparison", []) if r["regressed"]]
+            raise TrtBuildError(f"latency regressed beyond {100 * settings.bench.max_regression:g}%: "
+                                + "; ".join(f"{r['runner']} {r['shape']} {100 * r['change']:+.1f}%"
+                                            for r in rows), GATE_FAILED,
+                                ctx.report.stages[-1])
+        raise
+    return ctx.report.stages[-1]
+
+
+__all__ = ["Result", "build", "export", "clean", "calibrate", "validate", "bench"]

@@ -1,0 +1,113 @@
+"""Streaming calibration: stream the dataset through ONNX Runtime (CPU), observe every tensor a
+Q/DQ goes on, and turn each histogram into a threshold (entropy, max or percentile).
+
+Peak memory does not grow with the sample count: only one batch's activations and the
+per-tensor histograms are alive at any time.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import resource
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterator
+
+from ..data import Dataset
+from .observer import Histogram
+from .thresholds import amax
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class CalibResult:
+    amaxes: dict[str, float]
+    samples: int
+    ignored: dict[str, int] = field(default_factory=dict)
+    peak_rss_mb: float = 0.0
+
+    def record(self) -> dict[str, Any]:
+        return {"samples": self.samples, "tensors": len(self.amaxes),
+                "ignored_sentinels": self.ignored, "peak_rss_mb": round(self.peak_rss_mb, 1)}
+
+
+def observed_model(model: Any, tensors: list[str]) -> Any:
+    """A copy of `model` whose outputs are exactly `tensors` (float32)."""
+    import onnx
+
+    m = onnx.ModelProto()
+    m.CopyFrom(model)
+    del m.graph.output[:]
+    m.graph.output.extend(onnx.helper.make_tensor_value_info(t, onnx.TensorProto.FLOAT, None)
+                          for t in tensors)
+    return m
+
+
+def calibrate(model: Any, tensors: list[str], data: Dataset, method: str, percentile: float,
+              progress: Callable[[int], None] | None = None, threads: int = 0) -> CalibResult:
+    """Thresholds for `tensors` of `model` over `data` with `method` for activations.
+
+    Graph inputs always use their max: they are data of a known range, and a clipped input
+    is lost to every layer after it (entropy on the digits input, whose 17 discrete levels
+    leave a degenerate histogram, clipped it to 0.063 of 1.0 and the INT8 model fell to
+    15% accuracy). Raises TrtBuildError on bad data.
+    """
+    from ..onnx import io
+
+    sess = io.session(observed_model(model, tensors), threads=threads)
+    inputs = {i.name for i in data.inputs}  # graph inputs: max only
+    hists = {t: Histogram(max_only=t in inputs) for t in tensors}
+    samples = 0
+    # histogramming of batch k overlaps inference of batch k+1 (ORT releases the GIL)
+    worker: threading.Thread | None = None
+    for feed in _prefetched(data.batches()):
+        outs = sess.run(tensors, feed)
+        if worker:
+            worker.join()
+        worker = threading.Thread(target=_observe, args=(hists, tensors, outs))
+        worker.start()
+        n = len(next(iter(feed.values())))
+        samples += n
+        if progress:
+            progress(n)
+    if worker:
+        worker.join()
+    with ThreadPoolExecutor(2) as pool:  # the KL searches are numpy work that drops the GIL
+        found = pool.map(lambda t: hists[t].amax if t in inputs else
+                         amax(hists[t], method, percentile), tensors)
+        amaxes = dict(zip(tensors, found))
+    ignored = {t: h.ignored for t, h in hists.items() if h.ignored}
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return CalibResult(amaxes, samples, ignored, rss)
+
+
+def _prefetched(batches: Iterator[dict], depth: int = 2) -> Iterator[dict]:
+    """Read the next batches in a thread while ONNX Runtime runs this one; errors (bad
+    samples) are re-raised here, in order."""
+    q: queue.Queue = queue.Queue(maxsize=depth)
+    done = object()
+
+    def read() -> None:
+        try:
+            for b in batches:
+                q.put(b)
+            q.put(done)
+        except BaseException as e:  # noqa: BLE001 - handed to the consumer
+            q.put(e)
+
+    threading.Thread(target=read, daemon=True).start()
+    while True:
+        item = q.get()
+        if item is done:
+            return
+        if isinstance(item, BaseException):
+            raise item
+        yield item
+
+
+def _observe(hists: dict[str, Histogram], tensors: list[str], outs: list) -> None:
+    for t, x in zip(tensors, outs):
+        hists[t].observe(x)

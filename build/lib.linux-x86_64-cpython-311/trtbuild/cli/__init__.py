@@ -1,0 +1,63 @@
+"""Command line: `main()` parses, runs one command, and turns every failure into one line
+on stderr and an exit code (trtbuild.errors); a traceback only with -v."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import sys
+from typing import Any
+
+from ..errors import BAD_INPUT, INTERNAL_ERROR, INTERRUPTED, TrtBuildError
+from .args import build_parser, commands
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    subparsers = commands(parser)
+    if argv and not argv[0].startswith("-") and argv[0] not in subparsers:
+        argv.insert(0, "build")
+    args = parser.parse_args(argv)
+    if args.command in (None, "help"):
+        topic = getattr(args, "topic", None)
+        if topic and topic not in subparsers:
+            print(f"trtbuild: error: no command '{topic}' (commands: "
+                  f"{', '.join(subparsers)})", file=sys.stderr)
+            return BAD_INPUT
+        (subparsers[topic] if topic else parser).print_help()
+        return 0
+    _logging(args.verbose)
+    signal.signal(signal.SIGTERM, _terminate)
+    from .commands import COMMANDS
+
+    try:
+        return COMMANDS[args.command](args)
+    except TrtBuildError as e:
+        if args.verbose:
+            logging.getLogger("trtbuild").exception("error")
+        print(f"trtbuild: error: {e.message}", file=sys.stderr)
+        return e.code
+    except KeyboardInterrupt:
+        print("trtbuild: interrupted", file=sys.stderr)
+        return INTERRUPTED
+    except Exception as e:  # noqa: BLE001 - the guard: one line, its own exit code
+        if args.verbose:
+            logging.getLogger("trtbuild").exception("internal error")
+        first = str(e).strip().splitlines()[0][:300] if str(e).strip() else ""
+        print(f"trtbuild: internal error: {type(e).__name__}: {first} (a bug in trtbuild or a "
+              "library it drives; -v shows the traceback)", file=sys.stderr)
+        return INTERNAL_ERROR
+
+
+def _terminate(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt  # unwinds like Ctrl-C: temp files are removed on the way out
+
+
+def _logging(verbose: bool) -> None:
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.WARNING,
+                        format="trtbuild: %(levelname)s: %(message)s" if not verbose
+                        else "%(levelname)s %(name)s: %(message)s")
+    if not verbose:  # third-party loggers stay quiet unless -v
+        for name in ("onnx_graphsurgeon", "polygraphy", "Polygraphy", "PIL", "torch"):
+            logging.getLogger(name).setLevel(logging.ERROR)

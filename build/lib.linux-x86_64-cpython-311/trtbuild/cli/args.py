@@ -1,0 +1,287 @@
+"""The parser: one argument group per stage; each flag's dest is the API option it sets
+(trtbuild.config.OPTIONS), and defaults live in trtbuild.config only (flags default to
+None = "not given")."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+from ..config import (
+    BENCH_DEFAULTS,
+    CALIB_DEFAULTS,
+    CALIB_METHODS,
+    DATA_DEFAULTS,
+    ENGINE_DEFAULTS,
+    EXPORT_DEFAULTS,
+    HARDWARE_COMPAT,
+    OPTIONS,
+    PREPROCESS_KEYS,
+    TOP_LEVEL,
+    Fp16Settings,
+)
+from ..version import __version__
+
+DESCRIPTION = """\
+trtbuild: PyTorch or ONNX -> cleaned, calibrated, quantized TensorRT engines, with proof.
+
+pipeline: export -> clean -> calibrate -> quantize -> build -> cache -> validate -> bench
+`trtbuild SRC ...` is short for `trtbuild build SRC ...`; `trtbuild help COMMAND` explains one.
+
+SRC is one of: model.onnx | path/to/file.py:factory | package.module:factory |
+torchvision:NAME. A factory returns a torch.nn.Module or (module, example_inputs).
+
+exit codes: 0 ok, 1 an accuracy/latency gate failed, 2 bad input, 3 missing capability,
+4 internal error (a bug, or a crash in a library trtbuild drives), 130 interrupted."""
+
+
+def common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logs and tracebacks")
+    p.add_argument("--json", action="store_true",
+                   help="print the result as JSON on stdout (the human summary goes to stderr)")
+
+
+def export_group(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("export (torch SRCs)")
+    g.add_argument("--input", dest="inputs", action="append", metavar="NAME:SHAPE",
+                   help="input name and example shape, e.g. input:1x3x224x224 (repeatable, in "
+                        "the model's input order); random example data of that shape is used")
+    g.add_argument("--dynamic-batch", action=argparse.BooleanOptionalAction,
+                   help="make the first axis of every input and output symbolic (default: on)")
+    g.add_argument("--opset", type=int, help=f"ONNX opset (default {EXPORT_DEFAULTS.opset})")
+
+
+def data_group(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("reading --calib and --val data")
+    g.add_argument("--calib-batch-size", type=int, metavar="N",
+                   help=f"samples per ONNX Runtime run (default {DATA_DEFAULTS.batch_size})")
+    g.add_argument("--max-samples", type=int, metavar="N",
+                   help="read at most N samples per directory (default: all)")
+    g = p.add_argument_group("image preprocessing (overrides DIR/preprocess.json)")
+    g.add_argument("--resize", type=int, metavar="PX", help="resize the shorter side to PX")
+    g.add_argument("--crop", type=int, metavar="PX", help="center crop PX x PX")
+    g.add_argument("--grayscale", action=argparse.BooleanOptionalAction)
+    g.add_argument("--scale", type=float, help="multiply pixel values (default 1/255)")
+    g.add_argument("--mean", type=float, nargs="+", help="per-channel mean, after scaling")
+    g.add_argument("--std", type=float, nargs="+", help="per-channel std, after scaling")
+    g.add_argument("--layout", choices=("NCHW", "NHWC"))
+    g.add_argument("--dtype", choices=("float32", "float16"))
+
+
+def calib_group(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("calibration (INT8)")
+    g.add_argument("--calib", metavar="DIR", help="calibration samples: images (.png .jpg .jpeg "
+                   ".bmp, preprocessed per DIR/preprocess.json and the flags below), .npy (one "
+                   "sample or a batch on axis 0) or .npz (arrays keyed by input name)")
+    g.add_argument("--data-loader-script", metavar="FILE.py:FN",
+                   help="instead of --calib: FN() yields {input_name: array} dicts (Polygraphy's "
+                        "convention)")
+    g.add_argument("--calib-cache", type=Path, metavar="FILE",
+                   help="reuse a TensorRT calibration cache; recalibrates (and says why) when it "
+                        "lacks a tensor of this model")
+    g.add_argument("--calib-method", choices=CALIB_METHODS,
+                   help=f"threshold method (default {CALIB_DEFAULTS.method}: TensorRT "
+                        "EntropyCalibration2)")
+    g.add_argument("--percentile", type=float,
+                   help=f"for --calib-method percentile (default {CALIB_DEFAULTS.percentile})")
+
+
+def gate_group(p: argparse.ArgumentParser, with_val: bool = True) -> None:
+    g = p.add_argument_group("accuracy gates (exit 1 when not met)")
+    if with_val:
+        g.add_argument("--val", metavar="DIR", help="held-out validation samples (same formats "
+                       "as --calib; DIR/labels.csv `file,label` adds label accuracy)")
+    g.add_argument("--min-top1-agreement", type=float, metavar="F", help="e.g. 0.99")
+    g.add_argument("--min-cosine", type=float, metavar="F", help="e.g. 0.98")
+
+
+def fp16_group(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("FP16")
+    g.add_argument("--fp16", action="store_true",
+                   help="convert the graph to FP16 (FP32 kept for LayerNorm/Softmax/reductions "
+                        "and Exp/Log/Pow) and check its accuracy on the CPU")
+    g.add_argument("--fp16-io", action="store_true", default=None,
+                   help="FP16 graph inputs and outputs too")
+    g.add_argument("--fp16-keep", metavar="OP_OR_NODE,...",
+                   help="more op types or node names to keep in FP32")
+    g.add_argument("--fp16-mode", choices=("graph", "flag"),
+                   help="graph (default); flag: TensorRT <= 10 only, BuilderFlag.FP16 on the "
+                        "FP32 graph")
+
+
+def engine_group(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("engines (TensorRT 10/11 or TensorRT-RTX)")
+    g.add_argument("--target", choices=("auto", "onnx", "engine"),
+                   help="auto (default): build engines when a builder is installed, else stop "
+                        "after the CPU stages and say why (exit 0); engine: a missing builder "
+                        "is exit 3; onnx: never build engines")
+    g.add_argument("--builder", choices=("auto", "tensorrt", "tensorrt-rtx"),
+                   help="auto (default): the first importable of tensorrt, tensorrt_rtx")
+    g.add_argument("--arch", dest="archs", metavar="sm_86,sm_89",
+                   help="target architectures, one engine each. TensorRT-RTX: any of sm_75, "
+                        "sm_80, sm_86, sm_89, sm_120, sm_121 (no GPU needed; default "
+                        "sm_86,sm_89); TensorRT: the local GPU (default) or ampere+. native = "
+                        "this machine's GPU")
+    engine_shapes(g)
+    g.add_argument("--workspace", dest="workspace_mb", type=int, metavar="MB",
+                   help=f"builder workspace limit (default {ENGINE_DEFAULTS.workspace_mb})")
+    g.add_argument("--opt-level", type=int, metavar="0-5",
+                   help=f"builder optimization level (default {ENGINE_DEFAULTS.opt_level})")
+    g.add_argument("--hardware-compat", choices=HARDWARE_COMPAT, help="default none")
+    g.add_argument("--version-compatible", action="store_true", default=None,
+                   help="engines that newer TensorRT runtimes can load")
+    g.add_argument("--plugins", nargs="+", metavar="LIB.so|DIR",
+                   help="plugin libraries to load (a directory: its *.so files); none by default")
+    g.add_argument("--cache-dir", type=Path, metavar="DIR",
+                   help="engine cache (default: $XDG_CACHE_HOME/trtbuild/engines)")
+    g.add_argument("--calibrator", choices=("qdq", "trt"),
+                   help="INT8 engines: qdq (default) builds the Q/DQ model; trt (TensorRT <= 10 "
+                        "only) lets IInt8EntropyCalibrator2 calibrate the FP32 graph from the "
+                        "same --calib data")
+
+
+def engine_shapes(g: Any) -> None:
+    g.add_argument("--shapes", action="append", metavar="NAME:MIN,OPT,MAX",
+                   help="optimization profile, e.g. input:1x3x224x224,8x3x224x224,32x3x224x224 "
+                        "(default: static shapes, or batch 1/8/32 for a dynamic batch)")
+
+
+def bench_group(p: argparse.ArgumentParser, with_flag: bool = True) -> None:
+    g = p.add_argument_group("latency")
+    if with_flag:
+        g.add_argument("--bench", action="store_true", default=None,
+                       help="measure latency: engines on this GPU (CUDA events), else the ONNX "
+                            "models with ONNX Runtime on the CPU; plus PyTorch eager")
+    g.add_argument("--warmup", type=int, metavar="N",
+                   help=f"default {BENCH_DEFAULTS.warmup}")
+    g.add_argument("--iterations", type=int, metavar="N",
+                   help=f"default {BENCH_DEFAULTS.iterations}")
+    g.add_argument("--baseline", type=Path, metavar="OLD_report.json",
+                   help="compare p50 latencies with an earlier report's bench results")
+    g.add_argument("--max-regression", metavar="PCT",
+                   help="with --baseline: exit 1 when a p50 latency grew by more (default 5%%)")
+
+
+def precision_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--int8", action="store_true", help="calibrate and quantize (Q/DQ ONNX + "
+                   "TensorRT calibration cache), then check accuracy on the CPU")
+    p.add_argument("--fp32", action="store_true", help="also build an FP32 engine (the default "
+                   "when neither --fp16 nor --int8 is given)")
+
+
+def pipeline_groups(p: argparse.ArgumentParser) -> None:
+    """Flags of the stages after export (precision, data, calibration, gates, engines)."""
+    precision_flags(p)
+    fp16_group(p)
+    calib_group(p)
+    data_group(p)
+    gate_group(p)
+    engine_group(p)
+    bench_group(p)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="trtbuild", description=DESCRIPTION,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=f"trtbuild {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    p = sub.add_parser("build", help="run the pipeline on SRC into an output directory")
+    p.add_argument("src", metavar="SRC")
+    p.add_argument("--out", type=Path, help="output directory (default: trtbuild-out/<model>/)")
+    export_group(p)
+    pipeline_groups(p)
+    common(p)
+
+    p = sub.add_parser("demo", help="the digits demo: build the bundled CNN with its data")
+    p.add_argument("--out", type=Path, default=Path("trtbuild-out/digits"))
+    pipeline_groups(p)
+    common(p)
+
+    p = sub.add_parser("export", help="PyTorch -> ONNX, checked against PyTorch's output")
+    p.add_argument("src", metavar="SRC")
+    p.add_argument("-o", "--output", type=Path, required=True, metavar="OUT.onnx")
+    export_group(p)
+    common(p)
+
+    p = sub.add_parser("clean", help="GraphSurgeon cleanup passes (fold, no-ops, shapes)")
+    p.add_argument("model", type=Path, metavar="IN.onnx")
+    p.add_argument("-o", "--output", type=Path, required=True, metavar="OUT.onnx")
+    common(p)
+
+    p = sub.add_parser("calibrate", help="INT8 calibration of an ONNX model: model.clean.onnx, "
+                       "calib.cache, model.int8.onnx (Q/DQ) and report.json in OUTDIR")
+    p.add_argument("model", type=Path, metavar="MODEL.onnx")
+    p.add_argument("-o", "--output", type=Path, required=True, metavar="OUTDIR")
+    calib_group(p)
+    data_group(p)
+    common(p)
+
+    p = sub.add_parser("validate", help="accuracy of CANDIDATE.onnx against REFERENCE.onnx "
+                       "on --val data (Polygraphy, ONNX Runtime on the CPU)")
+    p.add_argument("reference", type=Path, metavar="REFERENCE.onnx")
+    p.add_argument("candidate", type=Path, metavar="CANDIDATE.onnx")
+    p.add_argument("--precision", choices=("fp32", "fp16", "int8"), default="int8",
+                   help="selects Polygraphy's default tolerances (default int8)")
+    gate_group(p)
+    data_group(p)
+    common(p)
+
+    p = sub.add_parser("bench", help="latency of MODEL.onnx (ONNX Runtime, CPU) or ENGINE (GPU, "
+                       "with the runtime that built it) at each profile shape; --baseline "
+                       "compares")
+    p.add_argument("model", type=Path, metavar="MODEL.onnx|ENGINE")
+    engine_shapes(p)
+    p.add_argument("--reference", type=Path, metavar="MODEL.onnx",
+                   help="for an engine: the ONNX model that gives input names and shapes")
+    p.add_argument("--builder", choices=("auto", "tensorrt", "tensorrt-rtx"), default="auto",
+                   help="for an engine not listed in a trtbuild report.json: its runtime")
+    p.add_argument("-o", "--output", type=Path, metavar="report.json",
+                   help="write the results as a report (usable as a later --baseline)")
+    bench_group(p, with_flag=False)
+    common(p)
+
+    p = sub.add_parser("info", help="GPU, compute capability, TensorRT versions, and the "
+                       "engine cache key prefix for this machine")
+    p.add_argument("--cache-dir", type=Path, metavar="DIR")
+    common(p)
+
+    p = sub.add_parser("cache", help="the engine cache: ls | verify | prune")
+    p.add_argument("action", choices=("ls", "verify", "prune"))
+    p.add_argument("--cache-dir", type=Path, metavar="DIR")
+    p.add_argument("--max-age-days", type=float, help="prune: remove entries older than this")
+    p.add_argument("--max-size-mb", type=float, help="prune: then the oldest until under this")
+    common(p)
+
+    p = sub.add_parser("help", help="this help, or `trtbuild help COMMAND` for one command")
+    p.add_argument("topic", nargs="?", metavar="COMMAND")
+    parser.set_defaults(subparsers=dict(sub.choices))  # the one list of commands
+    return parser
+
+
+def commands(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
+    """{name: subparser}."""
+    return parser.get_default("subparsers")
+
+
+def options(args: argparse.Namespace) -> dict[str, Any]:
+    """The API options the parsed flags give (only those given; config has the defaults)."""
+    given = {k: v for k, v in vars(args).items()
+             if (k in OPTIONS or k in TOP_LEVEL) and v is not None}
+    for flag in ("fp32", "fp16", "int8"):  # store_true: False means "not given"
+        if given.get(flag) is False:
+            del given[flag]
+    if getattr(args, "data_loader_script", None):
+        from ..errors import TrtBuildError
+
+        if args.calib:
+            raise TrtBuildError("give --calib or --data-loader-script, not both")
+        given["calib"] = args.data_loader_script
+    pre = {k: getattr(args, k) for k in PREPROCESS_KEYS if getattr(args, k, None) is not None}
+    if pre:
+        given["preprocess"] = pre
+    if getattr(args, "fp16_keep", None):
+        keep = Fp16Settings.parse_keep(args.fp16_keep)
+        given.update(fp16_keep_ops=keep["keep_ops"], fp16_keep_nodes=keep["keep_nodes"])
+    return given

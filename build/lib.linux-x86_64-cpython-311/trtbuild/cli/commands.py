@@ -1,0 +1,156 @@
+"""One function per command: parsed flags -> an API call -> summary lines or JSON."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any, Callable
+
+from .. import api
+from ..errors import GATE_FAILED, OK
+from ..report import bench_figures, summary_line, validate_figures
+from .args import options
+
+Command = Callable[[argparse.Namespace], int]
+
+
+def emit(args: argparse.Namespace, data: dict[str, Any], summary: list[str]) -> None:
+    """JSON on stdout with --json (summary then on stderr), else the summary on stdout."""
+    stream = sys.stderr if args.json else sys.stdout
+    for line in summary:
+        print(line, file=stream)
+    if args.json:
+        print(json.dumps(data, indent=2, default=str, allow_nan=False))
+
+
+def _run_summary(args: argparse.Namespace, title: str, run: Callable) -> int:
+    lines: list[str] = []
+    result = run(lambda name, record: lines.append(summary_line(name, record)))
+    emit(args, result.report, [f"{title} -> {result.out}/", *lines,
+                               f"  {'report':<16}          {result.out / 'report.json'}"])
+    return 0
+
+
+def cmd_build(args: argparse.Namespace) -> int:
+    return _run_summary(args, f"trtbuild: {args.src}", lambda on_stage: api.build(
+        args.src, on_stage=on_stage, **options(args)))
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from .. import demo
+
+    opts = {**demo.OPTIONS, **options(args)}
+    return _run_summary(args, f"trtbuild: {demo.SRC}", lambda on_stage: api.build(
+        demo.SRC, on_stage=on_stage, **opts))
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    r = api.export(args.src, args.output, **options(args))
+    emit(args, r, [f"exported {args.src} -> {r['output']} (opset {r['opset']}, "
+                   f"max abs err vs torch {r['max_abs_err']:.2e})"])
+    return 0
+
+
+def cmd_clean(args: argparse.Namespace) -> int:
+    r = api.clean(args.model, args.output)
+    before, after = r["ops_before"], r["ops_after"]
+    emit(args, r, [f"cleaned {args.model} -> {r['output']}: {r['nodes_before']} -> "
+                   f"{r['nodes_after']} nodes, max abs diff {r['max_abs_diff']:.1e}",
+                   *[f"  {op:<24} {before.get(op, 0):>5} -> {after.get(op, 0):>5}"
+                     for op in sorted(set(before) | set(after))]])
+    return 0
+
+
+def cmd_calibrate(args: argparse.Namespace) -> int:
+    opts = options(args)
+    calib = opts.pop("calib", None)
+    return _run_summary(args, f"trtbuild calibrate: {args.model}", lambda on_stage: api.calibrate(
+        args.model, calib, args.output, on_stage=on_stage, **opts))
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    opts = options(args)
+    val = opts.pop("val", None)
+    return _show(args, lambda r: [f"validate {args.candidate} vs {args.reference}: "
+                                  f"{validate_figures(r)}"],
+                 lambda: api.validate(args.reference, args.candidate, val, args.precision,
+                                      **opts))
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    opts = options(args)
+    opts.pop("builder", None)
+    return _show(args, lambda r: [f"bench {args.model}:{bench_figures(r)}"],
+                 lambda: api.bench(args.model, args.output, reference=args.reference,
+                                   builder=args.builder, **opts))
+
+
+def _show(args: argparse.Namespace, lines: Callable[[dict], list[str]],
+          call: Callable[[], dict]) -> int:
+    """Emit the command's record, also when a gate failed (then re-raise: exit 1)."""
+    from ..errors import TrtBuildError
+
+    try:
+        record = call()
+    except TrtBuildError as e:
+        if e.record is not None:
+            emit(args, e.record, lines(e.record))
+        raise
+    emit(args, record, lines(record))
+    return 0
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    from ..cache import EngineCache
+    from ..trt.backend import installed_backends, native_arch
+    from ..trt.gpu import gpu_info
+
+    gpu = gpu_info()
+    builders = installed_backends()
+    cache = EngineCache(args.cache_dir)
+    arch = native_arch()
+    prefixes = [f"{cache.root}/{arch or '<arch>'}/{b['tag']}/" for b in builders.values()
+                if "tag" in b]
+    info = {"gpu": gpu, "builders": builders, "cache_dir": str(cache.root),
+            "cache_key_prefixes": prefixes}
+    lines = [f"gpu:        {gpu['name']} ({gpu['arch']}, driver {gpu['driver']}, CUDA "
+             f"{gpu['cuda']})" if gpu else "gpu:        none found (engines can still be built "
+             "ahead of time with TensorRT-RTX)"]
+    for name, b in builders.items():
+        lines.append(f"{name + ':':<14}{b.get('version') or b['missing']}")
+    lines.append(f"cache:        {cache.root}")
+    lines += [f"key prefix:   {p}" for p in prefixes]
+    emit(args, info, lines)
+    return 0
+
+
+def cmd_cache(args: argparse.Namespace) -> int:
+    from ..cache import EngineCache
+    from ..errors import TrtBuildError
+
+    cache = EngineCache(args.cache_dir)
+    if args.action == "ls":
+        rows = cache.listing()
+        emit(args, {"entries": rows}, [f"{r['entry']}  {r['precision']}  {r['bytes']} bytes"
+                                       for r in rows] or [f"{cache.root}: empty"])
+        return 0
+    if args.action == "verify":
+        results = cache.verify()
+        bad = [(str(e), p) for e, p in results if p]
+        emit(args, {"checked": len(results), "quarantined": bad},
+             [f"{len(results)} entries checked, {len(bad)} quarantined",
+              *[f"  {e}: {p}" for e, p in bad]])
+        return GATE_FAILED if bad else OK
+    if args.max_age_days is None and args.max_size_mb is None:
+        raise TrtBuildError("cache prune needs --max-age-days and/or --max-size-mb")
+    removed = cache.prune(args.max_age_days, args.max_size_mb)
+    emit(args, {"removed": [str(r) for r in removed]}, [f"removed {len(removed)} entries"])
+    return 0
+
+
+COMMANDS: dict[str, Command] = {
+    "build": cmd_build, "demo": cmd_demo, "export": cmd_export, "clean": cmd_clean,
+    "calibrate": cmd_calibrate, "validate": cmd_validate, "bench": cmd_bench,
+    "info": cmd_info, "cache": cmd_cache,
+}

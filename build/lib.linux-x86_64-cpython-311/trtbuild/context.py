@@ -1,0 +1,81 @@
+"""What the stages hand each other: settings, output directory, report, typed artifacts."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .config import BuildSettings
+from .report import Report
+
+
+@dataclass(frozen=True)
+class Engine:
+    """One built engine: where it is, what it targets, and the runtime that can load it."""
+
+    path: Path
+    arch: str
+    precision: str
+    builder: str        # tensorrt | tensorrt-rtx
+    version: str        # the builder's full version, build number included
+
+
+@dataclass
+class Artifacts:
+    """The files a run has produced so far (None: that stage has not run)."""
+
+    model: Path | None = None        # exported or copied ONNX
+    clean: Path | None = None        # the FP32 reference every check compares against
+    fp16: Path | None = None
+    calib_cache: Path | None = None
+    int8: Path | None = None
+    engines: list[Engine] = field(default_factory=list)
+
+    def precision_models(self) -> dict[str, Path]:
+        """{'fp32': clean, 'fp16': ..., 'int8': ...} for the models that exist."""
+        found = {"fp32": self.clean, "fp16": self.fp16, "int8": self.int8}
+        return {p: path for p, path in found.items() if path is not None}
+
+
+@dataclass
+class Context:
+    """Built by pipeline.run (or a single command) and passed to every stage's run(ctx)."""
+
+    settings: BuildSettings
+    out: Path
+    report: Report
+    artifacts: Artifacts = field(default_factory=Artifacts)
+    amaxes: dict[str, float] = field(default_factory=dict)  # calibrate -> quantize
+    torch_module: Any = None                                # torch SRCs: the eager baseline
+    _clean_model: Any = None
+
+    def set_clean(self, path: Path) -> None:
+        """The FP32 reference model every later stage reads."""
+        self.artifacts.clean, self._clean_model = path, None
+
+    def clean_model(self) -> Any:
+        """The cleaned ModelProto, loaded once for all later stages (read-only: stages that
+        rewrite it work on copies)."""
+        if self._clean_model is None:
+            from .onnx import io
+
+            self._clean_model = io.load(self.artifacts.clean)
+        return self._clean_model
+
+    def dataset(self, source: str) -> Any:
+        """`source` (a directory or FILE.py:FN) read with the data settings."""
+        from .data import open_dataset
+
+        return open_dataset(source, self.clean_model(), self.settings.data)
+
+    def eval_data(self) -> tuple[Any, Path | None, str]:
+        """(dataset, labels directory, description) for accuracy checks: --val, else the
+        calibration data, else seeded random inputs."""
+        from .metrics import RandomData
+
+        source = self.settings.val or self.settings.calib.data
+        if not source:
+            return RandomData(self.clean_model()), None, "random inputs"
+        labels = Path(source) if Path(source).is_dir() else None
+        return self.dataset(source), labels, str(source)

@@ -1,0 +1,75 @@
+"""Atomic file writes: temp name in the same directory, fsync, os.replace."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from pathlib import Path
+from typing import Iterator
+
+from .errors import TrtBuildError
+
+
+def tmp_name(path: Path) -> Path:
+    return path.with_name(f"{path.name}.tmp-{os.getpid()}")
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | Path) -> Iterator[Path]:
+    """Yield a temp path to write; on success it is renamed to `path`, on error removed."""
+    path = Path(path)
+    tmp = tmp_name(path)
+    try:
+        yield tmp
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+
+
+def write_bytes(path: str | Path, data: bytes) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)
+
+
+def write_text(path: str | Path, text: str) -> None:
+    write_bytes(path, text.encode())
+
+
+def ensure_dir(path: str | Path) -> Path:
+    """Create an output directory; a file in its place is a user error."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise TrtBuildError(f"{path}: output directory is an existing file")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        raise TrtBuildError(f"{path}: cannot create output directory (a parent is a file)")
+    return path
+
+
+def file_sha256(path: Path) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def check_output_file(path: Path) -> Path:
+    """An output file path the user named: its directory must exist, and whatever is there
+    now must be a regular file (never replace a device, a directory or a socket)."""
+    path = Path(path)
+    if path.is_dir():
+        raise TrtBuildError(f"{path}: output path is a directory")
+    if path.exists() and not path.is_file():
+        raise TrtBuildError(f"{path}: output path exists and is not a regular file")
+    if path.is_symlink():
+        raise TrtBuildError(f"{path}: output path is a symbolic link")
+    if not path.parent.is_dir():
+        raise TrtBuildError(f"{path.parent}: output directory does not exist")
+    return path

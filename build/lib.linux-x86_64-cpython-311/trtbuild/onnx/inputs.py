@@ -1,0 +1,65 @@
+"""The one reader of a model's inputs: name, shape (symbolic dims as str/None), dtype."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    """A model input: name, shape (str/None for symbolic dims) and numpy dtype."""
+
+    name: str
+    shape: tuple
+    dtype: np.dtype
+
+    @property
+    def dims(self) -> tuple[int, ...]:
+        """The shape with -1 for every symbolic or unknown dimension."""
+        return tuple(d if isinstance(d, int) and d > 0 else -1 for d in self.shape)
+
+    def fits(self, shape: tuple) -> bool:
+        """Does one sample (no batch axis) of `shape` fit this input?"""
+        want = self.shape[1:]
+        return len(shape) == len(want) and all(
+            not isinstance(w, int) or w <= 0 or w == g for w, g in zip(want, shape))
+
+
+def model_inputs(model: Any) -> list[InputSpec]:
+    """Graph inputs (initializers excluded) of an ONNX ModelProto."""
+    import onnx
+
+    inits = {i.name for i in model.graph.initializer}
+    specs = []
+    for vi in model.graph.input:
+        if vi.name in inits:
+            continue
+        t = vi.type.tensor_type
+        shape = tuple(d.dim_value if d.HasField("dim_value") else (d.dim_param or None)
+                      for d in t.shape.dim)
+        specs.append(InputSpec(vi.name, shape, np.dtype(onnx.helper.tensor_dtype_to_np_dtype(
+            t.elem_type))))
+    return specs
+
+
+def model_outputs(model: Any) -> list[str]:
+    return [o.name for o in model.graph.output]
+
+
+def random_feed(model: Any, batch: int = 1, seed: int = 0,
+                shapes: dict[str, tuple] | None = None) -> dict[str, np.ndarray]:
+    """Seeded random inputs for a ModelProto: given `shapes`, else symbolic first dims get
+    `batch` and other symbolic dims 1; integer inputs get 0/1."""
+    rng = np.random.default_rng(seed)
+    feed = {}
+    for spec in model_inputs(model):
+        dims = (shapes or {}).get(spec.name) or tuple(
+            d if d > 0 else (batch if k == 0 else 1) for k, d in enumerate(spec.dims))
+        if np.issubdtype(spec.dtype, np.integer) or spec.dtype == np.bool_:
+            feed[spec.name] = rng.integers(0, 2, size=dims).astype(spec.dtype)
+        else:
+            feed[spec.name] = rng.standard_normal(dims).astype(spec.dtype)
+    return feed

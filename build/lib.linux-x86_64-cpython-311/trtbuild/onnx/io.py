@@ -1,0 +1,88 @@
+"""Loading, checking and running ONNX models (ONNX Runtime on CPU is the reference)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..errors import TrtBuildError
+
+
+def load(path: str | Path, check: bool = True) -> Any:
+    """Load an ONNX model; a missing, truncated or invalid file raises TrtBuildError."""
+    import onnx
+
+    path = Path(path)
+    if not path.is_file():
+        raise TrtBuildError(f"{path}: no such ONNX file")
+    try:
+        model = onnx.load(str(path))
+    except Exception as e:
+        raise TrtBuildError(f"{path}: not a readable ONNX model ({type(e).__name__}: "
+                            f"{str(e).splitlines()[0] if str(e) else 'parse error'})")
+    if not model.graph.node and not model.graph.output:
+        raise TrtBuildError(f"{path}: not an ONNX model (empty graph)")
+    if check:
+        check_model(str(path), path)  # a path: the checker reads the file in C++, no re-encoding
+    return model
+
+
+def check_model(model: Any, where: str | Path) -> None:
+    """onnx.checker on a ModelProto or a file path; raises TrtBuildError naming `where`."""
+    import onnx
+
+    try:
+        onnx.checker.check_model(model, full_check=False)
+    except Exception as e:
+        raise TrtBuildError(f"{where}: ONNX checker failed: {str(e).splitlines()[0]}")
+
+
+def save(model: Any, path: str | Path) -> None:
+    """Save atomically (external data is not used: models stay below 2 GB here)."""
+    import onnx
+
+    from ..files import atomic_path
+
+    with atomic_path(path) as tmp:
+        onnx.save(model, str(tmp))
+
+
+def session(model: Any, threads: int = 0) -> Any:
+    """A CPU ONNX Runtime session from a ModelProto or a path."""
+    import onnxruntime as ort
+
+    from ..thirdparty import ort_severity
+
+    opts = ort.SessionOptions()
+    opts.log_severity_level = ort_severity()
+    if threads:
+        opts.intra_op_num_threads = threads
+    data = model if isinstance(model, (str, Path)) else model.SerializeToString()
+    return ort.InferenceSession(str(data) if isinstance(data, Path) else data, opts,
+                                providers=["CPUExecutionProvider"])
+
+
+def max_abs_diff(a: list[np.ndarray], b: list[np.ndarray]) -> float:
+    return max((float(np.max(np.abs(x.astype(np.float64) - y.astype(np.float64))))
+                if x.size else 0.0) for x, y in zip(a, b))
+
+
+def float_tensors(model: Any) -> set[str]:
+    """Names of the float32 tensors of a shape-inferred model: inputs, outputs, value infos
+    and initializers."""
+    from onnx import TensorProto
+
+    g = model.graph
+    names = {vi.name for vi in list(g.input) + list(g.value_info) + list(g.output)
+             if vi.type.tensor_type.elem_type == TensorProto.FLOAT}
+    return names | {i.name for i in g.initializer if i.data_type == TensorProto.FLOAT}
+
+
+def drop_unused_initializers(graph: Any) -> None:
+    """Remove initializers that no node reads and that are not graph outputs."""
+    used = {i for n in graph.node for i in n.input} | {o.name for o in graph.output}
+    keep = [i for i in graph.initializer if i.name in used]
+    del graph.initializer[:]
+    graph.initializer.extend(keep)

@@ -1,0 +1,24 @@
+"""Dead-code removal and topological sort."""
+
+from typing import Any
+
+
+def cleanup(graph: Any) -> Any:
+    """Remove nodes and tensors that do not reach a graph output; keeps unused graph inputs."""
+    return graph.cleanup(remove_unused_graph_inputs=False)
+
+
+def toposort(graph: Any) -> Any:
+    return graph.toposort()
+
+
+def infer_shapes(graph: Any) -> Any:
+    """Re-run ONNX shape inference so later folding sees the shapes earlier passes fixed."""
+    import onnx
+    import onnx_graphsurgeon as gs
+
+    for t in graph.tensors().values():  # drop stale intermediate shapes; inference redoes them
+        if isinstance(t, gs.Variable) and t not in graph.inputs and t not in graph.outputs:
+            t.shape = None
+    model = onnx.shape_inference.infer_shapes(gs.export_onnx(graph), data_prop=True)
+    return gs.import_onnx(model)

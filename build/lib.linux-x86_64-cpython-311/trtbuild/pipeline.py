@@ -1,0 +1,126 @@
+"""The stage list and the driver that runs stages into one output directory.
+
+Every stage is `run(ctx) -> record`; `run_stages` times each, adds its record to
+report.json (written after every stage, so a failed run keeps what ran) and stops with
+exit 1 on a failed gate. `build` and the single commands (calibrate, validate, bench) all
+go through `run_stages`.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from pathlib import Path
+from typing import Any, Callable
+
+from .config import BuildSettings
+from .context import Context
+from .errors import GATE_FAILED, TrtBuildError
+from .files import ensure_dir
+from .report import Report, Timer
+from .stages import bench, calibrate, clean, engines, export, fp16, quantize, validate
+
+log = logging.getLogger(__name__)
+Stage = Callable[[Context], dict[str, Any]]
+OnStage = Callable[[str, dict], None]
+
+
+def stages_for(s: BuildSettings) -> list[tuple[str, Stage]]:
+    """The `build` stage list for these settings, in order."""
+    stages: list[tuple[str, Stage]] = [("export", export.run), ("clean", clean.run)]
+    if s.fp16 and s.fp16_options.mode == "graph":
+        stages.append(("fp16", fp16.run))
+    if s.int8:
+        stages += [("calibrate", calibrate.run), ("quantize", quantize.run),
+                   ("validate", functools.partial(validate.run, precision="int8"))]
+    if s.targets.target != "onnx":
+        stages += [("build", engines.run), ("validate_engines", validate.run_engines)]
+    if s.bench.enabled:
+        stages.append(("bench", bench.run))
+    return stages
+
+
+def new_context(settings: BuildSettings, out: Path, model: str) -> Context:
+    return Context(settings, out, Report(out / "report.json", model=model))
+
+
+def run_stages(ctx: Context, stages: list[tuple[str, Stage]],
+               on_stage: OnStage | None = None) -> Context:
+    """Run `stages` on `ctx` in order. Raises TrtBuildError (bad input, failed gate)."""
+    for name, stage in stages:
+        log.info("stage %s: start", name)
+        with Timer() as t:
+            record = stage(ctx)
+        record = ctx.report.add(name, t.seconds, **record)
+        log.info("stage %s: done in %.2fs", name, t.seconds)
+        if on_stage:
+            on_stage(name, record)
+        if record.get("gate_failures"):
+            raise TrtBuildError(f"{name} gate failed: " + "; ".join(record["gate_failures"]),
+                                GATE_FAILED)
+    return ctx
+
+
+def in_out_dir(out: Path, work: Callable[[Path], Context]) -> Context:
+    """Create `out`, run `work(out)`; on bad input remove `out` again if this run created it
+    and left it empty."""
+    created = not out.exists()
+    ensure_dir(out)
+    try:
+        return work(out)
+    except TrtBuildError as e:
+        if e.code != GATE_FAILED and created and out.is_dir() and not any(out.iterdir()):
+            out.rmdir()
+        raise
+
+
+def run(settings: BuildSettings, on_stage: OnStage | None = None) -> Context:
+    """`build`: every stage into settings.out_dir(); each writes its artifact and a record
+    in report.json. Raises TrtBuildError on bad input or a failed gate."""
+    from .onnx import source
+
+    src = source.parse(settings.src)  # validates SRC before creating any directory
+    check_files(settings)
+    _choose_engine_runtime(settings)
+    out = settings.out_dir(src.name)
+    return in_out_dir(out, lambda o: run_stages(new_context(settings, o, settings.src),
+                                                stages_for(settings), on_stage))
+
+
+def check_files(s: BuildSettings) -> None:
+    """Paths named in the settings that must exist, checked before any work."""
+    if s.int8 and not s.calib.data and not s.calib.cache:
+        raise TrtBuildError("--int8 needs calibration data: --calib DIR, --data-loader-script "
+                            "FILE.py:FN or --calib-cache FILE")
+    if not s.int8 and (s.calib.data or s.calib.cache):
+        raise TrtBuildError("--calib, --data-loader-script and --calib-cache need --int8")
+    from .data import check_source
+
+    if s.calib.data:
+        check_source(s.calib.data, "--calib")
+    if s.val:
+        check_source(s.val, "--val")
+    if s.calib.cache and not s.calib.cache.is_file():
+        raise TrtBuildError(f"{s.calib.cache}: no such calibration cache")
+    if s.bench.baseline and not s.bench.baseline.is_file():
+        raise TrtBuildError(f"{s.bench.baseline}: no such baseline report")
+    for lib in s.engine.plugins:
+        if not Path(lib).is_file():
+            raise TrtBuildError(f"{lib}: no such plugin library")
+
+
+def _choose_engine_runtime(s: BuildSettings) -> None:
+    """Polygraphy binds to tensorrt or tensorrt_rtx at its first import; on a GPU machine
+    whose engines will come from TensorRT-RTX, bind it to RTX before any stage imports it."""
+    from .trt import runtime
+    from .trt.backend import load_backend
+
+    if s.targets.target == "onnx" or runtime.machine_refusal():
+        return
+    try:
+        rtx = load_backend(s.targets.builder).is_rtx
+    except TrtBuildError:
+        return
+    from .thirdparty import polygraphy
+
+    polygraphy(rtx=rtx)

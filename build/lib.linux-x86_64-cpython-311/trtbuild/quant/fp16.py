@@ -1,0 +1,145 @@
+"""FP16 at the graph level: weights and activations in float16, float32 where FP16 breaks.
+
+TensorRT 11 and TensorRT-RTX take precision from the graph, so `--fp16` rewrites the model:
+every float node runs in FP16 except the keep-FP32 ops (reductions and range-sensitive math)
+and nodes named with `--fp16-keep`; Casts are inserted on each edge between the two regions.
+Graph inputs and outputs stay FP32 unless `fp16_io`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from ..config import Fp16Settings
+from ..onnx import io
+
+# Inputs that the ONNX type constraints pin to float32 whatever the data type.
+FLOAT32_INPUTS = {"Resize": {1, 2}, "Upsample": {1}}
+TYPE_AGNOSTIC = frozenset({"Shape", "Size"})
+
+
+def convert(model: Any, s: Fp16Settings = Fp16Settings()) -> tuple[Any, dict[str, Any]]:
+    """A float16 copy of a shape-inferred ModelProto, and what was converted."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    m = onnx.ModelProto()
+    m.CopyFrom(model)
+    g = m.graph
+    floats = io.float_tensors(m)
+    inits = {i.name: i for i in g.initializer}
+    # by position: node names may be empty or repeated
+    half = [_runs_half(n, floats, s) for n in g.node]
+    producer = {o: k for k, n in enumerate(g.node) for o in n.output}
+    inputs = {i.name for i in g.input}
+    outputs = {o.name for o in g.output}
+
+    def tensor_half(name: str) -> bool:
+        if name in inputs:
+            return s.io
+        p = producer.get(name)
+        return p is not None and half[p] and name in floats
+
+    new_nodes, casts, half_inits = [], {}, {}
+
+    def cast(name: str, to_half: bool) -> str:
+        key = (name, to_half)
+        if key not in casts:
+            out = f"{name}_{'fp16' if to_half else 'fp32'}"
+            casts[key] = out
+            new_nodes.append(helper.make_node("Cast", [name], [out], name=f"{out}_Cast",
+                                              to=TensorProto.FLOAT16 if to_half else TensorProto.FLOAT))
+        return casts[key]
+
+    rebuilt = []
+    for index, node in enumerate(g.node):
+        pinned = FLOAT32_INPUTS.get(node.op_type, set())
+        for k, name in enumerate(node.input):
+            if not name or name not in floats or node.op_type in TYPE_AGNOSTIC:
+                continue
+            want_half = half[index] and k not in pinned
+            if name in inits:
+                if want_half:
+                    if name not in half_inits:
+                        arr = _to_half(numpy_helper.to_array(inits[name]))
+                        half_inits[name] = numpy_helper.from_array(arr, f"{name}_fp16")
+                    node.input[k] = f"{name}_fp16"
+            elif tensor_half(name) != want_half:
+                node.input[k] = cast(name, want_half)
+        if half[index] and node.op_type == "Cast" and \
+                node.attribute[0].i == TensorProto.FLOAT:
+            node.attribute[0].i = TensorProto.FLOAT16
+        rebuilt.extend(new_nodes)  # casts feed this node: they go first
+        new_nodes.clear()
+        rebuilt.append(node)
+    # graph outputs keep their names and (unless fp16_io) FP32
+    for node in list(rebuilt):
+        for k, name in enumerate(node.output):
+            if name in outputs and tensor_half(name) and not s.io:
+                node.output[k] = f"{name}_fp16_out"
+                rebuilt.append(helper.make_node("Cast", [node.output[k]], [name],
+                                                name=f"{name}_to_fp32", to=TensorProto.FLOAT))
+    if s.io:
+        for vi in list(g.input) + list(g.output):
+            if vi.type.tensor_type.elem_type == TensorProto.FLOAT:
+                vi.type.tensor_type.elem_type = TensorProto.FLOAT16
+    del g.node[:]
+    g.node.extend(rebuilt)
+    g.initializer.extend(half_inits.values())
+    io.drop_unused_initializers(g)
+    del g.value_info[:]
+    m = onnx.shape_inference.infer_shapes(m)
+    n_half = sum(half)
+    return m, {"fp16_nodes": n_half, "fp32_nodes": len(half) - n_half,
+               "fp32_ops": sorted({n.op_type for n, h in zip(model.graph.node, half) if not h
+                                   and n.output and n.output[0] in floats}),
+               "casts": len(casts), "fp16_io": s.io}
+
+
+def _to_half(arr: np.ndarray) -> np.ndarray:
+    """float16, saturating: masking constants like -3.4e38 become -65504, not -inf."""
+    big = np.finfo(np.float16).max
+    return np.clip(arr, -big, big).astype(np.float16)
+
+
+def _runs_half(node: Any, floats: set[str], s: Fp16Settings) -> bool:
+    if node.op_type in s.keep_ops or node.name in s.keep_nodes or node.op_type in TYPE_AGNOSTIC:
+        return False
+    return any(o in floats for o in node.output)
+
+
+def simulated(model: Any, s: Fp16Settings = Fp16Settings()) -> Any:
+    """FP32 model with FP16 rounding where the FP16 model would run half: weights rounded to
+    float16 and every half node's float outputs round-tripped through Cast(fp16)->Cast(fp32).
+    Used for the CPU accuracy check where ONNX Runtime has no FP16 kernel for an op."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    m = onnx.ModelProto()
+    m.CopyFrom(model)
+    g = m.graph
+    floats = io.float_tensors(m)
+    half = [_runs_half(n, floats, s) for n in g.node]
+    used_by_half = {i for n, h in zip(g.node, half) if h for i in n.input}
+    for init in g.initializer:
+        if init.name in used_by_half and init.data_type == TensorProto.FLOAT:
+            arr = _to_half(numpy_helper.to_array(init)).astype(np.float32)
+            init.CopyFrom(numpy_helper.from_array(arr, init.name))
+    rebuilt = []
+    for node, h in zip(g.node, half):
+        rebuilt.append(node)
+        if not h:
+            continue
+        for k, name in enumerate(node.output):
+            if name not in floats:
+                continue
+            raw = f"{name}_prefp16"
+            node.output[k] = raw
+            rebuilt += [helper.make_node("Cast", [raw], [f"{raw}_h"], to=TensorProto.FLOAT16),
+                        helper.make_node("Cast", [f"{raw}_h"], [name], to=TensorProto.FLOAT)]
+    del g.node[:]
+    g.node.extend(rebuilt)
+    del g.value_info[:]
+    return m

@@ -1,0 +1,119 @@
+"""report.json: one record per stage, written atomically after every stage."""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .files import write_text
+from .version import __version__
+
+
+@dataclass
+class Report:
+    """Collects stage records; `save` rewrites report.json so a failed run keeps what ran."""
+
+    path: Path | None            # None: kept in memory only
+    model: str = ""
+    stages: list[dict[str, Any]] = field(default_factory=list)
+
+    def add(self, stage: str, seconds: float, **fields: Any) -> dict[str, Any]:
+        record = {"stage": stage, "seconds": round(seconds, 4), **fields}
+        self.stages = [s for s in self.stages if s["stage"] != stage] + [record]
+        self.save()
+        return record
+
+    def get(self, stage: str) -> dict[str, Any] | None:
+        return next((s for s in self.stages if s["stage"] == stage), None)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"trtbuild": __version__, "model": self.model,
+                "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "stages": self.stages}
+
+    def save(self) -> None:
+        if self.path is None:
+            return
+        write_text(self.path, json.dumps(self.to_dict(), indent=2, default=_jsonable) + "\n")
+
+
+def _jsonable(value: Any) -> Any:
+    if hasattr(value, "item"):
+        return value.item()
+    if hasattr(value, "tolist"):
+        return value.tolist()
+    if isinstance(value, Path):
+        return str(value)
+    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
+
+
+class Timer:
+    """`with Timer() as t: ...; t.seconds`."""
+
+    def __enter__(self) -> "Timer":
+        self.start = time.perf_counter()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.seconds = time.perf_counter() - self.start
+
+
+def summary_line(stage: str, record: dict[str, Any]) -> str:
+    """One human line (or a few, for bench) per stage record."""
+    figures = {"export": lambda r: f"max abs err vs torch {r.get('max_abs_err', 0):.2e}",
+               "clean": lambda r: f"nodes {r['nodes_before']} -> {r['nodes_after']}, "
+                                  f"max abs diff {r['max_abs_diff']:.1e}",
+               "calibrate": lambda r: f"{r['method']}, {r.get('samples', 'cached')} samples, "
+                                      f"{r['tensors']} tensors",
+               "quantize": lambda r: f"{r['quantized_activations']} activations, "
+                                     f"{r['quantized_weights']} weights Q/DQ",
+               "validate": validate_figures, "fp16": validate_figures,
+               "build": _build_figures, "bench": bench_figures,
+               "validate_engines": _engine_checks}
+    detail = figures.get(stage, lambda r: "")(record)
+    out = record.get("output", "")
+    return f"  {stage:<16} {record['seconds']:7.2f}s  {detail}  {out}".rstrip()
+
+
+def validate_figures(r: dict[str, Any]) -> str:
+    parts = []
+    for name, m in r["outputs"].items():
+        top1 = f", top-1 agreement {m['top1_agreement']:.4f}" if "top1_agreement" in m else ""
+        parts.append(f"{name}: cosine {m['cosine_mean']:.4f}{top1}")
+    acc = r.get("label_accuracy")
+    if acc:
+        parts.append(f"label accuracy fp32 {acc['reference']:.4f} -> {r['precision']} "
+                     f"{acc['candidate']:.4f} ({acc['delta_points']:+.2f} points)")
+    return "; ".join(parts) + f" ({r['samples']} samples)"
+
+
+def _engine_checks(r: dict[str, Any]) -> str:
+    if "skipped" in r:
+        return r["skipped"]
+    return "; ".join(f"{Path(e['engine']).parent.name}/{Path(e['engine']).name}: "
+                     + (f"refused ({e['refused']})" if "refused" in e else validate_figures(e))
+                     for e in r["engines"])
+
+
+def _build_figures(r: dict[str, Any]) -> str:
+    if "skipped" in r:
+        return r["skipped"]
+    engines = ", ".join(f"{e['precision']}@{e['arch']}{' (cached)' if e['cache_hit'] else ''}"
+                        for e in r["engines"])
+    return f"{r['builder']} {r['trt_version']}: {engines}; {r['built']} built, " \
+           f"{r['cache_hits']} from cache"
+
+
+def bench_figures(r: dict[str, Any]) -> str:
+    from .timing import table
+
+    lines = [f"{x['runner']} ({x.get('device', '?')}) {x['model']} {x['shape']}: "
+             f"p50 {x['p50_ms']:.3f} ms, p99 {x['p99_ms']:.3f} ms, "
+             f"{x['throughput_per_s']:.0f}/s" for x in r["runs"]]
+    lines += [f"{path}: refused: {why}" for path, why in r.get("refused", {}).items()]
+    if "comparison" in r:
+        lines += [f"vs {r['baseline']} (max regression {100 * r['max_regression']:.1f}%):",
+                  *table(r["comparison"])]
+    return "\n    " + "\n    ".join(lines)

@@ -1,0 +1,101 @@
+"""Bench stage: latency of every engine this machine can run (each with the runtime that
+built it), else of the ONNX models with ONNX Runtime on the CPU; plus the PyTorch eager
+baseline for torch SRCs; at each profile shape; compared with a baseline report."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .. import timing
+from ..context import Context
+from ..onnx.inputs import model_inputs, random_feed
+from ..onnx.shapes import profile_shapes, shape_label
+
+log = logging.getLogger(__name__)
+
+
+def run(ctx: Context, models: dict[str, Path] | None = None) -> dict[str, Any]:
+    """Runs, each with its runner and device; gate failures list the regressions beyond
+    the baseline. An engine its runtime refuses is listed under `refused`. `models`
+    ({label: ONNX file}, default: the build's precision models) are timed on the CPU when
+    no engine can run here."""
+    from ..trt import runtime
+
+    s = ctx.settings.bench
+    reference = ctx.clean_model()
+    models = ctx.artifacts.precision_models() if models is None else models
+    engines = [] if runtime.machine_refusal() else ctx.artifacts.engines
+    refused: dict[str, str] = {}
+    runs = []
+    for shapes in profile_shapes(model_inputs(reference), ctx.settings.engine.profiles):
+        feeds = random_feed(reference, shapes=shapes)
+        label = shape_label(shapes)
+        runs += _engine_runs(engines, shapes, s, refused) if engines else [
+            {**timing.bench_onnxruntime(path, feeds, s), "model": precision}
+            for precision, path in models.items()]
+        if ctx.torch_module is not None:
+            runs.append({**timing.bench_torch(ctx.torch_module, _torch_inputs(feeds), s),
+                         "model": "fp32"})
+        for r in runs:
+            r.setdefault("shape", label)
+    record: dict[str, Any] = {"runs": runs, "warmup": s.warmup, "iterations": s.iterations}
+    if refused:
+        record["refused"] = refused
+    if s.baseline:
+        rows = timing.compare(runs, timing.baseline_runs(s.baseline), s.max_regression)
+        record.update(baseline=str(s.baseline), max_regression=s.max_regression, comparison=rows)
+        record["gate_failures"] = [
+            f"{r['runner']} {r['model']} {r['shape']}: p50 {r['p50_ms']:.3f} ms is "
+            f"{100 * r['change']:+.1f}% vs {r['baseline_p50_ms']:.3f} ms"
+            for r in rows if r["regressed"]]
+        if not rows:
+            log.warning("%s: no bench run matches this build's runners and shapes", s.baseline)
+    return record
+
+
+def _engine_runs(engines: list, shapes: dict, s: Any, refused: dict[str, str]) -> list[dict]:
+    from ..trt import runtime
+
+    runs = []
+    for e in engines:
+        if str(e.path) in refused:
+            continue
+        try:
+            runs.append({**runtime.time_engine(e, shapes, s), "model": e.precision,
+                         "arch": e.arch})
+        except runtime.EngineRefused as why:
+            refused[str(e.path)] = str(why)
+            log.warning("%s: not benchmarked: %s", e.path, why)
+    return runs
+
+
+def _torch_inputs(feeds: dict[str, np.ndarray]) -> tuple:
+    import torch
+
+    return tuple(torch.from_numpy(np.ascontiguousarray(x)) for x in feeds.values())
+
+
+def engine_from_report(path: Path, builder: str) -> Any:
+    """The Engine for an engine file: builder and version from the report.json of the
+    build that wrote it (two levels up), else the `builder` given."""
+    import json
+
+    from ..context import Engine
+
+    report = path.resolve().parents[2] / "report.json" if len(path.resolve().parents) > 2 \
+        else None
+    if report and report.is_file():
+        try:
+            stages = json.loads(report.read_text()).get("stages", [])
+            build = next(st for st in stages if st.get("stage") == "build")
+            for e in build.get("engines", []):
+                if Path(e["path"]).resolve() == path.resolve():
+                    return Engine(path, e["arch"], e["precision"], e.get("builder", builder),
+                                  e.get("builder_version", ""))
+        except (OSError, ValueError, StopIteration, KeyError, AttributeError, TypeError):
+            pass
+    return Engine(path, "native", "fp32", "tensorrt" if builder == "auto" else builder, "")

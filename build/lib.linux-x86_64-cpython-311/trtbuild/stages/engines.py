@@ -1,0 +1,117 @@
+"""Engines stage: every precision model x every target architecture, through the engine
+cache, into `out/engines/<arch>/model.<precision>.engine`. `native` is resolved to the local
+GPU's compute capability (in the cache key too), and an architecture the builder cannot
+target, or whose engines its runtime would refuse, stops the stage with exit 3 before
+anything is built."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from ..cache import EngineCache, cache_key
+from ..context import Context, Engine
+from ..errors import TrtBuildError
+from ..files import write_bytes
+from ..progress import Bar, bar
+from ..trt import backend as trt_backend
+from ..trt.gpu import gpu_info
+
+log = logging.getLogger(__name__)
+
+
+def models_to_build(ctx: Context) -> dict[str, Path]:
+    """{precision: ONNX model} this build turns into engines."""
+    a, s = ctx.artifacts, ctx.settings
+    models = {p: path for p, path in (("fp16", a.fp16), ("int8", a.int8)) if path}
+    if s.engine.fp16_flag:  # --fp16-mode flag: TensorRT <= 10 lowers the FP32 graph itself
+        models = {"fp16": a.clean, **models}
+    if "int8" in models and s.engine.calibrator == "trt":
+        models["int8"] = a.clean  # TensorRT <= 10 calibrates the FP32 graph itself
+    if s.fp32 or not models:
+        models = {"fp32": a.clean, **models}
+    return models
+
+
+def run(ctx: Context) -> dict[str, Any]:
+    """Build (or fetch from the cache) one engine per (precision, arch).
+
+    With target 'auto' and no builder installed, returns a record that says why and builds
+    nothing; with target 'engine' that raises TrtBuildError(3).
+    """
+    t = ctx.settings.targets
+    try:
+        backend = trt_backend.load_backend(t.builder)
+    except TrtBuildError as e:
+        if t.target == "engine":
+            raise
+        log.warning("no engine built: %s", e.message)
+        return {"skipped": f"no engine built: {e.message}"}
+    archs = trt_backend.target_archs(backend, t.archs, ctx.settings.engine.hardware_compat)
+    models = models_to_build(ctx)
+    cache = EngineCache(t.cache_dir)
+    calib = ctx.artifacts.calib_cache
+    calib_bytes = calib.read_bytes() if calib and calib.is_file() else None
+    records = []
+    with bar("building engines", len(models) * len(archs)) as progress:
+        for precision, onnx_path in models.items():
+            for arch in archs:
+                r = _one(ctx, backend, cache, onnx_path, precision, arch,
+                         calib_bytes if precision == "int8" else None, progress)
+                records.append(r)
+                ctx.artifacts.engines.append(Engine(Path(r["path"]), arch, precision,
+                                                    backend.name, backend.version))
+                progress.advance(1)
+    return {"builder": backend.name, "trt_version": backend.version, "cache_dir": str(cache.root),
+            "engines": records, "built": sum(not e["cache_hit"] for e in records),
+            "cache_hits": sum(e["cache_hit"] for e in records)}
+
+
+def _one(ctx: Context, backend: trt_backend.Backend, cache: EngineCache, onnx_path: Path,
+         precision: str, arch: str, calib: bytes | None, progress: Bar) -> dict[str, Any]:
+    from ..trt import builder
+
+    s = ctx.settings.engine
+    onnx_bytes = onnx_path.read_bytes()
+    settings = replace(s, fp16_flag=s.fp16_flag and precision == "fp16")
+    key_fields = {**settings.key_fields(), "precision": precision}
+    key = cache_key(onnx_bytes, calib, key_fields, arch, backend.tag)
+    timing_path = cache.root / arch / backend.tag / "timing.cache"
+
+    def build() -> tuple[bytes, dict[str, Any]]:
+        timing = timing_path.read_bytes() if timing_path.is_file() else None
+        calibrator = None
+        if precision == "int8" and s.calibrator == "trt":
+            from ..trt.calibrator import make_calibrator
+
+            calibrator = make_calibrator(backend.trt, ctx.dataset(ctx.settings.calib.data),
+                                         ctx.out / "calib.trt.cache")
+        result = builder.build(backend, onnx_path, arch, settings, timing,
+                               on_phase=lambda phase: progress.note(f"{precision}@{arch} {phase}"),
+                               calibrator=calibrator)
+        if result.timing_cache:
+            write_bytes(timing_path, result.timing_cache)
+        gpu = gpu_info() or {}
+        return result.engine, {"precision": precision, "builder_version": backend.version,
+                               "gpu": gpu.get("name"),
+                               "compute_capability": gpu.get("compute_capability"),
+                               "driver": gpu.get("driver"), "cuda": gpu.get("cuda"),
+                               "settings": key_fields, "onnx_bytes": len(onnx_bytes),
+                               "build_seconds": round(result.seconds, 3),
+                               "layer_dtypes": result.layer_dtypes}
+
+    found = cache.get_or_build(arch, backend.tag, key, build)
+    path = ctx.out / "engines" / arch / f"model.{precision}.engine"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_bytes(path, found.engine)
+    path_taken = {"fp16": "builder flag" if settings.fp16_flag else "graph",
+                  "int8": "IInt8EntropyCalibrator2" if s.calibrator == "trt" else "Q/DQ graph"}
+    return {"precision": precision, "arch": arch, "path": str(path), "cache_hit": found.hit,
+            "builder": backend.name, "builder_version": backend.version,
+            "precision_from": path_taken.get(precision, "graph"),
+            "cache_entry": str(found.path), "key": key, "bytes": len(found.engine),
+            "sha256": found.manifest["engine_sha256"],
+            "build_seconds": found.manifest.get("build_seconds"),
+            "layer_dtypes": found.manifest.get("layer_dtypes")}

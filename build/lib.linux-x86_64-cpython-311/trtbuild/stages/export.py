@@ -1,0 +1,136 @@
+"""Export stage: torch.nn.Module -> ONNX, checked and compared once against PyTorch."""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..config import DEFAULT_OPSET, ExportSettings
+from ..context import Context
+from ..errors import GATE_FAILED, TrtBuildError
+from ..files import atomic_path
+from ..onnx import io, source
+from ..onnx.inputs import model_inputs, model_outputs
+from ..onnx.source import Source
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ExportResult:
+    path: Path
+    inputs: dict[str, list] = field(default_factory=dict)
+    outputs: list[str] = field(default_factory=list)
+    max_abs_err: float = 0.0
+    max_rel_err: float = 0.0
+    opset: int = DEFAULT_OPSET
+
+    def record(self) -> dict[str, Any]:
+        return {"output": str(self.path), "inputs": self.inputs, "outputs": self.outputs,
+                "opset": self.opset, "max_abs_err": self.max_abs_err,
+                "max_rel_err": self.max_rel_err}
+
+
+def run(ctx: Context) -> dict[str, Any]:
+    """SRC -> out/model.onnx; torch SRCs keep their module for the eager latency baseline."""
+    s = ctx.settings.export
+    src = source.load(source.parse(ctx.settings.src), dict(s.inputs) or None)
+    result = export(src, ctx.out / "model.onnx", s)
+    ctx.torch_module = src.module if src.kind == "torch" else None
+    ctx.artifacts.model = result.path
+    return result.record()
+
+
+def export(src: Source, out: Path, settings: ExportSettings = ExportSettings()) -> ExportResult:
+    """Write `out` from SRC. ONNX SRCs are checked and copied; torch SRCs exported and compared.
+
+    Raises TrtBuildError(code 2) for bad input, (code 1) when outputs differ beyond tolerance.
+    """
+    if src.kind == "onnx":
+        model = io.load(src.path)
+        _check_inputs(src.path, dict(settings.inputs), _io_shapes(model))
+        with atomic_path(out) as tmp:
+            shutil.copyfile(src.path, tmp)
+        opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
+        return ExportResult(out, _io_shapes(model), model_outputs(model), opset=opset)
+    return _export_torch(src, out, settings)
+
+
+def _check_inputs(path: Path, given: dict, model: dict[str, list]) -> None:
+    """--input on an ONNX SRC: each name must exist and its shape fit (rank, static dims)."""
+    from ..onnx.shapes import check_rank
+
+    for name, shape in given.items():
+        if name not in model:
+            raise TrtBuildError(f"{path}: --input {name}: no such model input "
+                                f"(inputs: {', '.join(model)})")
+        check_rank(name, shape, [d if isinstance(d, int) and d > 0 else -1 for d in model[name]])
+
+
+def _export_torch(src: Source, out: Path, s: ExportSettings) -> ExportResult:
+    import onnx
+    import torch
+
+    examples = src.example_inputs
+    names = [n for n, _ in s.inputs] or (["input"] if len(examples) == 1 else
+                                    [f"input_{i}" for i in range(len(examples))])
+    if len(names) != len(examples):
+        raise TrtBuildError(f"{src.text}: {len(names)} --input names for {len(examples)} inputs")
+    with torch.no_grad():
+        reference = _flatten(src.module(*examples))
+    out_names = ["output"] if len(reference) == 1 else [f"output_{i}" for i in range(len(reference))]
+    axes = {n: {0: "batch"} for n in names + out_names} if s.dynamic_batch else None
+    with atomic_path(out) as tmp:
+        try:
+            with warnings.catch_warnings():  # tracer chatter is not the user's business
+                warnings.simplefilter("ignore")
+                torch.onnx.export(src.module, examples, str(tmp), input_names=names,
+                                  output_names=out_names, dynamic_axes=axes,
+                                  opset_version=s.opset, do_constant_folding=True, dynamo=False)
+        except Exception as e:
+            raise TrtBuildError(f"{src.text}: torch.onnx.export failed: {type(e).__name__}: "
+                                f"{str(e).splitlines()[0] if str(e) else ''}")
+        model = onnx.load(str(tmp))
+        io.check_model(model, src.text)
+        model = onnx.shape_inference.infer_shapes(model)
+        onnx.save(model, str(tmp))
+        abs_err, rel_err = _compare(model, names, examples, reference)
+        if abs_err > s.atol + s.rtol * max(float(np.max(np.abs(r))) for r in reference):
+            raise TrtBuildError(f"{src.text}: exported ONNX differs from PyTorch: max abs error "
+                                f"{abs_err:.3g} (rel {rel_err:.3g})", GATE_FAILED)
+    return ExportResult(out, _io_shapes(model), model_outputs(model), abs_err, rel_err, s.opset)
+
+
+def _flatten(value: Any) -> list[np.ndarray]:
+    """Tensors of a nested output (tensor, tuple, list, dict, HF ModelOutput) in order."""
+    import torch
+
+    if isinstance(value, torch.Tensor):
+        return [value.detach().cpu().numpy()]
+    if isinstance(value, dict):
+        value = list(value.values())
+    if isinstance(value, (list, tuple)):
+        return [a for v in value for a in _flatten(v)]
+    return []
+
+
+def _compare(model: Any, names: list[str], examples: tuple, reference: list) -> tuple[float, float]:
+    sess = io.session(model)
+    feed = {n: x.detach().cpu().numpy() for n, x in zip(names, examples)
+            if n in {i.name for i in model_inputs(model)}}
+    got = sess.run(None, feed)
+    abs_err = io.max_abs_diff(got, reference)
+    scale = max(float(np.max(np.abs(r))) for r in reference) or 1.0
+    return abs_err, abs_err / scale
+
+
+def _io_shapes(model: Any) -> dict[str, list]:
+    """{input: dims} with symbolic dims by name, for the record."""
+    return {i.name: [d if isinstance(d, int) else (d or "?") for d in i.shape]
+            for i in model_inputs(model)}

@@ -1,0 +1,126 @@
+"""Validate stage: accuracy of a candidate (INT8 Q/DQ, FP16, engine) against the FP32
+reference, through Polygraphy's Comparator with per-precision tolerances, plus the metrics
+and gates in trtbuild.metrics.
+
+run(ctx)          the INT8 Q/DQ model (build) or any precision's model (trtbuild validate)
+check(ctx, ...)   one candidate ONNX model; the FP16 stage uses it too
+run_engines(ctx)  every engine this machine can run, each with the runtime that built it
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+
+from ..context import Context
+from ..data import read_labels
+from ..metrics import gate_failures, is_classifier, label_accuracy, output_metrics
+
+log = logging.getLogger(__name__)
+TOLERANCES = {"fp32": (1e-4, 1e-4), "fp16": (1e-2, 1e-2), "int8": (1e-1, 1e-1)}  # atol, rtol
+
+
+def run(ctx: Context, precision: str = "int8") -> dict[str, Any]:
+    """CPU accuracy of the `precision` model against the cleaned FP32 model (ONNX Runtime)."""
+    if not ctx.settings.val:
+        log.warning("no --val data: validating on the calibration data (not held out)")
+    return check(ctx, ctx.artifacts.precision_models()[precision], precision)
+
+
+def check(ctx: Context, candidate: Path, precision: str) -> dict[str, Any]:
+    """`candidate` (an ONNX model) vs the reference on the evaluation data, with gates."""
+    from ..thirdparty import polygraphy
+
+    polygraphy()
+    from polygraphy.backend.onnxrt import OnnxrtRunner, SessionFromOnnx
+
+    data, labels, label = ctx.eval_data()
+    record = compare_runners(
+        _reference_runner(ctx),
+        OnnxrtRunner(SessionFromOnnx(str(candidate), providers=["cpu"]), name=precision),
+        data, precision, labels)
+    record["val"] = label
+    record["gate_failures"] = gate_failures(record, ctx.settings.gates)
+    return record
+
+
+def run_engines(ctx: Context) -> dict[str, Any]:
+    """Each engine this machine can run against the FP32 ONNX model, loaded with the
+    runtime that built it; an engine a runtime refuses is reported in its own entry."""
+    from ..trt import runtime
+
+    engines = ctx.artifacts.engines
+    why = runtime.machine_refusal() if engines else "no engines were built"
+    if why:
+        return {"skipped": why}
+    results = []
+    for e in engines:
+        entry: dict[str, Any] = {"engine": str(e.path), "builder": e.builder, "arch": e.arch,
+                                 "precision": e.precision}
+        try:
+            runner = runtime.polygraphy_runner(e)
+            data, labels, _ = ctx.eval_data()
+            r = compare_runners(_reference_runner(ctx), runner, data, e.precision, labels)
+        except runtime.EngineRefused as refused:
+            results.append({**entry, "refused": str(refused)})
+            continue
+        results.append({**entry, **r, "gate_failures": gate_failures(r, ctx.settings.gates)})
+    return {"engines": results,
+            "gate_failures": [f for r in results for f in r.get("gate_failures", [])]}
+
+
+def _reference_runner(ctx: Context) -> Any:
+    from polygraphy.backend.onnxrt import OnnxrtRunner, SessionFromOnnx
+
+    return OnnxrtRunner(SessionFromOnnx(str(ctx.artifacts.clean), providers=["cpu"]),
+                        name="reference")
+
+
+class _Loader:
+    """Re-iterable feeds for Polygraphy (it iterates once per runner); records file order."""
+
+    def __init__(self, data: Any):
+        self.data, self.origins = data, []
+
+    def __iter__(self) -> Iterator[dict[str, np.ndarray]]:
+        self.origins = []
+        batch: list[tuple[str, dict]] = []
+        for origin, feed in self.data.samples():
+            batch.append((origin, feed))
+            if len(batch) == self.data.batch_size:
+                yield self._flush(batch)
+                batch = []
+        if batch:
+            yield self._flush(batch)
+
+    def _flush(self, batch: list) -> dict[str, np.ndarray]:
+        for origin, feed in batch:
+            self.origins += [origin] * len(next(iter(feed.values())))
+        return {k: np.concatenate([f[k] for _, f in batch]) for k in batch[0][1]}
+
+
+def compare_runners(ref_runner: Any, cand_runner: Any, data: Any, precision: str,
+                    labels_dir: Path | None = None) -> dict[str, Any]:
+    """Polygraphy's Comparator over both runners, then our metrics on its results."""
+    from polygraphy.comparator import Comparator, CompareFunc
+
+    loader = _Loader(data)
+    results = Comparator.run([ref_runner, cand_runner], data_loader=loader)
+    atol, rtol = TOLERANCES[precision]
+    passed = bool(Comparator.compare_accuracy(
+        results, compare_func=CompareFunc.simple(atol=atol, rtol=rtol)))
+    ref_iters, cand_iters = results[0][1], results[1][1]
+    record: dict[str, Any] = {"precision": precision, "samples": len(loader.origins),
+                              "polygraphy": {"atol": atol, "rtol": rtol, "passed": passed},
+                              "outputs": {}}
+    labels = read_labels(labels_dir) if labels_dir else None
+    for name in ref_iters[0].keys():
+        ref = np.concatenate([np.asarray(it[name]) for it in ref_iters])
+        cand = np.concatenate([np.asarray(it[name]) for it in cand_iters])
+        record["outputs"][name] = output_metrics(ref, cand)
+        if labels and is_classifier(ref) and "label_accuracy" not in record:
+            record["label_accuracy"] = label_accuracy(ref, cand, loader.origins, labels)
+    return record
