@@ -163,8 +163,14 @@ def test_timing_cache_file_is_read_and_merged(tmp_path, monkeypatch):
     monkeypatch.setattr(builder, "build", fake_timing_build)
     onnx_path = tmp_path / "m.onnx"
     settings = build_settings(str(onnx_path), archs=["ampere+"], cache_dir=tmp_path / "c")
-    for k in range(2):
-        onnx_path.write_bytes(b"model %d" % k)  # a different model: a cache miss each time
+    from onnx import TensorProto, helper
+
+    for k in range(2):  # a different model: a cache miss each time
+        graph = helper.make_graph(
+            [helper.make_node("Relu", ["x"], ["y"])], f"g{k}",
+            [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
+            [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])])
+        onnx_path.write_bytes(helper.make_model(graph).SerializeToString())
         ctx = Context(settings, tmp_path / "out", Report(None))
         ctx.artifacts.clean = onnx_path
         record = engines.run(ctx)

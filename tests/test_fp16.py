@@ -63,7 +63,7 @@ def test_encoder_keeps_layernorm_and_softmax_fp32(encoder):
 
 def test_keep_nodes_override(encoder):
     matmul = next(n.name for n in encoder.graph.node if n.op_type == "MatMul")
-    half, info = fp16.convert(encoder, Fp16Settings(keep_nodes=frozenset({matmul})))
+    half, info = fp16.convert(encoder, Fp16Settings(keep=(matmul,)))
     types = _types(half)
     node = next(n for n in half.graph.node if n.name == matmul)
     assert types[node.output[0]] == TensorProto.FLOAT

@@ -169,9 +169,14 @@ def test_json_stdout_is_clean_and_third_parties_quiet(tmp_path):
 def test_non_editable_install_runs_the_demo(tmp_path):
     """`pip install .` (not editable) into a separate directory: the demo finds its weights
     and images as package data, from a working directory that is not the checkout."""
-    target = tmp_path / "site"
-    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation",
-                    "--target", str(target), str(REPO)], check=True, cwd=tmp_path)
+    import shutil
+
+    source, target = tmp_path / "src", tmp_path / "site"  # build outside the checkout
+    shutil.copytree(REPO, source, ignore=shutil.ignore_patterns(
+        ".git", ".venv", "build", "*.egg-info", "__pycache__", "*.so", "trtbuild-out"))
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps",
+                    "--no-build-isolation", "--target", str(target), str(source)], check=True,
+                   cwd=tmp_path)
     env = {**os.environ, "PYTHONPATH": str(target), "XDG_CACHE_HOME": str(tmp_path / "cache")}
     proc = subprocess.run([sys.executable, "-m", "trtbuild", "demo", "--out", "d",
                            "--target", "onnx"], cwd=tmp_path, env=env, capture_output=True,

@@ -9,13 +9,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any
 
 from .config import build_settings
 from .context import Context, Engine
-from .errors import GATE_FAILED, MISSING_CAPABILITY, TrtBuildError
+from .errors import MISSING_CAPABILITY, TrtBuildError
 
-OnStage = Callable[[str, dict], None]
+if TYPE_CHECKING:
+    from .pipeline import OnStage
+
 
 
 @dataclass
@@ -25,11 +27,10 @@ class Result:
     out: Path
     report: dict[str, Any]
     engines: list[Engine] = field(default_factory=list)
-    artifacts: Any = None
 
     @classmethod
     def of(cls, ctx: Context) -> "Result":
-        return cls(ctx.out, ctx.report.to_dict(), list(ctx.artifacts.engines), ctx.artifacts)
+        return cls(ctx.out, ctx.report.to_dict(), list(ctx.artifacts.engines))
 
     def stage(self, name: str) -> dict[str, Any] | None:
         return next((s for s in self.report["stages"] if s["stage"] == name), None)
@@ -77,6 +78,7 @@ def calibrate(model: str | Path, calib: str | None = None, out: str | Path = "ca
     from .stages import clean as clean_stage
     from .stages import quantize
 
+    options.pop("int8", None)
     settings = build_settings(str(model), int8=True, calib=calib, **options)
     pipeline.check_files(settings)
     io.load(model)  # a bad model fails before OUTDIR exists
@@ -94,25 +96,29 @@ def validate(reference: str | Path, candidate: str | Path, val: str, precision: 
              **options: Any) -> dict[str, Any]:
     """Accuracy of CANDIDATE against REFERENCE (ONNX Runtime, CPU) on `val` data (read with
     the data options), through the validate stage; raises TrtBuildError(1) when a gate
-    fails."""
+    fails (its `record` holds the measurements)."""
+    import functools
+
+    from . import pipeline
+    from .config import PRECISIONS
     from .onnx import io
     from .report import Report
     from .stages import validate as validate_stage
 
-    if precision not in ("fp32", "fp16", "int8"):
-        raise TrtBuildError(f"--precision: '{precision}' is not one of fp32, fp16, int8")
+    if precision not in PRECISIONS:
+        raise TrtBuildError(f"--precision: '{precision}' is not one of {', '.join(PRECISIONS)}")
     if not val:
         raise TrtBuildError("validate needs --val DIR (or a data loader script)")
     settings = build_settings(str(candidate), val=str(val), **options)
+    pipeline.check_files(settings)
     io.load(reference)
     io.load(candidate)
     ctx = Context(settings, Path(candidate).parent, Report(None, str(candidate)))
     ctx.artifacts.clean = Path(reference)
-    record = validate_stage.check(ctx, Path(candidate), precision)
-    if record["gate_failures"]:
-        raise TrtBuildError("gate failed: " + "; ".join(record["gate_failures"]), GATE_FAILED,
-                            record)
-    return record
+    check = functools.partial(validate_stage.check, candidate=Path(candidate),
+                              precision=precision)
+    pipeline.run_stages(ctx, [("validate", check)])
+    return ctx.report.stages[-1]
 
 
 def bench(model: str | Path, output: str | Path | None = None, *,
@@ -121,7 +127,8 @@ def bench(model: str | Path, output: str | Path | None = None, *,
     """Latency of one ONNX model (ONNX Runtime, CPU) or engine (GPU, with the runtime that
     built it) at each profile shape, through the bench stage; `output` writes a report
     usable as a later baseline. Raises TrtBuildError(1) on a regression beyond
-    max_regression, (3) for an engine on a machine that cannot run it."""
+    max_regression (its `record` holds the runs), (3) for an engine this machine cannot
+    run."""
     import functools
 
     from . import pipeline
@@ -137,6 +144,7 @@ def bench(model: str | Path, output: str | Path | None = None, *,
                             "(input names and shapes)")
     if not model.is_file():
         raise TrtBuildError(f"{model}: no such file")
+    options.pop("bench", None)
     settings = build_settings(str(model), bench=True, **options)
     pipeline.check_files(settings)
     report = Report(check_output_file(Path(output)) if output else None, str(model))
@@ -149,17 +157,12 @@ def bench(model: str | Path, output: str | Path | None = None, *,
         if why:
             raise TrtBuildError(f"{model}: {why}", MISSING_CAPABILITY)
         ctx.artifacts.engines.append(bench_stage.engine_from_report(model, builder))
-    try:
-        pipeline.run_stages(ctx, [("bench", functools.partial(bench_stage.run, models=models))])
-    except TrtBuildError as e:
-        if e.code == GATE_FAILED:
-            rows = [r for r in ctx.report.stages[-1].get("comparison", []) if r["regressed"]]
-            raise TrtBuildError(f"latency regressed beyond {100 * settings.bench.max_regression:g}%: "
-                                + "; ".join(f"{r['runner']} {r['shape']} {100 * r['change']:+.1f}%"
-                                            for r in rows), GATE_FAILED,
-                                ctx.report.stages[-1])
-        raise
-    return ctx.report.stages[-1]
+    pipeline.run_stages(ctx, [("bench", functools.partial(bench_stage.run, models=models))])
+    record = ctx.report.stages[-1]
+    if not record["runs"] and record.get("refused"):
+        raise TrtBuildError(f"{model}: {next(iter(record['refused'].values()))}",
+                            MISSING_CAPABILITY)
+    return record
 
 
 __all__ = ["Result", "build", "export", "clean", "calibrate", "validate", "bench"]

@@ -19,6 +19,9 @@ from .onnx.shapes import Profile, Shape, parse_input_spec, parse_profile_spec
 DEFAULT_OPSET = 17  # widest TensorRT 8.6-11 / RTX parser support; Q/DQ later raises it to 19
 CALIB_METHODS = ("entropy", "max", "percentile")
 PRECISIONS = ("fp32", "fp16", "int8")
+FP16_MODES = ("graph", "flag")
+CALIBRATORS = ("qdq", "trt")
+LAYOUTS = ("NCHW", "NHWC")
 BUILDERS = ("auto", "tensorrt", "tensorrt-rtx")
 TARGETS = ("auto", "onnx", "engine")
 HARDWARE_COMPAT = ("none", "ampere+", "same-cc")
@@ -30,6 +33,11 @@ KEEP_FP32_OPS = frozenset({
     "RandomUniform", "RandomNormalLike", "RandomUniformLike", "ConstantOfShape", "Constant",
     "EyeLike", "NonMaxSuppression", "TopK", "CumSum", "Einsum",
 })
+
+
+def _many(value: Any) -> tuple:
+    """A single string or path given where a list is expected is one item, not letters."""
+    return (value,) if isinstance(value, (str, Path)) else tuple(value)
 
 
 def _finite(name: str, value: float | None, low: float | None = None,
@@ -57,11 +65,11 @@ class ExportSettings:
 
     def __post_init__(self) -> None:
         specs = tuple(parse_input_spec(s) if isinstance(s, str) else (s[0], tuple(s[1]))
-                      for s in self.inputs)
+                      for s in _many(self.inputs))
         if len({n for n, _ in specs}) != len(specs):
             raise TrtBuildError("--input: an input name is given twice")
         object.__setattr__(self, "inputs", specs)
-        if not 7 <= self.opset <= 25:
+        if not isinstance(self.opset, int) or not 7 <= self.opset <= 25:
             raise TrtBuildError(f"--opset: {self.opset} is outside the supported 7-25")
 
 
@@ -103,20 +111,23 @@ class CalibSettings:
 
 @dataclass(frozen=True)
 class Fp16Settings:
-    keep_ops: frozenset[str] = KEEP_FP32_OPS
-    keep_nodes: frozenset[str] = frozenset()
+    keep: tuple[str, ...] = ()        # --fp16-keep: more op types or node names in FP32
     io: bool = False                  # FP16 graph inputs and outputs too
     mode: str = "graph"               # flag: TensorRT <= 10 BuilderFlag.FP16 on the FP32 graph
 
     def __post_init__(self) -> None:
-        _choice("fp16-mode", self.mode, ("graph", "flag"))
+        _choice("fp16-mode", self.mode, FP16_MODES)
+        keep = self.keep.split(",") if isinstance(self.keep, str) else self.keep
+        object.__setattr__(self, "keep", tuple(k.strip() for k in keep if k.strip()))
 
-    @classmethod
-    def parse_keep(cls, text: str) -> dict[str, frozenset]:
-        """'Softmax,/blocks/0/Add' -> op types (capitalised, no '/') and node names."""
-        keep = {k.strip() for k in text.split(",") if k.strip()}
-        ops = {k for k in keep if k[:1].isupper() and "/" not in k}
-        return {"keep_ops": KEEP_FP32_OPS | ops, "keep_nodes": frozenset(keep - ops)}
+    @property
+    def keep_ops(self) -> frozenset[str]:
+        """KEEP_FP32_OPS plus the op types in `keep` (capitalised, no '/')."""
+        return KEEP_FP32_OPS | {k for k in self.keep if k[:1].isupper() and "/" not in k}
+
+    @property
+    def keep_nodes(self) -> frozenset[str]:
+        return frozenset(self.keep) - self.keep_ops
 
 
 @dataclass(frozen=True)
@@ -143,7 +154,8 @@ class EngineSettings:
     plugins: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
-        profiles = tuple(parse_profile_spec(p) if isinstance(p, str) else p for p in self.profiles)
+        profiles = tuple(parse_profile_spec(p) if isinstance(p, str) else p
+                         for p in _many(self.profiles))
         object.__setattr__(self, "profiles", profiles)
         if len({p.name for p in profiles}) != len(profiles):
             raise TrtBuildError("--shapes: an input name is given twice")
@@ -152,8 +164,8 @@ class EngineSettings:
         if self.opt_level not in range(6):
             raise TrtBuildError(f"--opt-level: {self.opt_level} must be 0-5")
         _choice("hardware-compat", self.hardware_compat, HARDWARE_COMPAT)
-        _choice("calibrator", self.calibrator, ("qdq", "trt"))
-        object.__setattr__(self, "plugins", _plugin_files(self.plugins))
+        _choice("calibrator", self.calibrator, CALIBRATORS)
+        object.__setattr__(self, "plugins", _plugin_files(_many(self.plugins)))
 
     def key_fields(self) -> dict[str, Any]:
         from dataclasses import asdict
@@ -257,7 +269,7 @@ OPTIONS: dict[str, tuple[str, str]] = {
     "calib": ("calib", "data"), "calib_cache": ("calib", "cache"),
     "calib_method": ("calib", "method"), "percentile": ("calib", "percentile"),
     "fp16_io": ("fp16_options", "io"), "fp16_mode": ("fp16_options", "mode"),
-    "fp16_keep_ops": ("fp16_options", "keep_ops"), "fp16_keep_nodes": ("fp16_options", "keep_nodes"),
+    "fp16_keep": ("fp16_options", "keep"),
     "min_top1_agreement": ("gates", "min_top1_agreement"), "min_cosine": ("gates", "min_cosine"),
     "shapes": ("engine", "profiles"), "workspace_mb": ("engine", "workspace_mb"),
     "opt_level": ("engine", "opt_level"), "hardware_compat": ("engine", "hardware_compat"),

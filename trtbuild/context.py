@@ -49,6 +49,7 @@ class Context:
     amaxes: dict[str, float] = field(default_factory=dict)  # calibrate -> quantize
     torch_module: Any = None                                # torch SRCs: the eager baseline
     _clean_model: Any = None
+    _first_sample: tuple[dict, str] | None = None
 
     def set_clean(self, path: Path) -> None:
         """The FP32 reference model every later stage reads."""
@@ -68,6 +69,18 @@ class Context:
         from .data import open_dataset
 
         return open_dataset(source, self.clean_model(), self.settings.data)
+
+    def first_sample(self, model: Any) -> tuple[dict, str] | None:
+        """(feed, description) of the first calibration (else validation) sample, read once;
+        None without data. `model` gives the input names and shapes."""
+        from .data import open_dataset
+
+        source = self.settings.calib.data or self.settings.val
+        if source and self._first_sample is None:
+            for _, feed in open_dataset(source, model, self.settings.data).samples():
+                self._first_sample = (feed, f"first sample of {source}")
+                break
+        return self._first_sample
 
     def eval_data(self) -> tuple[Any, Path | None, str]:
         """(dataset, labels directory, description) for accuracy checks: --val, else the

@@ -101,7 +101,10 @@ class Dataset:
 
     def __init__(self, source: str | Path, inputs: list[InputSpec], batch_size: int = 16,
                  max_samples: int = 0, preprocess: Preprocess | None = None):
-        self.inputs, self.batch_size, self.max_samples = inputs, max(1, batch_size), max_samples
+        # samples are stacked on axis 0 only when every input has a batch axis there
+        stackable = all(i.batchable for i in inputs)
+        self.inputs, self.max_samples = inputs, max_samples
+        self.batch_size = max(1, batch_size) if stackable else 1
         self.script = str(source) if _is_script(str(source)) else None
         self.folder = None if self.script else Path(source)
         self.files: list[Path] = []
@@ -158,7 +161,7 @@ class Dataset:
             w, h = max(1, round(w * k)), max(1, round(h * k))
         c = 1 if p.grayscale else 3
         shape = (c, h, w) if p.layout == "NCHW" else (h, w, c)
-        if not self.inputs[0].fits(shape):
+        if not self.inputs[0].fits_sample(shape):
             raise TrtBuildError(f"{path}: image gives shape {shape}, model input "
                                 f"'{self.inputs[0].name}' expects {self.inputs[0].shape[1:]}")
 
@@ -166,10 +169,10 @@ class Dataset:
         if spec is None:
             raise TrtBuildError(f"{path}: .npy feeds one input; the model has "
                                 f"{len(self.inputs)} (use .npz keyed by input name)")
-        shape = arr.shape if spec.fits(arr.shape) else arr.shape[1:]
-        if not spec.fits(shape):
+        if not spec.fits(arr.shape) and not spec.fits_sample(arr.shape):
+            one = f" (one sample {spec.shape[1:]} or a batch)" if spec.batchable else ""
             raise TrtBuildError(f"{path}: shape {arr.shape} does not fit input '{spec.name}' "
-                                f"{spec.shape} (one sample {spec.shape[1:]} or a batch)")
+                                f"{spec.shape}{one}")
         if np.issubdtype(arr.dtype, np.floating) != np.issubdtype(spec.dtype, np.floating) or \
                 arr.dtype.kind not in "fiub":
             raise TrtBuildError(f"{path}: dtype {arr.dtype} does not fit input '{spec.name}' "
@@ -198,7 +201,7 @@ class Dataset:
             if spec.name not in feed:
                 raise TrtBuildError(f"{origin}: no array for input '{spec.name}'")
             arr = np.asarray(feed[spec.name])
-            if spec.fits(arr.shape):
+            if spec.fits_sample(arr.shape):
                 arr = arr[None]
             self._check_array(Path(origin), spec, arr)
             if arr.dtype.kind == "f" and not np.isfinite(arr).all():
@@ -231,8 +234,11 @@ class Dataset:
         pending: list[Batch] = []
         count = 0
         for _, feed in self.samples():
+            if self.batch_size == 1:  # also every model without a stackable batch axis
+                yield feed
+                continue
             pending.append(feed)
-            count += len(next(iter(feed.values())))
+            count += rows(feed)
             if count >= self.batch_size:
                 yield _concat(pending)
                 pending, count = [], 0
@@ -261,6 +267,11 @@ def _npy_header(path: Path) -> tuple[tuple, np.dtype]:
     if dtype.hasobject:
         raise TrtBuildError(f"{path}: .npy holds Python objects (pickles are never loaded)")
     return tuple(shape), dtype
+
+
+def rows(feed: Batch) -> int:
+    """Samples in a feed: the length of axis 0 of its first non-scalar array."""
+    return next((len(a) for a in feed.values() if np.ndim(a)), 1)
 
 
 def _concat(feeds: list[Batch]) -> Batch:

@@ -57,7 +57,7 @@ def run_stages(ctx: Context, stages: list[tuple[str, Stage]],
             on_stage(name, record)
         if record.get("gate_failures"):
             raise TrtBuildError(f"{name} gate failed: " + "; ".join(record["gate_failures"]),
-                                GATE_FAILED)
+                                GATE_FAILED, record)
     return ctx
 
 
@@ -100,6 +100,9 @@ def check_files(s: BuildSettings) -> None:
         check_source(s.calib.data, "--calib")
     if s.val:
         check_source(s.val, "--val")
+    if s.int8 and s.engine.calibrator == "trt" and not s.calib.data:
+        raise TrtBuildError("--calibrator trt calibrates in TensorRT from --calib data: give "
+                            "--calib DIR or --data-loader-script (a cache alone is not enough)")
     if s.calib.cache and not s.calib.cache.is_file():
         raise TrtBuildError(f"{s.calib.cache}: no such calibration cache")
     if s.bench.baseline and not s.bench.baseline.is_file():

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,9 +27,6 @@ class Report:
         self.save()
         return record
 
-    def get(self, stage: str) -> dict[str, Any] | None:
-        return next((s for s in self.stages if s["stage"] == stage), None)
-
     def to_dict(self) -> dict[str, Any]:
         return {"trtbuild": __version__, "model": self.model,
                 "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "stages": self.stages}
@@ -36,7 +34,24 @@ class Report:
     def save(self) -> None:
         if self.path is None:
             return
-        write_text(self.path, json.dumps(self.to_dict(), indent=2, default=_jsonable) + "\n")
+        write_text(self.path, dumps(self.to_dict()) + "\n")
+
+
+def dumps(data: Any) -> str:
+    """Strict JSON (NaN and Inf become null), numpy scalars and paths converted."""
+    return json.dumps(_finite(data), indent=2, default=_jsonable, allow_nan=False)
+
+
+def _finite(value: Any) -> Any:
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    if hasattr(value, "item") and getattr(value, "ndim", 1) == 0:
+        return _finite(value.item())
+    return value
 
 
 def _jsonable(value: Any) -> Any:

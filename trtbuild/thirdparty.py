@@ -36,6 +36,13 @@ def polygraphy(rtx: bool = False) -> Any:
     return config
 
 
+def quiet_onnxruntime() -> None:
+    """ONNX Runtime's default logger (sessions that others create) warns only with -v."""
+    import onnxruntime as ort
+
+    ort.set_default_logger_severity(ort_severity())
+
+
 def ort_severity() -> int:
     """ONNX Runtime log level for our sessions: warnings only with -v."""
     return 2 if verbose() else 3

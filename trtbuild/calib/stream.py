@@ -7,7 +7,6 @@ per-tensor histograms are alive at any time.
 
 from __future__ import annotations
 
-import logging
 import queue
 import resource
 import threading
@@ -15,11 +14,9 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator
 
-from ..data import Dataset
+from ..data import Dataset, rows
 from .observer import Histogram
 from .thresholds import amax
-
-log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -69,7 +66,7 @@ def calibrate(model: Any, tensors: list[str], data: Dataset, method: str, percen
             worker.join()
         worker = threading.Thread(target=_observe, args=(hists, tensors, outs))
         worker.start()
-        n = len(next(iter(feed.values())))
+        n = rows(feed)
         samples += n
         if progress:
             progress(n)

@@ -10,17 +10,23 @@ from typing import Any
 
 from ..config import (
     BENCH_DEFAULTS,
+    BUILDERS,
     CALIB_DEFAULTS,
     CALIB_METHODS,
+    CALIBRATORS,
     DATA_DEFAULTS,
     ENGINE_DEFAULTS,
     EXPORT_DEFAULTS,
+    FP16_MODES,
     HARDWARE_COMPAT,
+    LAYOUTS,
     OPTIONS,
+    PRECISIONS,
     PREPROCESS_KEYS,
+    TARGETS,
     TOP_LEVEL,
-    Fp16Settings,
 )
+from ..trt.backend import DEFAULT_RTX_ARCHS, RTX_ARCHS
 from ..version import __version__
 
 DESCRIPTION = """\
@@ -65,7 +71,7 @@ def data_group(p: argparse.ArgumentParser) -> None:
     g.add_argument("--scale", type=float, help="multiply pixel values (default 1/255)")
     g.add_argument("--mean", type=float, nargs="+", help="per-channel mean, after scaling")
     g.add_argument("--std", type=float, nargs="+", help="per-channel std, after scaling")
-    g.add_argument("--layout", choices=("NCHW", "NHWC"))
+    g.add_argument("--layout", choices=LAYOUTS)
     g.add_argument("--dtype", choices=("float32", "float16"))
 
 
@@ -105,24 +111,24 @@ def fp16_group(p: argparse.ArgumentParser) -> None:
                    help="FP16 graph inputs and outputs too")
     g.add_argument("--fp16-keep", metavar="OP_OR_NODE,...",
                    help="more op types or node names to keep in FP32")
-    g.add_argument("--fp16-mode", choices=("graph", "flag"),
+    g.add_argument("--fp16-mode", choices=FP16_MODES,
                    help="graph (default); flag: TensorRT <= 10 only, BuilderFlag.FP16 on the "
                         "FP32 graph")
 
 
 def engine_group(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("engines (TensorRT 10/11 or TensorRT-RTX)")
-    g.add_argument("--target", choices=("auto", "onnx", "engine"),
+    g.add_argument("--target", choices=TARGETS,
                    help="auto (default): build engines when a builder is installed, else stop "
                         "after the CPU stages and say why (exit 0); engine: a missing builder "
                         "is exit 3; onnx: never build engines")
-    g.add_argument("--builder", choices=("auto", "tensorrt", "tensorrt-rtx"),
+    g.add_argument("--builder", choices=BUILDERS,
                    help="auto (default): the first importable of tensorrt, tensorrt_rtx")
     g.add_argument("--arch", dest="archs", metavar="sm_86,sm_89",
-                   help="target architectures, one engine each. TensorRT-RTX: any of sm_75, "
-                        "sm_80, sm_86, sm_89, sm_120, sm_121 (no GPU needed; default "
-                        "sm_86,sm_89); TensorRT: the local GPU (default) or ampere+. native = "
-                        "this machine's GPU")
+                   help=f"target architectures, one engine each. TensorRT-RTX: any of "
+                        f"{', '.join(RTX_ARCHS)} (no GPU needed; default "
+                        f"{','.join(DEFAULT_RTX_ARCHS)}); TensorRT: the local GPU (default) or "
+                        "ampere+. native = this machine's GPU")
     engine_shapes(g)
     g.add_argument("--workspace", dest="workspace_mb", type=int, metavar="MB",
                    help=f"builder workspace limit (default {ENGINE_DEFAULTS.workspace_mb})")
@@ -135,7 +141,7 @@ def engine_group(p: argparse.ArgumentParser) -> None:
                    help="plugin libraries to load (a directory: its *.so files); none by default")
     g.add_argument("--cache-dir", type=Path, metavar="DIR",
                    help="engine cache (default: $XDG_CACHE_HOME/trtbuild/engines)")
-    g.add_argument("--calibrator", choices=("qdq", "trt"),
+    g.add_argument("--calibrator", choices=CALIBRATORS,
                    help="INT8 engines: qdq (default) builds the Q/DQ model; trt (TensorRT <= 10 "
                         "only) lets IInt8EntropyCalibrator2 calibrate the FP32 graph from the "
                         "same --calib data")
@@ -160,7 +166,8 @@ def bench_group(p: argparse.ArgumentParser, with_flag: bool = True) -> None:
     g.add_argument("--baseline", type=Path, metavar="OLD_report.json",
                    help="compare p50 latencies with an earlier report's bench results")
     g.add_argument("--max-regression", metavar="PCT",
-                   help="with --baseline: exit 1 when a p50 latency grew by more (default 5%%)")
+                   help="with --baseline: exit 1 when a p50 latency grew by more (default "
+                        f"{100 * BENCH_DEFAULTS.max_regression:g}%%)")
 
 
 def precision_flags(p: argparse.ArgumentParser) -> None:
@@ -195,7 +202,7 @@ def build_parser() -> argparse.ArgumentParser:
     common(p)
 
     p = sub.add_parser("demo", help="the digits demo: build the bundled CNN with its data")
-    p.add_argument("--out", type=Path, default=Path("trtbuild-out/digits"))
+    p.add_argument("--out", type=Path, help="output directory (default: trtbuild-out/digits/)")
     pipeline_groups(p)
     common(p)
 
@@ -222,7 +229,7 @@ def build_parser() -> argparse.ArgumentParser:
                        "on --val data (Polygraphy, ONNX Runtime on the CPU)")
     p.add_argument("reference", type=Path, metavar="REFERENCE.onnx")
     p.add_argument("candidate", type=Path, metavar="CANDIDATE.onnx")
-    p.add_argument("--precision", choices=("fp32", "fp16", "int8"), default="int8",
+    p.add_argument("--precision", choices=PRECISIONS, default="int8",
                    help="selects Polygraphy's default tolerances (default int8)")
     gate_group(p)
     data_group(p)
@@ -235,7 +242,7 @@ def build_parser() -> argparse.ArgumentParser:
     engine_shapes(p)
     p.add_argument("--reference", type=Path, metavar="MODEL.onnx",
                    help="for an engine: the ONNX model that gives input names and shapes")
-    p.add_argument("--builder", choices=("auto", "tensorrt", "tensorrt-rtx"), default="auto",
+    p.add_argument("--builder", choices=BUILDERS, default="auto",
                    help="for an engine not listed in a trtbuild report.json: its runtime")
     p.add_argument("-o", "--output", type=Path, metavar="report.json",
                    help="write the results as a report (usable as a later --baseline)")
@@ -281,7 +288,4 @@ def options(args: argparse.Namespace) -> dict[str, Any]:
     pre = {k: getattr(args, k) for k in PREPROCESS_KEYS if getattr(args, k, None) is not None}
     if pre:
         given["preprocess"] = pre
-    if getattr(args, "fp16_keep", None):
-        keep = Fp16Settings.parse_keep(args.fp16_keep)
-        given.update(fp16_keep_ops=keep["keep_ops"], fp16_keep_nodes=keep["keep_nodes"])
     return given

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from typing import Any, Callable
 
 from .. import api
 from ..errors import GATE_FAILED, OK
-from ..report import bench_figures, summary_line, validate_figures
+from ..report import bench_figures, dumps, summary_line, validate_figures
 from .args import options
 
 Command = Callable[[argparse.Namespace], int]
@@ -21,7 +20,7 @@ def emit(args: argparse.Namespace, data: dict[str, Any], summary: list[str]) -> 
     for line in summary:
         print(line, file=stream)
     if args.json:
-        print(json.dumps(data, indent=2, default=str, allow_nan=False))
+        print(dumps(data))
 
 
 def _run_summary(args: argparse.Namespace, title: str, run: Callable) -> int:
@@ -33,16 +32,19 @@ def _run_summary(args: argparse.Namespace, title: str, run: Callable) -> int:
 
 
 def cmd_build(args: argparse.Namespace) -> int:
+    opts = options(args)
+    out = opts.pop("out", None)
     return _run_summary(args, f"trtbuild: {args.src}", lambda on_stage: api.build(
-        args.src, on_stage=on_stage, **options(args)))
+        args.src, out, on_stage=on_stage, **opts))
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
     from .. import demo
 
     opts = {**demo.OPTIONS, **options(args)}
+    out = opts.pop("out")
     return _run_summary(args, f"trtbuild: {demo.SRC}", lambda on_stage: api.build(
-        demo.SRC, on_stage=on_stage, **opts))
+        demo.SRC, out, on_stage=on_stage, **opts))
 
 
 def cmd_export(args: argparse.Namespace) -> int:

@@ -12,5 +12,5 @@ VAL_DIR = HERE / "data" / "val"
 WEIGHTS = HERE / "digits_cnn.safetensors"
 SRC = "trtbuild.demo.digits:digits_cnn"
 # `trtbuild demo` = `trtbuild build SRC` with these options (flags given on top win)
-OPTIONS = {"fp32": True, "fp16": True, "int8": True, "calib": str(CALIB_DIR),
+OPTIONS = {"out": "trtbuild-out/digits", "fp32": True, "fp16": True, "int8": True, "calib": str(CALIB_DIR),
            "val": str(VAL_DIR), "min_top1_agreement": 0.98}

@@ -21,11 +21,22 @@ class InputSpec:
         """The shape with -1 for every symbolic or unknown dimension."""
         return tuple(d if isinstance(d, int) and d > 0 else -1 for d in self.shape)
 
+    @property
+    def batchable(self) -> bool:
+        """Is axis 0 a batch axis samples can be stacked on (symbolic)? Scalars and inputs
+        with a static first dim (batch-1 models, RNN states (2, batch, 128)) are not."""
+        return bool(self.shape) and self.dims[0] < 0
+
     def fits(self, shape: tuple) -> bool:
-        """Does one sample (no batch axis) of `shape` fit this input?"""
-        want = self.shape[1:]
-        return len(shape) == len(want) and all(
-            not isinstance(w, int) or w <= 0 or w == g for w, g in zip(want, shape))
+        """Does an array of `shape` fit this input exactly (rank and static dims)?"""
+        return len(shape) == len(self.dims) and all(
+            w < 0 or w == g for w, g in zip(self.dims, shape))
+
+    def fits_sample(self, shape: tuple) -> bool:
+        """Is `shape` one sample without the batch axis (only where axis 0 is a batch axis
+        or a static 1)?"""
+        return bool(self.shape) and self.dims[0] in (-1, 1) and \
+            len(shape) == len(self.dims) - 1 and self.fits((1, *shape))
 
 
 def model_inputs(model: Any) -> list[InputSpec]:
@@ -50,14 +61,14 @@ def model_outputs(model: Any) -> list[str]:
 
 
 def random_feed(model: Any, batch: int = 1, seed: int = 0,
-                shapes: dict[str, tuple] | None = None) -> dict[str, np.ndarray]:
+                shapes: dict[str, tuple] | None = None, dim: int = 1) -> dict[str, np.ndarray]:
     """Seeded random inputs for a ModelProto: given `shapes`, else symbolic first dims get
-    `batch` and other symbolic dims 1; integer inputs get 0/1."""
+    `batch` and other symbolic dims `dim`; integer inputs get 0/1."""
     rng = np.random.default_rng(seed)
     feed = {}
     for spec in model_inputs(model):
         dims = (shapes or {}).get(spec.name) or tuple(
-            d if d > 0 else (batch if k == 0 else 1) for k, d in enumerate(spec.dims))
+            d if d > 0 else (batch if k == 0 else dim) for k, d in enumerate(spec.dims))
         if np.issubdtype(spec.dtype, np.integer) or spec.dtype == np.bool_:
             feed[spec.name] = rng.integers(0, 2, size=dims).astype(spec.dtype)
         else:

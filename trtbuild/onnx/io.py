@@ -80,9 +80,62 @@ def float_tensors(model: Any) -> set[str]:
     return names | {i.name for i in g.initializer if i.data_type == TensorProto.FLOAT}
 
 
+def subgraphs(node: Any) -> list[Any]:
+    """The GraphProtos a node carries (If branches, Loop/Scan bodies)."""
+    from onnx import AttributeProto
+
+    out = []
+    for a in node.attribute:
+        if a.type == AttributeProto.GRAPH:
+            out.append(a.g)
+        elif a.type == AttributeProto.GRAPHS:
+            out.extend(a.graphs)
+    return out
+
+
+def subgraph_reads(graph: Any) -> set[str]:
+    """Every tensor name read by a node inside a subgraph of `graph` (at any depth): the
+    outer-scope tensors among them must keep their name and type."""
+    names: set[str] = set()
+    for node in graph.node:
+        for sub in subgraphs(node):
+            names |= {i for n in sub.node for i in n.input} | {o.name for o in sub.output}
+            names |= subgraph_reads(sub)
+    return names
+
+
 def drop_unused_initializers(graph: Any) -> None:
-    """Remove initializers that no node reads and that are not graph outputs."""
+    """Remove initializers that no node (subgraphs included) reads and that are not graph
+    outputs."""
     used = {i for n in graph.node for i in n.input} | {o.name for o in graph.output}
+    used |= subgraph_reads(graph)
     keep = [i for i in graph.initializer if i.name in used]
     del graph.initializer[:]
     graph.initializer.extend(keep)
+
+
+def opset(model: Any) -> int:
+    """The default-domain opset of a ModelProto (0 if none)."""
+    return next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
+
+
+def copy_metadata(src: Any, dst: Any) -> None:
+    """metadata_props of `src` onto `dst` (rapidocr's character table, Ultralytics' names):
+    every artifact keeps what the package it came from reads back."""
+    have = {p.key for p in dst.metadata_props}
+    for p in src.metadata_props:
+        if p.key not in have:
+            dst.metadata_props.add(key=p.key, value=p.value)
+
+
+def name_unknown_dims(model: Any) -> int:
+    """Give each '?' (or empty-named unknown) symbolic dim of the graph inputs and outputs its
+    own name, `<tensor>_dim<k>`: equal names tell TensorRT the dims are equal. Returns how
+    many were renamed."""
+    count = 0
+    for vi in list(model.graph.input) + list(model.graph.output):
+        for k, d in enumerate(vi.type.tensor_type.shape.dim):
+            if d.HasField("dim_param") and d.dim_param.strip() in ("?", ""):
+                d.dim_param = f"{vi.name}_dim{k}"
+                count += 1
+    return count

@@ -30,8 +30,7 @@ def convert(model: Any, s: Fp16Settings = Fp16Settings()) -> tuple[Any, dict[str
     g = m.graph
     floats = io.float_tensors(m)
     inits = {i.name: i for i in g.initializer}
-    # by position: node names may be empty or repeated
-    half = [_runs_half(n, floats, s) for n in g.node]
+    half = half_nodes(g, floats, s)
     producer = {o: k for k, n in enumerate(g.node) for o in n.output}
     inputs = {i.name for i in g.input}
     outputs = {o.name for o in g.output}
@@ -95,7 +94,8 @@ def convert(model: Any, s: Fp16Settings = Fp16Settings()) -> tuple[Any, dict[str
     return m, {"fp16_nodes": n_half, "fp32_nodes": len(half) - n_half,
                "fp32_ops": sorted({n.op_type for n, h in zip(model.graph.node, half) if not h
                                    and n.output and n.output[0] in floats}),
-               "casts": len(casts), "fp16_io": s.io}
+               "casts": len(casts), "fp16_io": s.io,
+               "control_flow_fp32": sum(bool(io.subgraphs(n)) for n in model.graph.node)}
 
 
 def _to_half(arr: np.ndarray) -> np.ndarray:
@@ -104,8 +104,20 @@ def _to_half(arr: np.ndarray) -> np.ndarray:
     return np.clip(arr, -big, big).astype(np.float16)
 
 
+def half_nodes(g: Any, floats: set[str], s: Fp16Settings) -> list[bool]:
+    """Per node, by position (names may be empty or repeated): does it run in FP16?"""
+    half = [_runs_half(n, floats, s) for n in g.node]
+    producer = {o: k for k, n in enumerate(g.node) for o in n.output}
+    for name in io.subgraph_reads(g):  # subgraphs read outer tensors by name: keep FP32
+        if name in producer:
+            half[producer[name]] = False
+    return half
+
+
 def _runs_half(node: Any, floats: set[str], s: Fp16Settings) -> bool:
     if node.op_type in s.keep_ops or node.name in s.keep_nodes or node.op_type in TYPE_AGNOSTIC:
+        return False
+    if io.subgraphs(node):  # If/Loop/Scan bodies stay FP32 (the record says how many)
         return False
     return any(o in floats for o in node.output)
 
@@ -121,7 +133,7 @@ def simulated(model: Any, s: Fp16Settings = Fp16Settings()) -> Any:
     m.CopyFrom(model)
     g = m.graph
     floats = io.float_tensors(m)
-    half = [_runs_half(n, floats, s) for n in g.node]
+    half = half_nodes(g, floats, s)
     used_by_half = {i for n, h in zip(g.node, half) if h for i in n.input}
     for init in g.initializer:
         if init.name in used_by_half and init.data_type == TensorProto.FLOAT:

@@ -34,9 +34,11 @@ def run(ctx: Context, models: dict[str, Path] | None = None) -> dict[str, Any]:
     for shapes in profile_shapes(model_inputs(reference), ctx.settings.engine.profiles):
         feeds = random_feed(reference, shapes=shapes)
         label = shape_label(shapes)
-        runs += _engine_runs(engines, shapes, s, refused) if engines else [
-            {**timing.bench_onnxruntime(path, feeds, s), "model": precision}
-            for precision, path in models.items()]
+        timed = _engine_runs(engines, shapes, s, refused) if engines else []
+        if not timed:  # no engine runs here (or every one was refused): the CPU models
+            timed = [{**timing.bench_onnxruntime(path, feeds, s), "model": precision}
+                     for precision, path in models.items()]
+        runs += timed
         if ctx.torch_module is not None:
             runs.append({**timing.bench_torch(ctx.torch_module, _torch_inputs(feeds), s),
                          "model": "fp32"})
@@ -49,9 +51,9 @@ def run(ctx: Context, models: dict[str, Path] | None = None) -> dict[str, Any]:
         rows = timing.compare(runs, timing.baseline_runs(s.baseline), s.max_regression)
         record.update(baseline=str(s.baseline), max_regression=s.max_regression, comparison=rows)
         record["gate_failures"] = [
-            f"{r['runner']} {r['model']} {r['shape']}: p50 {r['p50_ms']:.3f} ms is "
-            f"{100 * r['change']:+.1f}% vs {r['baseline_p50_ms']:.3f} ms"
-            for r in rows if r["regressed"]]
+            f"latency regressed beyond {100 * s.max_regression:g}%: {r['runner']} {r['model']} "
+            f"{r['shape']} p50 {r['p50_ms']:.3f} ms is {100 * r['change']:+.1f}% vs "
+            f"{r['baseline_p50_ms']:.3f} ms" for r in rows if r["regressed"]]
         if not rows:
             log.warning("%s: no bench run matches this build's runners and shapes", s.baseline)
     return record
@@ -98,4 +100,7 @@ def engine_from_report(path: Path, builder: str) -> Any:
                                   e.get("builder_version", ""))
         except (OSError, ValueError, StopIteration, KeyError, AttributeError, TypeError):
             pass
-    return Engine(path, "native", "fp32", "tensorrt" if builder == "auto" else builder, "")
+    from ..trt.backend import load_backend
+
+    found = load_backend(builder)
+    return Engine(path, "native", path.stem.split(".")[-1], found.name, found.version)

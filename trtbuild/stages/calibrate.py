@@ -12,6 +12,7 @@ from ..calib.stream import calibrate
 from ..config import CalibSettings
 from ..context import Context
 from ..errors import TrtBuildError
+from ..onnx import io
 from ..onnx.inputs import model_inputs
 from ..progress import bar
 from ..quant.qdq import QuantPlan, plan
@@ -36,12 +37,18 @@ def run(ctx: Context) -> dict[str, Any]:
     s = ctx.settings.calib
     model = ctx.clean_model()
     qplan = plan(model)
-    if not qplan.activations and not qplan.weights:
+    control_flow = [n.op_type for n in model.graph.node if io.subgraphs(n)]
+    if not qplan.activations and not qplan.weights and not control_flow:
         raise TrtBuildError(f"{ctx.artifacts.clean}: nothing to quantize: no Conv, "
                             "ConvTranspose, Gemm, MatMul or pooling node with float inputs")
     needed = required_tensors(model, qplan)
     record: dict[str, Any] = {"method": s.method, "plan_activations": len(qplan.activations),
                               "plan_weights": len(qplan.weights)}
+    if control_flow:
+        record["left_float"] = (f"{len(control_flow)} control-flow node(s) "
+                                f"({', '.join(sorted(set(control_flow)))}): their subgraphs "
+                                "stay in float; Q/DQ goes in the main graph only")
+        log.warning("%s: %s", ctx.artifacts.clean, record["left_float"])
     amaxes = _from_cache(s, needed, record)
     if amaxes is None:
         amaxes = _calibrate(ctx, model, needed, record)

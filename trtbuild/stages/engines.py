@@ -11,10 +11,15 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from ..cache import EngineCache, cache_key
+from ..config import EngineSettings
 from ..context import Context, Engine
 from ..errors import TrtBuildError
 from ..files import write_bytes
+from ..onnx.inputs import model_inputs
+from ..onnx.shapes import Profile
 from ..progress import Bar, bar
 from ..trt import backend as trt_backend
 from ..trt.gpu import gpu_info
@@ -50,6 +55,7 @@ def run(ctx: Context) -> dict[str, Any]:
         log.warning("no engine built: %s", e.message)
         return {"skipped": f"no engine built: {e.message}"}
     archs = trt_backend.target_archs(backend, t.archs, ctx.settings.engine.hardware_compat)
+    settings, profiles_from = engine_settings(ctx)
     models = models_to_build(ctx)
     cache = EngineCache(t.cache_dir)
     calib = ctx.artifacts.calib_cache
@@ -58,22 +64,44 @@ def run(ctx: Context) -> dict[str, Any]:
     with bar("building engines", len(models) * len(archs)) as progress:
         for precision, onnx_path in models.items():
             for arch in archs:
-                r = _one(ctx, backend, cache, onnx_path, precision, arch,
+                r = _one(ctx, settings, backend, cache, onnx_path, precision, arch,
                          calib_bytes if precision == "int8" else None, progress)
                 records.append(r)
                 ctx.artifacts.engines.append(Engine(Path(r["path"]), arch, precision,
                                                     backend.name, backend.version))
                 progress.advance(1)
     return {"builder": backend.name, "trt_version": backend.version, "cache_dir": str(cache.root),
-            "engines": records, "built": sum(not e["cache_hit"] for e in records),
+            "profiles_from": profiles_from, "engines": records,
+            "built": sum(not e["cache_hit"] for e in records),
             "cache_hits": sum(e["cache_hit"] for e in records)}
 
 
-def _one(ctx: Context, backend: trt_backend.Backend, cache: EngineCache, onnx_path: Path,
-         precision: str, arch: str, calib: bytes | None, progress: Bar) -> dict[str, Any]:
+def engine_settings(ctx: Context) -> tuple[EngineSettings, str]:
+    """The engine settings, with an optimization profile for every input whose dims beyond
+    the batch are dynamic and not given with --shapes: the first data sample's shape (batch
+    1/8/32 where samples stack on axis 0, else exactly the sample's shape)."""
+    s = ctx.settings.engine
+    inputs = model_inputs(ctx.clean_model())
+    given = {p.name for p in s.profiles}
+    open_dims = [i for i in inputs if i.name not in given and any(d < 0 for d in i.dims[1:])]
+    sample = ctx.first_sample(ctx.clean_model()) if open_dims else None
+    if not sample:
+        return s, "--shapes" if s.profiles else "model"
+    feed, described = sample
+    stack = all(i.batchable for i in inputs)
+    derived = []
+    for spec in open_dims:
+        shape = tuple(int(d) for d in np.shape(feed[spec.name]))
+        tiers = [(b, *shape[1:]) for b in (1, 8, 32)] if stack else [shape] * 3
+        derived.append(Profile(spec.name, *tiers))
+    return replace(s, profiles=s.profiles + tuple(derived)), described
+
+
+def _one(ctx: Context, s: EngineSettings, backend: trt_backend.Backend, cache: EngineCache,
+         onnx_path: Path, precision: str, arch: str, calib: bytes | None,
+         progress: Bar) -> dict[str, Any]:
     from ..trt import builder
 
-    s = ctx.settings.engine
     onnx_bytes = onnx_path.read_bytes()
     settings = replace(s, fp16_flag=s.fp16_flag and precision == "fp16")
     key_fields = {**settings.key_fields(), "precision": precision}

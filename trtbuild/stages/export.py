@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import shutil
 import warnings
 from dataclasses import dataclass, field
@@ -18,8 +17,6 @@ from ..files import atomic_path
 from ..onnx import io, source
 from ..onnx.inputs import model_inputs, model_outputs
 from ..onnx.source import Source
-
-log = logging.getLogger(__name__)
 
 
 @dataclass

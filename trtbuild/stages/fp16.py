@@ -5,15 +5,12 @@ instead and says so in the record."""
 
 from __future__ import annotations
 
-import logging
 from typing import Any
 
 from ..context import Context
 from ..onnx import io
 from ..quant import fp16
 from . import validate
-
-log = logging.getLogger(__name__)
 
 
 def run(ctx: Context) -> dict[str, Any]:

@@ -16,7 +16,7 @@ from typing import Any, Iterator
 import numpy as np
 
 from ..context import Context
-from ..data import read_labels
+from ..data import read_labels, rows
 from ..metrics import gate_failures, is_classifier, label_accuracy, output_metrics
 
 log = logging.getLogger(__name__)
@@ -98,7 +98,9 @@ class _Loader:
 
     def _flush(self, batch: list) -> dict[str, np.ndarray]:
         for origin, feed in batch:
-            self.origins += [origin] * len(next(iter(feed.values())))
+            self.origins += [origin] * rows(feed)
+        if len(batch) == 1:
+            return batch[0][1]
         return {k: np.concatenate([f[k] for _, f in batch]) for k in batch[0][1]}
 
 

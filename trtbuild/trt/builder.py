@@ -1,6 +1,6 @@
-"""Build stage: ONNX (FP32, FP16 graph, or INT8 Q/DQ) -> serialized TensorRT engine.
+"""ONNX (FP32, FP16 graph, or INT8 Q/DQ) -> serialized TensorRT engine.
 
-The only module that imports `tensorrt` or `tensorrt_rtx`. Both expose the same builder API
+`tensorrt` and `tensorrt_rtx` (imported by backend.py) both expose the same builder API
 (TensorRT 10/11 Python API, "Builder", "IBuilderConfig", "OnnxParser"; TensorRT-RTX 1.7 is its
 strongly typed subset plus compute-capability targeting), so one code path serves both and
 asks the imported module what it can do:
@@ -27,7 +27,6 @@ asks the imported module what it can do:
 
 from __future__ import annotations
 
-import logging
 import threading
 import time
 from dataclasses import dataclass, field
@@ -35,11 +34,10 @@ from pathlib import Path
 from typing import Any, Callable
 
 from ..config import EngineSettings
-from ..errors import GATE_FAILED, MISSING_CAPABILITY, TrtBuildError
+from ..errors import MISSING_CAPABILITY, TrtBuildError
 from ..onnx.shapes import Profile, default_profile
 from .backend import Backend, make_logger
 
-log = logging.getLogger(__name__)
 HARDWARE_COMPAT = {"none": "NONE", "ampere+": "AMPERE_PLUS", "same-cc": "SAME_COMPUTE_CAPABILITY"}
 
 
@@ -127,8 +125,8 @@ def build(backend: Backend, onnx_path: Path, arch: str, settings: EngineSettings
             raise callback.error
     if engine is None:
         detail = "; ".join(logger.errors[-3:]) or "no error message"
-        raise TrtBuildError(f"{onnx_path}: TensorRT built no engine for {arch}: {detail}",
-                            GATE_FAILED)
+        raise TrtBuildError(f"{onnx_path}: {backend.name} {backend.version} cannot build this "
+                            f"model for {arch}: {detail}", MISSING_CAPABILITY)
     merged = bytes(cache.serialize()) if cache is not None else None
     return BuildOutput(bytes(engine), seconds, merged, list(monitor.phases), dtypes)
 

@@ -17,8 +17,9 @@ from typing import Any
 
 import numpy as np
 
+from ..config import BenchSettings
 from ..context import Engine
-from ..timing import BenchSettings, stats, timed_cuda
+from ..timing import stats, timed_cuda
 from .backend import load_backend, make_logger
 from .gpu import gpu_info
 

@@ -1,0 +1,149 @@
+"""The real-model corpus: models shipped inside pip packages (weights as published), and
+real or generated inputs for them (skimage.data photos, Pillow-rendered text lines, tone
+and noise audio). Each entry: where the ONNX file is, how to make its calibration and
+validation data, and the flags a user would pass.
+
+    python -m tests.corpus OUTDIR     # writes OUTDIR/<model>/{calib,val}/ for every entry
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+
+def package_file(package: str, *parts: str) -> Path | None:
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.origin:
+        return None
+    path = Path(spec.origin).parent.joinpath(*parts)
+    return path if path.is_file() else None
+
+
+def photos(n: int, size: int, seed: int = 0) -> list[np.ndarray]:
+    """n RGB crops (size x size, uint8) from scikit-image's bundled photos."""
+    from PIL import Image
+    from skimage import data
+
+    names = ["astronaut", "coffee", "chelsea", "rocket", "cat", "hubble_deep_field"]
+    rng = np.random.default_rng(seed)
+    out = []
+    for k in range(n):
+        img = getattr(data, names[k % len(names)])()
+        h, w = img.shape[:2]
+        s = int(min(h, w) * rng.uniform(0.5, 1.0))
+        y, x = rng.integers(0, h - s + 1), rng.integers(0, w - s + 1)
+        crop = Image.fromarray(img[y:y + s, x:x + s]).resize((size, size), Image.BILINEAR)
+        out.append(np.asarray(crop.convert("RGB")))
+    return out
+
+
+WORDS = ["invoice", "total", "2024-11-26", "TensorRT", "quantize", "Polygraphy", "engine",
+         "latency", "12.50 EUR", "calibration", "ONNX", "deployment", "page 3 of 7", "hello"]
+
+
+def text_lines(n: int, height: int, width: int, seed: int = 0) -> tuple[list[np.ndarray], list[str]]:
+    """n rendered text lines (RGB uint8, height x width) and their strings."""
+    from PIL import Image, ImageDraw, ImageFont
+
+    rng = np.random.default_rng(seed)
+    font = ImageFont.load_default(size=int(height * 0.6))
+    images, texts = [], []
+    for _ in range(n):
+        text = " ".join(rng.choice(WORDS, size=int(rng.integers(1, 3))))
+        im = Image.new("RGB", (width, height), tuple(int(v) for v in rng.integers(200, 256, 3)))
+        ImageDraw.Draw(im).text((4, height * 0.15), text, fill=(0, 0, 0), font=font)
+        images.append(np.asarray(im))
+        texts.append(text)
+    return images, texts
+
+
+def normalize(img: np.ndarray, mean: float = 0.5, std: float = 0.5) -> np.ndarray:
+    """uint8 HWC -> float32 1xCxHxW, (x/255 - mean) / std (PP-OCR's preprocessing)."""
+    x = (img.astype(np.float32) / 255.0 - mean) / std
+    return x.transpose(2, 0, 1)[None].copy()
+
+
+def audio(n: int, samples: int, seed: int = 0) -> list[np.ndarray]:
+    """n clips of 16 kHz audio: voiced-like harmonic tones with vibrato, and noise."""
+    rng = np.random.default_rng(seed)
+    t = np.arange(samples) / 16000.0
+    clips = []
+    for k in range(n):
+        f0 = rng.uniform(90, 250)
+        wave = sum(np.sin(2 * np.pi * f0 * h * t + 3 * np.sin(2 * np.pi * 5 * t)) / h
+                   for h in range(1, 6))
+        x = 0.3 * wave * (k % 3 != 2) + rng.normal(0, 0.02 + 0.05 * (k % 3 == 2), samples)
+        clips.append(x.astype(np.float32))
+    return clips
+
+
+@dataclass
+class Entry:
+    name: str
+    locate: Callable[[], Path | None]
+    make: Callable[[Path, int, int], None]     # (dir, count, seed) -> writes samples
+    flags: list[str] = field(default_factory=list)
+
+
+def _npy(write: Callable[[int], np.ndarray]) -> Callable[[Path, int, int], None]:
+    def make(folder: Path, n: int, seed: int) -> None:
+        folder.mkdir(parents=True, exist_ok=True)
+        for k in range(n):
+            np.save(folder / f"{k:03d}.npy", write(seed * 1000 + k))
+    return make
+
+
+def _npz(write: Callable[[int], dict]) -> Callable[[Path, int, int], None]:
+    def make(folder: Path, n: int, seed: int) -> None:
+        folder.mkdir(parents=True, exist_ok=True)
+        for k in range(n):
+            np.savez(folder / f"{k:03d}.npz", **write(seed * 1000 + k))
+    return make
+
+
+def _vad(with_sr: bool) -> Callable[[Path, int, int], None]:
+    def write(k: int) -> dict:
+        d = {"input": audio(1, 512 if with_sr else 576, k)[0][None],
+             "state": np.zeros((2, 1, 128), np.float32)}
+        if with_sr:
+            d["sr"] = np.array(16000, np.int64)
+        return d
+    return _npz(write)
+
+
+RAPIDOCR = "rapidocr_onnxruntime"
+ENTRIES = [
+    Entry("ppocr_det", lambda: package_file(RAPIDOCR, "models", "ch_PP-OCRv4_det_infer.onnx"),
+          _npy(lambda k: normalize(photos(1, 320, k)[0])),
+          ["--shapes", "x:1x3x320x320,1x3x320x320,1x3x640x640"]),
+    Entry("ppocr_rec", lambda: package_file(RAPIDOCR, "models", "ch_PP-OCRv4_rec_infer.onnx"),
+          _npy(lambda k: normalize(text_lines(1, 48, 320, k)[0][0])),
+          ["--shapes", "x:1x3x48x320,1x3x48x320,1x3x48x640"]),
+    Entry("ppocr_cls", lambda: package_file(RAPIDOCR, "models",
+                                            "ch_ppocr_mobile_v2.0_cls_infer.onnx"),
+          _npy(lambda k: normalize(text_lines(1, 48, 192, k)[0][0])),
+          ["--shapes", "x:1x3x48x192,1x3x48x192,1x3x48x192"]),
+    Entry("silero_vad", lambda: package_file("silero_vad", "data", "silero_vad.onnx"),
+          _vad(True)),
+    Entry("silero_vad_16k_op15", lambda: package_file("silero_vad", "data",
+                                                      "silero_vad_16k_op15.onnx"), _vad(True)),
+    Entry("silero_vad_op18_ifless", lambda: package_file("silero_vad", "data",
+                                                         "silero_vad_op18_ifless.onnx"),
+          _vad(True)),
+    Entry("silero_vad_openvino_16k", lambda: package_file("silero_vad", "data",
+                                                          "silero_vad_openvino_16k.onnx"),
+          _vad(False)),
+]
+
+
+def write_all(out: Path) -> None:
+    for e in ENTRIES:
+        e.make(out / e.name / "calib", 8, 0)
+        e.make(out / e.name / "val", 4, 1)
+
+
