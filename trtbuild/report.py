@@ -77,7 +77,9 @@ class Timer:
 
 def summary_line(stage: str, record: dict[str, Any]) -> str:
     """One human line (or a few, for bench) per stage record."""
-    figures = {"export": lambda r: f"max abs err vs torch {r.get('max_abs_err', 0):.2e}",
+    figures = {"export": lambda r: f"max abs err vs torch {r.get('max_abs_err', 0):.2e}" + (
+                   f" ({len(r['data_dependent_outputs'])} data-dependent outputs: dtype and "
+                   "rank only)" if r.get("data_dependent_outputs") else ""),
                "clean": lambda r: f"nodes {r['nodes_before']} -> {r['nodes_after']}, "
                                   f"max abs diff {r['max_abs_diff']:.1e}",
                "calibrate": lambda r: f"{r['method']}, {r.get('samples', 'cached')} samples, "

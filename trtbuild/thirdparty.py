@@ -45,4 +45,4 @@ def quiet_onnxruntime() -> None:
 
 def ort_severity() -> int:
     """ONNX Runtime log level for our sessions: warnings only with -v."""
-    return 2 if verbose() else 3
+    return 2 if verbose() else 4  # errors too: trtbuild reports them in its own line

@@ -18,7 +18,9 @@ def load(path: str | Path, check: bool = True) -> Any:
     if not path.is_file():
         raise TrtBuildError(f"{path}: no such ONNX file")
     try:
-        model = onnx.load(str(path))
+        model = onnx.load(str(path))  # external data: read from beside the file
+    except FileNotFoundError as e:
+        raise TrtBuildError(f"{path}: external data file missing ({e.filename or e})")
     except Exception as e:
         raise TrtBuildError(f"{path}: not a readable ONNX model ({type(e).__name__}: "
                             f"{str(e).splitlines()[0] if str(e) else 'parse error'})")
@@ -39,14 +41,33 @@ def check_model(model: Any, where: str | Path) -> None:
         raise TrtBuildError(f"{where}: ONNX checker failed: {str(e).splitlines()[0]}")
 
 
+PROTO_LIMIT = 1_800_000_000  # protobuf files stop at 2 GiB; above this, weights go external
+
+
 def save(model: Any, path: str | Path) -> None:
-    """Save atomically (external data is not used: models stay below 2 GB here)."""
+    """Save atomically. Models over PROTO_LIMIT keep their weights in `<name>.data` beside
+    the file (written first; the .onnx that points at it is renamed into place last)."""
     import onnx
 
     from ..files import atomic_path
 
+    path = Path(path)
     with atomic_path(path) as tmp:
-        onnx.save(model, str(tmp))
+        if model.ByteSize() > PROTO_LIMIT:
+            onnx.save_model(model, str(tmp), save_as_external_data=True,
+                            all_tensors_to_one_file=True, location=f"{path.name}.data",
+                            size_threshold=1024)
+        else:
+            onnx.save(model, str(tmp))
+
+
+def uses_external_data(path: str | Path) -> bool:
+    """Does the ONNX file keep tensors in other files (read without loading them)?"""
+    import onnx
+    from onnx.external_data_helper import uses_external_data as external
+
+    model = onnx.load(str(path), load_external_data=False)
+    return any(external(t) for t in model.graph.initializer)
 
 
 def session(model: Any, threads: int = 0) -> Any:
@@ -139,3 +160,50 @@ def name_unknown_dims(model: Any) -> int:
                 d.dim_param = f"{vi.name}_dim{k}"
                 count += 1
     return count
+
+
+DATA_DEPENDENT_OPS = frozenset({"NonZero", "NonMaxSuppression", "TopK", "Unique"})
+
+
+def data_dependent_outputs(model: Any) -> dict[str, str]:
+    """{graph output: op} for outputs downstream of an op whose selection or order depends
+    on the values (detection post-processing: TopK, NonMaxSuppression, NonZero): on ties
+    two correct runtimes may pick other elements, so element-wise comparison is not a
+    meaningful check for them."""
+    readers: dict[str, list] = {}
+    for n in model.graph.node:
+        for i in n.input:
+            readers.setdefault(i, []).append(n)
+    outputs = {o.name for o in model.graph.output}
+    found: dict[str, str] = {}
+    for start in model.graph.node:
+        if start.op_type not in DATA_DEPENDENT_OPS:
+            continue
+        frontier, seen = list(start.output), set()
+        while frontier:
+            t = frontier.pop()
+            if t in seen:
+                continue
+            seen.add(t)
+            if t in outputs:
+                found.setdefault(t, start.op_type)
+            for n in readers.get(t, []):
+                frontier.extend(n.output)
+    return found
+
+
+def compare_outputs(names: list[str], a: list[np.ndarray], b: list[np.ndarray],
+                    loose: dict[str, str]) -> tuple[float, list[str]]:
+    """(max abs difference over the outputs not in `loose`, problems), where outputs in
+    `loose` (data-dependent) only need the same dtype and rank."""
+    diff, problems = 0.0, []
+    for name, x, y in zip(names, a, b):
+        if name in loose:
+            if x.dtype != y.dtype or x.ndim != y.ndim:
+                problems.append(f"{name}: {y.dtype}{y.shape} vs {x.dtype}{x.shape}")
+            continue
+        if x.shape != y.shape:
+            problems.append(f"{name}: shape {y.shape} vs {x.shape}")
+            continue
+        diff = max(diff, max_abs_diff([x], [y]))
+    return diff, problems

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import re
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,14 +37,20 @@ def parse(text: str) -> Source:
         path = Path(text)
         if not path.is_file():
             raise TrtBuildError(f"{text}: no such ONNX file")
-        return Source(text, "onnx", path.stem, path=path)
+        return Source(text, "onnx", safe_name(path.stem), path=path)
     target, sep, factory = text.rpartition(":")
     if not sep or not target or not factory:
         raise TrtBuildError(f"{text}: SRC must be a .onnx file, file.py:factory, "
                             "package.module:factory or torchvision:NAME")
     if target.endswith(".py") and not Path(target).is_file():
         raise TrtBuildError(f"{target}: no such Python file")
-    return Source(text, "torch", factory)
+    return Source(text, "torch", safe_name(factory))
+
+
+def safe_name(name: str) -> str:
+    """`name` usable as one directory name: no separators, no leading dot."""
+    cleaned = re.sub(r"[^A-Za-z0-9_.+-]", "_", name).lstrip(".")
+    return cleaned or "model"
 
 
 def load(src: Source, input_shapes: dict[str, Shape] | None = None) -> Source:
@@ -102,10 +109,19 @@ def _torchvision(name: str) -> Any:
     except ImportError:
         raise TrtBuildError("torchvision is not installed: pip install torchvision",
                             MISSING_CAPABILITY)
-    try:
-        return torchvision.models.get_model(name, weights=None)
-    except (ValueError, KeyError):
+    import inspect
+
+    import torch
+
+    if name not in torchvision.models.list_models():
         raise TrtBuildError(f"torchvision:{name}: no such torchvision model")
+    builder = torchvision.models.get_model_builder(name)
+    kwargs: dict[str, Any] = {"weights": None}
+    if "weights_backbone" in inspect.signature(builder).parameters:
+        kwargs["weights_backbone"] = None  # else segmentation/detection models download
+    with torch.random.fork_rng():
+        torch.manual_seed(0)  # the same weights every run: same ONNX, engine cache hits
+        return builder(**kwargs)
 
 
 def _examples(text: str, target: str, examples: Any, shapes: dict[str, Shape] | None) -> tuple:

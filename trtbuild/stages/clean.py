@@ -14,7 +14,7 @@ from typing import Any, Callable
 from ..context import Context
 from ..errors import GATE_FAILED, TrtBuildError
 from ..onnx import io
-from ..onnx.inputs import random_feed
+from ..onnx.inputs import model_outputs, random_feed
 from ..passes import PASSES, Pass
 from ..report import Timer
 
@@ -126,6 +126,13 @@ def prepare(model: Any) -> tuple[Any, list[str]]:
 
 
 def outputs_diff(a: Any, b: Any, batch: int = 2, feed: dict | None = None) -> float:
-    """Max abs difference of two models' outputs on the same input (default: random)."""
+    """Max abs difference of two models' outputs on the same input (default: random);
+    data-dependent outputs (io.data_dependent_outputs) must only agree in dtype and rank.
+    Raises TrtBuildError(1) when they do not."""
     feed = feed if feed is not None else random_feed(a, batch=batch, seed=1)
-    return io.max_abs_diff(io.session(a).run(None, feed), io.session(b).run(None, feed))
+    diff, problems = io.compare_outputs(model_outputs(a), io.session(a).run(None, feed),
+                                        io.session(b).run(None, feed),
+                                        io.data_dependent_outputs(a))
+    if problems:
+        raise TrtBuildError(f"cleaning changed the outputs: {'; '.join(problems)}", GATE_FAILED)
+    return diff
