@@ -107,7 +107,7 @@ def test_parser_error_names_node_and_op(tmp_path):
     with pytest.raises(TrtBuildError) as e:
         builder.build(load_backend("tensorrt-rtx"), path, "sm_86", EngineSettings())
     assert "custom_node_1" in e.value.message and "MyCustomOp" in e.value.message
-    assert e.value.code == 2
+    assert e.value.code == 3
 
 
 def test_unknown_arch_is_exit_3(digits_onnx, tmp_path):

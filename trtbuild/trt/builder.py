@@ -84,8 +84,10 @@ def build(backend: Backend, onnx_path: Path, arch: str, settings: EngineSettings
     """One engine for `arch`, already resolved by backend.resolve_arch ('sm_86', ... or
     'ampere+'). `on_phase(name)` is called as TensorRT starts each build phase.
 
-    Raises TrtBuildError(2) for parser errors (naming node and op), (3) for an arch the
-    builder cannot target, (1) when TensorRT returns no engine.
+    Raises TrtBuildError(3) when TensorRT cannot parse the model (naming node and op: the
+    model already passed onnx.checker and ONNX Runtime, so an op TensorRT lacks is a missing
+    capability, e.g. NonZero needs a plugin in TensorRT-RTX), cannot target the arch, or
+    builds no engine.
     """
     trt = backend.trt
     logger = make_logger(trt)
@@ -96,7 +98,7 @@ def build(backend: Backend, onnx_path: Path, arch: str, settings: EngineSettings
     parser = trt.OnnxParser(network, logger)
     if not parser.parse_from_file(str(onnx_path)):
         raise TrtBuildError(f"{onnx_path}: TensorRT ({backend.name} {backend.version}) cannot "
-                            f"parse: {_parser_errors(parser)}")
+                            f"parse: {_parser_errors(parser)}", MISSING_CAPABILITY)
     dtypes = layer_output_dtypes(network)
     config = builder.create_builder_config()
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, settings.workspace_mb << 20)
