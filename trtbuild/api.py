@@ -89,7 +89,8 @@ def calibrate(model: str | Path, calib: str | None = None, out: str | Path = "ca
         return pipeline.run_stages(ctx, [("clean", clean_stage.run),
                                          ("calibrate", calib_stage.run),
                                          ("quantize", quantize.run)], on_stage)
-    return Result.of(pipeline.in_out_dir(Path(out), work))
+    keep = tuple(p for p in (Path(model), settings.calib.cache) if p is not None)
+    return Result.of(pipeline.in_out_dir(Path(out), work, keep))
 
 
 def validate(reference: str | Path, candidate: str | Path, val: str, precision: str = "int8",

@@ -2,27 +2,37 @@
 
 Layout: `<root>/<arch>/<trt-tag>/<key>/{engine.plan, manifest.json}` and nothing else.
 Writes are atomic (a temp directory renamed into place) under an exclusive file lock per key,
-so two processes building one key build once and both get the engine. A hit re-hashes the
-engine against the manifest before returning it; a corrupt or foreign entry is moved to
-`<root>/quarantine/` and rebuilt, never returned.
+so two processes building one key build once and both get the engine. A hit re-checks the
+entry under that lock (regular files only, never a symlink followed, reads bounded by the
+manifest's size) and re-hashes the engine; a damaged or foreign entry, or anything of the
+wrong type where the cache expects a directory or a lock file, is moved to
+`<root>/quarantine/` and rebuilt. `verify` and `prune` take the same locks. Temp directories
+of killed processes are swept by the next build under that tag and by `prune`. A read-only
+cache still serves hits (without a lock; nothing is written).
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import hashlib
 import json
 import logging
 import os
 import shutil
+import stat
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
+from .files import pid_alive
+
 log = logging.getLogger(__name__)
 ENGINE, MANIFEST = "engine.plan", "manifest.json"
+MAX_MANIFEST = 1 << 20
+QUARANTINE = "quarantine"
 
 
 def default_root() -> Path:
@@ -49,6 +59,19 @@ class Lookup:
     path: Path
 
 
+def _is_real_dir(path: Path) -> bool:
+    return path.is_dir() and not path.is_symlink()
+
+
+def _regular(path: Path) -> os.stat_result | None:
+    """lstat of a regular file (not a symlink, device or directory), else None."""
+    try:
+        st = path.lstat()
+    except OSError:
+        return None
+    return st if stat.S_ISREG(st.st_mode) else None
+
+
 class EngineCache:
     def __init__(self, root: Path | None = None):
         self.root = Path(root) if root else default_root()
@@ -57,66 +80,115 @@ class EngineCache:
         return self.root / arch / tag / key
 
     @contextlib.contextmanager
-    def _lock(self, entry: Path) -> Iterator[None]:
-        entry.parent.mkdir(parents=True, exist_ok=True)
-        with open(entry.parent / f".{entry.name}.lock", "a") as f:
+    def _lock(self, entry: Path) -> Iterator[bool]:
+        """Exclusive per-key lock; yields False (no lock, read-only) when the cache cannot be
+        written."""
+        try:
+            self._make_dirs(entry.parent)
+            lock = entry.parent / f".{entry.name}.lock"
+            if lock.exists() or lock.is_symlink():
+                if _regular(lock) is None:
+                    self.quarantine(lock, "lock path is not a regular file")
+            f = open(lock, "a")
+        except OSError as e:
+            if e.errno not in (errno.EROFS, errno.EACCES, errno.EPERM):
+                raise
+            yield False
+            return
+        with f:
             fcntl.flock(f, fcntl.LOCK_EX)
             try:
-                yield
+                yield True
             finally:
                 fcntl.flock(f, fcntl.LOCK_UN)
+
+    def _make_dirs(self, folder: Path) -> None:
+        """mkdir -p, moving anything of the wrong type (a file, a symlink) out of the way."""
+        for part in [*reversed(folder.relative_to(self.root).parents), folder.relative_to(
+                self.root)]:
+            path = self.root / part
+            if path != self.root and (path.is_symlink() or (path.exists() and not path.is_dir())):
+                self.quarantine(path, "expected a directory")
+        folder.mkdir(parents=True, exist_ok=True)
 
     def get_or_build(self, arch: str, tag: str, key: str,
                      build: Callable[[], tuple[bytes, dict[str, Any]]]) -> Lookup:
         """The cached engine for this key, or build() once (under the lock) and store it."""
         entry = self.entry(arch, tag, key)
-        with self._lock(entry):
-            found = self.read(entry, expect={"key": key, "arch": arch, "builder": tag})
+        with self._lock(entry) as writable:
+            found = self.read(entry, expect={"key": key, "arch": arch, "builder": tag},
+                              writable=writable)
             if found is not None:
-                os.utime(entry)  # recency for prune
+                if writable:
+                    os.utime(entry)  # recency for prune
                 return Lookup(found[0], found[1], True, entry)
             engine, manifest = build()
             manifest = {**manifest, "key": key, "arch": arch, "builder": tag,
                         "engine_sha256": hashlib.sha256(engine).hexdigest(),
                         "engine_bytes": len(engine), "created": time.time()}
-            self._write(entry, engine, manifest)
+            if writable:
+                self.sweep(entry.parent)
+                self._write(entry, engine, manifest)
             return Lookup(engine, manifest, False, entry)
 
-    def read(self, entry: Path, expect: dict[str, str] | None = None) -> tuple[bytes, dict] | None:
+    def read(self, entry: Path, expect: dict[str, str] | None = None,
+             writable: bool = True) -> tuple[bytes, dict] | None:
         """(engine, manifest) if the entry exists and verifies; else None (quarantined)."""
-        if not entry.exists():
+        if not entry.exists() and not entry.is_symlink():
             return None
-        problem = self.problem(entry, expect)
+        problem, found = self.check(entry, expect)
         if problem:
-            log.warning("engine cache: %s: %s; quarantined, rebuilding", entry, problem)
-            self.quarantine(entry, problem)
+            log.warning("engine cache: %s: %s; %s", entry, problem,
+                        "quarantined, rebuilding" if writable else "rebuilding (read-only)")
+            if writable:
+                self.quarantine(entry, problem)
             return None
-        return (entry / ENGINE).read_bytes(), json.loads((entry / MANIFEST).read_text())
+        return found
 
     def problem(self, entry: Path, expect: dict[str, str] | None = None) -> str | None:
         """Why an entry cannot be used, or None."""
-        names = sorted(p.name for p in entry.iterdir()) if entry.is_dir() else []
+        return self.check(entry, expect)[0]
+
+    def check(self, entry: Path, expect: dict[str, str] | None = None
+              ) -> tuple[str | None, tuple[bytes, dict] | None]:
+        """(problem, None) or (None, (engine, manifest)); reads nothing unbounded."""
+        if not _is_real_dir(entry):
+            return "not a directory", None
+        names = sorted(p.name for p in entry.iterdir())
         if names != sorted([ENGINE, MANIFEST]):
-            return f"unexpected contents {names}"
+            return f"unexpected contents {names}", None
+        m_stat, e_stat = _regular(entry / MANIFEST), _regular(entry / ENGINE)
+        if m_stat is None or e_stat is None:
+            return "engine or manifest is not a regular file", None
+        if m_stat.st_size > MAX_MANIFEST:
+            return f"manifest of {m_stat.st_size} bytes", None
         try:
-            manifest = json.loads((entry / MANIFEST).read_text())
-        except (OSError, json.JSONDecodeError) as e:
-            return f"unreadable manifest ({e})"
+            manifest = json.loads((entry / MANIFEST).read_bytes().decode("utf-8"))
+        except (OSError, UnicodeDecodeError, ValueError) as e:
+            return f"unreadable manifest ({e})", None
+        if not isinstance(manifest, dict):
+            return f"manifest is a {type(manifest).__name__}, not an object", None
         for k, v in (expect or {"key": entry.name}).items():
             if manifest.get(k) != v:
-                return f"foreign entry ({k} {manifest.get(k)!r}, expected {v!r})"
-        data = (entry / ENGINE).read_bytes()
-        if len(data) != manifest.get("engine_bytes"):
-            return f"truncated engine ({len(data)} of {manifest.get('engine_bytes')} bytes)"
-        if hashlib.sha256(data).hexdigest() != manifest.get("engine_sha256"):
-            return "engine sha256 mismatch"
-        return None
+                return f"foreign entry ({k} {manifest.get(k)!r}, expected {v!r})", None
+        size = manifest.get("engine_bytes")
+        if not isinstance(size, int) or e_stat.st_size != size:
+            return f"truncated engine ({e_stat.st_size} of {size} bytes)", None
+        with open(entry / ENGINE, "rb") as f:
+            data = f.read(size + 1)
+        if len(data) != size or hashlib.sha256(data).hexdigest() != manifest.get("engine_sha256"):
+            return "engine sha256 mismatch", None
+        return None, (data, manifest)
 
-    def quarantine(self, entry: Path, reason: str) -> Path:
-        dest = self.root / "quarantine" / f"{entry.name}-{int(time.time() * 1e6)}"
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        os.replace(entry, dest)
-        (dest.parent / f"{dest.name}.reason").write_text(reason + "\n")
+    def quarantine(self, path: Path, reason: str) -> Path:
+        """Move `path` (an entry, or anything of the wrong type) into the quarantine."""
+        qdir = self.root / QUARANTINE
+        if qdir.is_symlink() or (qdir.exists() and not qdir.is_dir()):
+            qdir.unlink()
+        qdir.mkdir(parents=True, exist_ok=True)
+        dest = qdir / f"{path.name.lstrip('.')}-{time.time_ns()}"
+        os.replace(path, dest)
+        (qdir / f"{dest.name}.reason").write_text(reason + "\n")
         return dest
 
     def _write(self, entry: Path, engine: bytes, manifest: dict[str, Any]) -> None:
@@ -130,49 +202,69 @@ class EngineCache:
                     f.write(data)
                     f.flush()
                     os.fsync(f.fileno())
+            if entry.is_symlink() or (entry.exists() and not entry.is_dir()):
+                self.quarantine(entry, "expected an entry directory")
             os.replace(tmp, entry)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
 
-    def entries(self) -> list[Path]:
-        """Every entry directory (arch/tag/key), quarantine and temp dirs excluded."""
-        if not self.root.is_dir():
+    def sweep(self, tag_dir: Path) -> list[Path]:
+        """Remove temp directories that killed builds left under `tag_dir`."""
+        removed = []
+        for p in tag_dir.glob("*.tmp-*") if _is_real_dir(tag_dir) else []:
+            pid = p.name.rsplit(".tmp-", 1)[1]
+            if pid.isdigit() and not pid_alive(int(pid)):
+                shutil.rmtree(p, ignore_errors=True) if _is_real_dir(p) else p.unlink()
+                removed.append(p)
+        return removed
+
+    def tag_dirs(self) -> list[Path]:
+        if not _is_real_dir(self.root):
             return []
-        return sorted(p for p in self.root.glob("*/*/*") if p.is_dir()
-                      and p.parts[-3] != "quarantine" and ".tmp-" not in p.name)
+        return sorted(t for a in self.root.iterdir() if _is_real_dir(a) and a.name != QUARANTINE
+                      for t in a.iterdir() if _is_real_dir(t))
+
+    def entries(self) -> list[Path]:
+        """Every entry (arch/tag/key; symlinks and other wrong types included, so that
+        verify can quarantine them), quarantine, lock and temp files excluded."""
+        return sorted(e for t in self.tag_dirs() for e in t.iterdir()
+                      if not e.name.startswith(".") and ".tmp-" not in e.name
+                      and e.name != "timing.cache")
 
     def listing(self) -> list[dict[str, Any]]:
         """One row per entry: its path under the root, precision, size, creation time."""
         rows = []
         for e in self.entries():
-            try:
-                m = json.loads((e / MANIFEST).read_text())
-            except (OSError, ValueError):
-                m = {}
-            m = m if isinstance(m, dict) else {}
+            problem, found = self.check(e)
+            m = found[1] if found else {}
             rows.append({"entry": str(e.relative_to(self.root)), "precision": m.get("precision"),
-                         "bytes": m.get("engine_bytes"), "created": m.get("created")})
+                         "bytes": m.get("engine_bytes"), "created": m.get("created"),
+                         "problem": problem})
         return rows
 
     def verify(self) -> list[tuple[Path, str | None]]:
         """(entry, problem or None) for every entry; damaged ones are quarantined."""
         out = []
         for entry in self.entries():
-            problem = self.problem(entry)
-            if problem:
-                self.quarantine(entry, problem)
+            with self._lock(entry) as writable:
+                problem = self.problem(entry) if entry.exists() or entry.is_symlink() else None
+                if problem and writable:
+                    self.quarantine(entry, problem)
             out.append((entry, problem))
         return out
 
     def prune(self, max_age_days: float | None = None, max_size_mb: float | None = None) -> list[Path]:
-        """Remove entries older than max_age_days, then the oldest until under max_size_mb."""
+        """Sweep temp directories; remove entries older than max_age_days, then the oldest
+        until under max_size_mb (each under its key's lock)."""
+        for t in self.tag_dirs():
+            self.sweep(t)
         now, removed = time.time(), []
-        items = sorted(((e, e.stat().st_mtime, _size(e)) for e in self.entries()),
+        items = sorted(((e, e.lstat().st_mtime, _size(e)) for e in self.entries()),
                        key=lambda t: t[1])
         keep = []
         for e, mtime, size in items:
             if max_age_days is not None and now - mtime > max_age_days * 86400:
-                shutil.rmtree(e)
+                self._remove(e)
                 removed.append(e)
             else:
                 keep.append((e, size))
@@ -180,11 +272,20 @@ class EngineCache:
         for e, size in keep:
             if max_size_mb is None or total <= max_size_mb * (1 << 20):
                 break
-            shutil.rmtree(e)
+            self._remove(e)
             removed.append(e)
             total -= size
         return removed
 
+    def _remove(self, entry: Path) -> None:
+        with self._lock(entry):
+            if _is_real_dir(entry):
+                shutil.rmtree(entry, ignore_errors=True)
+            elif entry.is_symlink() or entry.exists():
+                entry.unlink()
+
 
 def _size(entry: Path) -> int:
-    return sum(p.stat().st_size for p in entry.iterdir())
+    if not _is_real_dir(entry):
+        return 0
+    return sum(p.lstat().st_size for p in entry.iterdir())

@@ -14,6 +14,26 @@ def tmp_name(path: Path) -> Path:
     return path.with_name(f"{path.name}.tmp-{os.getpid()}")
 
 
+def stale_temp_files(folder: Path) -> list[Path]:
+    """`*.tmp-<pid>` entries in `folder` whose process is gone (killed mid-write)."""
+    out = []
+    for p in folder.glob("*.tmp-*") if folder.is_dir() else []:
+        pid = p.name.rsplit(".tmp-", 1)[1]
+        if pid.isdigit() and not pid_alive(int(pid)):
+            out.append(p)
+    return out
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
     """Yield a temp path to write; on success it is renamed to `path`, on error removed."""

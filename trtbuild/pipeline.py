@@ -49,8 +49,14 @@ def run_stages(ctx: Context, stages: list[tuple[str, Stage]],
     """Run `stages` on `ctx` in order. Raises TrtBuildError (bad input, failed gate)."""
     for name, stage in stages:
         log.info("stage %s: start", name)
+        before = _files(ctx.out)
         with Timer() as t:
-            record = stage(ctx)
+            try:
+                record = stage(ctx)
+            except BaseException:  # what the failed stage wrote is not in the report
+                for path in _files(ctx.out) - before:
+                    path.unlink(missing_ok=True)
+                raise
         record = ctx.report.add(name, t.seconds, **record)
         log.info("stage %s: done in %.2fs", name, t.seconds)
         if on_stage:
@@ -61,11 +67,48 @@ def run_stages(ctx: Context, stages: list[tuple[str, Stage]],
     return ctx
 
 
-def in_out_dir(out: Path, work: Callable[[Path], Context]) -> Context:
-    """Create `out`, run `work(out)`; on bad input remove `out` again if this run created it
-    and left it empty."""
+ARTIFACTS = ("report.json", "model.onnx", "model.onnx.data", "model.clean.onnx",
+             "model.clean.onnx.data", "model.fp16.onnx", "model.fp16sim.onnx", "calib.cache",
+             "calib.trt.cache", "model.int8.onnx")
+
+
+def clear_previous(out: Path, keep: tuple[Path, ...] = ()) -> list[str]:
+    """Remove what an earlier run left in `out` (trtbuild's own artifact names, engines, and
+    temp files of processes that are gone), so the directory and report.json agree. Files in
+    `keep` (the run's own inputs) are never touched. Returns what was removed."""
+    from .files import stale_temp_files
+
+    kept = {p.resolve() for p in keep}
+    found = [out / n for n in ARTIFACTS] + sorted((out / "engines").glob("*/model.*.engine"))
+    removed = []
+    folders = [out, *((out / "engines").glob("*") if (out / "engines").is_dir() else [])]
+    for path in found + [t for d in folders for t in stale_temp_files(d)]:
+        if path.is_file() and not path.is_symlink() and path.resolve() not in kept:
+            path.unlink()
+            removed.append(path.name)
+    for arch in sorted((out / "engines").glob("*")) if (out / "engines").is_dir() else []:
+        if arch.is_dir() and not any(arch.iterdir()):
+            arch.rmdir()
+    if removed:
+        log.info("%s: removed %d files of an earlier run", out, len(removed))
+    return removed
+
+
+def _files(folder: Path) -> set[Path]:
+    """Trtbuild's artifacts in `folder` (top level and engines/), report.json excluded."""
+    if not folder.is_dir():
+        return set()
+    found = {p for p in folder.iterdir() if p.is_file() and p.name != "report.json"}
+    return found | set((folder / "engines").glob("*/*.engine"))
+
+
+def in_out_dir(out: Path, work: Callable[[Path], Context],
+               keep: tuple[Path, ...] = ()) -> Context:
+    """Create `out` (clearing an earlier run's artifacts), run `work(out)`; on bad input
+    remove `out` again if this run created it and left it empty."""
     created = not out.exists()
     ensure_dir(out)
+    clear_previous(out, keep)
     try:
         return work(out)
     except TrtBuildError as e:
@@ -83,8 +126,9 @@ def run(settings: BuildSettings, on_stage: OnStage | None = None) -> Context:
     check_files(settings)
     _choose_engine_runtime(settings)
     out = settings.out_dir(src.name)
+    keep = tuple(p for p in (src.path, settings.calib.cache) if p is not None)
     return in_out_dir(out, lambda o: run_stages(new_context(settings, o, settings.src),
-                                                stages_for(settings), on_stage))
+                                                stages_for(settings), on_stage), keep)
 
 
 def check_files(s: BuildSettings) -> None:
@@ -94,12 +138,14 @@ def check_files(s: BuildSettings) -> None:
                             "FILE.py:FN or --calib-cache FILE")
     if not s.int8 and (s.calib.data or s.calib.cache):
         raise TrtBuildError("--calib, --data-loader-script and --calib-cache need --int8")
-    from .data import check_source
+    from .data import check_source, read_labels
 
     if s.calib.data:
         check_source(s.calib.data, "--calib")
     if s.val:
         check_source(s.val, "--val")
+        if Path(s.val).is_dir():
+            read_labels(Path(s.val))
     if s.int8 and s.engine.calibrator == "trt" and not s.calib.data:
         raise TrtBuildError("--calibrator trt calibrates in TensorRT from --calib data: give "
                             "--calib DIR or --data-loader-script (a cache alone is not enough)")
@@ -108,8 +154,17 @@ def check_files(s: BuildSettings) -> None:
     if s.bench.baseline and not s.bench.baseline.is_file():
         raise TrtBuildError(f"{s.bench.baseline}: no such baseline report")
     for lib in s.engine.plugins:
-        if not Path(lib).is_file():
-            raise TrtBuildError(f"{lib}: no such plugin library")
+        check_library(Path(lib))
+
+
+def check_library(path: Path) -> None:
+    """A plugin library must be an ELF shared object (TensorRT dlopens it in-process)."""
+    if not path.is_file():
+        raise TrtBuildError(f"{path}: no such plugin library")
+    with open(path, "rb") as f:
+        head = f.read(18)
+    if head[:4] != b"\x7fELF" or int.from_bytes(head[16:18], "little") != 3:  # ET_DYN
+        raise TrtBuildError(f"{path}: not a shared library (plugins are ELF .so files)")
 
 
 def _choose_engine_runtime(s: BuildSettings) -> None:

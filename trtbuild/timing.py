@@ -109,14 +109,21 @@ def baseline_runs(path: Path) -> list[dict]:
     import json
 
     try:
-        data = json.loads(Path(path).read_text())
-    except (OSError, json.JSONDecodeError) as e:
+        data = json.loads(Path(path).read_bytes().decode("utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as e:
         raise TrtBuildError(f"{path}: cannot read baseline report ({e})")
     stages = data.get("stages", []) if isinstance(data, dict) else []
-    bench = next((s for s in stages if s.get("stage") == "bench"), None)
-    if bench is None or not bench.get("runs"):
+    stages = stages if isinstance(stages, list) else []
+    bench = next((s for s in stages if isinstance(s, dict) and s.get("stage") == "bench"), None)
+    runs = bench.get("runs") if bench else None
+    if not isinstance(runs, list) or not runs:
         raise TrtBuildError(f"{path}: baseline report has no bench results")
-    return bench["runs"]
+    good = [r for r in runs if isinstance(r, dict) and isinstance(r.get("runner"), str)
+            and isinstance(r.get("p50_ms"), (int, float)) and r["p50_ms"] > 0]
+    if len(good) != len(runs):
+        raise TrtBuildError(f"{path}: baseline bench runs are malformed ({len(runs) - len(good)} "
+                            "without a runner and a positive p50_ms)")
+    return good
 
 
 def table(rows: list[dict]) -> list[str]:

@@ -5,6 +5,7 @@ The hex digits are the big-endian IEEE-754 bits of scale = amax / 127.
 
 from __future__ import annotations
 
+import math
 import struct
 from pathlib import Path
 
@@ -19,6 +20,9 @@ ALGORITHMS = {"entropy": "EntropyCalibration2", "percentile": "EntropyCalibratio
 def encode(amaxes: dict[str, float], method: str = "entropy", version: str = TRT_VERSION) -> str:
     lines = [f"TRT-{version}-{ALGORITHMS[method]}"]
     for name, amax in amaxes.items():
+        if "\n" in name or "\r" in name:
+            raise TrtBuildError(f"tensor name {name!r} contains a line break: a TensorRT "
+                                "calibration cache (one `name: scale` per line) cannot hold it")
         lines.append(f"{name}: {struct.pack('>f', max(amax, 1e-12) / 127.0).hex()}")
     return "\n".join(lines) + "\n"
 
@@ -46,6 +50,9 @@ def read(path: Path) -> dict[str, float]:
         except (ValueError, struct.error):
             scale = None
         if not sep or scale is None:
-            raise TrtBuildError(f"{path}:{k}: malformed cache line '{line}'")
+            raise TrtBuildError(f"{path}:{k}: malformed cache line '{line[:80]}'")
+        if not (math.isfinite(scale) and scale > 0):
+            raise TrtBuildError(f"{path}:{k}: scale {scale} for '{name.strip()}' is not a "
+                                "positive finite number")
         amaxes[name.strip()] = scale * 127.0
     return amaxes

@@ -7,6 +7,10 @@ from typing import Any
 
 import numpy as np
 
+from ..errors import MISSING_CAPABILITY, TrtBuildError
+
+MAX_RANDOM_ELEMENTS = 1 << 28  # 1 GiB of float32: larger check inputs are a shape problem
+
 
 @dataclass(frozen=True)
 class InputSpec:
@@ -51,9 +55,26 @@ def model_inputs(model: Any) -> list[InputSpec]:
         t = vi.type.tensor_type
         shape = tuple(d.dim_value if d.HasField("dim_value") else (d.dim_param or None)
                       for d in t.shape.dim)
-        specs.append(InputSpec(vi.name, shape, np.dtype(onnx.helper.tensor_dtype_to_np_dtype(
-            t.elem_type))))
+        try:
+            dtype = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(t.elem_type))
+        except (KeyError, TypeError, ValueError):  # undefined, or not a tensor at all
+            dtype = np.dtype(object)
+        specs.append(InputSpec(vi.name, shape, dtype))
     return specs
+
+
+def check_supported(model: Any, where: str) -> None:
+    """Inputs trtbuild can feed: numeric or bool tensors (no strings, complex numbers,
+    sequences or maps). Raises TrtBuildError(3)."""
+    for vi in model.graph.input:
+        kind = vi.type.WhichOneof("value")
+        if kind != "tensor_type":
+            raise TrtBuildError(f"{where}: input '{vi.name}' is a {kind}, not a tensor: "
+                                "TensorRT takes tensors only", MISSING_CAPABILITY)
+    for spec in model_inputs(model):
+        if spec.dtype.kind not in "fiub":
+            raise TrtBuildError(f"{where}: input '{spec.name}' has dtype {spec.dtype}: "
+                                "trtbuild feeds numeric tensors only", MISSING_CAPABILITY)
 
 
 def model_outputs(model: Any) -> list[str]:
@@ -69,6 +90,9 @@ def random_feed(model: Any, batch: int = 1, seed: int = 0,
     for spec in model_inputs(model):
         dims = (shapes or {}).get(spec.name) or tuple(
             d if d > 0 else (batch if k == 0 else dim) for k, d in enumerate(spec.dims))
+        if int(np.prod(dims, dtype=np.float64)) > MAX_RANDOM_ELEMENTS:
+            raise TrtBuildError(f"input '{spec.name}': shape {dims} is too large for a check "
+                                f"input (over {MAX_RANDOM_ELEMENTS} elements); give --shapes")
         if np.issubdtype(spec.dtype, np.integer) or spec.dtype == np.bool_:
             feed[spec.name] = rng.integers(0, 2, size=dims).astype(spec.dtype)
         else:

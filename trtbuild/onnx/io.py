@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import TrtBuildError
+from ..errors import MISSING_CAPABILITY, TrtBuildError
 
 
 def load(path: str | Path, check: bool = True) -> Any:
@@ -26,8 +26,13 @@ def load(path: str | Path, check: bool = True) -> Any:
                             f"{str(e).splitlines()[0] if str(e) else 'parse error'})")
     if not model.graph.node and not model.graph.output:
         raise TrtBuildError(f"{path}: not an ONNX model (empty graph)")
+    if not model.graph.output:
+        raise TrtBuildError(f"{path}: the model has no graph outputs")
     if check:
         check_model(str(path), path)  # a path: the checker reads the file in C++, no re-encoding
+    from .inputs import check_supported
+
+    check_supported(model, str(path))
     return model
 
 
@@ -70,8 +75,9 @@ def uses_external_data(path: str | Path) -> bool:
     return any(external(t) for t in model.graph.initializer)
 
 
-def session(model: Any, threads: int = 0) -> Any:
-    """A CPU ONNX Runtime session from a ModelProto or a path."""
+def session(model: Any, threads: int = 0, where: str | Path | None = None) -> Any:
+    """A CPU ONNX Runtime session from a ModelProto or a path (named `where` in errors).
+    Raises TrtBuildError(3) when ONNX Runtime cannot load the model."""
     import onnxruntime as ort
 
     from ..thirdparty import ort_severity
@@ -81,8 +87,29 @@ def session(model: Any, threads: int = 0) -> Any:
     if threads:
         opts.intra_op_num_threads = threads
     data = model if isinstance(model, (str, Path)) else model.SerializeToString()
-    return ort.InferenceSession(str(data) if isinstance(data, Path) else data, opts,
-                                providers=["CPUExecutionProvider"])
+    try:
+        return ort.InferenceSession(str(data) if isinstance(data, Path) else data, opts,
+                                    providers=["CPUExecutionProvider"])
+    except Exception as e:  # noqa: BLE001 - ORT raises its own pybind exception types
+        where = where or (model if isinstance(model, (str, Path)) else "model")
+        raise TrtBuildError(f"{where}: ONNX Runtime (trtbuild's CPU reference) cannot load "
+                            f"it: {_first_line(e)}", MISSING_CAPABILITY)
+
+
+def run(sess: Any, feed: dict[str, np.ndarray], where: str) -> list[np.ndarray]:
+    """`sess.run` with ONNX Runtime's failures as one TrtBuildError(2) naming `where`."""
+    try:
+        return sess.run(None, feed)
+    except Exception as e:  # noqa: BLE001 - ORT raises its own pybind exception types
+        raise TrtBuildError(f"{where}: ONNX Runtime failed running the model: {_first_line(e)}")
+
+
+def _first_line(e: BaseException) -> str:
+    import re
+
+    text = re.sub(r"^\[ONNXRuntimeError\] : \d+ : \w+ : ", "", str(e).strip())
+    text = re.sub(r"^/onnxruntime_src/\S+ ", "", text)
+    return (text.splitlines()[0] if text else type(e).__name__)[:300]
 
 
 def max_abs_diff(a: list[np.ndarray], b: list[np.ndarray]) -> float:

@@ -102,3 +102,20 @@ def profile_shapes(inputs: list, profiles: tuple[Profile, ...]) -> list[dict[str
 def shape_label(shapes: dict[str, tuple]) -> str:
     """'1x3x224x224' (inputs joined by ',')."""
     return ",".join("x".join(map(str, s)) for s in shapes.values())
+
+
+def check_profiles(inputs: list, profiles: tuple[Profile, ...]) -> None:
+    """--shapes against the model's inputs (InputSpecs): names, ranks and static dims."""
+    specs = {i.name: i for i in inputs}
+    for p in profiles:
+        spec = specs.get(p.name)
+        if spec is None:
+            raise TrtBuildError(f"--shapes {p.name}: no such model input (inputs: "
+                                f"{', '.join(specs)})")
+        if len(p.min) != len(spec.dims):
+            raise TrtBuildError(f"--shapes {p.name}: rank {len(p.min)} given, the input has "
+                                f"rank {len(spec.dims)} {spec.shape}")
+        for shape in (p.min, p.opt, p.max):
+            if any(d >= 0 and d != g for d, g in zip(spec.dims, shape)):
+                raise TrtBuildError(f"--shapes {p.name}: {shape} does not keep the input's "
+                                    f"static dims {spec.shape}")

@@ -83,7 +83,7 @@ def import_target(target: str) -> Any:
         return importlib.import_module(target)
     except ModuleNotFoundError as e:
         raise TrtBuildError(f"{target}: cannot import module ({e})")
-    except Exception as e:  # user code failing at import time
+    except (Exception, SystemExit) as e:  # user code failing (or exiting) at import time
         raise TrtBuildError(f"{target}: importing failed: {type(e).__name__}: {e}")
 
 
@@ -92,7 +92,7 @@ def _call_factory(text: str, fn: Any) -> tuple[Any, Any]:
 
     try:
         result = fn()
-    except Exception as e:
+    except (Exception, SystemExit) as e:  # the factory's exit is not trtbuild's
         raise TrtBuildError(f"{text}: factory raised {type(e).__name__}: {e}")
     module, examples = result, None
     if isinstance(result, tuple) and len(result) == 2:

@@ -54,7 +54,11 @@ def check_feed(ctx: Context, model: Any) -> tuple[dict[str, Any], str]:
     """Inputs for the before/after check: the first calibration (or validation) sample;
     else random values of the shapes given with --input / --shapes (opt); else batch 2 and
     DEFAULT_DIM for other symbolic dims."""
+    from ..onnx.inputs import model_inputs
+    from ..onnx.shapes import check_profiles
+
     s = ctx.settings
+    check_profiles(model_inputs(model), s.engine.profiles)
     sample = ctx.first_sample(model)
     if sample:
         return sample
@@ -97,7 +101,7 @@ def clean(src: Path, out: Path, passes: list[tuple[str, Pass]] = PASSES,
     cleaned, done = clean_model(prepared_model, passes)
     io.check_model(cleaned, out)
     inputs, described = feed(model) if feed else (random_feed(model, batch=2, seed=1), "random")
-    diff = outputs_diff(model, cleaned, feed=inputs)
+    diff = outputs_diff(model, cleaned, feed=inputs, where=src)
     if diff > MAX_DIFF:
         raise TrtBuildError(f"{src}: cleaning changed the outputs (max abs diff {diff:.3g} on "
                             f"{described})", GATE_FAILED)
@@ -125,14 +129,17 @@ def prepare(model: Any) -> tuple[Any, list[str]]:
     return model, done
 
 
-def outputs_diff(a: Any, b: Any, batch: int = 2, feed: dict | None = None) -> float:
+def outputs_diff(a: Any, b: Any, batch: int = 2, feed: dict | None = None,
+                 where: str | Path = "model") -> float:
     """Max abs difference of two models' outputs on the same input (default: random);
     data-dependent outputs (io.data_dependent_outputs) must only agree in dtype and rank.
     Raises TrtBuildError(1) when they do not."""
     feed = feed if feed is not None else random_feed(a, batch=batch, seed=1)
-    diff, problems = io.compare_outputs(model_outputs(a), io.session(a).run(None, feed),
-                                        io.session(b).run(None, feed),
+    before = io.run(io.session(a, where=where), feed, str(where))
+    after = io.run(io.session(b, where=f"{where} (cleaned)"), feed, f"{where} (cleaned)")
+    diff, problems = io.compare_outputs(model_outputs(a), before, after,
                                         io.data_dependent_outputs(a))
     if problems:
-        raise TrtBuildError(f"cleaning changed the outputs: {'; '.join(problems)}", GATE_FAILED)
+        raise TrtBuildError(f"{where}: cleaning changed the outputs: {'; '.join(problems)}",
+                            GATE_FAILED)
     return diff

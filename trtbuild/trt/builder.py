@@ -187,7 +187,14 @@ def _add_profiles(builder: Any, network: Any, config: Any, profiles: tuple[Profi
     needed = False
     for i in range(network.num_inputs):
         t = network.get_input(i)
-        p = given.get(t.name) or default_profile(t.name, tuple(t.shape))
+        dims = tuple(t.shape)
+        if t.name in given and len(given[t.name].min) != len(dims):
+            raise TrtBuildError(f"--shapes {t.name}: rank {len(given[t.name].min)} given, the "
+                                f"input has rank {len(dims)} {dims}")
+        if t.name in given and any(d >= 0 and d != g for d, g in zip(dims, given[t.name].opt)):
+            raise TrtBuildError(f"--shapes {t.name}: {given[t.name].opt} does not keep the "
+                                f"input's static dims {dims}")
+        p = given.get(t.name) or default_profile(t.name, dims)
         if p is None:
             continue
         profile.set_shape(t.name, p.min, p.opt, p.max)

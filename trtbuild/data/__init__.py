@@ -7,90 +7,27 @@ is checked before any inference starts.
 
 from __future__ import annotations
 
-import csv
-import json
-from dataclasses import dataclass, fields, replace
+import logging
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator
 
 import numpy as np
 
-from .errors import TrtBuildError
-from .onnx.inputs import InputSpec, model_inputs
+from ..errors import TrtBuildError
+from ..onnx.inputs import InputSpec, model_inputs
+from .arrays import Header, load_npy, npy_header, npz_arrays, npz_headers
+from .images import Preprocess, open_image
+from .labels import read_labels
 
 if TYPE_CHECKING:
-    from .config import DataSettings
+    from ..config import DataSettings
 
+__all__ = ["Dataset", "Preprocess", "open_dataset", "check_source", "read_labels", "rows"]
+log = logging.getLogger(__name__)
+LOADER_CAP = 100_000  # samples a loader script may yield without --max-samples
 IMAGE_EXTS = {".png", ".jpg", ".jpeg", ".bmp"}
 ARRAY_EXTS = {".npy", ".npz"}
 Batch = dict[str, np.ndarray]
-
-
-@dataclass(frozen=True)
-class Preprocess:
-    """Image preprocessing: resize shorter side, center crop, colour, scale, mean/std, layout."""
-
-    resize: int = 0
-    crop: int = 0
-    grayscale: bool = False
-    scale: float = 1.0 / 255.0
-    mean: tuple[float, ...] = ()
-    std: tuple[float, ...] = ()
-    layout: str = "NCHW"
-    dtype: str = "float32"
-
-    @classmethod
-    def from_dir(cls, folder: Path, **overrides: Any) -> "Preprocess":
-        """`preprocess.json` in `folder` (if any), then non-None `overrides` on top."""
-        values: dict[str, Any] = {}
-        spec = folder / "preprocess.json"
-        if spec.is_file():
-            try:
-                values = json.loads(spec.read_text())
-            except json.JSONDecodeError as e:
-                raise TrtBuildError(f"{spec}: not valid JSON ({e.msg} at line {e.lineno})")
-            unknown = set(values) - {f.name for f in fields(cls)}
-            if unknown:
-                raise TrtBuildError(f"{spec}: unknown keys {sorted(unknown)}")
-        values.update({k: v for k, v in overrides.items() if v is not None})
-        for key in ("mean", "std"):
-            values[key] = tuple(float(v) for v in values.get(key, ()))
-        p = replace(cls(), **values)
-        if p.layout not in ("NCHW", "NHWC"):
-            raise TrtBuildError(f"preprocess layout must be NCHW or NHWC, not {p.layout}")
-        return p
-
-    def apply(self, path: Path) -> np.ndarray:
-        """Decode one image into a (C, H, W) or (H, W, C) array. Raises naming the file."""
-        from PIL import Image
-
-        try:
-            with Image.open(path) as im:
-                im = im.convert("L" if self.grayscale else "RGB")
-                im = self._geometry(im)
-                x = np.asarray(im, dtype=np.float32)
-        except (OSError, ValueError, SyntaxError) as e:
-            raise TrtBuildError(f"{path}: cannot decode image ({e})")
-        x = x[..., None] if x.ndim == 2 else x
-        x = x * np.float32(self.scale)
-        if self.mean:
-            x = (x - np.asarray(self.mean, np.float32)) / np.asarray(self.std or (1.0,), np.float32)
-        if self.layout == "NCHW":
-            x = x.transpose(2, 0, 1)
-        return np.ascontiguousarray(x, dtype=self.dtype)
-
-    def _geometry(self, im: Any) -> Any:
-        from PIL import Image
-
-        if self.resize:
-            w, h = im.size
-            k = self.resize / min(w, h)
-            im = im.resize((max(1, round(w * k)), max(1, round(h * k))), Image.BILINEAR)
-        if self.crop:
-            w, h = im.size
-            left, top = (w - self.crop) // 2, (h - self.crop) // 2
-            im = im.crop((left, top, left + self.crop, top + self.crop))
-        return im
 
 
 class Dataset:
@@ -133,26 +70,21 @@ class Dataset:
     def _check_header(self, path: Path) -> None:
         ext = path.suffix.lower()
         if ext == ".npy":
-            shape, dtype = _npy_header(path)
             self._check_array(path, self.inputs[0] if len(self.inputs) == 1 else None,
-                              _Header(shape, dtype))
+                              npy_header(path))
         elif ext == ".npz":
-            with _open_npz(path) as z:
-                for spec in self.inputs:
-                    if spec.name not in z.files:
-                        raise TrtBuildError(f"{path}: no array for input '{spec.name}' "
-                                            f"(has {sorted(z.files)})")
+            headers = npz_headers(path)
+            for spec in self.inputs:
+                if spec.name not in headers:
+                    raise TrtBuildError(f"{path}: no array for input '{spec.name}' "
+                                        f"(has {sorted(headers)})")
+                self._check_array(path, spec, headers[spec.name])
         else:
             self._check_image(path)
 
     def _check_image(self, path: Path) -> None:
-        from PIL import Image
-
-        try:
-            with Image.open(path) as im:
-                w, h = im.size
-        except (OSError, ValueError, SyntaxError) as e:
-            raise TrtBuildError(f"{path}: cannot decode image ({e})")
+        with open_image(path) as im:
+            w, h = im.size
         p = self.preprocess
         if p.crop:
             w = h = p.crop
@@ -165,7 +97,7 @@ class Dataset:
             raise TrtBuildError(f"{path}: image gives shape {shape}, model input "
                                 f"'{self.inputs[0].name}' expects {self.inputs[0].shape[1:]}")
 
-    def _check_array(self, path: Path, spec: InputSpec | None, arr: Any) -> None:
+    def _check_array(self, path: Path, spec: InputSpec | None, arr: Header | np.ndarray) -> None:
         if spec is None:
             raise TrtBuildError(f"{path}: .npy feeds one input; the model has "
                                 f"{len(self.inputs)} (use .npz keyed by input name)")
@@ -188,11 +120,9 @@ class Dataset:
             if ext in IMAGE_EXTS:
                 feed = {self.inputs[0].name: self.preprocess.apply(path)[None]}
             elif ext == ".npy":
-                arr = np.load(path, allow_pickle=False)
-                feed = {self.inputs[0].name: arr}
+                feed = {self.inputs[0].name: load_npy(path)}
             else:
-                with _open_npz(path) as z:
-                    feed = {s.name: z[s.name] for s in self.inputs}
+                feed = npz_arrays(path, [s.name for s in self.inputs])
             yield str(path), self._checked(str(path), feed)
 
     def _checked(self, origin: str, feed: Batch) -> Batch:
@@ -210,22 +140,29 @@ class Dataset:
         return out
 
     def _script_samples(self) -> Iterator[tuple[str, Batch]]:
-        from .onnx.source import import_target
+        from ..onnx.source import import_target
 
         target, _, fn_name = self.script.rpartition(":")
         fn = getattr(import_target(target), fn_name, None)
         if not callable(fn):
             raise TrtBuildError(f"{self.script}: {target} has no callable '{fn_name}'")
+        cap = self.max_samples or LOADER_CAP
         try:
             for k, item in enumerate(fn()):
-                if self.max_samples and k >= self.max_samples:
-                    return
+                if k >= cap:
+                    if self.max_samples:
+                        return
+                    raise TrtBuildError(f"{self.script}: the data loader yielded more than "
+                                        f"{LOADER_CAP} samples; give --max-samples N to use "
+                                        "the first N")
                 if not isinstance(item, dict):
                     raise TrtBuildError(f"{self.script}: item {k} is {type(item).__name__}, "
                                         "expected a dict {input_name: array}")
                 yield f"{self.script}[{k}]", self._checked(f"{self.script}[{k}]", item)
         except TrtBuildError:
             raise
+        except SystemExit as e:  # the loader's exit is not trtbuild's
+            raise TrtBuildError(f"{self.script}: the data loader called sys.exit({e.code})")
         except Exception as e:
             raise TrtBuildError(f"{self.script}: data loader raised {type(e).__name__}: {e}")
 
@@ -246,29 +183,6 @@ class Dataset:
             yield _concat(pending)
 
 
-class _Header:
-    """Shape and dtype of an array not read yet (for the up-front checks)."""
-
-    def __init__(self, shape: tuple, dtype: np.dtype):
-        self.shape, self.dtype = shape, dtype
-
-
-def _npy_header(path: Path) -> tuple[tuple, np.dtype]:
-    """(shape, dtype) from a .npy header alone, without reading the data."""
-    from numpy.lib import format as npy
-
-    try:
-        with open(path, "rb") as f:
-            major, _ = npy.read_magic(f)
-            read = npy.read_array_header_1_0 if major == 1 else npy.read_array_header_2_0
-            shape, _, dtype = read(f)
-    except (OSError, ValueError) as e:
-        raise TrtBuildError(f"{path}: not a readable .npy file ({e})")
-    if dtype.hasobject:
-        raise TrtBuildError(f"{path}: .npy holds Python objects (pickles are never loaded)")
-    return tuple(shape), dtype
-
-
 def rows(feed: Batch) -> int:
     """Samples in a feed: the length of axis 0 of its first non-scalar array."""
     return next((len(a) for a in feed.values() if np.ndim(a)), 1)
@@ -282,26 +196,6 @@ def _concat(feeds: list[Batch]) -> Batch:
 def _is_script(text: str) -> bool:
     target, sep, fn = text.rpartition(":")
     return bool(sep and fn and target.endswith(".py"))
-
-
-def _open_npz(path: Path) -> Any:
-    try:
-        return np.load(path, allow_pickle=False)
-    except (OSError, ValueError) as e:
-        raise TrtBuildError(f"{path}: not a readable .npz file ({e})")
-
-
-def read_labels(folder: Path) -> dict[str, int] | None:
-    """labels.csv (`file,label`, header optional) in a validation directory, if present."""
-    path = Path(folder) / "labels.csv"
-    if not path.is_file():
-        return None
-    labels = {}
-    with open(path, newline="") as f:
-        for row in csv.reader(f):
-            if len(row) >= 2 and row[1].strip().lstrip("-").isdigit():
-                labels[row[0].strip()] = int(row[1])
-    return labels
 
 
 def open_dataset(source: str | Path, model: Any, s: "DataSettings") -> Dataset:
