@@ -460,3 +460,24 @@ def test_suite_counts():
         counts[verdict] = counts.get(verdict, 0) + 1
     print(f"\nbad-input suite: {len(RESULTS)} cases: {counts}", file=sys.stderr)
     assert set(counts) <= {"ok"}
+
+
+def test_read_only_cache_still_serves_hits(tmp_path, monkeypatch):
+    """The sandbox runs as root, which ignores file modes, so the read-only filesystem is
+    simulated where the cache first writes (EROFS from mkdir): a hit needs no write."""
+    import errno
+
+    from trtbuild.cache import EngineCache
+
+    cache = EngineCache(tmp_path / "c")
+    first = cache.get_or_build("sm_86", "trt-x", "k" * 64, lambda: (b"E" * 100, {}))
+    assert not first.hit
+
+    def read_only(self, folder):
+        raise OSError(errno.EROFS, "Read-only file system", str(folder))
+
+    monkeypatch.setattr(EngineCache, "_make_dirs", read_only)
+    again = cache.get_or_build("sm_86", "trt-x", "k" * 64, lambda: pytest.fail("rebuilt"))
+    assert again.hit and again.engine == b"E" * 100
+    miss = cache.get_or_build("sm_86", "trt-x", "m" * 64, lambda: (b"F" * 10, {}))
+    assert not miss.hit and not cache.entry("sm_86", "trt-x", "m" * 64).exists()
