@@ -235,9 +235,12 @@ def _(tmp):
 
 
 # --- output paths -----------------------------------------------------------------------
-@case("export -o /dev/null", 2, "not a regular file")
+@case("export -o a FIFO (as /dev/null)", 2, "not a regular file")
 def _(tmp):
-    return ["export", DIGITS, "-o", "/dev/null"]
+    # a FIFO of our own, not the real /dev/null: a regression must not break the machine
+    # (the old code, run as root, replaced /dev/null with a regular file)
+    os.mkfifo(tmp / "special")
+    return ["export", DIGITS, "-o", tmp / "special"]
 
 
 @case("torchvision name with ../", 2, "no such torchvision model")
@@ -306,8 +309,14 @@ def test_bad_input(name, tmp_path):
     assert RESULTS[name] == "ok", f"{RESULTS[name]}: exit {proc.returncode}\n{proc.stderr}"
 
 
-def test_dev_null_is_untouched(tmp_path):
-    assert stat.S_ISCHR(os.stat("/dev/null").st_mode)
+def test_special_output_file_is_untouched(tmp_path):
+    os.mkfifo(tmp_path / "special")
+    for cmd in (["export", DIGITS, "-o", tmp_path / "special"],
+                ["clean", _digits_onnx(tmp_path), "-o", tmp_path / "special"],
+                ["bench", _digits_onnx(tmp_path), "--iterations", "1", "-o",
+                 tmp_path / "special"]):
+        assert run_cli(*cmd).returncode == 2
+        assert stat.S_ISFIFO(os.lstat(tmp_path / "special").st_mode)
 
 
 def test_rerun_into_the_same_out_leaves_nothing_stale(tmp_path):
