@@ -70,9 +70,9 @@ def test_keep_nodes_override(encoder):
     assert info["fp32_nodes"] == fp16.convert(encoder)[1]["fp32_nodes"] + 1
 
 
-def test_simulation_tracks_the_real_fp16_model(encoder):
+def test_emulation_tracks_the_real_fp16_model(encoder):
     half, info = fp16.convert(encoder)
-    sim = fp16.simulated(encoder)
+    sim = fp16.emulated(encoder)
     d_sim, d_real = outputs_diff(encoder, sim), outputs_diff(encoder, half)
     assert 0 < d_sim < 0.02 and 0 < d_real < 0.02
     assert outputs_diff(sim, half) < 0.02
@@ -80,3 +80,72 @@ def test_simulation_tracks_the_real_fp16_model(encoder):
 
 def test_mask_constants_saturate_instead_of_inf():
     assert fp16._to_half(np.array([-3.4e38, 1.0], np.float32)).tolist() == [-65504.0, 1.0]
+
+
+def _square_model(tmp_path):
+    """y = (x * x) / 1000: with x = 300 the product 90000 is past FP16's 65504."""
+    from onnx import helper, numpy_helper
+
+    g = helper.make_graph(
+        [helper.make_node("Mul", ["x", "x"], ["m"], name="square"),
+         helper.make_node("Div", ["m", "k"], ["y"], name="scale")], "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 8])],
+        [numpy_helper.from_array(np.array(1000, np.float32), "k")])
+    return onnx.shape_inference.infer_shapes(
+        helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]))
+
+
+def test_emulation_catches_an_overflow_onnx_runtime_misses(tmp_path):
+    model = _square_model(tmp_path)
+    x = {"x": np.full((1, 8), 300, np.float32)}
+    half, _ = fp16.convert(model)
+    ort_fp16 = onnxio.session(half).run(None, x)[0]
+    emulated = onnxio.session(fp16.emulated(model)).run(None, x)[0]
+    assert np.allclose(ort_fp16, 90.0)  # ONNX Runtime's CPU FP16 run: no overflow seen
+    assert np.isinf(emulated).all()     # what an FP16 engine computes
+
+
+def test_fp16_stage_keeps_the_overflowing_node_in_fp32(tmp_path):
+    from conftest import run_cli
+
+    onnx.save(_square_model(tmp_path), str(tmp_path / "sq.onnx"))
+    val = tmp_path / "val"
+    val.mkdir()
+    for k in range(3):
+        np.save(val / f"{k}.npy", np.full((1, 8), 250 + 20 * k, np.float32))
+    proc = run_cli(tmp_path / "sq.onnx", "--fp16", "--val", val, "--target", "onnx",
+                   "--out", tmp_path / "o", "--json")
+    assert proc.returncode == 0, proc.stderr
+    import json
+
+    stage = next(s for s in json.loads(proc.stdout)["stages"] if s["stage"] == "fp16")
+    assert [a["node"] for a in stage["auto_fp32"]] == ["square"]
+    assert "> 65504" in stage["auto_fp32"][0]["reason"]
+    assert stage["outputs"]["y"]["cosine_mean"] > 0.9999 and stage["outputs"]["y"]["non_finite"] == 0
+
+
+def test_batchnorm_folding_removes_an_fp16_range_problem():
+    """PP-OCRv4 det's case: a BatchNormalization with running_var ~1e8 after a Conv."""
+    from onnx import helper, numpy_helper
+
+    from trtbuild.quant.fp16_range import fold_batchnorm
+
+    rng = np.random.default_rng(0)
+    inits = [numpy_helper.from_array(rng.standard_normal((4, 3, 3, 3)).astype(np.float32), "w"),
+             numpy_helper.from_array(np.ones(4, np.float32), "gamma"),
+             numpy_helper.from_array(np.zeros(4, np.float32), "beta"),
+             numpy_helper.from_array(np.full(4, 10.0, np.float32), "mean"),
+             numpy_helper.from_array(np.full(4, 9.8e7, np.float32), "var")]
+    g = helper.make_graph(
+        [helper.make_node("Conv", ["x", "w"], ["c"], pads=[1, 1, 1, 1]),
+         helper.make_node("BatchNormalization", ["c", "gamma", "beta", "mean", "var"], ["y"])],
+        "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 8, 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4, 8, 8])], inits)
+    model = onnx.shape_inference.infer_shapes(
+        helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]))
+    folded, n = fold_batchnorm(model)
+    assert n == 1 and [nd.op_type for nd in folded.graph.node] == ["Conv"]
+    assert outputs_diff(model, folded) < 1e-6
+    bad, good = outputs_diff(model, fp16.emulated(model)), outputs_diff(model, fp16.emulated(folded))
+    assert good < 1e-4 < bad  # the unfolded var saturates at 65504 in FP16

@@ -20,8 +20,10 @@ FLOAT32_INPUTS = {"Resize": {1, 2}, "Upsample": {1}}
 TYPE_AGNOSTIC = frozenset({"Shape", "Size"})
 
 
-def convert(model: Any, s: Fp16Settings = Fp16Settings()) -> tuple[Any, dict[str, Any]]:
-    """A float16 copy of a shape-inferred ModelProto, and what was converted."""
+def convert(model: Any, s: Fp16Settings = Fp16Settings(),
+            keep_at: frozenset[int] = frozenset()) -> tuple[Any, dict[str, Any]]:
+    """A float16 copy of a shape-inferred ModelProto, and what was converted. `keep_at`:
+    positions of more nodes to keep in FP32 (fp16_range.range_keeps)."""
     import onnx
     from onnx import TensorProto, helper, numpy_helper
 
@@ -30,7 +32,7 @@ def convert(model: Any, s: Fp16Settings = Fp16Settings()) -> tuple[Any, dict[str
     g = m.graph
     floats = io.float_tensors(m)
     inits = {i.name: i for i in g.initializer}
-    half = half_nodes(g, floats, s)
+    half = half_nodes(g, floats, s, keep_at)
     producer = {o: k for k, n in enumerate(g.node) for o in n.output}
     inputs = {i.name for i in g.input}
     outputs = {o.name for o in g.output}
@@ -104,9 +106,10 @@ def _to_half(arr: np.ndarray) -> np.ndarray:
     return np.clip(arr, -big, big).astype(np.float16)
 
 
-def half_nodes(g: Any, floats: set[str], s: Fp16Settings) -> list[bool]:
+def half_nodes(g: Any, floats: set[str], s: Fp16Settings,
+               keep_at: frozenset[int] = frozenset()) -> list[bool]:
     """Per node, by position (names may be empty or repeated): does it run in FP16?"""
-    half = [_runs_half(n, floats, s) for n in g.node]
+    half = [_runs_half(n, floats, s) and k not in keep_at for k, n in enumerate(g.node)]
     producer = {o: k for k, n in enumerate(g.node) for o in n.output}
     for name in io.subgraph_reads(g):  # subgraphs read outer tensors by name: keep FP32
         if name in producer:
@@ -122,10 +125,14 @@ def _runs_half(node: Any, floats: set[str], s: Fp16Settings) -> bool:
     return any(o in floats for o in node.output)
 
 
-def simulated(model: Any, s: Fp16Settings = Fp16Settings()) -> Any:
-    """FP32 model with FP16 rounding where the FP16 model would run half: weights rounded to
-    float16 and every half node's float outputs round-tripped through Cast(fp16)->Cast(fp32).
-    Used for the CPU accuracy check where ONNX Runtime has no FP16 kernel for an op."""
+def emulated(model: Any, s: Fp16Settings = Fp16Settings(),
+             keep_at: frozenset[int] = frozenset()) -> Any:
+    """What an FP16 engine computes, in FP32 ONNX Runtime: weights rounded to float16 as the
+    FP16 graph stores them, and every half node's float outputs round-tripped through
+    Cast(fp16)->Cast(fp32), so values past 65504 become inf as on the GPU. ONNX Runtime's own
+    FP16 run cannot be trusted for this: its CPU provider computes many FP16 nodes in FP32
+    and drops the casts between them (an (x*x)/1000 with x = 300 gives 90 there, inf on a
+    GPU)."""
     import onnx
     from onnx import TensorProto, helper, numpy_helper
 
@@ -133,7 +140,7 @@ def simulated(model: Any, s: Fp16Settings = Fp16Settings()) -> Any:
     m.CopyFrom(model)
     g = m.graph
     floats = io.float_tensors(m)
-    half = half_nodes(g, floats, s)
+    half = half_nodes(g, floats, s, keep_at)
     used_by_half = {i for n, h in zip(g.node, half) if h for i in n.input}
     for init in g.initializer:
         if init.name in used_by_half and init.data_type == TensorProto.FLOAT:

@@ -30,8 +30,9 @@ def run(ctx: Context, precision: str = "int8") -> dict[str, Any]:
     return check(ctx, ctx.artifacts.precision_models()[precision], precision)
 
 
-def check(ctx: Context, candidate: Path, precision: str) -> dict[str, Any]:
-    """`candidate` (an ONNX model) vs the reference on the evaluation data, with gates."""
+def check(ctx: Context, candidate: Path | bytes, precision: str) -> dict[str, Any]:
+    """`candidate` (an ONNX file, or a serialized model) vs the reference on the evaluation
+    data, with gates."""
     from ..thirdparty import polygraphy
 
     polygraphy()
@@ -40,7 +41,8 @@ def check(ctx: Context, candidate: Path, precision: str) -> dict[str, Any]:
     data, labels, label = ctx.eval_data()
     record = compare_runners(
         _reference_runner(ctx),
-        OnnxrtRunner(SessionFromOnnx(str(candidate), providers=["cpu"]), name=precision),
+        OnnxrtRunner(SessionFromOnnx(candidate if isinstance(candidate, bytes) else
+                                     str(candidate), providers=["cpu"]), name=precision),
         data, precision, labels)
     record["val"] = label
     record["gate_failures"] = gate_failures(record, ctx.settings.gates)

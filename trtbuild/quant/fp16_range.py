@@ -1,0 +1,133 @@
+"""What FP16 cannot hold, found before conversion: BatchNormalization folded into the
+preceding Conv (a running_var of 9.8e7 is no FP16 number, its folded scale is), then the
+nodes whose measured outputs or weights leave FP16's range or precision kept in FP32.
+
+ModelOpt's AutoCast keeps nodes by fixed thresholds (|I/O| > 512, initializers > 65504);
+here each node is judged by the error FP16 rounding gives its own output and weights on
+real samples: overflow (any |y| > 65504), or a relative rounding error over MAX_REL_ERROR
+(values lost to FP16's subnormal range).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from ..config import Fp16Settings
+from ..onnx import io
+from .fp16 import half_nodes
+
+FP16_MAX = float(np.finfo(np.float16).max)
+MAX_REL_ERROR = 1e-2  # FP16 rounding alone is ~5e-4 relative; 20x that means lost values
+
+
+def fold_batchnorm(model: Any) -> tuple[Any, int]:
+    """A copy with every BatchNormalization that follows a Conv or (group 1) ConvTranspose
+    with constant weights, whose output nothing else reads, folded into its weights and
+    bias."""
+    import onnx
+    from onnx import numpy_helper
+
+    m = onnx.ModelProto()
+    m.CopyFrom(model)
+    g = m.graph
+    inits = {i.name: i for i in g.initializer}
+    producer = {o: n for n in g.node for o in n.output}
+    readers: dict[str, int] = {}
+    for n in g.node:
+        for i in n.input:
+            readers[i] = readers.get(i, 0) + 1
+    outputs = {o.name for o in g.output} | io.subgraph_reads(g)
+    folded, drop = 0, []
+    for bn in g.node:
+        if bn.op_type != "BatchNormalization" or len(bn.output) != 1:
+            continue
+        conv = producer.get(bn.input[0])
+        params = [inits.get(t) for t in bn.input[1:5]]
+        group = next((a.i for a in conv.attribute if a.name == "group"), 1) if conv else 1
+        if conv is None or conv.op_type not in ("Conv", "ConvTranspose") or None in params or \
+                (conv.op_type == "ConvTranspose" and group != 1) or \
+                readers.get(bn.input[0], 0) != 1 or bn.input[0] in outputs or \
+                conv.input[1] not in inits or (len(conv.input) > 2 and conv.input[2]
+                                               and conv.input[2] not in inits):
+            continue
+        eps = next((a.f for a in bn.attribute if a.name == "epsilon"), 1e-5)
+        gamma, beta, mean, var = (numpy_helper.to_array(p).astype(np.float64) for p in params)
+        scale = gamma / np.sqrt(var + eps)
+        w = numpy_helper.to_array(inits[conv.input[1]]).astype(np.float64)
+        axis = 1 if conv.op_type == "ConvTranspose" else 0  # the output-channel axis of W
+        b = numpy_helper.to_array(inits[conv.input[2]]).astype(np.float64) \
+            if len(conv.input) > 2 and conv.input[2] else np.zeros(w.shape[axis])
+        shape = [1] * w.ndim
+        shape[axis] = -1
+        w_name, b_name = f"{bn.output[0]}_folded_w", f"{bn.output[0]}_folded_b"
+        g.initializer.extend([
+            numpy_helper.from_array((w * scale.reshape(shape)).astype(np.float32), w_name),
+            numpy_helper.from_array(((b - mean) * scale + beta).astype(np.float32), b_name)])
+        x = conv.input[0]
+        del conv.input[:]
+        conv.input.extend([x, w_name, b_name])
+        conv.output[0] = bn.output[0]
+        drop.append(bn)
+        folded += 1
+    for bn in drop:
+        g.node.remove(bn)
+    io.drop_unused_initializers(g)
+    return m, folded
+
+
+def range_keeps(model: Any, s: Fp16Settings, feeds: list[dict[str, np.ndarray]]
+                ) -> dict[int, str]:
+    """{node position: why} for the nodes FP16 would run that must stay FP32, measured by
+    running the FP32 model on `feeds` with every such node's float outputs observed."""
+    import onnx
+    from onnx import numpy_helper
+
+    g = model.graph
+    floats = io.float_tensors(model)
+    half = half_nodes(g, floats, s)
+    inits = {i.name: i for i in g.initializer}
+    keeps: dict[int, str] = {}
+    for k, n in enumerate(g.node):  # weights: measured once, no data needed
+        for name in n.input:
+            if half[k] and name in inits and name in floats:
+                reason = _fp16_error(numpy_helper.to_array(inits[name]))
+                if reason:
+                    keeps[k] = f"weight {name}: {reason}"
+    watched = {o: k for k, n in enumerate(g.node) if half[k] and k not in keeps
+               for o in n.output if o in floats}
+    if not watched or not feeds:
+        return keeps
+    probe = onnx.ModelProto()
+    probe.CopyFrom(model)
+    del probe.graph.output[:]
+    probe.graph.output.extend(onnx.helper.make_tensor_value_info(t, onnx.TensorProto.FLOAT,
+                                                                 None) for t in watched)
+    sess = io.session(probe)
+    names = list(watched)
+    worst: dict[str, str] = {}
+    for feed in feeds:
+        for name, y in zip(names, io.run(sess, feed, "FP16 range probe")):
+            reason = _fp16_error(np.asarray(y))
+            if reason and name not in worst:
+                worst[name] = reason
+    for name, reason in worst.items():
+        keeps.setdefault(watched[name], f"output {name}: {reason}")
+    return keeps
+
+
+def _fp16_error(x: np.ndarray) -> str | None:
+    """Why FP16 cannot hold `x` (overflow, or relative rounding error), or None."""
+    x = x.astype(np.float64)
+    finite = x[np.isfinite(x)]
+    if finite.size == 0:
+        return None
+    top = float(np.abs(finite).max())
+    if top > FP16_MAX:
+        return f"|x| up to {top:.3g} > {FP16_MAX:.0f}"
+    norm = float(np.linalg.norm(finite))
+    if norm == 0:
+        return None
+    rel = float(np.linalg.norm(finite.astype(np.float16).astype(np.float64) - finite)) / norm
+    return f"FP16 rounding error {rel:.2g} of its norm" if rel > MAX_REL_ERROR else None
