@@ -149,25 +149,34 @@ class EngineCache:
         """Why an entry cannot be used, or None."""
         return self.check(entry, expect)[0]
 
-    def check(self, entry: Path, expect: dict[str, str] | None = None
-              ) -> tuple[str | None, tuple[bytes, dict] | None]:
-        """(problem, None) or (None, (engine, manifest)); reads nothing unbounded."""
+    def manifest(self, entry: Path) -> tuple[str | None, dict]:
+        """(problem, {}) or (None, manifest) from the entry's layout and manifest alone,
+        without reading the engine."""
         if not _is_real_dir(entry):
-            return "not a directory", None
+            return "not a directory", {}
         names = sorted(p.name for p in entry.iterdir())
         if names != sorted([ENGINE, MANIFEST]):
-            return f"unexpected contents {names}", None
-        m_stat, e_stat = _regular(entry / MANIFEST), _regular(entry / ENGINE)
-        if m_stat is None or e_stat is None:
-            return "engine or manifest is not a regular file", None
+            return f"unexpected contents {names}", {}
+        m_stat = _regular(entry / MANIFEST)
+        if m_stat is None or _regular(entry / ENGINE) is None:
+            return "engine or manifest is not a regular file", {}
         if m_stat.st_size > MAX_MANIFEST:
-            return f"manifest of {m_stat.st_size} bytes", None
+            return f"manifest of {m_stat.st_size} bytes", {}
         try:
             manifest = json.loads((entry / MANIFEST).read_bytes().decode("utf-8"))
         except (OSError, UnicodeDecodeError, ValueError) as e:
-            return f"unreadable manifest ({e})", None
+            return f"unreadable manifest ({e})", {}
         if not isinstance(manifest, dict):
-            return f"manifest is a {type(manifest).__name__}, not an object", None
+            return f"manifest is a {type(manifest).__name__}, not an object", {}
+        return None, manifest
+
+    def check(self, entry: Path, expect: dict[str, str] | None = None
+              ) -> tuple[str | None, tuple[bytes, dict] | None]:
+        """(problem, None) or (None, (engine, manifest)); reads nothing unbounded."""
+        problem, manifest = self.manifest(entry)
+        if problem:
+            return problem, None
+        e_stat = (entry / ENGINE).lstat()
         for k, v in (expect or {"key": entry.name}).items():
             if manifest.get(k) != v:
                 return f"foreign entry ({k} {manifest.get(k)!r}, expected {v!r})", None
@@ -235,8 +244,7 @@ class EngineCache:
         """One row per entry: its path under the root, precision, size, creation time."""
         rows = []
         for e in self.entries():
-            problem, found = self.check(e)
-            m = found[1] if found else {}
+            problem, m = self.manifest(e)
             rows.append({"entry": str(e.relative_to(self.root)), "precision": m.get("precision"),
                          "bytes": m.get("engine_bytes"), "created": m.get("created"),
                          "problem": problem})

@@ -25,14 +25,13 @@ def polygraphy(rtx: bool = False) -> Any:
     unless -v. Returns polygraphy.config, whose USE_TENSORRT_RTX tells the flavour in use."""
     if "polygraphy" not in sys.modules and rtx:
         os.environ["POLYGRAPHY_USE_TENSORRT_RTX"] = "1"
-    import onnxruntime as ort
     from polygraphy import config
     from polygraphy.logger import G_LOGGER
 
     G_LOGGER.colors = False
     if not verbose():
         G_LOGGER.module_severity = G_LOGGER.CRITICAL + 1
-        ort.set_default_logger_severity(3)
+    quiet_onnxruntime()  # Polygraphy's sessions use ONNX Runtime's default logger
     return config
 
 

@@ -38,12 +38,10 @@ def run(ctx: Context, models: dict[str, Path] | None = None) -> dict[str, Any]:
         if not timed:  # no engine runs here (or every one was refused): the CPU models
             timed = [{**timing.bench_onnxruntime(path, feeds, s), "model": precision}
                      for precision, path in models.items()]
-        runs += timed
         if ctx.torch_module is not None:
-            runs.append({**timing.bench_torch(ctx.torch_module, _torch_inputs(feeds), s),
-                         "model": "fp32"})
-        for r in runs:
-            r.setdefault("shape", label)
+            timed.append({**timing.bench_torch(ctx.torch_module, _torch_inputs(feeds), s),
+                          "model": "fp32"})
+        runs += [{**r, "shape": label} for r in timed]
     record: dict[str, Any] = {"runs": runs, "warmup": s.warmup, "iterations": s.iterations}
     if refused:
         record["refused"] = refused

@@ -59,12 +59,12 @@ def run_engines(ctx: Context) -> dict[str, Any]:
     if why:
         return {"skipped": why}
     results = []
+    data, labels, _ = ctx.eval_data()  # re-iterable: one pass per engine
     for e in engines:
         entry: dict[str, Any] = {"engine": str(e.path), "builder": e.builder, "arch": e.arch,
                                  "precision": e.precision}
         try:
             runner = runtime.polygraphy_runner(e)
-            data, labels, _ = ctx.eval_data()
             r = compare_runners(_reference_runner(ctx), runner, data, e.precision, labels)
         except runtime.EngineRefused as refused:
             results.append({**entry, "refused": str(refused)})
