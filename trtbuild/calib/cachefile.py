@@ -14,6 +14,7 @@ from ..files import write_text
 
 TRT_VERSION = "100300"  # TensorRT 10.3 writes its version as MAJOR*10000+MINOR*100+PATCH
 ALGORITHMS = {"entropy": "EntropyCalibration2", "percentile": "EntropyCalibration2",
+              "mse": "EntropyCalibration2", "auto": "EntropyCalibration2",
               "max": "MinMaxCalibration"}
 
 

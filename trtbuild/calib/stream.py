@@ -1,5 +1,6 @@
 """Streaming calibration: stream the dataset through ONNX Runtime (CPU), observe every tensor a
-Q/DQ goes on, and turn each histogram into a threshold (entropy, max or percentile).
+Q/DQ goes on, and turn each histogram into a threshold (entropy, max, percentile, mse, or auto: per tensor
+the one of least quantization error).
 
 Peak memory does not grow with the sample count: only one batch's activations and the
 per-tensor histograms are alive at any time.
@@ -16,7 +17,7 @@ from typing import Any, Callable, Iterator
 
 from ..data import Dataset, rows
 from .observer import Histogram
-from .thresholds import amax
+from .thresholds import choose
 
 
 @dataclass
@@ -25,10 +26,17 @@ class CalibResult:
     samples: int
     ignored: dict[str, int] = field(default_factory=dict)
     peak_rss_mb: float = 0.0
+    methods: dict[str, str] = field(default_factory=dict)  # tensor -> method that set its amax
 
     def record(self) -> dict[str, Any]:
+        chosen: dict[str, int] = {}
+        for m in self.methods.values():
+            chosen[m] = chosen.get(m, 0) + 1
         return {"samples": self.samples, "tensors": len(self.amaxes),
-                "ignored_sentinels": self.ignored, "peak_rss_mb": round(self.peak_rss_mb, 1)}
+                "ignored_sentinels": self.ignored, "peak_rss_mb": round(self.peak_rss_mb, 1),
+                "methods_chosen": chosen,
+                "per_tensor": {t: {"amax": a, "method": self.methods.get(t)}
+                               for t, a in self.amaxes.items()}}
 
 
 def observed_model(model: Any, tensors: list[str]) -> Any:
@@ -73,12 +81,13 @@ def calibrate(model: Any, tensors: list[str], data: Dataset, method: str, percen
     if worker:
         worker.join()
     with ThreadPoolExecutor(2) as pool:  # the KL searches are numpy work that drops the GIL
-        found = pool.map(lambda t: hists[t].amax if t in inputs else
-                         amax(hists[t], method, percentile), tensors)
-        amaxes = dict(zip(tensors, found))
+        found = list(pool.map(lambda t: (hists[t].amax, "max") if t in inputs else
+                              choose(hists[t], method, percentile), tensors))
+    amaxes = {t: a for t, (a, _) in zip(tensors, found)}
+    methods = {t: m for t, (_, m) in zip(tensors, found)}
     ignored = {t: h.ignored for t, h in hists.items() if h.ignored}
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    return CalibResult(amaxes, samples, ignored, rss)
+    return CalibResult(amaxes, samples, ignored, rss, methods)
 
 
 def _prefetched(batches: Iterator[dict], depth: int = 2) -> Iterator[dict]:

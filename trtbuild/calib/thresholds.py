@@ -1,5 +1,6 @@
 """Thresholds (amax) from an |x| histogram: entropy (TensorRT EntropyCalibration2), max,
-percentile. See ../shared/design/entropy-calibration.md for the specification.
+percentile, mse, and auto (per tensor, the candidate of least quantization error).
+See ../shared/design/entropy-calibration.md for the entropy specification.
 """
 
 from __future__ import annotations
@@ -82,9 +83,70 @@ def percentile_amax(hist: Histogram, percentile: float) -> float:
     return min((k + 1) * hist.bin_width, hist.amax)
 
 
+def quant_mse(hist: Histogram, amaxes: np.ndarray) -> np.ndarray:
+    """Mean squared error of symmetric INT8 fake quantization with each candidate amax,
+    estimated at the bin centres (ModelOpt/pytorch-quantization's HistogramCalibrator "mse"
+    estimate): rounding error inside the range, clipping error beyond it. (k,) for k amaxes."""
+    counts = hist.counts.astype(np.float64)
+    nz = np.nonzero(counts)[0]
+    centres = (nz + 0.5) * hist.bin_width
+    w = counts[nz] / counts.sum()
+    step = np.maximum(np.asarray(amaxes, np.float64), 1e-30)[:, None] / 127.0
+    q = np.minimum(np.round(centres[None, :] / step), 127.0) * step
+    return ((q - centres[None, :]) ** 2 * w[None, :]).sum(axis=1)
+
+
+MSE_GRID = 256  # candidate amaxes of the mse search, evenly spaced bin edges up to the max
+
+
+def mse_candidates(hist: Histogram) -> np.ndarray:
+    top = max(1, int(np.ceil(hist.amax / hist.bin_width)))
+    edges = np.unique(np.linspace(1, top, min(MSE_GRID, top)).round().astype(int))
+    return np.minimum(edges * hist.bin_width, hist.amax)
+
+
+AUTO_PERCENTILES = (99.9, 99.99, 99.999)
+
+
+def auto_amax(hist: Histogram) -> tuple[float, str, dict[str, float]]:
+    """Per tensor, the amax of least quantization MSE among entropy, max, percentiles and
+    an MSE search over the range: (amax, method, {method: amax} of the candidates).
+
+    Entropy alone fails where the |x| histogram has a spike below the bulk of the range
+    (a SiLU's negative lobe piles up near 0.28): its KL search stops there and clips the
+    positive values; the MSE of that clip is orders of magnitude above max's, so it loses.
+    """
+    if hist.range == 0.0 or hist.counts.sum() == 0:
+        return hist.amax, "max", {"max": hist.amax}
+    named = {"entropy": entropy_amax(hist), "max": hist.amax}
+    for p in AUTO_PERCENTILES:
+        named[f"percentile{p:g}"] = percentile_amax(hist, p)
+    grid = mse_candidates(hist)
+    errs = quant_mse(hist, np.concatenate([list(named.values()), grid]))
+    best = int(np.argmin(errs))  # ties go to the named methods, listed first
+    names = list(named)
+    if best < len(names):
+        return named[names[best]], names[best], named
+    named["mse"] = float(grid[best - len(names)])
+    return named["mse"], "mse", named
+
+
 def amax(hist: Histogram, method: str, percentile: float) -> float:
+    return choose(hist, method, percentile)[0]
+
+
+def choose(hist: Histogram, method: str, percentile: float) -> tuple[float, str]:
+    """(amax, the method that gave it): `method` itself, or auto's per-tensor pick."""
     if method == "entropy":
-        return entropy_amax(hist)
+        return entropy_amax(hist), method
     if method == "percentile":
-        return percentile_amax(hist, percentile)
-    return hist.amax
+        return percentile_amax(hist, percentile), method
+    if method == "mse":
+        if hist.range == 0.0 or hist.counts.sum() == 0:
+            return hist.amax, method
+        grid = mse_candidates(hist)
+        return float(grid[int(np.argmin(quant_mse(hist, grid)))]), method
+    if method == "auto":
+        found, chosen, _ = auto_amax(hist)
+        return found, chosen
+    return hist.amax, "max"

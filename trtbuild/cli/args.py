@@ -87,8 +87,10 @@ def calib_group(p: argparse.ArgumentParser) -> None:
                    help="reuse a TensorRT calibration cache; recalibrates (and says why) when it "
                         "lacks a tensor of this model")
     g.add_argument("--calib-method", choices=CALIB_METHODS,
-                   help=f"threshold method (default {CALIB_DEFAULTS.method}: TensorRT "
-                        "EntropyCalibration2)")
+                   help=f"threshold method (default {CALIB_DEFAULTS.method}). entropy: TensorRT "
+                        "EntropyCalibration2; max; percentile; mse: least quantization error; "
+                        "auto: per tensor, whichever of these quantizes it with the least "
+                        "error (report.json records each tensor's method and amax)")
     g.add_argument("--percentile", type=float,
                    help=f"for --calib-method percentile (default {CALIB_DEFAULTS.percentile})")
 
