@@ -67,7 +67,7 @@ def run_stages(ctx: Context, stages: list[tuple[str, Stage]],
     return ctx
 
 
-ARTIFACTS = ("report.json", "model.onnx", "model.onnx.data", "model.clean.onnx",
+ARTIFACTS = ("report.json", "report.html", "model.onnx", "model.onnx.data", "model.clean.onnx",
              "model.clean.onnx.data", "model.fp16.onnx", "model.fp16sim.onnx", "calib.cache",
              "calib.trt.cache", "model.int8.onnx")
 

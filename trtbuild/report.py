@@ -32,9 +32,13 @@ class Report:
                 "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "stages": self.stages}
 
     def save(self) -> None:
+        from .report_html import write_beside  # lazy: report_html reuses summary_line
+
         if self.path is None:
             return
-        write_text(self.path, dumps(self.to_dict()) + "\n")
+        text = dumps(self.to_dict()) + "\n"
+        write_text(self.path, text)
+        write_beside(self.path, json.loads(text))  # the page shows exactly what the JSON says
 
 
 def dumps(data: Any) -> str:

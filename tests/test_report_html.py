@@ -1,0 +1,178 @@
+"""report.html (#10 part 5): written beside report.json after every stage, rendered from a
+real digits-demo run and from a hand-written report with the (future) sensitivity stage, and
+opened in headless Chromium from a file:// URL, which must log no console message at all."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+import pytest
+from conftest import run_cli
+
+from trtbuild import report_html
+from trtbuild.report import Report
+
+REGIONS = [  # graph order; MAC shares sum to 1
+    {"node": "conv_1", "op_type": "Conv", "macs": 400, "mac_share": 0.4, "sensitivity": 0.02,
+     "precision": "int8"},
+    {"node": "conv_2<b>", "op_type": "Conv", "macs": 300, "mac_share": 0.3, "sensitivity": 0.3,
+     "precision": "fp16"},
+    {"node": "gemm_&_head", "op_type": "Gemm", "macs": 200, "mac_share": 0.2,
+     "sensitivity": 0.6, "precision": "fp32"},
+    {"node": "add_1", "op_type": "Add", "macs": 100, "mac_share": 0.1, "sensitivity": -0.01,
+     "precision": "int8"},
+]
+
+HAND_WRITTEN = {
+    "trtbuild": "0.2.0", "model": "<script>alert(1)</script>.onnx", "created": "2026-01-01T00:00:00",
+    "stages": [
+        {"stage": "export", "seconds": 1.5, "max_abs_err": 1e-7, "output": "/o/model.onnx"},
+        {"stage": "validate", "seconds": 0.5, "precision": "int8", "samples": 10,
+         "outputs": {"logits": {"cosine_mean": 0.99999993, "cosine_min": 0.98,
+                                "max_abs_err": 0.5, "mean_abs_err": 0.01,
+                                "top1_agreement": 0.9, "psnr_db": 41.5}},
+         "label_accuracy": {"reference": 0.9, "candidate": 0.8, "delta_points": -10.0},
+         "scores": {"map50": 0.71}, "gate_failures": ["cosine 0.98 < 0.99"]},
+        {"stage": "validate_engines", "seconds": 0.1, "engines": [
+            {"engine": "/o/engines/sm_86/model.int8.engine", "arch": "sm_86",
+             "precision": "int8", "samples": 10,
+             "outputs": {"logits": {"cosine_mean": 0.97, "new_metric": None}}},
+            {"engine": "/o/engines/sm_89/model.int8.engine", "arch": "sm_89",
+             "precision": "int8", "refused": "needs sm_89"}]},
+        {"stage": "sensitivity", "seconds": 3.0, "metric": "cosine", "target": 0.99,
+         "before": 0.61, "after": 0.995, "int8_mac_coverage": 0.5, "evaluations": 12,
+         "regions": REGIONS},
+        {"stage": "bench", "seconds": 0.2, "baseline": "old/report.json", "max_regression": 0.05,
+         "runs": [{"runner": "tensorrt", "device": "H100", "model": "int8", "arch": "sm_90",
+                   "shape": "1x3x8x8", "p50_ms": 0.1, "p99_ms": 0.2, "throughput_per_s": 1e4}],
+         "comparison": [{"runner": "tensorrt", "model": "int8", "shape": "1x3x8x8",
+                         "baseline_p50_ms": 0.05, "p50_ms": 0.1, "change": 1.0,
+                         "regressed": True}]},
+    ],
+}
+
+
+def test_hand_written_report_renders_every_section_escaped():
+    page = report_html.render(HAND_WRITTEN)
+    assert "<script" not in page and "&lt;script&gt;alert(1)&lt;/script&gt;" in page
+    assert "conv_2&lt;b&gt;" in page and "gemm_&amp;_head" in page
+    for ident in ("stages", "accuracy", "sensitivity", "latency"):
+        assert f'<section id="{ident}">' in page
+    # accuracy: the known metrics first, then the new ones generically; n/a for a null
+    head = re.search(r'id="accuracy">.*?<thead>(.*?)</thead>', page, re.S).group(1)
+    assert head.index("cosine_mean") < head.index("max_abs_err") < head.index("new_metric") \
+        < head.index("psnr_db")
+    assert "0.99999993" in page and "41.5" in page and "map50 0.71" in page and "n/a" in page
+    assert "refused: needs sm_89" in page and "cosine 0.98 &lt; 0.99" in page
+    assert "regressed" in page and "+100.0%" in page
+
+
+def test_sensitivity_chart_and_precision_map():
+    page = report_html.render(HAND_WRITTEN)
+    bars = _svg(page, "sensitivity-bars")
+    strip = _svg(page, "precision-map")
+    assert [c for c, _ in bars] == [f"prec-{r['precision']}" for r in REGIONS]
+    assert [c for c, _ in strip] == [f"prec-{r['precision']}" for r in REGIONS]
+    heights = [float(a["height"]) for _, a in bars]
+    assert heights[2] == max(heights) and heights[3] == 0.0  # negative: no bar
+    assert heights[1] == pytest.approx(heights[2] / 2, rel=1e-3)
+    widths = [float(a["width"]) for _, a in strip]  # width proportional to MAC share
+    assert [w / sum(widths) for w in widths] == pytest.approx([0.4, 0.3, 0.2, 0.1], abs=1e-3)
+    assert "<dt>INT8 MAC coverage</dt><dd>50.0%</dd>" in page
+    assert "<dt>evaluations</dt><dd>12</dd>" in page
+
+
+def test_missing_and_odd_keys_never_raise():
+    odd = {"stages": [{"stage": "validate"}, {"stage": "bench", "runs": [{}]},
+                      {"stage": "sensitivity", "regions": [{"precision": "int4"}]},
+                      {"stage": "validate_engines", "skipped": "no GPU"},
+                      {"stage": "fp16", "outputs": {"y": "not a dict"}}, "not a record"]}
+    page = report_html.render(odd)
+    assert "prec-other" in page and "not checked: no GPU" in page
+
+
+def test_written_beside_report_json_on_every_save(tmp_path):
+    report = Report(tmp_path / "report.json", model="m")
+    report.add("export", 1.0, max_abs_err=0.0)
+    assert (tmp_path / "report.html").is_file()
+    report.add("clean", 1.0, nodes_before=3, nodes_after=2, max_abs_diff=0.0)
+    assert "nodes 3 -&gt; 2" in (tmp_path / "report.html").read_text()
+    # an output named *.html is the JSON itself: no page overwrites it
+    Report(tmp_path / "r.html", model="m").add("export", 1.0)
+    assert json.loads((tmp_path / "r.html").read_text())["model"] == "m"
+    # a link where the page goes is left alone
+    (tmp_path / "s.html").symlink_to(tmp_path / "elsewhere")
+    Report(tmp_path / "s.json", model="m").add("export", 1.0)
+    assert (tmp_path / "s.html").is_symlink() and not (tmp_path / "elsewhere").exists()
+
+
+def test_real_demo_report_and_hand_written_one_load_cleanly_in_chromium(tmp_path):
+    chromium = _chromium()
+    # the browser check itself: a broken page must be caught
+    bad = tmp_path / "bad.html"
+    bad.write_text("<!DOCTYPE html><p>x</p><script>console.error('e'); nope();</script>")
+    assert _console(chromium, bad)[0], "console errors not detected"
+
+    out = tmp_path / "demo"
+    proc = run_cli("demo", "--out", out, "--int8", "--fp16", "--bench", "--warmup", "1",
+                   "--iterations", "3", "--json")
+    assert proc.returncode == 0, proc.stderr
+    data = json.loads((out / "report.json").read_text())
+    stages = [s["stage"] for s in data["stages"]]
+    assert {"fp16", "validate", "bench"} <= set(stages)
+    messages, dom = _console(chromium, out / "report.html")
+    assert not messages, messages
+    assert data["created"] in dom  # the page is the final report.json, not an earlier one
+    for heading in ("Stages", "Accuracy per precision", "Latency"):
+        assert f"<h2>{heading}</h2>" in dom
+    assert sum(f"<td>{s}</td>" in dom for s in stages) == len(stages)
+    bench = next(s for s in data["stages"] if s["stage"] == "bench")
+    latency = dom.split('<section id="latency">', 1)[1]
+    assert latency.count("<tr>") == len(bench["runs"]) + 1  # + the header row
+
+    hand = tmp_path / "hand" / "report.html"
+    hand.parent.mkdir()
+    hand.write_text(report_html.render(HAND_WRITTEN))
+    messages, dom = _console(chromium, hand)
+    assert not messages, messages
+    assert "<h2>Sensitivity and mixed precision</h2>" in dom
+    assert len(_svg(dom, "sensitivity-bars")) == len(REGIONS)
+    assert len(_svg(dom, "precision-map")) == len(REGIONS)
+
+
+def _chromium() -> str:
+    path = shutil.which("chromium")
+    if path is None:
+        if os.environ.get("CI"):
+            pytest.fail("chromium is not installed (CI installs it: apt-get install chromium)")
+        pytest.skip("chromium is not installed")
+    return path
+
+
+def _console(chromium: str, page: Path) -> tuple[list[str], str]:
+    """Open `page` from a file:// URL: (console messages, the DOM after load). The page has
+    no script, so any console message at all (error, CSP violation) is a fault."""
+    with tempfile.TemporaryDirectory() as profile:
+        proc = subprocess.run(
+            [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
+             "--no-first-run", "--disable-background-networking", "--disable-component-update",
+             "--disable-sync", f"--user-data-dir={profile}", "--enable-logging=stderr", "--v=0",
+             "--dump-dom", page.resolve().as_uri()],
+            capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    messages = [ln for ln in proc.stderr.splitlines()
+                if re.search(r":CONSOLE[:(]", ln) or "Uncaught" in ln]
+    return messages, proc.stdout
+
+
+def _svg(page: str, ident: str) -> list[tuple[str, dict[str, str]]]:
+    """(class, attributes) of each <rect> in the SVG with this id."""
+    svg = re.search(rf'<svg[^>]*id="{ident}".*?</svg>', page, re.S).group(0)
+    rects = [dict(re.findall(r'(\S+?)="([^"]*)"', m)) for m in re.findall(r"<rect ([^>]*)>", svg)]
+    return [(r["class"], r) for r in rects]

@@ -1,0 +1,339 @@
+"""report.html: a static page rendered from report.json's content, written beside it.
+
+One self-contained file (inline CSS and SVG, no script, no external resource; a
+Content-Security-Policy says so), so it opens from a CI artifact store or a file:// URL.
+Records are read defensively: a missing or new key must never stop a build, so unknown
+numeric metrics are shown generically and a record that cannot be summarised shows blank.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import stat
+from html import escape
+from pathlib import Path
+from typing import Any
+
+from .files import write_text
+
+log = logging.getLogger(__name__)
+
+PRECISIONS = ("int8", "fp16", "fp32")  # the ones with a colour; anything else is grey
+ACCURACY_STAGES = ("fp16", "validate")
+# metrics shown first, in this order; any other numeric key follows, sorted
+KNOWN_METRICS = ("cosine_mean", "cosine_min", "top1_agreement", "max_abs_err", "mean_abs_err")
+REGRESSED = "<span class=\"bad\">regressed</span>"
+KNOWN_RUN_KEYS = ("runner", "device", "model", "arch", "shape", "batch", "p50_ms", "p90_ms",
+                  "p99_ms", "mean_ms", "min_ms", "throughput_per_s", "iterations")
+
+CSS = """
+body{font:14px/1.45 system-ui,sans-serif;color:#222;max-width:78rem;margin:1.5rem auto;padding:0 1rem}
+h1{font-size:1.5rem;margin:0 0 .5rem}h2{font-size:1.15rem;margin:2rem 0 .5rem;border-bottom:1px solid #ccc}
+dl.meta{display:grid;grid-template-columns:max-content 1fr;gap:.1rem 1rem;margin:0}
+dl.meta dt{font-weight:600}dl.meta dd{margin:0}
+div.scroll{overflow-x:auto}table{border-collapse:collapse;margin:.5rem 0}
+th,td{border:1px solid #ddd;padding:.2rem .5rem;text-align:left;vertical-align:top}
+th{background:#f3f3f3}td.num{text-align:right;font-variant-numeric:tabular-nums}
+td.summary{white-space:pre-wrap;font-family:ui-monospace,monospace;font-size:12px}
+.bad{color:#b00020;font-weight:600}.ok{color:#1b7a3a}
+.prec-int8{fill:#1b9e77;background:#1b9e77}.prec-fp16{fill:#d95f02;background:#d95f02}
+.prec-fp32{fill:#7570b3;background:#7570b3}.prec-other{fill:#999;background:#999}
+.swatch{display:inline-block;width:.8rem;height:.8rem;margin-right:.3rem;vertical-align:-1px}
+.legend span.item{margin-right:1rem}
+svg.chart{width:100%;height:auto;border:1px solid #ddd;background:#fff}
+svg.chart text{font:11px system-ui,sans-serif;fill:#444}
+"""
+
+
+def html_path(json_path: Path) -> Path | None:
+    """report.json -> report.html (same stem); None when that would be the JSON file itself."""
+    path = Path(json_path).with_suffix(".html")
+    return None if path == Path(json_path) else path
+
+
+def write_beside(json_path: Path, data: dict[str, Any]) -> Path | None:
+    """Render `data` (report.json's content) to report.html beside `json_path`, atomically.
+    Never raises: report.json is the record, this page only a view of it."""
+    path = html_path(json_path)
+    if path is None:
+        return None
+    try:
+        st = os.lstat(path) if os.path.lexists(path) else None
+        if st is not None and not stat.S_ISREG(st.st_mode):  # never replace a link or a device
+            log.warning("%s: not a regular file; report.html not written", path)
+            return None
+        write_text(path, render(data))
+        return path
+    except Exception as e:  # noqa: BLE001 - a view must not fail the build
+        log.warning("%s: not written: %s: %s", path, type(e).__name__, e)
+        return None
+
+
+def render(data: dict[str, Any]) -> str:
+    """The whole page for a report dict."""
+    stages = [s for s in data.get("stages") or [] if isinstance(s, dict)]
+    by_name = {s.get("stage"): s for s in stages}
+    model = str(data.get("model", ""))
+    body = [_header(data), _stage_table(stages)]
+    accuracy = [by_name[n] for n in (*ACCURACY_STAGES, "validate_engines") if n in by_name]
+    if accuracy:
+        body.append(_accuracy(accuracy))
+    if "sensitivity" in by_name:
+        body.append(_sensitivity(by_name["sensitivity"]))
+    if "bench" in by_name:
+        body.append(_latency(by_name["bench"]))
+    # the CSP forbids every script and remote load: any slip shows as a console error
+    return ("<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n"
+            "<meta http-equiv=\"Content-Security-Policy\" content=\"default-src 'none'; "
+            "style-src 'unsafe-inline'; img-src data:\">\n"
+            "<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\n"
+            "<link rel=\"icon\" href=\"data:,\">\n"  # no favicon request
+            f"<title>trtbuild report: {escape(model)}</title>\n<style>{CSS}</style>\n</head>\n"
+            "<body>\n" + "\n".join(body) + "\n</body>\n</html>\n")
+
+
+def _header(data: dict[str, Any]) -> str:
+    rows = [("model", data.get("model")), ("trtbuild", data.get("trtbuild")),
+            ("created", data.get("created"))]
+    items = "".join(f"<dt>{k}</dt><dd>{_text(v)}</dd>" for k, v in rows)
+    return f"<header>\n<h1>trtbuild report</h1>\n<dl class=\"meta\">{items}</dl>\n</header>"
+
+
+def _stage_table(stages: list[dict[str, Any]]) -> str:
+    rows = [f"<tr><td>{_text(s.get('stage'))}</td><td class=\"num\">{_num(s.get('seconds'))}"
+            f"</td><td class=\"summary\">{escape(_summary(s))}</td></tr>" for s in stages]
+    return _section("stages", "Stages", _table(["stage", "seconds", "summary"], rows))
+
+
+def _summary(record: dict[str, Any]) -> str:
+    """summary_line's figures without its own stage and seconds columns."""
+    from .report import summary_line
+
+    try:
+        line = summary_line(str(record.get("stage")), record)
+    except (KeyError, TypeError, ValueError, AttributeError, IndexError):
+        return ""  # a record of another shape (older, newer): the tables below still show it
+    parts = line.split(None, 2)
+    # bench's extra lines are indented for a terminal; the cell keeps their inner alignment
+    return "\n".join(ln.removeprefix("    ") for ln in parts[2].split("\n")) if len(parts) > 2 else ""
+
+
+# accuracy -----------------------------------------------------------------------------
+
+def _accuracy(records: list[dict[str, Any]]) -> str:
+    """One row per (checked model or engine, output); metric columns are the union."""
+    entries, notes = [], []
+    for r in records:
+        if r.get("stage") != "validate_engines":
+            entries.append((f"{r['stage']} (ONNX Runtime, CPU)", r))
+        elif "skipped" in r:
+            notes.append(f"<p>engines: not checked: {_text(r['skipped'])}</p>")
+        else:
+            for e in r.get("engines") or []:
+                if isinstance(e, dict):
+                    where = Path(str(e.get("engine", "?")))
+                    entries.append((f"engine {where.parent.name}/{where.name}", e))
+    metrics = _metric_keys(e for _, e in entries)
+    head = ["checked", "precision", "samples", "output", *metrics, "label accuracy", "scores",
+            "gates"]
+    rows = []
+    for what, e in entries:
+        lead = f"<td>{_text(what)}</td><td>{_precision(e.get('precision'))}</td>" \
+               f"<td class=\"num\">{_num(e.get('samples'))}</td>"
+        if "refused" in e:
+            rows.append(f"<tr>{lead}<td colspan=\"{len(head) - 3}\" class=\"bad\">refused: "
+                        f"{_text(e['refused'])}</td></tr>")
+            continue
+        outputs = e.get("outputs") if isinstance(e.get("outputs"), dict) else {}
+        tail = f"<td>{_label_accuracy(e.get('label_accuracy'))}</td>" \
+               f"<td>{_scores(e.get('scores'))}</td><td>{_gates(e.get('gate_failures'))}</td>"
+        for name, m in outputs.items() or [("", {})]:
+            m = m if isinstance(m, dict) else {}
+            cells = "".join(f"<td class=\"num\">{_num(m.get(k))}</td>" for k in metrics)
+            rows.append(f"<tr>{lead}<td>{_text(name)}</td>{cells}{tail}</tr>")
+    return _section("accuracy", "Accuracy per precision", _table(head, rows) + "".join(notes))
+
+
+def _metric_keys(entries: Any) -> list[str]:
+    found: set[str] = set()
+    for e in entries:
+        for m in (e.get("outputs") or {}).values() if isinstance(e.get("outputs"), dict) else []:
+            # None: a NaN in report.json, still a metric
+            found |= {k for k, v in (m.items() if isinstance(m, dict) else [])
+                      if _is_num(v) or v is None}
+    return [k for k in KNOWN_METRICS if k in found] + sorted(found - set(KNOWN_METRICS))
+
+
+def _label_accuracy(acc: Any) -> str:
+    if not isinstance(acc, dict):
+        return ""
+    return (f"{_num(acc.get('reference'))} &rarr; {_num(acc.get('candidate'))} "
+            f"({_num(acc.get('delta_points'), '+.2f')} points)")
+
+
+def _scores(scores: Any) -> str:
+    if not isinstance(scores, dict):
+        return ""
+    return "<br>".join(f"{_text(k)} {_num(v)}" for k, v in scores.items())
+
+
+def _gates(failures: Any) -> str:
+    if not failures:
+        return "<span class=\"ok\">passed</span>"
+    items = failures if isinstance(failures, list) else [failures]
+    return "<br>".join(f"<span class=\"bad\">{_text(f)}</span>" for f in items)
+
+
+# sensitivity / mixed precision ----------------------------------------------------------
+
+def _sensitivity(r: dict[str, Any]) -> str:
+    regions = [g for g in r.get("regions") or [] if isinstance(g, dict)]
+    totals = [("metric", _text(r.get("metric"))), ("target", _num(r.get("target"))),
+              ("before", _num(r.get("before"))), ("after", _num(r.get("after"))),
+              ("INT8 MAC coverage", _percent(r.get("int8_mac_coverage"))),
+              ("evaluations", _num(r.get("evaluations"))), ("regions", str(len(regions)))]
+    counts = {p: sum(_prec_class(g.get("precision")) == f"prec-{p}" for g in regions)
+              for p in PRECISIONS}
+    totals += [(f"{p} regions", str(n)) for p, n in counts.items() if n]
+    dl = "<dl class=\"meta\">" + "".join(f"<dt>{k}</dt><dd>{v}</dd>" for k, v in totals) + "</dl>"
+    legend = "<p class=\"legend\">" + "".join(
+        f"<span class=\"item\"><span class=\"swatch prec-{p}\"></span>{p}</span>"
+        for p in PRECISIONS) + "</p>"
+    rows = [f"<tr><td class=\"num\">{i}</td><td>{_text(g.get('node'))}</td>"
+            f"<td>{_text(g.get('op_type'))}</td><td class=\"num\">{_num(g.get('macs'))}</td>"
+            f"<td class=\"num\">{_percent(g.get('mac_share'))}</td>"
+            f"<td class=\"num\">{_num(g.get('sensitivity'))}</td>"
+            f"<td>{_precision(g.get('precision'))}</td></tr>" for i, g in enumerate(regions)]
+    table = _table(["#", "node", "op", "MACs", "MAC share", "sensitivity", "precision"], rows)
+    body = (dl + legend + "<h3>Sensitivity per region (graph order)</h3>\n" + _bars(regions)
+            + "<h3>Precision map (graph order, width &prop; MAC share)</h3>\n" + _strip(regions)
+            + f"<details><summary>{len(regions)} regions</summary>\n{table}</details>")
+    return _section("sensitivity", "Sensitivity and mixed precision", body)
+
+
+def _bars(regions: list[dict[str, Any]], width: int = 800, height: int = 220) -> str:
+    """Vertical bars, one per region in graph order; <title> gives each a hover label."""
+    pad_l, pad_b, pad_t = 48, 6, 10
+    values = [g.get("sensitivity") if _is_num(g.get("sensitivity")) else 0.0 for g in regions]
+    top = max([abs(v) for v in values] + [0.0]) or 1.0
+    plot_w, plot_h = width - pad_l - 4, height - pad_t - pad_b
+    step = min(plot_w / max(len(regions), 1), 40.0)  # a few regions: no giant bars
+    parts = [f"<line x1=\"{pad_l}\" y1=\"{pad_t}\" x2=\"{pad_l}\" y2=\"{pad_t + plot_h}\" "
+             "stroke=\"#888\"/>",
+             f"<line x1=\"{pad_l}\" y1=\"{pad_t + plot_h}\" x2=\"{width - 4}\" "
+             f"y2=\"{pad_t + plot_h}\" stroke=\"#888\"/>",
+             f"<text x=\"{pad_l - 4}\" y=\"{pad_t + 8}\" text-anchor=\"end\">{_num(top)}</text>",
+             f"<text x=\"{pad_l - 4}\" y=\"{pad_t + plot_h}\" text-anchor=\"end\">0</text>"]
+    for i, (g, v) in enumerate(zip(regions, values)):
+        h = plot_h * min(max(v, 0.0), top) / top  # negative sensitivity: no bar, still a slot
+        x = pad_l + i * step + step * 0.1
+        parts.append(f"<rect class=\"{_prec_class(g.get('precision'))}\" x=\"{x:.2f}\" "
+                     f"y=\"{pad_t + plot_h - h:.2f}\" width=\"{max(step * 0.8, 0.5):.2f}\" "
+                     f"height=\"{h:.2f}\"><title>{_region_label(g)}</title></rect>")
+    return (f"<svg class=\"chart\" id=\"sensitivity-bars\" xmlns=\"http://www.w3.org/2000/svg\" "
+            f"viewBox=\"0 0 {width} {height}\" role=\"img\" "
+            f"aria-label=\"sensitivity per region\">{''.join(parts)}</svg>\n")
+
+
+def _strip(regions: list[dict[str, Any]], width: int = 800, height: int = 36) -> str:
+    """One rectangle per region, width proportional to its MAC share (MACs when no share)."""
+    shares = [g.get("mac_share") if _is_num(g.get("mac_share")) else None for g in regions]
+    if any(s is None for s in shares):
+        shares = [g.get("macs") if _is_num(g.get("macs")) else 0.0 for g in regions]
+    total = sum(max(s, 0.0) for s in shares) or 1.0
+    x, parts = 0.0, []
+    for g, s in zip(regions, shares):
+        w = width * max(s, 0.0) / total
+        parts.append(f"<rect class=\"{_prec_class(g.get('precision'))}\" x=\"{x:.2f}\" y=\"0\" "
+                     f"width=\"{w:.2f}\" height=\"{height}\" stroke=\"#fff\" stroke-width=\"0.5\">"
+                     f"<title>{_region_label(g)}</title></rect>")
+        x += w
+    return (f"<svg class=\"chart\" id=\"precision-map\" xmlns=\"http://www.w3.org/2000/svg\" "
+            f"viewBox=\"0 0 {width} {height}\" preserveAspectRatio=\"none\" role=\"img\" "
+            f"aria-label=\"precision per region\">{''.join(parts)}</svg>\n")
+
+
+def _region_label(g: dict[str, Any]) -> str:
+    return escape(f"{g.get('node')} ({g.get('op_type')}): {g.get('precision')}, sensitivity "
+                  f"{_plain(g.get('sensitivity'))}, MAC share {_plain(g.get('mac_share'))}")
+
+
+# latency --------------------------------------------------------------------------------
+
+def _latency(r: dict[str, Any]) -> str:
+    runs = [x for x in r.get("runs") or [] if isinstance(x, dict)]
+    present = {k for x in runs for k in x}
+    keys = [k for k in KNOWN_RUN_KEYS if k in present] + sorted(
+        k for k in present - set(KNOWN_RUN_KEYS) if any(_is_num(x.get(k)) for x in runs))
+    rows = ["<tr>" + "".join(f"<td class=\"num\">{_num(x.get(k))}</td>" if _is_num(x.get(k))
+                             else f"<td>{_text(x.get(k, ''))}</td>" for k in keys) + "</tr>"
+            for x in runs]
+    body = _table(keys, rows) if runs else "<p>no runs</p>"
+    refused = r.get("refused") if isinstance(r.get("refused"), dict) else {}
+    body += "".join(f"<p class=\"bad\">{_text(p)}: refused: {_text(why)}</p>"
+                    for p, why in refused.items())
+    comparison = [c for c in r.get("comparison") or [] if isinstance(c, dict)]
+    if "comparison" in r:
+        body += (f"<h3>vs {_text(r.get('baseline'))} (max regression "
+                 f"{_percent(r.get('max_regression'))})</h3>\n")
+        rows = [f"<tr><td>{_text(c.get('runner'))}</td><td>{_text(c.get('model'))}</td>"
+                f"<td>{_text(c.get('shape'))}</td><td class=\"num\">{_num(c.get('baseline_p50_ms'))}"
+                f"</td><td class=\"num\">{_num(c.get('p50_ms'))}</td>"
+                f"<td class=\"num{' bad' if c.get('regressed') else ''}\">"
+                f"{_percent(c.get('change'), '+.1f')}</td>"
+                f"<td>{REGRESSED if c.get('regressed') else ''}</td>"
+                "</tr>" for c in comparison]
+        body += _table(["runner", "model", "shape", "baseline p50 ms", "p50 ms", "change", ""],
+                       rows)
+    body += _gates(r["gate_failures"]) if r.get("gate_failures") else ""
+    return _section("latency", "Latency", body)
+
+
+# small pieces -----------------------------------------------------------------------------
+
+def _section(ident: str, title: str, body: str) -> str:
+    return f"<section id=\"{ident}\">\n<h2>{title}</h2>\n{body}\n</section>"
+
+
+def _table(head: list[str], rows: list[str]) -> str:
+    th = "".join(f"<th>{escape(h)}</th>" for h in head)
+    # wide tables (many metrics) scroll on their own, never the page
+    return f"<div class=\"scroll\"><table>\n<thead><tr>{th}</tr></thead>\n<tbody>\n" + \
+        "\n".join(rows) + "\n</tbody>\n</table></div>\n"
+
+
+def _is_num(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _plain(v: Any) -> str:
+    return f"{v:.6g}" if isinstance(v, float) else str(v)
+
+
+def _num(v: Any, fmt: str = ".6g") -> str:
+    """Numbers as text (6 significant digits); None (a NaN in report.json) as n/a."""
+    if v is None:
+        return "n/a"
+    if isinstance(v, float):
+        text = format(v, fmt)
+        if fmt == ".6g" and float(text) != v and float(text).is_integer():  # not 1 for 0.9999999
+            text = format(v, ".10g")
+        return escape(text)
+    return _text(v)
+
+
+def _percent(v: Any, fmt: str = ".1f") -> str:
+    return f"{format(100 * v, fmt)}%" if _is_num(v) else _num(v)
+
+
+def _text(v: Any) -> str:
+    return "" if v is None else escape(str(v))
+
+
+def _prec_class(p: Any) -> str:
+    return f"prec-{p}" if p in PRECISIONS else "prec-other"
+
+
+def _precision(p: Any) -> str:
+    return f"<span class=\"swatch {_prec_class(p)}\"></span>{_text(p)}" if p is not None else ""
