@@ -289,7 +289,7 @@ def _disagrees(out: Path) -> bool:
     if any(".tmp-" in p.name for p in files):
         return True
     report = out / "report.json"
-    listed = {report}
+    listed = {report, report.with_suffix(".html")}
     if report.is_file():
         for s in json.loads(report.read_text())["stages"]:
             listed |= {Path(s["output"])} if "output" in s else set()

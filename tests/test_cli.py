@@ -41,7 +41,7 @@ def test_build_shorthand_writes_artifacts_and_report(factory_file, tmp_path):
     assert [s["stage"] for s in report["stages"]] == ["export", "clean"]
     assert json.loads((out / "report.json").read_text()) == report
     assert sorted(p.name for p in out.iterdir()) == ["model.clean.onnx", "model.onnx",
-                                                     "report.json"]
+                                                     "report.html", "report.json"]
     assert report["stages"][1]["nodes_after"] <= report["stages"][1]["nodes_before"]
 
 

@@ -22,12 +22,12 @@ def test_data_flags_apply_to_val_without_int8(tmp_path):
                    "16", "--target", "onnx", "--out", tmp_path / "o")
     assert proc.returncode == 2, proc.stderr
     assert "image gives shape (1, 16, 16)" in proc.stderr
-    # --max-samples reaches the validation data too
+    # --max-samples limits calibration only: held-out data is judged whole (#10)
     proc = run_cli("trtbuild.demo.digits:digits_cnn", "--fp16", "--val", VAL_DIR,
                    "--max-samples", "40", "--target", "onnx", "--out", tmp_path / "p", "--json")
     assert proc.returncode == 0, proc.stderr
     fp16 = next(s for s in json.loads(proc.stdout)["stages"] if s["stage"] == "fp16")
-    assert fp16["samples"] == 40
+    assert fp16["samples"] == len(list(Path(VAL_DIR).glob("*.png")))
 
 
 def test_help_command():
@@ -65,7 +65,7 @@ def test_calibrate_a_fresh_torch_export(tmp_path, factory_file):
     stages = [s["stage"] for s in json.loads(proc.stdout)["stages"]]
     assert stages == ["clean", "calibrate", "quantize"]
     assert sorted(p.name for p in (tmp_path / "o").iterdir()) == [
-        "calib.cache", "model.clean.onnx", "model.int8.onnx", "report.json"]
+        "calib.cache", "model.clean.onnx", "model.int8.onnx", "report.html", "report.json"]
 
 
 def test_nothing_to_quantize_is_one_line(tmp_path):

@@ -130,14 +130,63 @@ class Fp16Settings:
         return frozenset(self.keep) - self.keep_ops
 
 
+GATE_OPS = {">=": lambda a, b: a >= b, ">": lambda a, b: a > b,
+            "<=": lambda a, b: a <= b, "<": lambda a, b: a < b}
+
+
+@dataclass(frozen=True)
+class Gate:
+    """`name>=value` (also >, <=, <): a metric of the validation record, or a score of the
+    --metric-script plug-in, that must hold."""
+
+    name: str
+    op: str
+    value: float
+
+    def holds(self, x: float) -> bool:
+        return bool(GATE_OPS[self.op](x, self.value))  # NaN never holds
+
+    def __str__(self) -> str:
+        return f"{self.name}{self.op}{self.value:g}"
+
+
+def parse_gate(text: Any, flag: str = "gate") -> Gate:
+    if isinstance(text, Gate):
+        return text
+    import re
+
+    m = re.fullmatch(r"\s*([A-Za-z_][\w.:/-]*)\s*(>=|<=|>|<)\s*(\S+)\s*", str(text))
+    try:
+        value = float(m.group(3)) if m else math.nan
+    except ValueError:
+        value = math.nan
+    if not m or not math.isfinite(value):
+        raise TrtBuildError(f"--{flag}: '{text}' is not NAME>=NUMBER (or >, <=, <), e.g. "
+                            "strings_equal>=0.95 or cosine_mean>=0.99")
+    return Gate(m.group(1), m.group(2), value)
+
+
 @dataclass(frozen=True)
 class GateSettings:
     min_top1_agreement: float | None = None
     min_cosine: float | None = None
+    gates: tuple[Gate, ...] = ()      # --gate NAME>=X, repeatable
+    metric_script: Any = None         # FILE.py:FN, or (API) a callable: task scores
+    accuracy_target: Gate | None = None  # --accuracy-target: mixed-precision search goal
 
     def __post_init__(self) -> None:
         _finite("min-top1-agreement", self.min_top1_agreement)
         _finite("min-cosine", self.min_cosine)
+        object.__setattr__(self, "gates", tuple(parse_gate(g) for g in _many(self.gates)))
+        if self.accuracy_target is not None:
+            object.__setattr__(self, "accuracy_target",
+                               parse_gate(self.accuracy_target, "accuracy-target"))
+        m = self.metric_script
+        if m is not None and not callable(m):
+            target, sep, fn = str(m).rpartition(":")
+            if not (sep and fn and target.endswith(".py")):
+                raise TrtBuildError(f"--metric-script: '{m}' is not FILE.py:FUNCTION")
+            object.__setattr__(self, "metric_script", str(m))
 
 
 @dataclass(frozen=True)
@@ -271,6 +320,8 @@ OPTIONS: dict[str, tuple[str, str]] = {
     "fp16_io": ("fp16_options", "io"), "fp16_mode": ("fp16_options", "mode"),
     "fp16_keep": ("fp16_options", "keep"),
     "min_top1_agreement": ("gates", "min_top1_agreement"), "min_cosine": ("gates", "min_cosine"),
+    "gates": ("gates", "gates"), "metric_script": ("gates", "metric_script"),
+    "accuracy_target": ("gates", "accuracy_target"),
     "shapes": ("engine", "profiles"), "workspace_mb": ("engine", "workspace_mb"),
     "opt_level": ("engine", "opt_level"), "hardware_compat": ("engine", "hardware_compat"),
     "version_compatible": ("engine", "version_compatible"), "plugins": ("engine", "plugins"),

@@ -64,11 +64,15 @@ class Context:
             self._clean_model = io.load(self.artifacts.clean)
         return self._clean_model
 
-    def dataset(self, source: str) -> Any:
-        """`source` (a directory or FILE.py:FN) read with the data settings."""
+    def dataset(self, source: str, calibration: bool = True) -> Any:
+        """`source` (a directory or FILE.py:FN) read with the data settings; --max-samples
+        limits calibration data only, never what accuracy is judged on."""
+        from dataclasses import replace
+
         from .data import open_dataset
 
-        return open_dataset(source, self.clean_model(), self.settings.data)
+        s = self.settings.data if calibration else replace(self.settings.data, max_samples=0)
+        return open_dataset(source, self.clean_model(), s)
 
     def first_sample(self, model: Any) -> tuple[dict, str] | None:
         """(feed, description) of the first calibration (else validation) sample, read once;
@@ -91,4 +95,5 @@ class Context:
         if not source:
             return RandomData(self.clean_model()), None, "random inputs"
         labels = Path(source) if Path(source).is_dir() else None
-        return self.dataset(source), labels, str(source)
+        # without --val the calibration data is judged on, as capped for calibration
+        return self.dataset(source, calibration=not self.settings.val), labels, str(source)

@@ -1,30 +1,79 @@
-"""Accuracy metrics a deployment gate needs, from reference and candidate outputs:
-per-output max/mean abs error, cosine similarity, top-1 agreement for classifiers, label
-accuracy where labels.csv is given; and the gates that turn them into pass/fail."""
+"""Accuracy metrics a deployment gate needs, from reference and candidate outputs, and the
+gates that turn them into pass/fail.
+
+Per output (batch axis first): max/mean abs error; per-sample cosine; a per-slice cosine
+along every other axis (so box coordinates in 0-320 cannot drown collapsed class scores);
+top-1 agreement for classifiers. Outputs with one value per sample (a VAD probability),
+where cosine is identically 1, are judged by abs/rel error and correlation instead.
+Task scores come from a --metric-script plug-in: fn(reference, candidate, names) ->
+{name: score}, the way Polygraphy's compare-func scripts work.
+"""
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import numpy as np
 
-from .config import GateSettings
+from .config import Gate, GateSettings
+from .errors import TrtBuildError
+
+SLICE_MAX = 4096  # axes longer than this (flattened positions) get no per-slice cosine
 
 
 def gate_failures(record: dict[str, Any], gates: GateSettings) -> list[str]:
-    """One line per failed gate of a validation record (NaN/Inf in an output always fails)."""
+    """One line per failed gate of a validation record (NaN/Inf in an output always fails).
+    Raises TrtBuildError(2) for a --gate naming no metric the record has."""
     out = []
     for name, m in record["outputs"].items():
         top1 = m.get("top1_agreement")
         if gates.min_top1_agreement is not None and top1 is not None and \
                 not top1 >= gates.min_top1_agreement:
             out.append(f"{name}: top-1 agreement {top1:.4f} < {gates.min_top1_agreement}")
-        if gates.min_cosine is not None and not m["cosine_mean"] >= gates.min_cosine:
-            out.append(f"{name}: mean cosine {m['cosine_mean']:.4f} < {gates.min_cosine}")
+        if gates.min_cosine is not None:
+            for key in ("cosine_mean", "channel_cosine_mean", "correlation"):
+                if m.get(key) is not None and not m[key] >= gates.min_cosine:
+                    out.append(f"{name}: {key} {m[key]:.4f} < {gates.min_cosine}")
         if m["non_finite"]:
             out.append(f"{name}: {m['non_finite']} NaN/Inf values in the candidate's output")
+    extra = list(gates.gates)
+    if gates.accuracy_target is not None and gates.accuracy_target not in extra:
+        extra.append(gates.accuracy_target)
+    for g in extra:
+        x = gate_value(record, g)
+        if not g.holds(x):
+            out.append(f"{g.name} {x:.4f} does not meet {g}")
     return out
+
+
+def gate_value(record: dict[str, Any], gate: Gate) -> float:
+    """The value a gate reads: a plug-in score, `OUTPUT.metric`, or a metric name taken at
+    its worst over all outputs (the minimum for >= gates, the maximum for <= gates)."""
+    values = metric_values(record)
+    if gate.name not in values:
+        raise TrtBuildError(f"--gate {gate}: no metric '{gate.name}' (available: "
+                            f"{', '.join(sorted(values))})")
+    found = values[gate.name]
+    return min(found) if gate.op.startswith(">") else max(found)
+
+
+def metric_values(record: dict[str, Any]) -> dict[str, list[float]]:
+    """Every number a gate can name in a validation record."""
+    values: dict[str, list[float]] = {}
+    for out_name, m in record["outputs"].items():
+        for key, x in m.items():
+            if isinstance(x, (int, float)) and not isinstance(x, bool):
+                values.setdefault(key, []).append(float(x))
+                values[f"{out_name}.{key}"] = [float(x)]
+    for key, x in record.get("scores", {}).items():
+        values[key] = [float(x)]
+    acc = record.get("label_accuracy") or {}
+    if "candidate" in acc:
+        values["label_accuracy"] = [acc["candidate"]]
+        values["label_delta_points"] = [acc["delta_points"]]
+    return values
 
 
 class RandomData:
@@ -40,18 +89,75 @@ class RandomData:
             yield f"random[{k}]", random_feed(self.model, batch=self.batch_size, seed=k)
 
 
+def batch_axes(model: Any) -> dict[str, int]:
+    """Per graph output, the axis holding the batch: the one whose symbolic name is the
+    first input's axis-0 symbol (a CTC recognizer's (T, N, C) output has it on axis 1);
+    0 where the model does not say."""
+    dims = [d.dim_param for d in model.graph.input[0].type.tensor_type.shape.dim] \
+        if model.graph.input else []
+    batch = dims[0] if dims and dims[0] else None
+    axes = {}
+    for o in model.graph.output:
+        names = [d.dim_param for d in o.type.tensor_type.shape.dim]
+        axes[o.name] = names.index(batch) if batch and batch in names else 0
+    return axes
+
+
 def output_metrics(ref: np.ndarray, cand: np.ndarray) -> dict[str, Any]:
+    """Metrics of one output, batch axis first."""
     ref64, cand64 = ref.astype(np.float64), cand.astype(np.float64)
     err = np.abs(ref64 - cand64)
+    m: dict[str, Any] = {"max_abs_err": float(np.nanmax(err)) if err.size else 0.0,
+                         "mean_abs_err": float(np.nanmean(err)) if err.size else 0.0,
+                         "non_finite": int((~np.isfinite(cand64)).sum())}
     a, b = ref64.reshape(len(ref64), -1), cand64.reshape(len(cand64), -1)
-    denom = np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1)
-    cos = np.where(denom > 0, (a * b).sum(axis=1) / np.maximum(denom, 1e-300), 1.0)
-    m = {"max_abs_err": float(np.nanmax(err)), "mean_abs_err": float(np.nanmean(err)),
-         "cosine_mean": float(np.nanmean(cos)), "cosine_min": float(np.nanmin(cos)),
-         "non_finite": int((~np.isfinite(cand64)).sum())}
+    if a.shape[1] == 1:  # one value per sample: cosine would be 1.0 whatever the error
+        m["max_rel_err"] = float(np.nanmax(err.ravel() / np.maximum(np.abs(a.ravel()), 1e-6)))
+        m["correlation"] = _correlation(a.ravel(), b.ravel())
+        m["judged_by"] = "abs/rel error and correlation (one value per sample)"
+        return m
+    cos = _cosines(a, b)
+    m["cosine_mean"], m["cosine_min"] = float(np.nanmean(cos)), float(np.nanmin(cos))
+    worst = _worst_slices(ref64, cand64)
+    if worst:
+        m.update(worst)
     if is_classifier(ref):
         m["top1_agreement"] = float((ref.argmax(1) == cand.argmax(1)).mean())
     return m
+
+
+def _cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Row-wise cosine of 2-D arrays; 1.0 where both rows are zero, 0.0 where one is."""
+    na, nb = np.linalg.norm(a, axis=1), np.linalg.norm(b, axis=1)
+    both_zero = (na == 0) & (nb == 0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        cos = (a * b).sum(axis=1) / (na * nb)
+    return np.where(both_zero, 1.0, np.where(na * nb > 0, cos, 0.0))
+
+
+def _worst_slices(ref: np.ndarray, cand: np.ndarray) -> dict[str, Any]:
+    """Cosine per index of every non-batch axis (over everything else), each axis averaged;
+    the axis with the lowest average is reported with its worst index."""
+    best: dict[str, Any] = {}
+    for axis in range(1, ref.ndim):
+        n = ref.shape[axis]
+        if not 2 <= n <= SLICE_MAX:
+            continue
+        a = np.moveaxis(ref, axis, 0).reshape(n, -1)
+        b = np.moveaxis(cand, axis, 0).reshape(n, -1)
+        cos = _cosines(a, b)
+        mean = float(np.nanmean(cos))
+        if not best or mean < best["channel_cosine_mean"]:
+            k = int(np.nanargmin(cos))
+            best = {"channel_cosine_mean": mean, "channel_cosine_min": float(cos[k]),
+                    "channel_worst": f"axis {axis} index {k}"}
+    return best
+
+
+def _correlation(a: np.ndarray, b: np.ndarray) -> float | None:
+    if len(a) < 2 or np.std(a) == 0 or np.std(b) == 0:
+        return None
+    return float(np.corrcoef(a, b)[0, 1])
 
 
 def is_classifier(y: np.ndarray) -> bool:
@@ -69,3 +175,57 @@ def label_accuracy(ref: np.ndarray, cand: np.ndarray, origins: list[str],
     cand_acc = float((cand.argmax(1)[have] == y[have]).mean())
     return {"labelled": int(have.sum()), "reference": ref_acc, "candidate": cand_acc,
             "delta_points": round(100 * (cand_acc - ref_acc), 3)}
+
+
+def load_metric(spec: Any) -> tuple[Callable, str]:
+    """(callable, label) for --metric-script FILE.py:FN, or a callable given to the API."""
+    if callable(spec):
+        return spec, getattr(spec, "__name__", "metric")
+    from .onnx.source import import_target
+
+    target, _, fn_name = str(spec).rpartition(":")
+    if not Path(target).is_file():
+        raise TrtBuildError(f"{target}: --metric-script: no such file")
+    fn = getattr(import_target(target), fn_name, None)
+    if not callable(fn):
+        raise TrtBuildError(f"{spec}: {target} has no callable '{fn_name}'")
+    return fn, str(spec)
+
+
+def task_scores(spec: Any, ref: dict[str, np.ndarray], cand: dict[str, np.ndarray],
+                names: list[str]) -> dict[str, float]:
+    """The plug-in's named scores. Raises TrtBuildError(2) when it fails or returns
+    anything but {name: number}."""
+    fn, label = load_metric(spec)
+    try:
+        scores = fn(ref, cand, list(names))
+    except (Exception, SystemExit) as e:  # the plug-in's failure is the user's code
+        raise TrtBuildError(f"{label}: metric raised {type(e).__name__}: {e}")
+    if not isinstance(scores, dict) or not all(
+            isinstance(k, str) and isinstance(v, (int, float, np.number))
+            and not isinstance(v, bool) for k, v in scores.items()):
+        raise TrtBuildError(f"{label}: metric returned {type(scores).__name__}, expected a "
+                            "dict {name: number}")
+    return {k: float(v) if math.isfinite(float(v)) else math.nan for k, v in scores.items()}
+
+
+def compare(ref: dict[str, np.ndarray], cand: dict[str, np.ndarray], names: list[str],
+            labels: dict[str, int] | None = None, metric_script: Any = None) -> dict[str, Any]:
+    """Metrics of every output (arrays batch axis first), label accuracy where labels are
+    given, and the plug-in's scores: the part of a validation record gates read."""
+    record: dict[str, Any] = {"outputs": {}}
+    for name in ref:
+        record["outputs"][name] = output_metrics(ref[name], cand[name])
+        if labels and is_classifier(ref[name]) and "label_accuracy" not in record:
+            record["label_accuracy"] = label_accuracy(ref[name], cand[name], names, labels)
+    if metric_script is not None:
+        record["scores"] = task_scores(metric_script, ref, cand, names)
+    return record
+
+
+def stack(batches: list[np.ndarray], axis: int) -> np.ndarray:
+    """Per-batch outputs joined along their batch axis, which then comes first."""
+    arrays = [np.asarray(b) for b in batches]
+    if arrays[0].ndim == 0:
+        return np.stack(arrays)
+    return np.moveaxis(np.concatenate(arrays, axis=axis), axis, 0)

@@ -153,6 +153,13 @@ def check_files(s: BuildSettings) -> None:
         raise TrtBuildError(f"{s.calib.cache}: no such calibration cache")
     if s.bench.baseline and not s.bench.baseline.is_file():
         raise TrtBuildError(f"{s.bench.baseline}: no such baseline report")
+    if s.gates.metric_script is not None:
+        from .metrics import load_metric
+
+        load_metric(s.gates.metric_script)  # a missing file or function: exit 2 now
+    if s.gates.accuracy_target is not None and not s.int8:
+        raise TrtBuildError("--accuracy-target needs --int8 (it chooses which INT8 regions "
+                            "fall back to FP16/FP32)")
     for lib in s.engine.plugins:
         check_library(Path(lib))
 

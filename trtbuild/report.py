@@ -101,8 +101,16 @@ def summary_line(stage: str, record: dict[str, Any]) -> str:
 def validate_figures(r: dict[str, Any]) -> str:
     parts = []
     for name, m in r["outputs"].items():
+        if "cosine_mean" not in m:  # one value per sample
+            corr = m.get("correlation")
+            parts.append(f"{name}: max abs err {m['max_abs_err']:.2e}, correlation "
+                         + (f"{corr:.4f}" if corr is not None else "n/a"))
+            continue
         top1 = f", top-1 agreement {m['top1_agreement']:.4f}" if "top1_agreement" in m else ""
-        parts.append(f"{name}: cosine {m['cosine_mean']:.4f}{top1}")
+        chan = (f", per-channel {m['channel_cosine_mean']:.4f}"
+                if m.get("channel_cosine_mean", 1.0) < m["cosine_mean"] - 0.005 else "")
+        parts.append(f"{name}: cosine {m['cosine_mean']:.4f}{chan}{top1}")
+    parts += [f"{k} {v:.4f}" for k, v in r.get("scores", {}).items() if v is not None]
     acc = r.get("label_accuracy")
     if acc:
         parts.append(f"label accuracy fp32 {acc['reference']:.4f} -> {r['precision']} "

@@ -63,7 +63,8 @@ def data_group(p: argparse.ArgumentParser) -> None:
     g.add_argument("--calib-batch-size", type=int, metavar="N",
                    help=f"samples per ONNX Runtime run (default {DATA_DEFAULTS.batch_size})")
     g.add_argument("--max-samples", type=int, metavar="N",
-                   help="read at most N samples per directory (default: all)")
+                   help="calibrate on at most N samples (default: all); --val is always "
+                        "read whole (without --val, the capped calibration data is judged)")
     g = p.add_argument_group("image preprocessing (overrides DIR/preprocess.json)")
     g.add_argument("--resize", type=int, metavar="PX", help="resize the shorter side to PX")
     g.add_argument("--crop", type=int, metavar="PX", help="center crop PX x PX")
@@ -101,7 +102,17 @@ def gate_group(p: argparse.ArgumentParser, with_val: bool = True) -> None:
         g.add_argument("--val", metavar="DIR", help="held-out validation samples (same formats "
                        "as --calib; DIR/labels.csv `file,label` adds label accuracy)")
     g.add_argument("--min-top1-agreement", type=float, metavar="F", help="e.g. 0.99")
-    g.add_argument("--min-cosine", type=float, metavar="F", help="e.g. 0.98")
+    g.add_argument("--min-cosine", type=float, metavar="F",
+                   help="e.g. 0.98: per output, the mean per-sample cosine and the per-channel "
+                        "cosine (worst axis); outputs with one value per sample: correlation")
+    g.add_argument("--gate", dest="gates", action="append", metavar="NAME>=X",
+                   help="any metric of the validation record or score of --metric-script "
+                        "(e.g. strings_equal>=0.95, output.max_abs_err<=0.1, "
+                        "label_accuracy>=0.99); also > < <=; repeatable")
+    g.add_argument("--metric-script", metavar="FILE.py:FN",
+                   help="task metric: FN(reference, candidate, names) -> {score: value}, "
+                        "given {output: array} (batch axis first, all samples) and the "
+                        "sample names; the scores go to report.json and --gate")
 
 
 def fp16_group(p: argparse.ArgumentParser) -> None:
@@ -186,6 +197,12 @@ def pipeline_groups(p: argparse.ArgumentParser) -> None:
     calib_group(p)
     data_group(p)
     gate_group(p)
+    g = p.add_argument_group("mixed precision")
+    g.add_argument("--accuracy-target", metavar="NAME>=X",
+                   help="with --int8: when the INT8 model misses this (a --gate expression, "
+                        "e.g. cosine_mean>=0.99 or strings_equal>=0.95), measure each "
+                        "quantized region's cost on --val and return the fewest regions to "
+                        "FP16/FP32 until it holds; also a gate")
     engine_group(p)
     bench_group(p)
 

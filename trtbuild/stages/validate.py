@@ -17,7 +17,7 @@ import numpy as np
 
 from ..context import Context
 from ..data import read_labels, rows
-from ..metrics import gate_failures, is_classifier, label_accuracy, output_metrics
+from ..metrics import batch_axes, compare, gate_failures, stack
 
 log = logging.getLogger(__name__)
 TOLERANCES = {"fp32": (1e-4, 1e-4), "fp16": (1e-2, 1e-2), "int8": (1e-1, 1e-1)}  # atol, rtol
@@ -43,7 +43,7 @@ def check(ctx: Context, candidate: Path | bytes, precision: str) -> dict[str, An
         _reference_runner(ctx),
         OnnxrtRunner(SessionFromOnnx(candidate if isinstance(candidate, bytes) else
                                      str(candidate), providers=["cpu"]), name=precision),
-        data, precision, labels)
+        data, precision, labels, ctx)
     record["val"] = label
     record["gate_failures"] = gate_failures(record, ctx.settings.gates)
     return record
@@ -65,7 +65,7 @@ def run_engines(ctx: Context) -> dict[str, Any]:
                                  "precision": e.precision}
         try:
             runner = runtime.polygraphy_runner(e)
-            r = compare_runners(_reference_runner(ctx), runner, data, e.precision, labels)
+            r = compare_runners(_reference_runner(ctx), runner, data, e.precision, labels, ctx)
         except runtime.EngineRefused as refused:
             results.append({**entry, "refused": str(refused)})
             continue
@@ -107,8 +107,9 @@ class _Loader:
 
 
 def compare_runners(ref_runner: Any, cand_runner: Any, data: Any, precision: str,
-                    labels_dir: Path | None = None) -> dict[str, Any]:
-    """Polygraphy's Comparator over both runners, then our metrics on its results."""
+                    labels_dir: Path | None, ctx: Context) -> dict[str, Any]:
+    """Polygraphy's Comparator over both runners, then our metrics (and the --metric-script
+    plug-in) on its results, each output's batch axis taken from the model."""
     from polygraphy.comparator import Comparator, CompareFunc
 
     loader = _Loader(data)
@@ -118,13 +119,10 @@ def compare_runners(ref_runner: Any, cand_runner: Any, data: Any, precision: str
         results, compare_func=CompareFunc.simple(atol=atol, rtol=rtol)))
     ref_iters, cand_iters = results[0][1], results[1][1]
     record: dict[str, Any] = {"precision": precision, "samples": len(loader.origins),
-                              "polygraphy": {"atol": atol, "rtol": rtol, "passed": passed},
-                              "outputs": {}}
+                              "polygraphy": {"atol": atol, "rtol": rtol, "passed": passed}}
     labels = read_labels(labels_dir) if labels_dir else None
-    for name in ref_iters[0].keys():
-        ref = np.concatenate([np.asarray(it[name]) for it in ref_iters])
-        cand = np.concatenate([np.asarray(it[name]) for it in cand_iters])
-        record["outputs"][name] = output_metrics(ref, cand)
-        if labels and is_classifier(ref) and "label_accuracy" not in record:
-            record["label_accuracy"] = label_accuracy(ref, cand, loader.origins, labels)
+    axes = batch_axes(ctx.clean_model())
+    ref = {n: stack([it[n] for it in ref_iters], axes.get(n, 0)) for n in ref_iters[0].keys()}
+    cand = {n: stack([it[n] for it in cand_iters], axes.get(n, 0)) for n in ref}
+    record.update(compare(ref, cand, loader.origins, labels, ctx.settings.gates.metric_script))
     return record

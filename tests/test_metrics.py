@@ -1,0 +1,152 @@
+"""Metrics that cannot hide a collapse, the batch axis from the model, --max-samples for
+calibration only, and the --metric-script plug-in with its gates (CLI and API)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from conftest import run_cli
+from onnx import TensorProto, helper, numpy_helper
+
+import trtbuild
+from trtbuild.config import GateSettings
+from trtbuild.metrics import batch_axes, compare, gate_failures, output_metrics
+
+DEMO = Path(trtbuild.__file__).parent / "demo" / "data"
+
+
+def test_per_channel_cosine_catches_collapsed_class_scores():
+    rng = np.random.default_rng(0)
+    boxes = rng.uniform(0, 320, (16, 4, 100))       # coordinates: exact
+    scores = rng.uniform(0, 1, (16, 80, 100))       # class scores: collapsed to noise
+    ref = np.concatenate([boxes, scores], axis=1).astype(np.float32)
+    cand = np.concatenate([boxes, rng.uniform(0, 1, scores.shape)], axis=1).astype(np.float32)
+    m = output_metrics(ref, cand)
+    assert m["cosine_mean"] > 0.99                  # the whole-output view hides it
+    assert m["channel_cosine_mean"] < 0.9 and m["channel_worst"].startswith("axis 1 ")
+    fails = gate_failures({"outputs": {"det": m}}, GateSettings(min_cosine=0.98))
+    assert any("channel_cosine_mean" in f for f in fails)
+
+
+def test_one_value_per_sample_is_judged_by_error_and_correlation():
+    rng = np.random.default_rng(1)
+    ref = rng.uniform(0, 1, (64, 1)).astype(np.float32)   # a VAD probability per sample
+    cand = rng.uniform(0, 1, (64, 1)).astype(np.float32)  # unrelated
+    m = output_metrics(ref, cand)
+    assert "cosine_mean" not in m and m["correlation"] < 0.5 and m["max_abs_err"] > 0.3
+    assert any("correlation" in f for f in
+               gate_failures({"outputs": {"p": m}}, GateSettings(min_cosine=0.9)))
+    good = output_metrics(ref, ref + 1e-4)
+    assert good["correlation"] > 0.999 and not gate_failures(
+        {"outputs": {"p": good}}, GateSettings(min_cosine=0.9))
+
+
+def time_major_model(path: Path) -> None:
+    """x (N, 4, 6) -> Transpose -> y (6, N, 4): the batch on axis 1, as a CTC output."""
+    w = np.random.default_rng(2).normal(0, 1, (4, 4)).astype(np.float32)
+    g = helper.make_graph(
+        [helper.make_node("Transpose", ["x"], ["t"], perm=[2, 0, 1]),
+         helper.make_node("MatMul", ["t", "w"], ["m"]),
+         helper.make_node("Sigmoid", ["m"], ["y"])], "tm",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4, 6])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [6, "N", 4])],
+        [numpy_helper.from_array(w, "w")])
+    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]), path)
+
+
+def test_batch_axis_comes_from_the_model(tmp_path):
+    src = tmp_path / "tm.onnx"
+    time_major_model(src)
+    assert batch_axes(onnx.load(src)) == {"y": 1}
+    val = tmp_path / "val"
+    val.mkdir()
+    for k in range(6):
+        np.save(val / f"{k}.npy", np.random.default_rng(k).normal(0, 1, (1, 4, 6)).astype(np.float32))
+    seen = {}
+
+    def metric(ref, cand, names):
+        seen.update(shape=ref["y"].shape, names=list(names))
+        return {"rows": len(names)}
+
+    r = trtbuild.build(str(src), out=str(tmp_path / "o"), int8=True, calib=str(val),
+                       val=str(val), target="onnx", metric_script=metric,
+                       gates=["rows>=6"], calib_batch_size=3)
+    v = {s["stage"]: s for s in r.report["stages"]}["validate"]
+    assert seen["shape"] == (6, 6, 4)  # batch first: 6 samples x (T=6, C=4)
+    assert [Path(n).name for n in seen["names"]] == [f"{k}.npy" for k in range(6)]
+    assert v["scores"] == {"rows": 6.0}
+
+
+def test_max_samples_limits_calibration_only(tmp_path):
+    proc = run_cli("demo", "--int8", "--max-samples", "8", "--target", "onnx",
+                   "--out", tmp_path / "o", "--json", check=True)
+    stages = {s["stage"]: s for s in json.loads(proc.stdout)["stages"]}
+    assert stages["calibrate"]["samples"] == 8
+    assert stages["validate"]["samples"] == len(list((DEMO / "val").glob("*.png")))
+
+
+AGREE = '''
+import numpy as np
+
+def agree(reference, candidate, names):
+    (r,), (c,) = reference.values(), candidate.values()
+    return {"agree": float((r.argmax(1) == c.argmax(1)).mean()), "n": len(names)}
+
+def boom(reference, candidate, names):
+    raise ValueError("no labels here")
+
+def wrong(reference, candidate, names):
+    return [1, 2]
+'''
+
+
+@pytest.fixture(scope="module")
+def script(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("metric") / "m.py"
+    path.write_text(AGREE)
+    return path
+
+
+@pytest.mark.parametrize("gate, code", [("agree>=0.9", 0), ("agree>1.0", 1), ("n<=10", 1),
+                                        ("output.cosine_mean>=0.9", 0)])
+def test_metric_plugin_scores_and_gates(script, tmp_path, gate, code):
+    proc = run_cli("demo", "--int8", "--target", "onnx", "--out", tmp_path / "o", "--json",
+                   "--metric-script", f"{script}:agree", "--gate", gate)
+    assert proc.returncode == code, proc.stderr
+    report = json.loads((tmp_path / "o" / "report.json").read_text())
+    checked = [s for s in report["stages"] if "scores" in s]  # fp16, then validate (int8)
+    assert checked and all(v["scores"]["agree"] >= 0.9 and v["scores"]["n"] == v["samples"]
+                           for v in checked)
+    if code:
+        assert "does not meet" in proc.stderr and proc.stderr.count("\n") <= 3
+
+
+@pytest.mark.parametrize("fn, gate, needle", [
+    ("boom", "agree>=0.9", "metric raised ValueError: no labels here"),
+    ("wrong", "agree>=0.9", "metric returned list, expected a dict"),
+    ("agree", "strings_equal>=0.95", "no metric 'strings_equal'"),
+    ("missing", "agree>=0.9", "has no callable 'missing'")])
+def test_metric_plugin_failures_are_one_line_exit_2(script, tmp_path, fn, gate, needle):
+    proc = run_cli("demo", "--int8", "--target", "onnx", "--out", tmp_path / "o",
+                   "--metric-script", f"{script}:{fn}", "--gate", gate)
+    assert proc.returncode == 2 and needle in proc.stderr, proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize("text", ["agree", "agree>=x", "agree=>1", ">=0.9"])
+def test_bad_gate_expressions_exit_2_before_work(tmp_path, text):
+    proc = run_cli("demo", "--int8", "--target", "onnx", "--out", tmp_path / "o",
+                   "--gate", text)
+    assert proc.returncode == 2 and "is not NAME>=NUMBER" in proc.stderr
+    assert not (tmp_path / "o").exists()
+
+
+def test_compare_runs_the_plugin_on_whole_outputs():
+    ref = {"y": np.eye(4, dtype=np.float32)}
+    rec = compare(ref, {"y": np.eye(4, dtype=np.float32)[::-1]}, list("abcd"),
+                  metric_script=lambda r, c, n: {"same": float((r["y"] == c["y"]).all())})
+    assert rec["scores"] == {"same": 0.0} and rec["outputs"]["y"]["top1_agreement"] == 0.0
