@@ -18,7 +18,8 @@ from .context import Context
 from .errors import GATE_FAILED, TrtBuildError
 from .files import ensure_dir
 from .report import Report, Timer
-from .stages import bench, calibrate, clean, engines, export, fp16, quantize, validate
+from .stages import (bench, calibrate, clean, engines, export, fp16, quantize, sensitivity,
+                     validate)
 
 log = logging.getLogger(__name__)
 Stage = Callable[[Context], dict[str, Any]]
@@ -31,8 +32,10 @@ def stages_for(s: BuildSettings) -> list[tuple[str, Stage]]:
     if s.fp16 and s.fp16_options.mode == "graph":
         stages.append(("fp16", fp16.run))
     if s.int8:
-        stages += [("calibrate", calibrate.run), ("quantize", quantize.run),
-                   ("validate", functools.partial(validate.run, precision="int8"))]
+        stages += [("calibrate", calibrate.run), ("quantize", quantize.run)]
+        if s.gates.accuracy_target is not None:
+            stages.append(("sensitivity", sensitivity.run))
+        stages.append(("validate", functools.partial(validate.run, precision="int8")))
     if s.targets.target != "onnx":
         stages += [("build", engines.run), ("validate_engines", validate.run_engines)]
     if s.bench.enabled:

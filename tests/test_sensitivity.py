@@ -1,0 +1,140 @@
+"""--accuracy-target: the sensitivity search returns the fewest regions to float on a model
+where plain INT8 misses the target, and the mixed model builds with TensorRT-RTX."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import onnx
+import pytest
+from conftest import run_cli
+from onnx import TensorProto, helper, numpy_helper
+
+from trtbuild.onnx import io
+from trtbuild.quant.qdq import plan
+from trtbuild.quant.regions import regions, without
+from trtbuild.quant.sensitivity import search, switchable_model
+
+
+def outlier_model(path) -> None:
+    """Three convs; the input of the middle one has one channel 1000x the others (its
+    weights scaled back), so per-tensor INT8 there erases the seven small channels."""
+    rng = np.random.default_rng(0)
+    w1 = rng.normal(0, 0.4, (8, 3, 3, 3)).astype(np.float32)
+    boost = np.ones((1, 8, 1, 1), np.float32)
+    boost[0, 0] = 1000.0
+    w2 = rng.normal(0, 0.4, (8, 8, 3, 3)).astype(np.float32)
+    w2[:, 0] /= 1000.0
+    w3 = rng.normal(0, 0.4, (4, 8, 3, 3)).astype(np.float32)
+    nodes = [helper.make_node("Conv", ["x", "w1"], ["c1"], pads=[1] * 4, name="conv1"),
+             helper.make_node("Relu", ["c1"], ["r1"]),
+             helper.make_node("Mul", ["r1", "boost"], ["m1"]),
+             helper.make_node("Conv", ["m1", "w2"], ["c2"], pads=[1] * 4, name="conv2"),
+             helper.make_node("Relu", ["c2"], ["r2"]),
+             helper.make_node("Conv", ["r2", "w3"], ["y"], pads=[1] * 4, name="conv3")]
+    g = helper.make_graph(
+        nodes, "outlier",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 16, 16])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4, 16, 16])],
+        [numpy_helper.from_array(a, n) for a, n in ((w1, "w1"), (boost, "boost"),
+                                                    (w2, "w2"), (w3, "w3"))])
+    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]), path)
+
+
+@pytest.fixture(scope="module")
+def outlier(tmp_path_factory):
+    d = tmp_path_factory.mktemp("outlier")
+    outlier_model(d / "m.onnx")
+    rng = np.random.default_rng(1)
+    for folder, n in (("calib", 16), ("val", 24)):
+        (d / folder).mkdir()
+        for k in range(n):
+            np.save(d / folder / f"{k}.npy", rng.random((1, 3, 16, 16), dtype=np.float32))
+    return d
+
+
+def test_search_falls_back_the_one_region_that_misses_the_target(outlier, tmp_path):
+    plain = run_cli(outlier / "m.onnx", "--int8", "--calib", outlier / "calib", "--val",
+                    outlier / "val", "--target", "onnx", "--out", tmp_path / "plain",
+                    "--min-cosine", "0.99")
+    assert plain.returncode == 1 and "cosine" in plain.stderr  # plain INT8 misses
+    proc = run_cli(outlier / "m.onnx", "--int8", "--calib", outlier / "calib", "--val",
+                   outlier / "val", "--out", tmp_path / "o", "--accuracy-target",
+                   "cosine_mean>=0.99", "--arch", "sm_86", "--cache-dir", tmp_path / "c",
+                   "--json")
+    assert proc.returncode == 0, proc.stderr
+    stages = {s["stage"]: s for s in json.loads(proc.stdout)["stages"]}
+    sens = stages["sensitivity"]
+    assert sens["before"] < 0.99 <= sens["after"] and sens["met"]
+    assert [r["node"] for r in sens["regions"] if r["precision"] == "fp32"] == ["conv2"]
+    by_node = {r["node"]: r for r in sens["regions"]}
+    assert by_node["conv2"]["rank"] == 0  # the most sensitive region per MAC
+    assert by_node["conv2"]["macs"] == 16 * 16 * 8 * 8 * 9  # one sample
+    assert sens["int8_mac_coverage"] == pytest.approx(
+        (by_node["conv1"]["macs"] + by_node["conv3"]["macs"])
+        / sum(r["macs"] for r in sens["regions"]))
+    assert sens["evaluations"] <= 4
+    # the written model is the mixed one, validated on all held-out samples
+    assert stages["validate"]["outputs"]["y"]["cosine_mean"] >= 0.99
+    assert stages["validate"]["samples"] == 24
+    model = onnx.load(tmp_path / "o" / "model.int8.onnx")
+    conv2 = next(n for n in model.graph.node if n.name == "conv2")
+    assert list(conv2.input) == ["m1", "w2"]  # float inputs: no Q/DQ
+    conv3 = next(n for n in model.graph.node if n.name == "conv3")
+    assert all(i.endswith("_dequantized") for i in conv3.input)
+    assert [e["precision"] for e in stages["build"]["engines"]] == ["int8"]  # TensorRT-RTX
+
+
+def test_target_already_met_costs_no_sensitivity_pass(tmp_path):
+    proc = run_cli("demo", "--int8", "--target", "onnx", "--out", tmp_path / "o",
+                   "--accuracy-target", "top1_agreement>=0.99", "--json")
+    assert proc.returncode == 0, proc.stderr
+    sens = {s["stage"]: s for s in json.loads(proc.stdout)["stages"]}["sensitivity"]
+    assert sens["evaluations"] == 1 and sens["fallback_regions"] == 0, sens["steps"]
+    assert sens["int8_mac_coverage"] == 1.0
+
+
+def test_switchable_model_equals_the_qdq_model_for_any_choice(outlier):
+    from trtbuild.quant.qdq import insert_qdq
+
+    model = onnx.load(outlier / "m.onnx")
+    qplan = plan(model)
+    found = regions(model, qplan)
+    amaxes = {t: 3.0 for t in qplan.activations}
+    switch, flags = switchable_model(model, qplan, amaxes, found)
+    sess = io.session(switch)
+    x = np.random.default_rng(3).random((2, 3, 16, 16), dtype=np.float32)
+    for on in ({"conv1"}, {"conv1", "conv3"}, {r.node for r in found}):
+        fallen = {r.node for r in found} - on
+        flag_feed = {f: np.array(r.node in on) for f, r in zip(flags, found)}
+        got = sess.run(None, {"x": x, **flag_feed})[0]
+        want = io.session(insert_qdq(model, without(qplan, fallen), amaxes)).run(None, {"x": x})[0]
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4 * np.abs(want).max())
+
+
+def test_search_finds_the_smallest_prefix():
+    calls = []
+
+    def measure(fallen):
+        calls.append(len(fallen))
+        return len(fallen) / 10   # holds from 7 fallen regions on
+
+    r = search([f"r{k}" for k in range(20)], measure, lambda v: v >= 0.7)
+    assert r.met and len(r.fallen) == 7 and r.fallen == [f"r{k}" for k in range(7)]
+    assert calls[:6] == [0, 1, 2, 4, 8, 6] and len(calls) <= 8
+    never = search(["a", "b"], lambda f: 0.0, lambda v: v > 1)
+    assert not never.met and never.fallen == ["a", "b"]
+
+
+def test_unreachable_target_exits_1_and_says_so(tmp_path):
+    # FP32 itself labels 98.4% of the first 64 validation digits right: no fallback helps
+    from trtbuild.demo import CALIB_DIR, VAL_DIR
+
+    proc = run_cli("trtbuild.demo.digits:digits_cnn", "--int8", "--calib", CALIB_DIR, "--val",
+                   VAL_DIR, "--target", "onnx", "--out", tmp_path / "o",
+                   "--accuracy-target", "label_accuracy>=0.999")
+    assert proc.returncode == 1 and "not reached even with 4 of 4 regions" in proc.stderr
+    report = json.loads((tmp_path / "o" / "report.json").read_text())
+    sens = {s["stage"]: s for s in report["stages"]}["sensitivity"]
+    assert not sens["met"] and sens["int8_mac_coverage"] == 0.0

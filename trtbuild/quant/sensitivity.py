@@ -1,0 +1,146 @@
+"""Per-region INT8 sensitivity, and the search for the fewest regions to leave in float.
+
+One ONNX Runtime session serves every measurement: the FP32 model with each region's
+inputs switched between FP32 and fake-quantized by a boolean input (switchable_model), so
+trying a set of INT8 regions is one run, never a new model. Sensitivity of a region: the
+output error (||candidate - FP32||^2 / ||FP32||^2, summed over outputs) with that region
+alone in INT8, on a few held-out samples.
+
+Search: regions ranked by error per share of MACs; the fallback count k grows 1, 2, 4, ...
+until the target holds, then bisects, each step a measurement of the whole model on the
+held-out samples, so the INT8 MACs left are as many as the ranking allows.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import numpy as np
+
+from .qdq import QuantPlan, quantize_weight
+from .regions import Region
+
+SUFFIX = "__fq"
+
+
+def switchable_model(model: Any, qplan: QuantPlan, amaxes: dict[str, float],
+                     found: list[Region]) -> tuple[Any, list[str]]:
+    """The FP32 model where every region's planned inputs pass through
+    Where(flag, fake-quantized, FP32): one ONNX Runtime session measures any choice of INT8
+    regions by feeding one boolean per region. Returns (model, flag input names)."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    m = onnx.ModelProto()
+    m.CopyFrom(model)
+    g = m.graph
+    inits = {i.name: i for i in g.initializer}
+    fq: dict[str, str] = {}  # planned tensor -> its fake-quantized copy
+    first: list = []         # Q/DQ of graph inputs: before every node
+    after: dict[str, list] = {}
+    for t in qplan.activations:
+        if t not in amaxes:
+            continue
+        s, z = f"{t}{SUFFIX}_s", f"{t}{SUFFIX}_z"
+        g.initializer.extend([
+            numpy_helper.from_array(np.array(np.float32(max(amaxes[t], 1e-12) / 127)), s),
+            numpy_helper.from_array(np.array(0, np.int8), z)])
+        pair = [helper.make_node("QuantizeLinear", [t, s, z], [f"{t}{SUFFIX}_q"]),
+                helper.make_node("DequantizeLinear", [f"{t}{SUFFIX}_q", s, z], [f"{t}{SUFFIX}"])]
+        after.setdefault(t, []).extend(pair)
+        fq[t] = f"{t}{SUFFIX}"
+    for w, axis in qplan.weights:
+        q, scale = quantize_weight(numpy_helper.to_array(inits[w]).astype(np.float32), axis)
+        dq = np.reshape(scale, [-1 if d == axis else 1 for d in range(q.ndim)]) * q
+        g.initializer.append(numpy_helper.from_array(dq.astype(np.float32), f"{w}{SUFFIX}"))
+        fq[w] = f"{w}{SUFFIX}"
+    flags, where_before = [], {}
+    for k, r in enumerate(found):
+        flag = f"__int8_region_{k}"
+        flags.append(flag)
+        g.input.append(helper.make_tensor_value_info(flag, TensorProto.BOOL, []))
+        where_before[r.node] = [(t, flag) for t in r.inputs if t in fq]
+    produced = {o for n in g.node for o in n.output}
+    first = [n for t, group in after.items() if t not in produced for n in group]
+    nodes = list(first)
+    for n in g.node:
+        for t, flag in where_before.get(n.name, []):
+            sel = f"{t}__{flag}"
+            nodes.append(helper.make_node("Where", [flag, fq[t], t], [sel]))
+            for i, name in enumerate(n.input):
+                if name == t:
+                    n.input[i] = sel
+        nodes.append(n)
+        for o in n.output:
+            nodes.extend(after.get(o, []) if o in produced else [])
+    del g.node[:]
+    g.node.extend(nodes)
+    return m, flags
+
+
+def output_error(ref: dict[str, np.ndarray], cand: dict[str, np.ndarray]) -> float:
+    """Sum over outputs of ||cand - ref||^2 / ||ref||^2."""
+    total = 0.0
+    for name, r in ref.items():
+        r64, c64 = r.astype(np.float64), cand[name].astype(np.float64)
+        energy = float(np.sum(r64 * r64))
+        err = float(np.sum((c64 - r64) ** 2))
+        total += err / energy if energy > 0 else (0.0 if err == 0 else np.inf)
+    return total
+
+
+def ranking(found: list[Region], errors: dict[str, float]) -> list[str]:
+    """Regions to fall back first: most error per share of MACs (smoothed so regions
+    without MACs are not all first)."""
+    total = sum(r.macs for r in found) or 1
+    smooth = 1.0 / max(len(found), 1)
+    return [r.node for r in sorted(found, key=lambda r: -errors.get(r.node, 0.0)
+                                   / (r.macs / total + smooth))]
+
+
+@dataclass
+class SearchResult:
+    fallen: list[str]
+    value: float
+    met: bool
+    steps: list[dict[str, Any]] = field(default_factory=list)
+
+
+def search(order: list[str], measure: Callable[[set[str]], float],
+           holds: Callable[[float], bool], max_steps: int = 12,
+           start: float | None = None) -> SearchResult:
+    """The smallest prefix of `order` whose fallback makes `holds(measure(prefix))` true:
+    exponential growth then bisection, at most `max_steps` measurements after the first
+    (`start`: the measurement with nothing in float, when the caller already has it)."""
+    steps: list[dict[str, Any]] = []
+
+    def at(k: int) -> float:
+        v = start if k == 0 and start is not None else measure(set(order[:k]))
+        steps.append({"fallback": k, "value": v, "holds": holds(v)})
+        return v
+
+    v = at(0)
+    if holds(v):
+        return SearchResult([], v, True, steps)
+    bad, good, good_value = 0, None, None
+    k = 1
+    while k <= len(order) and len(steps) <= max_steps:
+        v = at(k)
+        if holds(v):
+            good, good_value = k, v
+            break
+        bad = k
+        if k == len(order):
+            break
+        k = min(2 * k, len(order))
+    if good is None:
+        return SearchResult(order[:bad], v, False, steps)
+    while good - bad > 1 and len(steps) <= max_steps:
+        mid = (good + bad) // 2
+        v = at(mid)
+        if holds(v):
+            good, good_value = mid, v
+        else:
+            bad = mid
+    return SearchResult(order[:good], good_value, True, steps)

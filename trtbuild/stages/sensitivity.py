@@ -1,0 +1,131 @@
+"""Sensitivity stage (--accuracy-target): when the INT8 model misses the target on held-out
+data, measure what each quantized region costs (trtbuild.quant.sensitivity), leave the
+fewest regions in float until the target holds, and rewrite out/model.int8.onnx as that
+mixed-precision model (INT8 Q/DQ where kept, FP32 elsewhere). The validate stage then
+checks the rewritten model on all held-out samples.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import numpy as np
+
+from ..context import Context
+from ..data import read_labels, rows
+from ..metrics import batch_axes, compare, gate_value, stack
+from ..onnx import io
+from ..progress import bar
+from ..quant.qdq import insert_qdq, plan
+from ..quant.regions import count_macs, regions, without
+from ..quant.sensitivity import output_error, ranking, search, switchable_model
+
+log = logging.getLogger(__name__)
+SEARCH_SAMPLES = 64       # held-out samples each search step measures (validate: all)
+SENSITIVITY_SAMPLES = 8   # samples each region's sensitivity is measured on
+
+
+def run(ctx: Context) -> dict[str, Any]:
+    target = ctx.settings.gates.accuracy_target
+    model = ctx.clean_model()
+    qplan = plan(model)
+    found = regions(model, qplan)
+    data, labels_dir, label = ctx.eval_data()
+    names, feeds = _subset(data, SEARCH_SAMPLES)
+    count_macs(model, feeds[0], found)
+    labels = read_labels(labels_dir) if labels_dir else None
+    axes = batch_axes(model)
+    switch, flags = switchable_model(model, qplan, ctx.amaxes, found)
+    sess = io.session(switch)
+    ref = _outputs(sess, feeds, axes, {f: np.array(False) for f in flags})
+    few = _first_rows(feeds, SENSITIVITY_SAMPLES)
+    few_ref = _outputs(sess, few, axes, {f: np.array(False) for f in flags})
+
+    def int8(regions_on: set[str]) -> dict[str, np.ndarray]:
+        return {f: np.array(r.node in regions_on) for f, r in zip(flags, found)}
+
+    def measure(fallen: set[str]) -> float:
+        on = {r.node for r in found} - fallen
+        cand = _outputs(sess, feeds, axes, int8(on))
+        record = compare(ref, cand, names, labels, ctx.settings.gates.metric_script)
+        return gate_value(record, target)
+
+    start = measure(set())
+    errors = dict.fromkeys((r.node for r in found), 0.0)
+    if not target.holds(start):  # only a miss pays for the sensitivity pass
+        with bar("sensitivity", len(found)) as progress:
+            for r in found:  # each region alone in INT8, the rest FP32
+                errors[r.node] = output_error(few_ref, _outputs(sess, few, axes,
+                                                                int8({r.node})))
+                progress.advance(1)
+    order = ranking(found, errors)
+    result = search(order, measure, target.holds, start=start)
+    fallen = set(result.fallen)
+    if fallen:
+        mixed = insert_qdq(model, without(qplan, fallen), ctx.amaxes)
+        io.check_model(mixed, ctx.artifacts.int8)
+        io.save(mixed, ctx.artifacts.int8)
+    total = sum(r.macs for r in found) or 1
+    kept = sum(r.macs for r in found if r.node not in fallen)
+    rank = {n: k for k, n in enumerate(order)}
+    record: dict[str, Any] = {
+        "target": str(target), "metric": target.name, "val": label, "samples": len(names),
+        "sensitivity_samples": _count(few), "before": result.steps[0]["value"],
+        "after": result.value, "met": result.met, "evaluations": len(result.steps),
+        "steps": result.steps, "regions_total": len(found), "fallback_regions": len(fallen),
+        "int8_mac_coverage": kept / total, "output": str(ctx.artifacts.int8),
+        "regions": [{"node": r.node, "op_type": r.op_type, "macs": r.macs,
+                     "mac_share": r.macs / total, "sensitivity": errors[r.node],
+                     "rank": rank[r.node],
+                     "precision": "fp32" if r.node in fallen else "int8"} for r in found]}
+    if not result.met:
+        log.warning("%s: %s not reached even with %d of %d regions in FP32 (%.4f)",
+                    ctx.artifacts.int8, target, len(fallen), len(found), result.value)
+    return record
+
+
+def _subset(data: Any, limit: int) -> tuple[list[str], list[dict[str, np.ndarray]]]:
+    """The first `limit` samples (names, one per row) in batches of the data's batch size."""
+    names: list[str] = []
+    feeds: list[dict[str, np.ndarray]] = []
+    pending: list[dict[str, np.ndarray]] = []
+    for origin, feed in data.samples():
+        if len(names) >= limit:
+            break
+        names += [origin] * rows(feed)
+        pending.append(feed)
+        if sum(rows(f) for f in pending) >= data.batch_size:
+            feeds.append(_join(pending))
+            pending = []
+    if pending:
+        feeds.append(_join(pending))
+    return names, feeds
+
+
+def _join(feeds: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    if len(feeds) == 1:
+        return feeds[0]
+    return {k: np.concatenate([f[k] for f in feeds]) for k in feeds[0]}
+
+
+def _first_rows(feeds: list[dict[str, np.ndarray]], limit: int) -> list[dict[str, np.ndarray]]:
+    """Whole batches from the start until `limit` rows are covered."""
+    out, n = [], 0
+    for feed in feeds:
+        if n >= limit:
+            break
+        out.append(feed)
+        n += rows(feed)
+    return out
+
+
+def _count(feeds: list[dict[str, np.ndarray]]) -> int:
+    return sum(rows(f) for f in feeds)
+
+
+def _outputs(sess: Any, feeds: list[dict[str, np.ndarray]], axes: dict[str, int],
+             flags: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    names = [o.name for o in sess.get_outputs()]
+    runs = [sess.run(names, {**feed, **flags}) for feed in feeds]
+    return {n: stack([r[k] for r in runs], axes.get(n, 0)) for k, n in enumerate(names)}
