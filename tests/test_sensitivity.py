@@ -74,7 +74,7 @@ def test_search_falls_back_the_one_region_that_misses_the_target(outlier, tmp_pa
     assert sens["int8_mac_coverage"] == pytest.approx(
         (by_node["conv1"]["macs"] + by_node["conv3"]["macs"])
         / sum(r["macs"] for r in sens["regions"]))
-    assert sens["evaluations"] <= 4
+    assert sens["evaluations"] <= 4  # start, then bisection over 3 regions
     # the written model is the mixed one, validated on all held-out samples
     assert stages["validate"]["outputs"]["y"]["cosine_mean"] >= 0.99
     assert stages["validate"]["samples"] == 24
@@ -122,9 +122,12 @@ def test_search_finds_the_smallest_prefix():
 
     r = search([f"r{k}" for k in range(20)], measure, lambda v: v >= 0.7)
     assert r.met and len(r.fallen) == 7 and r.fallen == [f"r{k}" for k in range(7)]
-    assert calls[:6] == [0, 1, 2, 4, 8, 6] and len(calls) <= 8
+    assert calls == [0, 10, 5, 7, 6]  # bisection: log2(20) + 1 measurements
+    assert r.value == 0.7 and [s["holds"] for s in r.steps] == [False, True, False, True, False]
     never = search(["a", "b"], lambda f: 0.0, lambda v: v > 1)
-    assert not never.met and never.fallen == ["a", "b"]
+    assert not never.met and never.fallen == ["a", "b"] and len(never.steps) == 3
+    first = search(["a", "b"], lambda f: 5.0, lambda v: v > 1, start=0.0)
+    assert first.met and first.fallen == ["a"]
 
 
 def test_unreachable_target_exits_1_and_says_so(tmp_path):

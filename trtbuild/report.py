@@ -90,6 +90,12 @@ def summary_line(stage: str, record: dict[str, Any]) -> str:
                                       f"{r['tensors']} tensors",
                "quantize": lambda r: f"{r['quantized_activations']} activations, "
                                      f"{r['quantized_weights']} weights Q/DQ",
+               "sensitivity": lambda r: f"{r['metric']} {r['before']:.4f} -> "
+                                        f"{r['after']:.4f} ({'meets' if r['met'] else 'misses'}"
+                                        f" {r['target']}); {r['fallback_regions']} of "
+                                        f"{r['regions_total']} regions in float, INT8 MACs "
+                                        f"{100 * r['int8_mac_coverage']:.1f}%, "
+                                        f"{r['evaluations']} evaluations",
                "validate": validate_figures, "fp16": validate_figures,
                "build": _build_figures, "bench": bench_figures,
                "validate_engines": _engine_checks}

@@ -6,9 +6,9 @@ trying a set of INT8 regions is one run, never a new model. Sensitivity of a reg
 output error (||candidate - FP32||^2 / ||FP32||^2, summed over outputs) with that region
 alone in INT8, on a few held-out samples.
 
-Search: regions ranked by error per share of MACs; the fallback count k grows 1, 2, 4, ...
-until the target holds, then bisects, each step a measurement of the whole model on the
-held-out samples, so the INT8 MACs left are as many as the ranking allows.
+Search: regions ranked by error per share of MACs; bisection over how many of them (in
+that order) go to float, each step a measurement of the whole model on held-out samples,
+so the INT8 MACs left are as many as the ranking allows.
 """
 
 from __future__ import annotations
@@ -91,10 +91,10 @@ def output_error(ref: dict[str, np.ndarray], cand: dict[str, np.ndarray]) -> flo
 
 
 def ranking(found: list[Region], errors: dict[str, float]) -> list[str]:
-    """Regions to fall back first: most error per share of MACs (smoothed so regions
-    without MACs are not all first)."""
+    """Regions to fall back first: most error per share of MACs (the knapsack ratio: a
+    depthwise conv whose reparameterised kernels INT8 cannot hold costs few MACs)."""
     total = sum(r.macs for r in found) or 1
-    smooth = 1.0 / max(len(found), 1)
+    smooth = 1e-6
     return [r.node for r in sorted(found, key=lambda r: -errors.get(r.node, 0.0)
                                    / (r.macs / total + smooth))]
 
@@ -108,10 +108,9 @@ class SearchResult:
 
 
 def search(order: list[str], measure: Callable[[set[str]], float],
-           holds: Callable[[float], bool], max_steps: int = 12,
-           start: float | None = None) -> SearchResult:
-    """The smallest prefix of `order` whose fallback makes `holds(measure(prefix))` true:
-    exponential growth then bisection, at most `max_steps` measurements after the first
+           holds: Callable[[float], bool], start: float | None = None) -> SearchResult:
+    """The smallest prefix of `order` whose fallback makes `holds(measure(prefix))` true,
+    by bisection over the prefix length: about log2(len(order)) + 2 measurements
     (`start`: the measurement with nothing in float, when the caller already has it)."""
     steps: list[dict[str, Any]] = []
 
@@ -121,26 +120,18 @@ def search(order: list[str], measure: Callable[[set[str]], float],
         return v
 
     v = at(0)
-    if holds(v):
-        return SearchResult([], v, True, steps)
-    bad, good, good_value = 0, None, None
-    k = 1
-    while k <= len(order) and len(steps) <= max_steps:
-        v = at(k)
-        if holds(v):
-            good, good_value = k, v
-            break
-        bad = k
-        if k == len(order):
-            break
-        k = min(2 * k, len(order))
-    if good is None:
-        return SearchResult(order[:bad], v, False, steps)
-    while good - bad > 1 and len(steps) <= max_steps:
+    if holds(v) or not order:
+        return SearchResult([], v, holds(v), steps)
+    bad, good, values = 0, len(order), {}
+    while good - bad > 1:
         mid = (good + bad) // 2
-        v = at(mid)
-        if holds(v):
-            good, good_value = mid, v
+        values[mid] = at(mid)
+        if holds(values[mid]):
+            good = mid
         else:
             bad = mid
-    return SearchResult(order[:good], good_value, True, steps)
+    if good not in values:  # every region in float was assumed to hold: check it
+        values[good] = at(good)
+        if not holds(values[good]):
+            return SearchResult(list(order), values[good], False, steps)
+    return SearchResult(order[:good], values[good], True, steps)

@@ -23,7 +23,7 @@ from ..quant.sensitivity import output_error, ranking, search, switchable_model
 
 log = logging.getLogger(__name__)
 SEARCH_SAMPLES = 64       # held-out samples each search step measures (validate: all)
-SENSITIVITY_SAMPLES = 8   # samples each region's sensitivity is measured on
+SENSITIVITY_SAMPLES = (2, 16)  # samples each region's sensitivity is measured on
 
 
 def run(ctx: Context) -> dict[str, Any]:
@@ -39,7 +39,9 @@ def run(ctx: Context) -> dict[str, Any]:
     switch, flags = switchable_model(model, qplan, ctx.amaxes, found)
     sess = io.session(switch)
     ref = _outputs(sess, feeds, axes, {f: np.array(False) for f in flags})
-    few = _first_rows(feeds, SENSITIVITY_SAMPLES)
+    # about one validation pass (2 x the held-out samples) for all regions together
+    few = _first_rows(feeds, int(np.clip(2 * len(names) / max(len(found), 1),
+                                         *SENSITIVITY_SAMPLES)))
     few_ref = _outputs(sess, few, axes, {f: np.array(False) for f in flags})
 
     def int8(regions_on: set[str]) -> dict[str, np.ndarray]:
