@@ -77,8 +77,9 @@ def test_digits_qdq_model_is_valid_and_runs(digits_int8):
     int8_w = [w for n, w in weights.items() if w.data_type == onnx.TensorProto.INT8 and n.endswith("_int8")]
     assert len(int8_w) == stages["quantize"]["quantized_weights"]
     # per-channel: one scale per output channel of the first conv
-    conv_scale = weights[[n for n in weights if n.endswith("_wscale")][0]]
+    conv_scale = weights[[n for n in weights if n.endswith("_wscale_fp16")][0]]
     assert len(conv_scale.dims) == 1 and conv_scale.dims[0] > 1
+    assert conv_scale.data_type == onnx.TensorProto.FLOAT16  # INT8 + FP16 by default
     sess = onnxio.session(out / "model.int8.onnx")
     feed = random_feed(onnx.load(str(out / "model.int8.onnx")), batch=3)
     assert sess.run(None, feed)[0].shape == (3, 10)

@@ -67,7 +67,8 @@ def test_search_falls_back_the_one_region_that_misses_the_target(outlier, tmp_pa
     stages = {s["stage"]: s for s in json.loads(proc.stdout)["stages"]}
     sens = stages["sensitivity"]
     assert sens["before"] < 0.99 <= sens["after"] and sens["met"]
-    assert [r["node"] for r in sens["regions"] if r["precision"] == "fp32"] == ["conv2"]
+    assert [r["node"] for r in sens["regions"] if r["precision"] != "int8"] == ["conv2"]
+    assert {r["precision"] for r in sens["regions"]} == {"int8", "fp16"}  # FP16 fallback
     by_node = {r["node"]: r for r in sens["regions"]}
     assert by_node["conv2"]["rank"] == 0  # the most sensitive region per MAC
     assert by_node["conv2"]["macs"] == 16 * 16 * 8 * 8 * 9  # one sample
@@ -80,9 +81,15 @@ def test_search_falls_back_the_one_region_that_misses_the_target(outlier, tmp_pa
     assert stages["validate"]["samples"] == 24
     model = onnx.load(tmp_path / "o" / "model.int8.onnx")
     conv2 = next(n for n in model.graph.node if n.name == "conv2")
-    assert list(conv2.input) == ["m1", "w2"]  # float inputs: no Q/DQ
+    assert list(conv2.input) == ["m1", "w2_fp16"]  # FP16 weights, no Q/DQ
     conv3 = next(n for n in model.graph.node if n.name == "conv3")
     assert all(i.endswith("_dequantized") for i in conv3.input)
+    # INT8 + FP16 in one graph: DQs carry FP16 scales (opset 19), so they feed FP16 directly
+    inits = {i.name: i for i in model.graph.initializer}
+    dqs = [n for n in model.graph.node if n.op_type == "DequantizeLinear"]
+    assert dqs and all(inits[n.input[1]].data_type == TensorProto.FLOAT16 for n in dqs)
+    assert inits["w2_fp16"].data_type == TensorProto.FLOAT16
+    assert model.opset_import[0].version == 19
     assert [e["precision"] for e in stages["build"]["engines"]] == ["int8"]  # TensorRT-RTX
 
 

@@ -92,6 +92,10 @@ def calib_group(p: argparse.ArgumentParser) -> None:
                         "EntropyCalibration2; max; percentile; mse: least quantization error; "
                         "auto: per tensor, whichever of these quantizes it with the least "
                         "error (report.json records each tensor's method and amax)")
+    g.add_argument("--high-precision", choices=("fp16", "fp32"),
+                   help="precision of the layers INT8 leaves in float, in the same graph "
+                        "(default fp16, FP32 kept where FP16 cannot hold the values; fp32: "
+                        "INT8 Q/DQ + FP32 only)")
     g.add_argument("--percentile", type=float,
                    help=f"for --calib-method percentile (default {CALIB_DEFAULTS.percentile})")
 

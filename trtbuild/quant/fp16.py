@@ -122,6 +122,8 @@ def _runs_half(node: Any, floats: set[str], s: Fp16Settings) -> bool:
         return False
     if io.subgraphs(node):  # If/Loop/Scan bodies stay FP32 (the record says how many)
         return False
+    if node.op_type == "QuantizeLinear":  # FP16 input and scale, like its DequantizeLinear
+        return node.input[0] in floats
     return any(o in floats for o in node.output)
 
 

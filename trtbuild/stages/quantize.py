@@ -1,24 +1,57 @@
 """Quantize stage: the calibrated thresholds -> out/model.int8.onnx with explicit Q/DQ
-(placement in trtbuild.quant.qdq), checked with onnx.checker; the validate stage runs it."""
+(placement in trtbuild.quant.qdq), its float parts in FP16 unless --high-precision fp32
+(trtbuild.quant.mixed), checked with onnx.checker; the validate stage runs it."""
 
 from __future__ import annotations
 
+import itertools
+import logging
 from typing import Any
 
 from ..context import Context
+from ..errors import MISSING_CAPABILITY, TrtBuildError
 from ..onnx import io
 from ..quant.qdq import insert_qdq, plan
+
+log = logging.getLogger(__name__)
+PROBE_SAMPLES = 4  # samples the FP16 range probe runs
 
 
 def run(ctx: Context) -> dict[str, Any]:
     model = ctx.clean_model()
     qplan = plan(model)
     qmodel = insert_qdq(model, qplan, ctx.amaxes)
-    out = ctx.out / "model.int8.onnx"
-    io.check_model(qmodel, out)
-    io.save(qmodel, out)
-    ctx.artifacts.int8 = out
+    record = write_int8(ctx, qmodel)
     ops = [n.op_type for n in qmodel.graph.node]
-    return {"output": str(out), "quantized_activations": ops.count("QuantizeLinear"),
-            "quantized_weights": len(qplan.weights),
-            "dequantize_nodes": ops.count("DequantizeLinear")}
+    record.update(quantized_activations=ops.count("QuantizeLinear"),
+                  quantized_weights=len(qplan.weights),
+                  dequantize_nodes=ops.count("DequantizeLinear"))
+    return record
+
+
+def write_int8(ctx: Context, qdq: Any) -> dict[str, Any]:
+    """Write the INT8 Q/DQ model (float parts per --high-precision) to out/model.int8.onnx
+    and set what the CPU check runs; returns record fields."""
+    out = ctx.out / "model.int8.onnx"
+    record: dict[str, Any] = {"output": str(out), "high_precision": ctx.settings.calib.high_precision}
+    model, ctx.int8_check = qdq, None
+    if ctx.settings.calib.high_precision == "fp16":
+        from ..quant.mixed import to_fp16
+
+        data, _, _ = ctx.eval_data()
+        feeds = [feed for _, feed in itertools.islice(data.samples(), PROBE_SAMPLES)]
+        try:
+            model, emulation, info = to_fp16(qdq, ctx.settings.fp16_options, feeds)
+        except TrtBuildError as e:
+            if e.code != MISSING_CAPABILITY:
+                raise
+            log.warning("%s: float parts stay FP32: %s", out, e)
+            record.update(high_precision="fp32", high_precision_note=str(e))
+        else:
+            ctx.int8_check = emulation.SerializeToString()
+            record.update(fp16_nodes=info["fp16_nodes"], fp32_nodes=info["fp32_nodes"],
+                          auto_fp32=info["auto_fp32"])
+    io.check_model(model, out)
+    io.save(model, out)
+    ctx.artifacts.int8 = out
+    return record

@@ -1,8 +1,9 @@
 """Sensitivity stage (--accuracy-target): when the INT8 model misses the target on held-out
 data, measure what each quantized region costs (trtbuild.quant.sensitivity), leave the
 fewest regions in float until the target holds, and rewrite out/model.int8.onnx as that
-mixed-precision model (INT8 Q/DQ where kept, FP32 elsewhere). The validate stage then
-checks the rewritten model on all held-out samples.
+mixed-precision model (INT8 Q/DQ where kept, the --high-precision type elsewhere). The
+search measures fallback regions in FP32; the validate stage then checks the written model
+(its FP16 parts emulated) on all held-out samples.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from ..progress import bar
 from ..quant.qdq import insert_qdq, plan
 from ..quant.regions import count_macs, regions, without
 from ..quant.sensitivity import output_error, ranking, search, switchable_model
+from .quantize import write_int8
 
 log = logging.getLogger(__name__)
 SEARCH_SAMPLES = 64       # held-out samples each search step measures (validate: all)
@@ -65,9 +67,8 @@ def run(ctx: Context) -> dict[str, Any]:
     result = search(order, measure, target.holds, start=start)
     fallen = set(result.fallen)
     if fallen:
-        mixed = insert_qdq(model, without(qplan, fallen), ctx.amaxes)
-        io.check_model(mixed, ctx.artifacts.int8)
-        io.save(mixed, ctx.artifacts.int8)
+        write_int8(ctx, insert_qdq(model, without(qplan, fallen), ctx.amaxes))
+    high = ctx.settings.calib.high_precision
     total = sum(r.macs for r in found) or 1
     kept = sum(r.macs for r in found if r.node not in fallen)
     rank = {n: k for k, n in enumerate(order)}
@@ -80,9 +81,9 @@ def run(ctx: Context) -> dict[str, Any]:
         "regions": [{"node": r.node, "op_type": r.op_type, "macs": r.macs,
                      "mac_share": r.macs / total, "sensitivity": errors[r.node],
                      "rank": rank[r.node],
-                     "precision": "fp32" if r.node in fallen else "int8"} for r in found]}
+                     "precision": high if r.node in fallen else "int8"} for r in found]}
     if not result.met:
-        log.warning("%s: %s not reached even with %d of %d regions in FP32 (%.4f)",
+        log.warning("%s: %s not reached even with %d of %d regions in float (%.4f)",
                     ctx.artifacts.int8, target, len(fallen), len(found), result.value)
     return record
 

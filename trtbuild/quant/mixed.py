@@ -1,0 +1,88 @@
+"""The INT8 model's float parts in FP16 (ModelOpt's high_precision_dtype="fp16"): one
+strongly typed graph of INT8 Q/DQ regions, FP16 elsewhere, FP32 where FP16 cannot hold
+the values (measured: trtbuild.quant.fp16_range) or where precision-sensitive ops are.
+
+Q/DQ nodes take FP16 scales, so a DequantizeLinear feeds its FP16 consumer directly (no
+Cast between, which would stop TensorRT fusing the Q/DQ into the layer).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from ..config import Fp16Settings
+from . import fp16
+from .fp16_range import FP16_MAX, range_keeps
+
+
+def to_fp16(qdq: Any, s: Fp16Settings, feeds: list[dict[str, np.ndarray]]
+            ) -> tuple[Any, Any, dict[str, Any]]:
+    """(FP16 graph to build, FP32 emulation of it for the CPU check, record fields)."""
+    import onnx
+
+    qdq = onnx.shape_inference.infer_shapes(at_opset(qdq, FP16_QDQ_OPSET))
+    keeps = {**range_keeps(qdq, s, feeds), **_scale_keeps(qdq)}
+    keeps = _keep_dq_consumers(qdq, keeps)
+    keep_at = frozenset(keeps)
+    model, info = fp16.convert(qdq, s, keep_at)
+    nodes = qdq.graph.node
+    info["auto_fp32"] = [{"node": nodes[k].name or f"#{k}", "op": nodes[k].op_type,
+                          "reason": why} for k, why in sorted(keeps.items())]
+    return model, fp16.emulated(qdq, s, keep_at), info
+
+
+FP16_QDQ_OPSET = 19  # QuantizeLinear/DequantizeLinear take float16 scales from opset 19
+
+
+def at_opset(model: Any, version: int) -> Any:
+    """`model` converted to at least `version` (onnx.version_converter). Raises
+    TrtBuildError(3) when the converter cannot (the caller may fall back to FP32)."""
+    from onnx import version_converter
+
+    from ..errors import MISSING_CAPABILITY, TrtBuildError
+    from ..onnx import io
+
+    if io.opset(model) >= version:
+        return model
+    try:
+        return version_converter.convert_version(model, version)
+    except Exception as e:  # noqa: BLE001 - the converter raises many types
+        raise TrtBuildError(f"cannot raise opset {io.opset(model)} to {version} for FP16 "
+                            f"Q/DQ scales ({type(e).__name__}: {str(e).splitlines()[0][:200]})",
+                            MISSING_CAPABILITY)
+
+
+FP16_TINY = float(np.finfo(np.float16).tiny)  # 6.1e-5: below it FP16 loses mantissa bits
+
+
+def _scale_keeps(model: Any) -> dict[int, str]:
+    """Q/DQ nodes whose scales FP16 cannot hold as normal numbers (a weight channel with
+    max |w| < 0.0078 has a scale below 6.1e-5; in FP16 it rounds towards 0, which TensorRT
+    rejects): they stay FP32."""
+    from onnx import numpy_helper
+
+    inits = {i.name: i for i in model.graph.initializer}
+    keeps = {}
+    for k, n in enumerate(model.graph.node):
+        if n.op_type in ("QuantizeLinear", "DequantizeLinear") and n.input[1] in inits:
+            scale = np.abs(numpy_helper.to_array(inits[n.input[1]]).astype(np.float64))
+            if scale.size and (scale.min() < FP16_TINY or scale.max() > FP16_MAX):
+                keeps[k] = (f"scale {n.input[1]} in [{scale.min():.3g}, {scale.max():.3g}]: "
+                            "not a normal FP16 number")
+    return keeps
+
+
+def _keep_dq_consumers(model: Any, keeps: dict[int, str]) -> dict[int, str]:
+    """A DequantizeLinear kept FP32 (a scale FP16 cannot hold) keeps its consumers FP32
+    too, so no Cast sits between the DQ and the layer it quantizes."""
+    kept_out = {o: model.graph.node[k].name for k in keeps
+                if model.graph.node[k].op_type == "DequantizeLinear"
+                for o in model.graph.node[k].output}
+    out = dict(keeps)
+    for k, n in enumerate(model.graph.node):
+        for i in n.input:
+            if i in kept_out and k not in out:
+                out[k] = f"reads {kept_out[i]}, kept FP32"
+    return out
