@@ -1,0 +1,356 @@
+"""The release manifest: a TOML file of defaults, then one table per model.
+
+    [defaults]                        # any build option by its API name (config.OPTIONS)
+    precisions = ["fp16", "int8"]
+    archs = ["sm_86", "sm_89"]
+    calib = "data/calib"              # relative paths: against the manifest's directory
+
+    [models.digits]
+    src = "trtbuild.demo.digits:digits_cnn"
+    precisions = ["fp32", "int8"]     # a model's own value replaces the default
+
+`load(path)` checks the whole file before any work starts and raises one TrtBuildError
+(exit 2) that lists every problem, each naming its table and key. A release is one job per
+(model, precision, architecture): `Manifest.jobs()`.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import re
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any, Iterable
+
+import tomllib  # standard library from Python 3.11 (ruff sorts by requires-python >=3.10)
+
+from ..config import OPTIONS, PRECISIONS, TOP_LEVEL, BuildSettings, build_settings
+from ..errors import TrtBuildError
+
+# Build options a release sets itself: fp32/fp16/int8 per job (from `precisions`), `out`.
+NOT_KEYS = {
+    **{p: f"'{p}' is not a manifest key: use precisions = [\"{p}\", ...]" for p in PRECISIONS},
+    "out": "'out' is not a manifest key: the release chooses each model's output directory",
+}
+SETTING_KEYS = frozenset((set(OPTIONS) | TOP_LEVEL) - set(NOT_KEYS))
+DEFAULT_KEYS = SETTING_KEYS | {"precisions"}
+MODEL_KEYS = DEFAULT_KEYS | {"src"}
+# Meaningful with INT8 only: a model without int8 ignores them when they come from [defaults].
+INT8_ONLY = ("calib", "calib_cache", "accuracy_target")
+# Options naming files that check_files can check one at a time (calibration ones with int8).
+FILE_KEYS = ("calib", "calib_cache", "val", "baseline", "metric_script", "plugins")
+CALIB_KEYS = ("calib", "calib_cache")
+# A model's name becomes a directory name: no separators, no leading dot.
+MODEL_NAME = re.compile(r"(?!\.)[A-Za-z0-9_.-]+")
+
+
+@dataclass(frozen=True)
+class Job:
+    """One engine of a release: a model at one precision for one architecture."""
+
+    model: str
+    precision: str
+    arch: str
+
+    @property
+    def key(self) -> str:
+        """'digits/int8/sm_86': unique within a release, usable as a relative path."""
+        return f"{self.model}/{self.precision}/{self.arch}"
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    """One [models.NAME] table with [defaults] applied.
+
+    `options` are its build options by API name (paths absolute), without src, precisions
+    and archs; `settings` is everything checked: one flag per precision, every arch."""
+
+    name: str
+    src: str
+    precisions: tuple[str, ...]       # in PRECISIONS order: fp32, fp16, int8
+    archs: tuple[str, ...]            # in the manifest's order
+    options: dict[str, Any]
+    settings: BuildSettings
+
+
+@dataclass(frozen=True)
+class Manifest:
+    path: Path                        # absolute
+    models: list[ModelEntry]          # in the file's order
+
+    def model(self, name: str) -> ModelEntry:
+        for m in self.models:
+            if m.name == name:
+                return m
+        raise KeyError(name)
+
+    def jobs(self) -> list[Job]:
+        """Every (model, precision, arch): models in file order, then fp32/fp16/int8, then
+        archs in the manifest's order."""
+        return [Job(m.name, p, a) for m in self.models for p in m.precisions for a in m.archs]
+
+
+def load(path: str | Path) -> Manifest:
+    """Read and check the manifest at `path`. Raises TrtBuildError (exit 2): one line when
+    the file cannot be read, else 'PATH: N problems:' and one line per problem."""
+    path = Path(path)
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except FileNotFoundError:
+        raise TrtBuildError(f"{path}: no such manifest file")
+    except OSError as e:
+        raise TrtBuildError(f"{path}: cannot read the manifest: {e.strerror}")
+    except UnicodeDecodeError as e:
+        raise _failed(path, [f"{path}: not UTF-8 text ({e.reason} at byte {e.start})"])
+    try:
+        doc = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:  # its message ends "(at line L, column C)"
+        raise _failed(path, [f"{path}: invalid TOML: {e}"])
+    checker = _Checker(path)
+    models = checker.manifest(doc)
+    if checker.problems:
+        raise _failed(path, checker.problems)
+    return Manifest(path.resolve(), models)
+
+
+def _failed(path: Path, problems: list[str]) -> TrtBuildError:
+    n = len(problems)
+    return TrtBuildError("\n".join([f"{path}: {n} problem{'' if n == 1 else 's'}:", *problems]))
+
+
+class _Checker:
+    """Checks one parsed manifest, collecting problems as 'PATH: [TABLE] KEY: message'."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.base = path.resolve().parent
+        self.problems: list[str] = []
+
+    def add(self, table: str | None, key: str | None, message: str) -> None:
+        where = f"[{table}] " if table else ""
+        what = f"{key}: " if key else ""
+        self.problems.append(f"{self.path}: {where}{what}{message}")
+
+    def manifest(self, doc: dict[str, Any]) -> list[ModelEntry]:
+        for key, value in doc.items():
+            if key not in ("defaults", "models"):
+                self.unknown(None, key, value, ("defaults", "models"))
+        defaults, bad_defaults = self.options("defaults", self.table(doc, "defaults"),
+                                              DEFAULT_KEYS)
+        models = self.table(doc, "models")
+        if not models and isinstance(doc.get("models", {}), dict):
+            self.add(None, None, "no models: add a [models.NAME] table")
+        entries = []
+        for name, raw in models.items():
+            entry = self.model(name, raw, defaults, bad_defaults)
+            if entry is not None:
+                entries.append(entry)
+        self.case_collisions(list(models))
+        return entries
+
+    def table(self, doc: dict[str, Any], key: str) -> dict[str, Any]:
+        value = doc.get(key, {})
+        if isinstance(value, dict):
+            return value
+        self.add(None, key, f"expected a table [{key}], got {_describe(value)}")
+        return {}
+
+    def model(self, name: str, raw: Any, defaults: dict[str, Any],
+              bad_defaults: set[str]) -> ModelEntry | None:
+        table = _table_name(name)
+        before = len(self.problems)
+        if not MODEL_NAME.fullmatch(name):
+            self.add(table, None, f"'{name}' is not a model name: use letters, digits, _ . - "
+                     "and no leading dot (it names the model's output directory)")
+        if not isinstance(raw, dict):
+            self.add("models", name, f"expected a table [{table}], got {_describe(raw)}")
+            return None
+        own, bad = self.options(table, raw, MODEL_KEYS, model=name)
+        bad |= bad_defaults - raw.keys()  # listed under [defaults] already
+        options = {**defaults, **own}
+        src = options.pop("src", None)
+        precisions = options.pop("precisions", None)
+        archs = options.pop("archs", None)
+        if "src" not in raw:
+            self.add(table, "src", "missing (a .onnx file, FILE.py:FN, package.module:FN or "
+                     "torchvision:NAME)")
+        for key, value in (("precisions", precisions), ("archs", archs)):
+            if value is None and key not in bad:
+                self.add(table, key, "missing: set it here or in [defaults]")
+        if precisions and "int8" not in precisions:
+            for key in INT8_ONLY:
+                if key in own:
+                    self.add(table, key, "needs \"int8\" in precisions")
+                options.pop(key, None)
+        if len(self.problems) > before or bad:
+            return None  # the whole check would only repeat what is listed already
+        if "int8" in precisions and not any(k in options for k in CALIB_KEYS):
+            self.add(table, "precisions", "int8 needs calib (a directory or FILE.py:FN) or "
+                     "calib_cache, here or in [defaults]")
+            return None
+        from ..pipeline import check_files
+
+        flags = {p: p in precisions for p in PRECISIONS}
+        try:  # what no single option shows, e.g. calibrator = "trt" with calib_cache only
+            settings = build_settings(src, archs=archs, **flags, **options)
+            check_files(settings)
+        except TrtBuildError as e:
+            self.add(table, None, e.message)
+            return None
+        return ModelEntry(name, src, precisions, settings.targets.archs, options, settings)
+
+    def options(self, table: str, raw: dict[str, Any], allowed: frozenset[str],
+                model: str | None = None) -> tuple[dict[str, Any], set[str]]:
+        """The table's good options (paths resolved) and the keys whose values are bad."""
+        good: dict[str, Any] = {}
+        bad: set[str] = set()
+        for key, value in raw.items():
+            if key not in allowed:
+                self.unknown(table, key, value, allowed, model)
+                continue
+            try:
+                good[key] = self.option(key, value)
+            except TrtBuildError as e:
+                self.add(table, key, _unflag(e.message))
+                bad.add(key)
+        return good, bad
+
+    def option(self, key: str, value: Any) -> Any:
+        """`value` type-checked, its paths resolved, checked alone as build_settings and
+        check_files would. Raises TrtBuildError."""
+        kind = _kind(key)
+        if kind is not None and not _is(kind, value):
+            raise TrtBuildError(f"expected {kind}, got {_describe(value)}")
+        value = _resolve(key, value, self.base)
+        if key == "precisions":
+            return _precisions(value)
+        if key == "src":
+            from ..onnx import source
+
+            source.parse(value)
+            return value
+        s = build_settings("manifest", **{key: value}, int8=key in CALIB_KEYS)
+        if key in FILE_KEYS:
+            from ..pipeline import check_files
+
+            check_files(s)
+        if key == "archs":
+            if not s.targets.archs:
+                raise TrtBuildError("empty: list at least one, e.g. [\"sm_86\"]")
+            if len(set(s.targets.archs)) != len(s.targets.archs):
+                raise TrtBuildError("an architecture is listed twice")
+        return value
+
+    def unknown(self, table: str | None, key: str, value: Any, allowed: Iterable[str],
+                model: str | None = None) -> None:
+        if key in NOT_KEYS:
+            message = NOT_KEYS[key]
+        elif key == "src" and table == "defaults":
+            message = "'src' belongs in each [models.NAME] table"
+        else:
+            message = f"unknown key '{key}'"
+            close = difflib.get_close_matches(key, sorted(allowed), n=1)
+            if close:
+                message += f" (did you mean '{close[0]}'?)"
+            elif model is not None and isinstance(value, dict):  # [models.a.b] nests tables
+                message += f" (a model name with a dot needs quotes: [models.\"{model}.{key}\"])"
+        self.add(table, None, message)
+
+    def case_collisions(self, names: list[str]) -> None:
+        """Names equal but for case would share a directory on case-insensitive disks."""
+        seen: dict[str, str] = {}
+        for name in names:
+            first = seen.setdefault(name.lower(), name)
+            if first != name:
+                self.add(_table_name(name), None, f"differs from [{_table_name(first)}] only "
+                         "in case (their output directories would collide)")
+
+
+def _table_name(name: str) -> str:
+    """'models.NAME' as TOML spells it: quoted unless NAME is a bare key."""
+    return f"models.{name if re.fullmatch(r'[A-Za-z0-9_-]+', name) else json.dumps(name)}"
+
+
+def _precisions(value: str | list[str]) -> tuple[str, ...]:
+    given = [value] if isinstance(value, str) else list(value)
+    if not given:
+        raise TrtBuildError(f"empty: list at least one of {', '.join(PRECISIONS)}")
+    for p in given:
+        if p not in PRECISIONS:
+            raise TrtBuildError(f"'{p}' is not one of {', '.join(PRECISIONS)}")
+    if len(set(given)) != len(given):
+        raise TrtBuildError("a precision is listed twice")
+    return tuple(p for p in PRECISIONS if p in given)
+
+
+# --- value types, from the settings dataclasses' annotations (so new options are covered)
+
+STRINGS = "a string or an array of strings"
+KINDS = {"bool": "a boolean", "int": "an integer", "float": "a number", "str": "a string",
+         "Path": "a string", "dict": "a table", "Any": "a string", "Gate": "a string"}
+KIND_OVERRIDES = {"precisions": STRINGS, "src": "a string",
+                  "max_regression": "a number or a string"}  # 0.05 or "5%"
+
+
+def _kind(key: str) -> str | None:
+    """What TOML value `key` takes ('a boolean', ...); None: left to build_settings."""
+    if key in KIND_OVERRIDES:
+        return KIND_OVERRIDES[key]
+    top = {f.name: f for f in fields(BuildSettings)}
+    if key in OPTIONS:
+        section, name = OPTIONS[key]
+        field_type = {f.name: f.type for f in fields(type(top[section].default))}[name]
+    else:
+        field_type = top[key].type
+    annotation = str(field_type).removesuffix(" | None")
+    return STRINGS if annotation.startswith("tuple[") else KINDS.get(annotation)
+
+
+def _is(kind: str, value: Any) -> bool:
+    number = isinstance(value, (int, float)) and not isinstance(value, bool)
+    return {
+        "a boolean": isinstance(value, bool),
+        "an integer": isinstance(value, int) and not isinstance(value, bool),
+        "a number": number,
+        "a number or a string": number or isinstance(value, str),
+        "a string": isinstance(value, str),
+        "a table": isinstance(value, dict),
+        STRINGS: isinstance(value, str) or (isinstance(value, list)
+                                            and all(isinstance(v, str) for v in value)),
+    }[kind]
+
+
+def _describe(value: Any) -> str:
+    """A TOML value's type and text: 'a string "17"'."""
+    kinds = [(bool, "a boolean"), (int, "an integer"), (float, "a float"), (str, "a string"),
+             (list, "an array"), (dict, "a table")]
+    kind = next((k for t, k in kinds if isinstance(value, t)), "a date/time")
+    return f"{kind} {json.dumps(value, default=str)}"
+
+
+# --- paths: relative to the manifest's directory, whatever the current directory
+
+def _resolve(key: str, value: Any, base: Path) -> Any:
+    if key == "plugins":
+        return [_path(v, base) for v in value] if isinstance(value, list) else _path(value, base)
+    if key in ("calib_cache", "baseline", "cache_dir"):  # Path, as the CLI gives them
+        return Path(_path(value, base))
+    if key in ("calib", "val", "metric_script", "src"):
+        target, sep, fn = value.rpartition(":")
+        if sep and fn and target.endswith(".py"):  # FILE.py:FN
+            return f"{_path(target, base)}:{fn}"
+        if key in ("calib", "val") or (key == "src" and value.endswith(".onnx")):
+            return _path(value, base)
+    return value
+
+
+def _path(text: str, base: Path) -> str:
+    path = Path(text).expanduser()
+    return str((base / path).resolve() if not path.is_absolute() else path)
+
+
+def _unflag(message: str) -> str:
+    """'--calib-method: 'x' is not one of ...' -> the same without the CLI flag: the problem
+    line names the manifest key instead."""
+    return re.sub(r"--[a-z0-9-]+: ", "", message, count=1)
