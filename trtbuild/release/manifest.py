@@ -19,11 +19,10 @@ from __future__ import annotations
 import difflib
 import json
 import re
+import tomllib
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, Iterable
-
-import tomllib  # standard library from Python 3.11 (ruff sorts by requires-python >=3.10)
 
 from ..config import OPTIONS, PRECISIONS, TOP_LEVEL, BuildSettings, build_settings
 from ..errors import TrtBuildError
