@@ -223,7 +223,7 @@ def _bars(regions: list[dict[str, Any]], width: int = 800, height: int = 220) ->
              "stroke=\"#888\"/>",
              f"<line x1=\"{pad_l}\" y1=\"{pad_t + plot_h}\" x2=\"{width - 4}\" "
              f"y2=\"{pad_t + plot_h}\" stroke=\"#888\"/>",
-             f"<text x=\"{pad_l - 4}\" y=\"{pad_t + 8}\" text-anchor=\"end\">{_num(top)}</text>",
+             f"<text x=\"{pad_l - 4}\" y=\"{pad_t + 8}\" text-anchor=\"end\">{top:.3g}</text>",
              f"<text x=\"{pad_l - 4}\" y=\"{pad_t + plot_h}\" text-anchor=\"end\">0</text>"]
     for i, (g, v) in enumerate(zip(regions, values)):
         h = plot_h * min(max(v, 0.0), top) / top  # negative sensitivity: no bar, still a slot
