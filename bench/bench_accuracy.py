@@ -484,10 +484,12 @@ def trtbuild_rows(case: Case, work: Path, notes: list[str], val_pass: float) -> 
                     if isinstance(v, (int, float, str, dict)) and len(str(v)) < 300
                     and k != "stage"}
             notes.append(f"{case.name} trtbuild {tag} sensitivity: {keep}")
-            if isinstance(sens.get("seconds"), (int, float)) and val_pass > 0:
-                notes.append(f"{case.name} trtbuild {tag}: sensitivity stage "
-                             f"{sens['seconds']:.1f} s = {sens['seconds'] / val_pass:.1f}x this "
-                             f"bench's FP32 validation pass ({val_pass:.1f} s)")
+            secs, n = sens.get("seconds"), sens.get("samples") or len(case.val)
+            if isinstance(secs, (int, float)) and val_pass > 0:
+                per_sample = (secs / n) / (val_pass / len(case.val))
+                notes.append(f"{case.name} trtbuild {tag}: sensitivity stage {secs:.1f} s on "
+                             f"{n} samples; this bench's FP32 validation pass {val_pass:.1f} s on "
+                             f"{len(case.val)}: {per_sample:.1f}x per sample")
         if tag == "auto" and stages.get("calibrate", {}).get("methods_chosen"):
             notes.append(f"{case.name} trtbuild auto per-tensor methods: "
                          f"{stages['calibrate']['methods_chosen']}")
