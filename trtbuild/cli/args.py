@@ -272,6 +272,19 @@ def build_parser() -> argparse.ArgumentParser:
     bench_group(p, with_flag=False)
     common(p)
 
+    p = sub.add_parser("release", help="a release from a TOML manifest: every model x "
+                       "precision x arch on a local pool of workers, resumable, with "
+                       "release.json and release.html")
+    p.add_argument("manifest", type=Path, metavar="MANIFEST.toml")
+    p.add_argument("--out", type=Path, help="output directory (default: "
+                   "trtbuild-out/release-<manifest name>/); rerun to resume")
+    p.add_argument("--baseline", type=Path, metavar="OLD/release.json",
+                   help="compare engine sizes and accuracy with a previous release")
+    p.add_argument("--workers", type=int, metavar="N",
+                   help="worker processes (default: min(cores, jobs); a job waits while free "
+                        "memory is below the largest job's peak RSS)")
+    common(p)
+
     p = sub.add_parser("info", help="GPU, compute capability, TensorRT versions, and the "
                        "engine cache key prefix for this machine")
     p.add_argument("--cache-dir", type=Path, metavar="DIR")

@@ -151,8 +151,52 @@ def cmd_cache(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_release(args: argparse.Namespace) -> int:
+    from ..errors import TrtBuildError
+    from ..release.run import default_out
+
+    stream = sys.stderr if args.json else sys.stdout
+    out = args.out or default_out(args.manifest)
+    print(f"trtbuild release: {args.manifest} -> {out}/", file=stream, flush=True)
+
+    def on_job(key: str, j: dict) -> None:
+        print(f"  {release_line(key, j)}", file=stream, flush=True)
+
+    try:
+        journal = api.release(args.manifest, out, baseline=args.baseline, workers=args.workers,
+                              on_job=on_job)
+    except TrtBuildError as e:
+        if e.record is not None:
+            emit(args, e.record, _release_summary(e.record, out))
+        raise
+    emit(args, journal, _release_summary(journal, out))
+    return 0
+
+
+def release_line(key: str, j: dict) -> str:
+    e = (j.get("record") or {}).get("engine") or {}
+    parts = [f"{key:<28} {j['status']:<11}"]
+    if j.get("reused"):
+        parts.append("done by an earlier run")
+    elif j.get("seconds") is not None and j["status"] != "skipped":
+        parts.append(f"{j['seconds']:6.2f}s {j.get('peak_rss_mb') or 0:7.1f} MB")
+    if e.get("path"):
+        parts.append(f"{e['bytes'] / 1e6:.3f} MB engine{' (cached)' if e.get('cache_hit') else ''}")
+    if j.get("error"):
+        parts.append(j["error"])
+    return "  ".join(parts)
+
+
+def _release_summary(journal: dict, out: Any) -> list[str]:
+    t = journal["totals"]
+    return [f"  {t['ok']} of {t['jobs']} jobs ok ({t['reused']} done by an earlier run), "
+            f"{t['failed']} failed, {t['gate_failed']} gate failed, {t['skipped']} skipped; "
+            f"{t['engines']} engines, {t['cache_hits']} from the cache",
+            f"  {'release':<16} {out}/release.json  {out}/release.html"]
+
+
 COMMANDS: dict[str, Command] = {
     "build": cmd_build, "demo": cmd_demo, "export": cmd_export, "clean": cmd_clean,
     "calibrate": cmd_calibrate, "validate": cmd_validate, "bench": cmd_bench,
-    "info": cmd_info, "cache": cmd_cache,
+    "info": cmd_info, "cache": cmd_cache, "release": cmd_release,
 }

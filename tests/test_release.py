@@ -1,0 +1,260 @@
+"""`trtbuild release` (#11 parts 2, 3, 5, 6): real TensorRT-RTX builds of a 2-model manifest
+(the digits demo + a tiny ONNX model) x fp16/int8 x sm_86/sm_89 on 2 worker processes;
+resume, kill -9 of the driver, a corrupt journal, a failing gate, the baseline comparison."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import REPO, SESSION_CACHE, TRTBUILD, run_cli
+
+DATA = REPO / "trtbuild" / "demo" / "data"
+EXAMPLE = REPO / "examples" / "release" / "manifest.toml"
+PREPARE_STAGES = ["export", "clean", "fp16", "calibrate", "quantize", "validate"]
+ENGINE_KEYS = [f"{m}/{p}/{a}" for m in ("digits", "tiny") for p in ("fp16", "int8")
+               for a in ("sm_86", "sm_89")]
+ALL_KEYS = sorted(ENGINE_KEYS + ["digits/prepare", "tiny/prepare"])
+
+
+def tiny_model(folder: Path) -> Path:
+    """x[N,8] -> MatMul -> Add -> Relu -> MatMul -> y[N,4], with .npy calib and val data."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    inits = [numpy_helper.from_array(rng.standard_normal((8, 16)).astype(np.float32), "w1"),
+             numpy_helper.from_array(rng.standard_normal(16).astype(np.float32), "b1"),
+             numpy_helper.from_array(rng.standard_normal((16, 4)).astype(np.float32), "w2")]
+    nodes = [helper.make_node("MatMul", ["x", "w1"], ["h"]),
+             helper.make_node("Add", ["h", "b1"], ["hb"]),
+             helper.make_node("Relu", ["hb"], ["r"]),
+             helper.make_node("MatMul", ["r", "w2"], ["y"])]
+    graph = helper.make_graph(
+        nodes, "tiny", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    folder.mkdir(parents=True, exist_ok=True)
+    onnx.save(model, folder / "tiny.onnx")
+    for name, seed in (("calib", 1), ("val", 2)):
+        (folder / name).mkdir(exist_ok=True)
+        for i in range(4):
+            np.save(folder / name / f"{i}.npy", np.random.default_rng(seed * 10 + i)
+                    .standard_normal((16, 8)).astype(np.float32))
+    return folder / "tiny.onnx"
+
+
+def write_manifest(folder: Path, tiny_gates: str = "") -> Path:
+    tiny_model(folder / "tiny")
+    path = folder / "release.toml"
+    path.write_text(f"""\
+[defaults]
+precisions = ["fp16", "int8"]
+archs = ["sm_86", "sm_89"]
+
+[models.digits]
+src = "trtbuild.demo.digits:digits_cnn"
+calib = "{DATA / 'calib'}"
+val = "{DATA / 'val'}"
+gates = ["cosine_mean>=0.99"]
+
+[models.tiny]
+src = "tiny/tiny.onnx"
+calib = "tiny/calib"
+val = "tiny/val"
+{tiny_gates}
+""")
+    return path
+
+
+def env() -> dict[str, str]:
+    return {**os.environ, "PYTHONPATH": str(REPO), "XDG_CACHE_HOME": SESSION_CACHE}
+
+
+def journal(out: Path) -> dict:
+    return json.loads((out / "release.json").read_text())
+
+
+def temp_files(out: Path) -> list[Path]:
+    return [p for p in out.rglob("*") if ".tmp-" in p.name]
+
+
+@pytest.fixture(scope="module")
+def first(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, dict, float]:
+    """(manifest, out, release.json, seconds) of one uninterrupted release."""
+    folder = tmp_path_factory.mktemp("release")
+    manifest, out = write_manifest(folder), folder / "out"
+    start = time.perf_counter()
+    proc = run_cli("release", manifest, "--out", out, "--workers", "2")
+    seconds = time.perf_counter() - start
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return manifest, out, journal(out), seconds
+
+
+def test_release_builds_each_engine_from_stages_run_once(first: tuple) -> None:
+    manifest, out, data, _ = first
+    assert sorted(data["jobs"]) == ALL_KEYS
+    assert all(j["status"] == "ok" and not j["reused"] for j in data["jobs"].values())
+    assert data["workers"] == 2 and data["totals"]["ok"] == 10 and data["totals"]["engines"] == 8
+    for model in ("digits", "tiny"):
+        # the CPU stages ran once per model: one report, each stage once, no engine stage
+        report = json.loads((out / model / "report.json").read_text())
+        assert [s["stage"] for s in report["stages"]] == PREPARE_STAGES
+        prep = data["jobs"][f"{model}/prepare"]
+        assert [s for s, _ in prep["record"]["stages"]] == PREPARE_STAGES
+        assert prep["peak_rss_mb"] > 0
+        assert set(prep["record"]["accuracy"]) == {"fp16", "int8"}
+    for key in ENGINE_KEYS:
+        j = data["jobs"][key]
+        model, precision, arch = key.split("/")
+        engine = j["record"]["engine"]
+        path = out / model / "engines" / arch / f"model.{precision}.engine"
+        assert Path(engine["path"]) == path.resolve() and path.stat().st_size == engine["bytes"]
+        assert [s for s, _ in j["record"]["stages"]] == ["build", "validate_engines"]
+        assert j["record"]["accuracy"]["cosine_mean"] > 0.9 and j["peak_rss_mb"] > 0
+    assert data["manifest"]["path"] == str(manifest.resolve())
+    html = (out / "release.html").read_text()
+    assert "<script" not in html and html.count("<tr><td>") == 8
+    assert "Model digits" in html and "not measured" in html and "every job passed" in html
+
+
+def test_engine_cache_key_is_a_plain_runs(first: tuple, tmp_path: Path) -> None:
+    """A plain `trtbuild` run of the same model and settings gets every engine from the cache
+    the release filled (the same cache key)."""
+    _, out, data, _ = first
+    proc = run_cli("trtbuild.demo.digits:digits_cnn", "--out", tmp_path / "plain", "--fp16",
+                   "--int8", "--calib", DATA / "calib", "--val", DATA / "val", "--arch",
+                   "sm_86,sm_89", "--json")
+    assert proc.returncode == 0, proc.stderr
+    build = next(s for s in json.loads(proc.stdout)["stages"] if s["stage"] == "build")
+    assert build["cache_hits"] == 4
+    keys = {f"digits/{e['precision']}/{e['arch']}": e["key"] for e in build["engines"]}
+    assert keys == {k: data["jobs"][k]["record"]["engine"]["key"] for k in keys}
+
+
+def test_rerun_redoes_nothing(first: tuple) -> None:
+    manifest, out, data, seconds = first
+    start = time.perf_counter()
+    proc = run_cli("release", manifest, "--out", out, "--workers", "2")
+    rerun = time.perf_counter() - start
+    assert proc.returncode == 0, proc.stderr
+    again = journal(out)
+    assert all(j["reused"] for j in again["jobs"].values())
+    assert proc.stdout.count("done by an earlier run") == 11  # 10 jobs + the totals line
+    assert rerun < seconds / 2, (rerun, seconds)
+    strip = lambda d: {k: {**j, "reused": None} for k, j in d["jobs"].items()}  # noqa: E731
+    assert strip(again) == strip(data)
+
+
+def test_kill_9_then_resume(first: tuple, tmp_path: Path) -> None:
+    manifest, _, data, _ = first
+    out = tmp_path / "out"
+    driver = subprocess.Popen([*TRTBUILD, "release", str(manifest), "--out", str(out),
+                               "--workers", "2"], env=env(), stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    try:
+        while time.monotonic() < deadline and driver.poll() is None:
+            path = out / "release.json"
+            if path.is_file() and any(j["status"] != "pending"
+                                      for j in json.loads(path.read_text())["jobs"].values()):
+                break
+            time.sleep(0.05)
+    finally:
+        driver.send_signal(signal.SIGKILL)
+        driver.wait()
+    killed = journal(out)
+    finished = [k for k, j in killed["jobs"].items() if j["status"] == "ok"]
+    assert finished and len(finished) < len(ALL_KEYS)
+    time.sleep(0.5)  # the workers die with the driver (PR_SET_PDEATHSIG)
+    proc = run_cli("release", manifest, "--out", out, "--workers", "2")
+    assert proc.returncode == 0, proc.stderr
+    resumed = journal(out)
+    assert sorted(resumed["jobs"]) == ALL_KEYS
+    assert all(j["status"] == "ok" for j in resumed["jobs"].values())
+    assert {k for k, j in resumed["jobs"].items() if j["reused"]} >= set(finished)
+    assert not temp_files(out)
+    for key in ENGINE_KEYS:  # the same engines as the uninterrupted run
+        assert (resumed["jobs"][key]["record"]["engine"]["key"]
+                == data["jobs"][key]["record"]["engine"]["key"])
+
+
+def test_corrupt_journal_is_one_line_exit_2(first: tuple, tmp_path: Path) -> None:
+    manifest = first[0]
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "release.json").write_text('{"jobs": {')
+    proc = run_cli("release", manifest, "--out", out)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().count("\n") == 0
+    assert f"{out / 'release.json'}: corrupt release journal" in proc.stderr
+    assert "delete it" in proc.stderr
+    assert not (out / "digits").exists()
+
+
+def test_bad_manifest_and_baseline_exit_2(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.toml"
+    bad.write_text('[models.x]\nsrc = "nope.onnx"\nprecisions = ["fp8"]\n')
+    proc = run_cli("release", bad)
+    assert proc.returncode == 2 and "problem" in proc.stderr
+    proc = run_cli("release", EXAMPLE, "--baseline", tmp_path / "missing.json",
+                   "--out", tmp_path / "o")
+    assert proc.returncode == 2 and "no such baseline release.json" in proc.stderr
+
+
+def test_failing_gate_among_passing_models_with_baseline(first: tuple, tmp_path: Path) -> None:
+    _, old_out, old, _ = first
+    manifest = write_manifest(tmp_path, tiny_gates='gates = ["cosine_mean>=1.01"]')
+    out = tmp_path / "out"
+    proc = run_cli("release", manifest, "--out", out, "--baseline", old_out / "release.json",
+                   "--json")
+    assert proc.returncode == 1, proc.stderr
+    data = json.loads(proc.stdout)
+    jobs = data["jobs"]
+    assert jobs["tiny/prepare"]["status"] == "gate_failed"
+    assert "cosine_mean" in jobs["tiny/prepare"]["error"]
+    assert jobs["tiny/prepare"]["exit_code"] == 1
+    assert all(jobs[k]["status"] == "skipped" and jobs[k]["error"] == "skipped (prepare gate "
+               "failed)" for k in ENGINE_KEYS if k.startswith("tiny/"))
+    assert all(jobs[k]["status"] == "ok" for k in ["digits/prepare", *ENGINE_KEYS[:4]])
+    err = proc.stderr.splitlines()
+    listed = [ln for ln in err if ln.startswith("  tiny/")]
+    assert "5 of 10 release jobs did not pass" in proc.stderr and len(listed) >= 5
+    # the baseline: same digits engines (cache hits), so no change in size or accuracy
+    for key in ENGINE_KEYS[:4]:
+        vs = jobs[key]["vs_baseline"]
+        assert vs["engine_bytes"] == old["jobs"][key]["record"]["engine"]["bytes"]
+        assert vs["engine_bytes_change"] == 0 and vs["latency"] == "not measured"
+        assert vs["cosine_mean_change"] == pytest.approx(0.0, abs=1e-9)
+    html = (out / "release.html").read_text()
+    assert "Failures (5)" in html and "+0 B" in html and "gate_failed" in html
+
+
+def test_changed_manifest_rebuilds_and_the_example_runs(tmp_path: Path) -> None:
+    """The README's example manifest (examples/release/), without its torchvision model."""
+    text = EXAMPLE.read_text()
+    assert text in (REPO / "README.md").read_text()  # the README shows this very file
+    folder = tmp_path / "examples" / "release"
+    folder.mkdir(parents=True)
+    (tmp_path / "trtbuild").symlink_to(REPO / "trtbuild")  # its ../../trtbuild/demo/data
+    manifest = folder / "manifest.toml"
+    manifest.write_text(text.split("\n[models.resnet18]")[0].rsplit("\n#", 1)[0] + "\n")
+    proc = run_cli("release", manifest, "--workers", "2", cwd=tmp_path)
+    out = tmp_path / "trtbuild-out" / "release-manifest"
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert sorted(journal(out)["jobs"]) == ["digits/fp16/sm_86", "digits/fp16/sm_89",
+                                            "digits/int8/sm_86", "digits/int8/sm_89",
+                                            "digits/prepare"]
+    manifest.write_text(manifest.read_text() + "# edited\n")
+    proc = run_cli("release", manifest, "--workers", "2", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    changed = [ln for ln in proc.stderr.splitlines() if "changed since" in ln]
+    assert len(changed) == 1 and "rebuilding every job" in changed[0]
+    assert not any(j["reused"] for j in journal(out)["jobs"].values())

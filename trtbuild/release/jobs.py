@@ -1,0 +1,199 @@
+"""What a release's worker processes run: one model's shared CPU stages ("prepare"), or one
+engine from what they prepared. Each job returns a plain dict (picklable, JSON-ready):
+
+    {"status": "ok" | "failed" | "gate_failed", "error": one line or None, "exit_code",
+     "seconds", "peak_rss_mb", "record": summary}
+
+A prepare job is `pipeline.run` on the model's settings with target "onnx" into OUT/NAME/:
+export, clean, [fp16], [calibrate, quantize, [sensitivity], validate], exactly the stages a
+plain `trtbuild` run would (report.json records them). An engine job is the engines stage
+(and validate_engines) on a Context whose artifacts hold only that precision's model and
+whose settings name only that precision and one architecture: the same engine cache key as
+a plain run, the engine at OUT/NAME/engines/ARCH/model.PRECISION.engine.
+"""
+
+from __future__ import annotations
+
+import resource
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Any, Callable
+
+from ..config import BuildSettings
+from ..errors import GATE_FAILED, INTERNAL_ERROR, TrtBuildError
+from .manifest import ModelEntry
+
+PREPARED = ("clean", "fp16", "int8", "calib_cache")  # Artifacts fields an engine job reads
+
+
+def worker_init() -> None:
+    """In each worker process: die with the driver (kill -9 of the driver must not leave a
+    worker writing into the output directory), quiet third-party loggers."""
+    import ctypes
+    import logging
+
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(1, 9)  # PR_SET_PDEATHSIG, SIGKILL (Linux)
+    except (OSError, AttributeError):
+        pass
+    logging.basicConfig(level=logging.WARNING, format="trtbuild: %(levelname)s: %(message)s")
+    for name in ("onnx_graphsurgeon", "polygraphy", "Polygraphy", "PIL", "torch"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+
+
+def prepare(entry: ModelEntry, out: str) -> dict[str, Any]:
+    return _measured(lambda: _prepare(entry, Path(out)), lambda: _prepared_record(Path(out)))
+
+
+def engine(entry: ModelEntry, out: str, precision: str, arch: str,
+           artifacts: dict[str, str | None]) -> dict[str, Any]:
+    records: dict[str, dict] = {}
+    return _measured(lambda: _engine(entry, Path(out), precision, arch, artifacts, records),
+                     lambda: _engine_record(records))
+
+
+# --- the jobs ---------------------------------------------------------------------------
+
+def prepare_settings(entry: ModelEntry, out: Path) -> BuildSettings:
+    s = entry.settings
+    return replace(s, out=out, targets=replace(s.targets, target="onnx"),
+                   bench=replace(s.bench, enabled=False))
+
+
+def engine_settings(entry: ModelEntry, out: Path, precision: str, arch: str) -> BuildSettings:
+    """The model's settings for one precision and one architecture (what a plain run with
+    only that precision flag and --arch ARCH would have)."""
+    s = entry.settings
+    flag = precision == "fp16" and s.fp16_options.mode == "flag"
+    return replace(s, out=out, fp32=precision == "fp32", fp16=precision == "fp16",
+                   int8=precision == "int8", engine=replace(s.engine, fp16_flag=flag),
+                   targets=replace(s.targets, archs=(arch,), target="engine"),
+                   bench=replace(s.bench, enabled=False))
+
+
+def _prepare(entry: ModelEntry, out: Path) -> dict[str, Any]:
+    from .. import pipeline
+
+    ctx = pipeline.run(prepare_settings(entry, out))
+    a = ctx.artifacts
+    return {"artifacts": {k: str(getattr(a, k)) if getattr(a, k) else None for k in PREPARED}}
+
+
+def _engine(entry: ModelEntry, out: Path, precision: str, arch: str,
+            artifacts: dict[str, str | None], records: dict[str, dict]) -> dict[str, Any]:
+    from .. import pipeline
+    from ..context import Context
+    from ..report import Report, Timer
+    from ..stages import engines, validate
+
+    settings = engine_settings(entry, out, precision, arch)
+    pipeline._choose_engine_runtime(settings)
+    ctx = Context(settings, out, Report(None, entry.src))
+    ctx.set_clean(Path(artifacts["clean"]))
+    if precision == "fp16":
+        ctx.artifacts.fp16 = _path(artifacts.get("fp16"))
+    if precision == "int8":
+        ctx.artifacts.int8 = _path(artifacts.get("int8"))
+        ctx.artifacts.calib_cache = _path(artifacts.get("calib_cache"))
+    # Not pipeline.run_stages: on a failed stage it removes the files that appeared in the
+    # output directory meanwhile, and a model's engine jobs share that directory at once.
+    # Engines are written atomically at the end of the stage, so there is nothing to undo.
+    for name, stage in (("build", engines.run), ("validate_engines", validate.run_engines)):
+        with Timer() as t:
+            record = stage(ctx)
+        records[name] = ctx.report.add(name, t.seconds, **record)
+        if records[name].get("gate_failures"):
+            raise TrtBuildError(f"{name} gate failed: " + "; ".join(record["gate_failures"]),
+                                GATE_FAILED, record)
+    return {}
+
+
+def _path(text: str | None) -> Path | None:
+    return Path(text) if text else None
+
+
+def _measured(work: Callable[[], dict], summary: Callable[[], dict]) -> dict[str, Any]:
+    """Run `work` in this worker; status, one-line error, seconds and this job's peak RSS."""
+    _reset_peak_rss()
+    start = time.perf_counter()
+    status, error, code, extra = "ok", None, 0, {}
+    try:
+        extra = work()
+    except TrtBuildError as e:
+        status = "gate_failed" if e.code == GATE_FAILED else "failed"
+        error, code = _one_line(e.message), e.code
+    except Exception as e:  # noqa: BLE001 - recorded; the other jobs go on
+        status, code = "failed", INTERNAL_ERROR
+        error = _one_line(f"internal error: {type(e).__name__}: {e}")
+    seconds = time.perf_counter() - start
+    try:
+        record = {**summary(), **extra}
+    except Exception as e:  # noqa: BLE001 - a summary must not hide the job's own result
+        record = {"summary_error": f"{type(e).__name__}: {e}"}
+    peak_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
+    return {"status": status, "error": error, "exit_code": code, "seconds": round(seconds, 3),
+            "peak_rss_mb": round(peak_kb / 1024, 1), "record": record}
+
+
+def _reset_peak_rss() -> None:
+    """Reset this process's peak RSS (Linux clear_refs 5), so a reused worker measures each
+    job on its own; where that is refused the figure is the worker's peak so far (higher,
+    so the memory bound only gets more careful)."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    except OSError:
+        pass
+
+
+def _one_line(text: str) -> str:
+    lines = [ln.strip() for ln in str(text).strip().splitlines() if ln.strip()]
+    first = lines[0] if lines else "(no message)"
+    return (first + (f" (+{len(lines) - 1} more lines)" if len(lines) > 1 else ""))[:400]
+
+
+# --- record summaries (from report.json / the stage records) -----------------------------
+
+def accuracy(r: dict[str, Any] | None) -> dict[str, Any] | None:
+    """One precision's accuracy vs FP32 from a validate/fp16 record: the worst output's
+    cosine_mean (top-1 agreement, correlation), the plug-in scores, label accuracy."""
+    if not isinstance(r, dict) or "outputs" not in r:
+        return None
+    outs = [m for m in (r.get("outputs") or {}).values() if isinstance(m, dict)]
+    worst = {k: min((m[k] for m in outs if isinstance(m.get(k), (int, float))), default=None)
+             for k in ("cosine_mean", "top1_agreement", "correlation")}
+    label = r.get("label_accuracy") if isinstance(r.get("label_accuracy"), dict) else {}
+    return {**{k: v for k, v in worst.items() if v is not None},
+            "scores": r.get("scores") or {}, "samples": r.get("samples"),
+            **({"label_accuracy_delta_points": label.get("delta_points")} if label else {}),
+            "gate_failures": r.get("gate_failures") or []}
+
+
+def _prepared_record(out: Path) -> dict[str, Any]:
+    import json
+
+    path = out / "report.json"
+    stages = json.loads(path.read_text())["stages"] if path.is_file() else []
+    by = {s["stage"]: s for s in stages}
+    acc = {p: accuracy(by.get(stage)) for p, stage in (("fp16", "fp16"), ("int8", "validate"))}
+    sens = by.get("sensitivity") or {}
+    return {"report": str(path), "stages": [[s["stage"], s["seconds"]] for s in stages],
+            "accuracy": {p: a for p, a in acc.items() if a},
+            "int8_mac_coverage": sens.get("int8_mac_coverage")}
+
+
+def _engine_record(records: dict[str, dict]) -> dict[str, Any]:
+    build = records.get("build") or {}
+    found = (build.get("engines") or [{}])[0]
+    record = {"stages": [[n, r["seconds"]] for n, r in records.items()]}
+    if found:
+        record["engine"] = {k: found.get(k) for k in (
+            "path", "bytes", "build_seconds", "cache_hit", "key", "sha256", "builder",
+            "builder_version")}
+    checked = records.get("validate_engines") or {}
+    if "skipped" in checked:
+        record["engine_check"] = checked["skipped"]
+    elif checked.get("engines"):
+        record["engine_accuracy"] = accuracy(checked["engines"][0])
+    return record

@@ -1,0 +1,262 @@
+"""The release driver: a manifest's jobs on a local pool of worker processes, journaled.
+
+Per model one prepare job (the shared CPU stages, once) and one engine job per (precision,
+arch), which starts after its model's prepare job. Workers are spawned processes
+(`--workers`, default min(cores, jobs to run)); a job does not start while the memory free
+(/proc/meminfo MemAvailable) is below the largest peak RSS a job has had so far, unless
+nothing else runs. A failing job does not stop the others. release.json is rewritten
+atomically after every job, and a rerun of the same command resumes from it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import multiprocessing
+import os
+import sys
+import time
+from collections import deque
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+from ..errors import GATE_FAILED, INTERNAL_ERROR, TrtBuildError
+from ..files import ensure_dir, stale_temp_files
+from . import jobs as worker
+from . import journal as jn
+from .manifest import Manifest, load
+
+OnJob = Callable[[str, dict[str, Any]], None]
+Notice = Callable[[str], None]
+MAX_LISTED = 20
+
+
+def default_out(manifest: Path) -> Path:
+    return Path("trtbuild-out") / f"release-{Path(manifest).stem}"
+
+
+def release(manifest: str | Path, out: str | Path | None = None,
+            baseline: str | Path | None = None, workers: int | None = None,
+            on_job: OnJob | None = None, notice: Notice | None = None) -> dict[str, Any]:
+    """Run (or resume) the release; returns release.json's content. Raises TrtBuildError:
+    exit 2 for a bad manifest, baseline or journal; exit 1 listing every job that did not
+    pass (its `record` is the journal)."""
+    notice = notice or (lambda line: print(f"trtbuild: {line}", file=sys.stderr))
+    m = load(manifest)
+    if workers is not None and (not isinstance(workers, int) or workers < 1):
+        raise TrtBuildError(f"--workers: {workers} must be >= 1")
+    base = None
+    if baseline is not None:
+        baseline = Path(baseline)
+        if not baseline.is_file():
+            raise TrtBuildError(f"{baseline}: no such baseline release.json")
+        base = jn.read(baseline, "baseline")
+    out = ensure_dir(Path(out) if out else default_out(m.path)).resolve()
+    path = out / "release.json"
+    with _locked(out):
+        journal = _resume(m, path, notice)
+        _sweep_temp_files(out)
+        todo = [k for k, j in journal["jobs"].items() if not j["reused"]]
+        n = workers or max(1, min(_cores(), len(todo)))
+        journal.update(workers=n, baseline=str(baseline) if baseline else None,
+                       finished=None, started=jn._now())
+        jn.save(path, journal)
+        start = time.perf_counter()
+        _Pool(m, out, path, journal, n, on_job).run(todo)
+        journal["wall_seconds"] = round(time.perf_counter() - start, 3)
+        if base is not None:
+            jn.compare(journal, base)
+        journal["finished"] = jn._now()
+        jn.save(path, journal)
+        from .html import write_html
+
+        write_html(out / "release.html", journal)
+    failed = jn.failures(journal)
+    if failed:
+        listed = failed[:MAX_LISTED] + ([f"and {len(failed) - MAX_LISTED} more"]
+                                         if len(failed) > MAX_LISTED else [])
+        raise TrtBuildError("\n".join([f"{len(failed)} of {len(journal['jobs'])} release jobs "
+                                       f"did not pass ({path}):", *(f"  {x}" for x in listed)]),
+                            GATE_FAILED, journal)
+    return journal
+
+
+def _resume(m: Manifest, path: Path, notice: Notice) -> dict[str, Any]:
+    """The journal to go on with: the previous one's finished jobs whose files are still
+    there are kept (reused); everything else starts over."""
+    out = path.parent
+    new = jn.fresh(m, out, 0, None)
+    old = jn.read(path)
+    if old is None:
+        return new
+    if old["manifest"].get("sha256") != new["manifest"]["sha256"]:
+        notice(f"{m.path} changed since {path} was written (sha256 differs): rebuilding "
+               "every job")
+        return new
+    redo = set()  # models whose prepare job runs again: that clears their engines too
+    for key, j in new["jobs"].items():
+        before = old["jobs"].get(key)
+        if (j["model"] not in redo and before and before.get("status") == "ok"
+                and _files_there(before)):
+            new["jobs"][key] = {**before, "reused": True}
+        elif j["kind"] == "prepare":
+            redo.add(j["model"])
+    return new
+
+
+def _files_there(job: dict[str, Any]) -> bool:
+    record = job.get("record") or {}
+    if job.get("kind") == "prepare":
+        paths = [p for p in (record.get("artifacts") or {}).values() if p]
+        return bool(paths) and all(Path(p).is_file() for p in paths)
+    e = record.get("engine") or {}
+    p = Path(e["path"]) if e.get("path") else None
+    return p is not None and p.is_file() and p.stat().st_size == e.get("bytes")
+
+
+class _Pool:
+    def __init__(self, m: Manifest, out: Path, path: Path, journal: dict[str, Any], workers: int,
+                 on_job: OnJob | None):
+        self.m, self.out, self.path, self.journal = m, out, path, journal
+        self.workers, self.on_job = workers, on_job
+        self.jobs = journal["jobs"]
+        self.peak_mb = max((j["peak_rss_mb"] or 0 for j in self.jobs.values()), default=0)
+        self.memory_waits = journal["memory_waits"] = 0
+
+    def run(self, todo: list[str]) -> None:
+        ready = deque(k for k in todo if self.jobs[k]["kind"] == "prepare"
+                      or self.jobs[jn.prepare_key(self.jobs[k]["model"])]["status"] == "ok")
+        waiting = [k for k in todo if k not in ready]
+        running: dict[Future, str] = {}
+        for key, j in self.jobs.items():
+            if j["reused"] and self.on_job:
+                self.on_job(key, j)
+        if not todo:
+            return
+        pool = self._pool()
+        try:
+            while ready or running:
+                while ready and len(running) < self.workers and self._memory_ok(running):
+                    key = ready.popleft()
+                    running[pool.submit(*self._call(key))] = key
+                done, _ = wait(running, return_when=FIRST_COMPLETED)
+                broken = False
+                for future in done:
+                    key = running.pop(future)
+                    try:
+                        result = future.result()
+                    except BrokenProcessPool:
+                        broken = True
+                        result = _died("a worker process died (killed, or crashed in a library)")
+                    except Exception as e:  # noqa: BLE001 - e.g. a result that cannot pickle
+                        result = _died(f"internal error: {type(e).__name__}: {e}")
+                    ready.extend(self._finish(key, result, waiting))
+                if broken:  # the pool is unusable: its other jobs failed with it
+                    for future, key in list(running.items()):
+                        running.pop(future)
+                        ready.extend(self._finish(key, _died("a worker process died"), waiting))
+                    pool.shutdown(wait=False, cancel_futures=True)
+                    pool = self._pool()
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
+        self.journal["memory_waits"] = self.memory_waits
+
+    def _pool(self) -> ProcessPoolExecutor:
+        return ProcessPoolExecutor(self.workers, mp_context=multiprocessing.get_context("spawn"),
+                                   initializer=worker.worker_init)
+
+    def _call(self, key: str) -> tuple:
+        j = self.jobs[key]
+        entry = self.m.model(j["model"])
+        out = str(self.out / j["model"])
+        if j["kind"] == "prepare":
+            return worker.prepare, entry, out
+        artifacts = self.jobs[jn.prepare_key(j["model"])]["record"]["artifacts"]
+        return worker.engine, entry, out, j["precision"], j["arch"], artifacts
+
+    def _memory_ok(self, running: dict) -> bool:
+        """Start a job only when what is free holds the largest job seen (or none runs)."""
+        if not running or not self.peak_mb:
+            return True
+        free = mem_available_mb()
+        if free is None or free >= self.peak_mb:
+            return True
+        self.memory_waits += 1
+        return False
+
+    def _finish(self, key: str, result: dict[str, Any], waiting: list[str]) -> list[str]:
+        """Record one job; returns the jobs it makes ready."""
+        j = self.jobs[key]
+        j.update(result, reused=False)
+        self.peak_mb = max(self.peak_mb, j["peak_rss_mb"] or 0)
+        ready: list[str] = []
+        mine: list[str] = []
+        if j["kind"] == "prepare":
+            mine = [k for k in waiting if self.jobs[k]["model"] == j["model"]]
+            for k in mine:
+                waiting.remove(k)
+            if j["status"] == "ok":
+                ready = mine
+            else:
+                why = "prepare gate failed" if j["status"] == "gate_failed" else "prepare failed"
+                for k in mine:
+                    self.jobs[k].update(status="skipped", error=f"skipped ({why})",
+                                        exit_code=None, seconds=0.0, record={}, reused=False)
+        else:
+            prepared = self.jobs[jn.prepare_key(j["model"])]["record"]
+            j["record"]["accuracy"] = (prepared.get("accuracy") or {}).get(j["precision"])
+            if j["precision"] == "int8":
+                j["record"]["int8_mac_coverage"] = prepared.get("int8_mac_coverage")
+        jn.save(self.path, self.journal)
+        if self.on_job:
+            for k in [key, *(mine if j["kind"] == "prepare" and not ready else [])]:
+                self.on_job(k, self.jobs[k])
+        return ready
+
+
+def _died(error: str) -> dict[str, Any]:
+    return {"status": "failed", "error": error, "exit_code": INTERNAL_ERROR, "seconds": None,
+            "peak_rss_mb": None, "record": {}}
+
+
+def mem_available_mb() -> float | None:
+    """MemAvailable from /proc/meminfo in MiB (None where there is no such file)."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return None
+
+
+def _cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:
+        return os.cpu_count() or 1
+
+
+@contextlib.contextmanager
+def _locked(out: Path) -> Iterator[None]:
+    """One driver per output directory (the lock goes with the process, kill -9 included)."""
+    with open(out / ".release.lock", "a") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise TrtBuildError(f"{out}: another trtbuild release is running in this directory")
+        yield
+
+
+def _sweep_temp_files(out: Path) -> None:
+    """Temp files (`*.tmp-PID`) that killed processes left anywhere under OUT."""
+    folders = {p.parent for p in out.rglob("*.tmp-*")}
+    for folder in folders:
+        for p in stale_temp_files(folder):
+            if p.is_file() and not p.is_symlink():
+                p.unlink()
+
+
