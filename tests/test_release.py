@@ -258,3 +258,48 @@ def test_changed_manifest_rebuilds_and_the_example_runs(tmp_path: Path) -> None:
     changed = [ln for ln in proc.stderr.splitlines() if "changed since" in ln]
     assert len(changed) == 1 and "rebuilding every job" in changed[0]
     assert not any(j["reused"] for j in journal(out)["jobs"].values())
+
+
+def test_memory_bound_holds_jobs_back(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """With less free memory than a job's peak RSS, no second job starts beside a running
+    one (the API, in this process, with MemAvailable faked to 1 MB)."""
+    from trtbuild.api import release
+    from trtbuild.release import run
+
+    tiny_model(tmp_path / "tiny")
+    manifest = tmp_path / "m.toml"
+    manifest.write_text('[models.tiny]\nsrc = "tiny/tiny.onnx"\nprecisions = ["fp16"]\n'
+                        'archs = ["sm_86", "sm_89"]\nval = "tiny/val"\n')
+    monkeypatch.setenv("XDG_CACHE_HOME", SESSION_CACHE)
+    monkeypatch.setattr(run, "mem_available_mb", lambda: 1.0)
+    seen = []
+    data = release(manifest, tmp_path / "out", workers=2, on_job=lambda k, j: seen.append(k))
+    assert seen == ["tiny/prepare", "tiny/fp16/sm_86", "tiny/fp16/sm_89"]
+    assert data["workers"] == 2 and data["memory_waits"] >= 1
+    a, b = (data["jobs"][k] for k in seen[1:])
+    assert a["status"] == b["status"] == "ok" and a["ended"] <= b["started"]
+
+
+CRASH = '''
+import os, signal, torch
+
+def net():
+    os.kill(os.getpid(), signal.SIGKILL)  # a library crashing the worker process
+'''
+
+
+def test_a_worker_crash_fails_only_its_job(tmp_path: Path) -> None:
+    tiny_model(tmp_path / "tiny")
+    (tmp_path / "crash.py").write_text(CRASH)
+    manifest = tmp_path / "m.toml"
+    manifest.write_text('[defaults]\nprecisions = ["fp16"]\narchs = ["sm_86"]\n'
+                        '[models.crash]\nsrc = "crash.py:net"\n'
+                        '[models.tiny]\nsrc = "tiny/tiny.onnx"\nval = "tiny/val"\n')
+    proc = run_cli("release", manifest, "--out", tmp_path / "out", "--workers", "2")
+    assert proc.returncode == 1, proc.stderr
+    jobs = journal(tmp_path / "out")["jobs"]
+    assert jobs["crash/prepare"]["status"] == "failed"
+    assert "worker process died" in jobs["crash/prepare"]["error"]
+    assert jobs["crash/fp16/sm_86"]["error"] == "skipped (prepare failed)"
+    assert jobs["tiny/prepare"]["status"] == jobs["tiny/fp16/sm_86"]["status"] == "ok"
+    assert "2 of 4 release jobs did not pass" in proc.stderr

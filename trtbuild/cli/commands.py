@@ -183,7 +183,7 @@ def release_line(key: str, j: dict) -> str:
     if e.get("path"):
         parts.append(f"{e['bytes'] / 1e6:.3f} MB engine{' (cached)' if e.get('cache_hit') else ''}")
     if j.get("error"):
-        parts.append(j["error"])
+        parts.append(j["error"].removeprefix("skipped ").strip("()"))
     return "  ".join(parts)
 
 

@@ -116,7 +116,7 @@ def _path(text: str | None) -> Path | None:
 def _measured(work: Callable[[], dict], summary: Callable[[], dict]) -> dict[str, Any]:
     """Run `work` in this worker; status, one-line error, seconds and this job's peak RSS."""
     _reset_peak_rss()
-    start = time.perf_counter()
+    started, start = time.time(), time.perf_counter()
     status, error, code, extra = "ok", None, 0, {}
     try:
         extra = work()
@@ -133,7 +133,8 @@ def _measured(work: Callable[[], dict], summary: Callable[[], dict]) -> dict[str
         record = {"summary_error": f"{type(e).__name__}: {e}"}
     peak_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
     return {"status": status, "error": error, "exit_code": code, "seconds": round(seconds, 3),
-            "peak_rss_mb": round(peak_kb / 1024, 1), "record": record}
+            "peak_rss_mb": round(peak_kb / 1024, 1), "record": record,
+            "started": round(started, 3), "ended": round(time.time(), 3)}
 
 
 def _reset_peak_rss() -> None:

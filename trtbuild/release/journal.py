@@ -98,7 +98,8 @@ def totals(journal: dict[str, Any]) -> dict[str, Any]:
 
 def failures(journal: dict[str, Any]) -> list[str]:
     """One line per job that did not pass, in job order."""
-    return [f"{key}: {j['status']}: {j['error']}" for key, j in journal["jobs"].items()
+    return [f"{key}: {j['error']}" if str(j["error"]).startswith(j["status"])
+            else f"{key}: {j['status']}: {j['error']}" for key, j in journal["jobs"].items()
             if j["status"] != "ok"]
 
 

@@ -135,33 +135,50 @@ class _Pool:
                 self.on_job(key, j)
         if not todo:
             return
+        suspects: set[str] = set()  # in flight when a worker died: each reruns alone, once
         pool = self._pool()
         try:
             while ready or running:
                 while ready and len(running) < self.workers and self._memory_ok(running):
-                    key = ready.popleft()
+                    key = self._next(ready, running, suspects)
+                    if key is None:
+                        break
+                    ready.remove(key)
                     running[pool.submit(*self._call(key))] = key
                 done, _ = wait(running, return_when=FIRST_COMPLETED)
-                broken = False
+                results: dict[str, dict | None] = {}  # None: lost with a dead worker
                 for future in done:
-                    key = running.pop(future)
-                    try:
-                        result = future.result()
-                    except BrokenProcessPool:
-                        broken = True
-                        result = _died("a worker process died (killed, or crashed in a library)")
-                    except Exception as e:  # noqa: BLE001 - e.g. a result that cannot pickle
-                        result = _died(f"internal error: {type(e).__name__}: {e}")
-                    ready.extend(self._finish(key, result, waiting))
-                if broken:  # the pool is unusable: its other jobs failed with it
-                    for future, key in list(running.items()):
-                        running.pop(future)
-                        ready.extend(self._finish(key, _died("a worker process died"), waiting))
+                    results[running.pop(future)] = _result(future)
+                if any(r is None for r in results.values()):  # the pool is unusable now
+                    for future, key in running.items():
+                        results[key] = _result(future, timeout=30)
+                    running.clear()
                     pool.shutdown(wait=False, cancel_futures=True)
                     pool = self._pool()
+                lost = [k for k, r in results.items() if r is None]
+                for key, result in results.items():
+                    if result is None and len(lost) > 1 and key not in suspects:
+                        suspects.add(key)  # which one killed the worker is not known yet
+                        ready.appendleft(key)
+                        continue
+                    ready.extend(self._finish(key, result or _died(
+                        "its worker process died (killed, or crashed in a library)"), waiting))
+        except BaseException:  # interrupted: stop the workers too (their temp files are swept
+            for process in list((getattr(pool, "_processes", None) or {}).values()):
+                process.kill()  # by the next run; unfinished jobs stay pending in the journal)
+            raise
         finally:
             pool.shutdown(wait=True, cancel_futures=True)
         self.journal["memory_waits"] = self.memory_waits
+
+    @staticmethod
+    def _next(ready: deque, running: dict, suspects: set[str]) -> str | None:
+        """The next job to start: a suspect only on an idle pool, and nothing beside it."""
+        if any(k in suspects for k in running.values()):
+            return None
+        if not running:
+            return next((k for k in ready if k in suspects), ready[0])
+        return next((k for k in ready if k not in suspects), None)
 
     def _pool(self) -> ProcessPoolExecutor:
         return ProcessPoolExecutor(self.workers, mp_context=multiprocessing.get_context("spawn"),
@@ -214,6 +231,16 @@ class _Pool:
             for k in [key, *(mine if j["kind"] == "prepare" and not ready else [])]:
                 self.on_job(k, self.jobs[k])
         return ready
+
+
+def _result(future: Future, timeout: float | None = None) -> dict[str, Any] | None:
+    """The job's result; None when its worker died (the pool broke)."""
+    try:
+        return future.result(timeout)
+    except BrokenProcessPool:
+        return None
+    except Exception as e:  # noqa: BLE001 - e.g. a result that cannot be pickled
+        return _died(f"internal error: {type(e).__name__}: {e}")
 
 
 def _died(error: str) -> dict[str, Any]:
