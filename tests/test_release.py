@@ -17,7 +17,9 @@ from conftest import REPO, SESSION_CACHE, TRTBUILD, run_cli
 
 DATA = REPO / "trtbuild" / "demo" / "data"
 EXAMPLE = REPO / "examples" / "release" / "manifest.toml"
-PREPARE_STAGES = ["export", "clean", "fp16", "calibrate", "quantize", "validate"]
+PREPARE_STAGES = {"digits": ["export", "clean", "fp16", "calibrate", "quantize", "validate"],
+                  "tiny": ["export", "clean", "fp16", "calibrate", "quantize", "sensitivity",
+                           "validate"]}
 ENGINE_KEYS = [f"{m}/{p}/{a}" for m in ("digits", "tiny") for p in ("fp16", "int8")
                for a in ("sm_86", "sm_89")]
 ALL_KEYS = sorted(ENGINE_KEYS + ["digits/prepare", "tiny/prepare"])
@@ -69,6 +71,7 @@ gates = ["cosine_mean>=0.99"]
 src = "tiny/tiny.onnx"
 calib = "tiny/calib"
 val = "tiny/val"
+accuracy_target = "cosine_mean>=0.99"
 {tiny_gates}
 """)
     return path
@@ -106,9 +109,9 @@ def test_release_builds_each_engine_from_stages_run_once(first: tuple) -> None:
     for model in ("digits", "tiny"):
         # the CPU stages ran once per model: one report, each stage once, no engine stage
         report = json.loads((out / model / "report.json").read_text())
-        assert [s["stage"] for s in report["stages"]] == PREPARE_STAGES
+        assert [s["stage"] for s in report["stages"]] == PREPARE_STAGES[model]
         prep = data["jobs"][f"{model}/prepare"]
-        assert [s for s, _ in prep["record"]["stages"]] == PREPARE_STAGES
+        assert [s for s, _ in prep["record"]["stages"]] == PREPARE_STAGES[model]
         assert prep["peak_rss_mb"] > 0
         assert set(prep["record"]["accuracy"]) == {"fp16", "int8"}
     for key in ENGINE_KEYS:
@@ -119,10 +122,13 @@ def test_release_builds_each_engine_from_stages_run_once(first: tuple) -> None:
         assert Path(engine["path"]) == path.resolve() and path.stat().st_size == engine["bytes"]
         assert [s for s, _ in j["record"]["stages"]] == ["build", "validate_engines"]
         assert j["record"]["accuracy"]["cosine_mean"] > 0.9 and j["peak_rss_mb"] > 0
+        if key.startswith("tiny/int8/"):  # from the sensitivity record
+            assert 0 < j["record"]["int8_mac_coverage"] <= 1
     assert data["manifest"]["path"] == str(manifest.resolve())
     html = (out / "release.html").read_text()
     assert "<script" not in html and html.count("<tr><td>") == 8
     assert "Model digits" in html and "not measured" in html and "every job passed" in html
+    assert html.count("%</td>") == 2  # the INT8 MAC coverage of tiny's two int8 engines
 
 
 def test_engine_cache_key_is_a_plain_runs(first: tuple, tmp_path: Path) -> None:

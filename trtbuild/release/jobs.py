@@ -37,6 +37,12 @@ def worker_init() -> None:
         ctypes.CDLL(None, use_errno=True).prctl(1, 9)  # PR_SET_PDEATHSIG, SIGKILL (Linux)
     except (OSError, AttributeError):
         pass
+    import contextlib
+
+    from .. import progress
+
+    # the driver prints a line per job; bars drawn by several workers would overwrite each other
+    progress.bar = lambda description, total: contextlib.nullcontext(progress.Bar())
     logging.basicConfig(level=logging.WARNING, format="trtbuild: %(levelname)s: %(message)s")
     for name in ("onnx_graphsurgeon", "polygraphy", "Polygraphy", "PIL", "torch"):
         logging.getLogger(name).setLevel(logging.ERROR)
