@@ -192,6 +192,34 @@ def test_kill_9_then_resume(first: tuple, tmp_path: Path) -> None:
                 == data["jobs"][key]["record"]["engine"]["key"])
 
 
+def test_kill_9_mid_prepare_then_resume(tmp_path: Path) -> None:
+    """Killed while a prepare job writes its artifacts (nothing journaled as done yet)."""
+    tiny_model(tmp_path / "tiny")
+    manifest = tmp_path / "m.toml"
+    manifest.write_text('[models.tiny]\nsrc = "tiny/tiny.onnx"\nprecisions = ["fp16", "int8"]\n'
+                        'archs = ["sm_86"]\ncalib = "tiny/calib"\nval = "tiny/val"\n')
+    out = tmp_path / "out"
+    driver = subprocess.Popen([*TRTBUILD, "release", str(manifest), "--out", str(out)], env=env(),
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 60
+    try:
+        while time.monotonic() < deadline and not (out / "tiny" / "model.onnx").exists():
+            time.sleep(0.01)
+    finally:
+        driver.send_signal(signal.SIGKILL)
+        driver.wait()
+    assert all(j["status"] == "pending" for j in journal(out)["jobs"].values())
+    time.sleep(0.5)
+    proc = run_cli("release", manifest, "--out", out)
+    assert proc.returncode == 0, proc.stderr
+    jobs = journal(out)["jobs"]
+    assert sorted(jobs) == ["tiny/fp16/sm_86", "tiny/int8/sm_86", "tiny/prepare"]
+    assert all(j["status"] == "ok" and not j["reused"] for j in jobs.values())
+    report = json.loads((out / "tiny" / "report.json").read_text())
+    assert [s["stage"] for s in report["stages"]] == PREPARE_STAGES["digits"]
+    assert not temp_files(out)
+
+
 def test_corrupt_journal_is_one_line_exit_2(first: tuple, tmp_path: Path) -> None:
     manifest = first[0]
     out = tmp_path / "out"
@@ -229,6 +257,8 @@ def test_failing_gate_among_passing_models_with_baseline(first: tuple, tmp_path:
     assert jobs["tiny/prepare"]["exit_code"] == 1
     assert all(jobs[k]["status"] == "skipped" and jobs[k]["error"] == "skipped (prepare gate "
                "failed)" for k in ENGINE_KEYS if k.startswith("tiny/"))
+    # what was measured before the gate stopped it: FP16 accuracy, on its skipped engines
+    assert jobs["tiny/fp16/sm_86"]["record"]["accuracy"]["gate_failures"]
     assert all(jobs[k]["status"] == "ok" for k in ["digits/prepare", *ENGINE_KEYS[:4]])
     err = proc.stderr.splitlines()
     listed = [ln for ln in err if ln.startswith("  tiny/")]

@@ -75,7 +75,7 @@ def _failures(jobs: dict[str, Any]) -> str:
 
 def _model(name: str, jobs: dict[str, Any]) -> str:
     prep = next((j for j in jobs.values() if j.get("kind") == "prepare"), {})
-    stages = ", ".join(f"{s} {_num(sec)} s" for s, sec in (prep.get("record") or {})
+    stages = ", ".join(f"{s} {_num(sec, '.2f')} s" for s, sec in (prep.get("record") or {})
                        .get("stages") or [])
     lead = (f"<p>prepare: {_status(prep)} in {_num(prep.get('seconds'))} s, peak RSS "
             f"{_num(prep.get('peak_rss_mb'))} MB; {_text(stages)}"
@@ -100,15 +100,17 @@ def _row(j: dict[str, Any]) -> str:
                    f"({_num(vs.get('engine_bytes_change_pct'), '+.2f')}%)"
                    if "engine_bytes_change" in vs else "")
         cos_vs = _num(vs.get("cosine_mean_change"), "+.6f") if "cosine_mean_change" in vs else ""
-    cells = [_precision(j.get("precision")), _text(j.get("arch")), _status(j),
-             _num(acc.get("cosine_mean")) if acc else ("reference" if j.get("precision") == "fp32"
-                                                      else ""),
-             _num(acc.get("top1_agreement")) if "top1_agreement" in acc else "", scores,
-             _percent(r.get("int8_mac_coverage")) if r.get("int8_mac_coverage") is not None
-             else "", _mb(e.get("bytes")) if e else "", _num(e.get("build_seconds")) if e else "",
-             ("yes" if e.get("cache_hit") else "no") if e else "", size_vs, cos_vs,
-             "not measured"]
-    return "<tr>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>"
+    cells = [_precision(j.get("precision")), _text(j.get("arch")), _status(j)]
+    cos = (_num(acc.get("cosine_mean")) if acc else
+           "reference" if j.get("precision") == "fp32" else "")
+    figures = [cos, _num(acc.get("top1_agreement")) if "top1_agreement" in acc else "", scores,
+               _percent(r.get("int8_mac_coverage")) if r.get("int8_mac_coverage") is not None
+               else "", _mb(e.get("bytes")) if e else "",
+               _num(e.get("build_seconds")) if e else "",
+               ("yes" if e.get("cache_hit") else "no") if e else "", size_vs, cos_vs]
+    return ("<tr>" + "".join(f"<td>{c}</td>" for c in cells)
+            + "".join(f"<td class=\"num\">{c}</td>" for c in figures)
+            + "<td>not measured</td></tr>")
 
 
 def _status(j: dict[str, Any]) -> str:

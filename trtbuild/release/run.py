@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from ..errors import GATE_FAILED, INTERNAL_ERROR, TrtBuildError
-from ..files import ensure_dir, stale_temp_files
+from ..files import ensure_dir, pid_alive
 from . import jobs as worker
 from . import journal as jn
 from .manifest import Manifest, load
@@ -218,9 +218,12 @@ class _Pool:
                 ready = mine
             else:
                 why = "prepare gate failed" if j["status"] == "gate_failed" else "prepare failed"
+                measured = j["record"].get("accuracy") or {}  # up to the stage that failed
                 for k in mine:
+                    acc = measured.get(self.jobs[k]["precision"])
                     self.jobs[k].update(status="skipped", error=f"skipped ({why})",
-                                        exit_code=None, seconds=0.0, record={}, reused=False)
+                                        exit_code=None, seconds=0.0, reused=False,
+                                        record={"accuracy": acc} if acc else {})
         else:
             prepared = self.jobs[jn.prepare_key(j["model"])]["record"]
             j["record"]["accuracy"] = (prepared.get("accuracy") or {}).get(j["precision"])
@@ -280,10 +283,19 @@ def _locked(out: Path) -> Iterator[None]:
 
 def _sweep_temp_files(out: Path) -> None:
     """Temp files (`*.tmp-PID`) that killed processes left anywhere under OUT."""
-    folders = {p.parent for p in out.rglob("*.tmp-*")}
-    for folder in folders:
-        for p in stale_temp_files(folder):
-            if p.is_file() and not p.is_symlink():
-                p.unlink()
+    for p in out.rglob("*.tmp-*"):
+        pid = p.name.rsplit(".tmp-", 1)[1]
+        if pid.isdigit() and _gone(int(pid)) and p.is_file() and not p.is_symlink():
+            p.unlink()
 
 
+def _gone(pid: int) -> bool:
+    """No such process, or a zombie: a worker killed with its driver stays one until init
+    reaps it (a second or two), and writes nothing more."""
+    if not pid_alive(pid):
+        return True
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state in ("Z", "X")
