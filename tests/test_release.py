@@ -304,16 +304,18 @@ def test_memory_bound_holds_jobs_back(tmp_path: Path, monkeypatch: pytest.Monkey
 
     tiny_model(tmp_path / "tiny")
     manifest = tmp_path / "m.toml"
-    manifest.write_text('[models.tiny]\nsrc = "tiny/tiny.onnx"\nprecisions = ["fp16"]\n'
-                        'archs = ["sm_86", "sm_89"]\nval = "tiny/val"\n')
+    manifest.write_text('[models.tiny]\nsrc = "tiny/tiny.onnx"\nprecisions = ["fp32", "fp16"]\n'
+                        'archs = ["sm_86"]\nval = "tiny/val"\n')
     monkeypatch.setenv("XDG_CACHE_HOME", SESSION_CACHE)
     monkeypatch.setattr(run, "mem_available_mb", lambda: 1.0)
     seen = []
     data = release(manifest, tmp_path / "out", workers=2, on_job=lambda k, j: seen.append(k))
-    assert seen == ["tiny/prepare", "tiny/fp16/sm_86", "tiny/fp16/sm_89"]
+    assert seen == ["tiny/prepare", "tiny/fp32/sm_86", "tiny/fp16/sm_86"]
     assert data["workers"] == 2 and data["memory_waits"] >= 1
     a, b = (data["jobs"][k] for k in seen[1:])
     assert a["status"] == b["status"] == "ok" and a["ended"] <= b["started"]
+    assert Path(a["record"]["engine"]["path"]).name == "model.fp32.engine"
+    assert a["record"]["accuracy"] is None  # FP32 is the reference itself
 
 
 CRASH = '''
