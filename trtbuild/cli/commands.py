@@ -153,18 +153,24 @@ def cmd_cache(args: argparse.Namespace) -> int:
 
 def cmd_release(args: argparse.Namespace) -> int:
     from ..errors import TrtBuildError
+    from ..progress import bar
+    from ..release.manifest import load
     from ..release.run import default_out
 
     stream = sys.stderr if args.json else sys.stdout
+    m = load(args.manifest)  # a bad manifest: exit 2 before anything is printed
     out = args.out or default_out(args.manifest)
     print(f"trtbuild release: {args.manifest} -> {out}/", file=stream, flush=True)
+    try:  # one bar for the whole release (on a terminal), a line per job above it
+        with bar("release", len(m.jobs()) + len(m.models)) as progress:
+            def on_job(key: str, j: dict) -> None:  # sys.stdout now: the bar's proxy
+                print(f"  {release_line(key, j)}", file=sys.stderr if args.json else sys.stdout,
+                      flush=True)
+                progress.advance(1)
+                progress.note(key)
 
-    def on_job(key: str, j: dict) -> None:
-        print(f"  {release_line(key, j)}", file=stream, flush=True)
-
-    try:
-        journal = api.release(args.manifest, out, baseline=args.baseline, workers=args.workers,
-                              on_job=on_job)
+            journal = api.release(args.manifest, out, baseline=args.baseline,
+                                  workers=args.workers, on_job=on_job)
     except TrtBuildError as e:
         if e.record is not None:
             emit(args, e.record, _release_summary(e.record, out))
