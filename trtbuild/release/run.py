@@ -26,6 +26,7 @@ from ..errors import GATE_FAILED, INTERNAL_ERROR, TrtBuildError
 from ..files import ensure_dir, pid_alive
 from . import jobs as worker
 from . import journal as jn
+from .html import write_html
 from .manifest import Manifest, load
 
 OnJob = Callable[[str, dict[str, Any]], None]
@@ -70,8 +71,6 @@ def release(manifest: str | Path, out: str | Path | None = None,
             jn.compare(journal, base)
         journal["finished"] = jn._now()
         jn.save(path, journal)
-        from .html import write_html
-
         write_html(out / "release.html", journal)
     failed = jn.failures(journal)
     if failed:
@@ -107,13 +106,20 @@ def _resume(m: Manifest, path: Path, notice: Notice) -> dict[str, Any]:
 
 
 def _files_there(job: dict[str, Any]) -> bool:
-    record = job.get("record") or {}
-    if job.get("kind") == "prepare":
-        paths = [p for p in (record.get("artifacts") or {}).values() if p]
-        return bool(paths) and all(Path(p).is_file() for p in paths)
-    e = record.get("engine") or {}
-    p = Path(e["path"]) if e.get("path") else None
-    return p is not None and p.is_file() and p.stat().st_size == e.get("bytes")
+    """The job's output files exist (an engine at its recorded size); False for a record of
+    another shape (a hand-edited journal: the job is redone)."""
+    try:
+        record = job["record"]
+        if not isinstance(job.get("seconds"), (int, float)):
+            return False
+        if job.get("kind") == "prepare":
+            paths = [p for p in record["artifacts"].values() if p]
+            return bool(paths) and all(Path(p).is_file() for p in paths)
+        e = record["engine"]
+        p = Path(e["path"])
+        return p.is_file() and p.stat().st_size == e["bytes"]
+    except (KeyError, TypeError, AttributeError, OSError):
+        return False
 
 
 class _Pool:
@@ -230,6 +236,7 @@ class _Pool:
             if j["precision"] == "int8":
                 j["record"]["int8_mac_coverage"] = prepared.get("int8_mac_coverage")
         jn.save(self.path, self.journal)
+        write_html(self.out / "release.html", self.journal)  # a view: at every job too
         if self.on_job:
             for k in [key, *(mine if j["kind"] == "prepare" and not ready else [])]:
                 self.on_job(k, self.jobs[k])
