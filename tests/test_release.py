@@ -341,3 +341,29 @@ def test_a_worker_crash_fails_only_its_job(tmp_path: Path) -> None:
     assert jobs["crash/fp16/sm_86"]["error"] == "skipped (prepare failed)"
     assert jobs["tiny/prepare"]["status"] == jobs["tiny/fp16/sm_86"]["status"] == "ok"
     assert "2 of 4 release jobs did not pass" in proc.stderr
+
+
+def test_failure_list_is_capped_at_20_lines() -> None:
+    from trtbuild.release.run import failure_message
+
+    jobs = {f"m{i}/prepare": {"status": "failed", "error": f"boom {i}"} for i in range(25)}
+    jobs["ok/prepare"] = {"status": "ok", "error": None}
+    head, *lines = failure_message({"jobs": jobs}, Path("o/release.json")).splitlines()
+    assert head == "25 of 26 release jobs did not pass (o/release.json):"
+    assert lines[0] == "  m0/prepare: failed: boom 0" and len(lines) == 21
+    assert lines[-1] == "  and 5 more"
+    assert failure_message({"jobs": {"ok/prepare": jobs["ok/prepare"]}}, Path("x")) is None
+
+
+def test_one_driver_per_output_directory(tmp_path: Path) -> None:
+    import fcntl
+
+    manifest, out = write_manifest(tmp_path), tmp_path / "out"
+    out.mkdir()
+    with open(out / ".release.lock", "a") as held:
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)  # as a running driver holds it
+        proc = run_cli("release", manifest, "--out", out)
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == (f"trtbuild: error: {out.resolve()}: another trtbuild "
+                                   "release is running in this directory")
+    assert not (out / "release.json").exists()

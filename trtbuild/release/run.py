@@ -72,14 +72,22 @@ def release(manifest: str | Path, out: str | Path | None = None,
         journal["finished"] = jn._now()
         jn.save(path, journal)
         write_html(out / "release.html", journal)
-    failed = jn.failures(journal)
-    if failed:
-        listed = failed[:MAX_LISTED] + ([f"and {len(failed) - MAX_LISTED} more"]
-                                         if len(failed) > MAX_LISTED else [])
-        raise TrtBuildError("\n".join([f"{len(failed)} of {len(journal['jobs'])} release jobs "
-                                       f"did not pass ({path}):", *(f"  {x}" for x in listed)]),
-                            GATE_FAILED, journal)
+    message = failure_message(journal, path)
+    if message:
+        raise TrtBuildError(message, GATE_FAILED, journal)
     return journal
+
+
+def failure_message(journal: dict[str, Any], path: Path) -> str | None:
+    """'N of M release jobs did not pass (PATH):' and a line per job, at most MAX_LISTED,
+    then 'and K more'; None when every job passed."""
+    failed = jn.failures(journal)
+    if not failed:
+        return None
+    listed = failed[:MAX_LISTED] + ([f"and {len(failed) - MAX_LISTED} more"]
+                                     if len(failed) > MAX_LISTED else [])
+    return "\n".join([f"{len(failed)} of {len(journal['jobs'])} release jobs did not pass "
+                      f"({path}):", *(f"  {x}" for x in listed)])
 
 
 def _resume(m: Manifest, path: Path, notice: Notice) -> dict[str, Any]:
