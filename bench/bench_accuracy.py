@@ -54,8 +54,9 @@ from corpus import ENTRIES, normalize, text_lines  # noqa: E402
 Feed = dict[str, np.ndarray]
 METRICS = ROOT / "examples" / "metrics" / "ppocr.py"
 COMPUTE_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
-# ops a DequantizeLinear may sit behind and still feed a compute node its INT8 values
-PASS_THROUGH = ("Reshape", "Transpose", "Flatten", "Squeeze", "Unsqueeze", "Identity")
+# ops a DequantizeLinear may sit behind and still feed a compute node its INT8 values (Cast:
+# trtbuild's FP16-scale DQ cast to FP32 for a layer kept in FP32)
+PASS_THROUGH = ("Reshape", "Transpose", "Flatten", "Squeeze", "Unsqueeze", "Identity", "Cast")
 
 
 # ---- INT8 MAC coverage -------------------------------------------------------------------
@@ -130,7 +131,7 @@ def _macs(node: Any, shapes: dict[str, tuple[int, ...]]) -> int:
 def int8_mac_share(model_path: str | Path, feed: Feed | None = None) -> float:
     """Share of the Conv/ConvTranspose/Gemm/MatMul multiply-accumulates that run in INT8:
     those of nodes whose data and weight inputs both come from DequantizeLinear (directly or
-    through Reshape/Transpose/Flatten/Squeeze/Unsqueeze/Identity), over those of all such
+    through Reshape/Transpose/Flatten/Squeeze/Unsqueeze/Identity/Cast), over those of all such
     nodes. Shapes come from one run of `feed` (default: zeros, batch 1; models with other
     symbolic dimensions need a feed). Nodes inside subgraphs are not counted."""
     import onnx

@@ -126,8 +126,8 @@ def test_ctc_strings_on_a_real_ppocr_rec_run():
     assert 0.0 < got["char_accuracy"] < 1.0
 
 
-def _qdq_model(path):
-    """x -> Q/DQ -> Conv(DQ weight) -> Flatten -> MatMul(FP32 weight) -> y."""
+def _qdq_model(path, cast=False):
+    """x -> Q/DQ [-> Cast] -> Conv(DQ weight) -> Flatten -> MatMul(FP32 weight) -> y."""
     w = numpy_helper.from_array(np.zeros((4, 2, 3, 3), np.int8), "w_q")
     w_s = numpy_helper.from_array(np.full(4, 0.1, np.float32), "w_s")
     w_z = numpy_helper.from_array(np.zeros(4, np.int8), "w_z")
@@ -135,7 +135,8 @@ def _qdq_model(path):
     z = numpy_helper.from_array(np.array(0, np.int8), "z")
     m = numpy_helper.from_array(np.ones((4 * 6 * 6, 5), np.float32), "m")
     nodes = [helper.make_node("QuantizeLinear", ["x", "s", "z"], ["xq"]),
-             helper.make_node("DequantizeLinear", ["xq", "s", "z"], ["xd"]),
+             helper.make_node("DequantizeLinear", ["xq", "s", "z"], ["xd0" if cast else "xd"]),
+             *([helper.make_node("Cast", ["xd0"], ["xd"], to=TensorProto.FLOAT)] if cast else []),
              helper.make_node("DequantizeLinear", ["w_q", "w_s", "w_z"], ["wd"], axis=0),
              helper.make_node("Conv", ["xd", "wd"], ["c"]),
              helper.make_node("Flatten", ["c"], ["f"]),
@@ -159,3 +160,5 @@ def test_int8_mac_share(tmp_path):
     assert int8_mac_share(tmp_path / "m.onnx") == pytest.approx(expect)
     feed = {"x": np.zeros((3, 2, 8, 8), np.float32)}   # batch cancels out
     assert int8_mac_share(tmp_path / "m.onnx", feed) == pytest.approx(expect)
+    _qdq_model(tmp_path / "cast.onnx", cast=True)       # DQ -> Cast -> Conv still counts
+    assert int8_mac_share(tmp_path / "cast.onnx") == pytest.approx(expect)
