@@ -150,3 +150,33 @@ def test_compare_runs_the_plugin_on_whole_outputs():
     rec = compare(ref, {"y": np.eye(4, dtype=np.float32)[::-1]}, list("abcd"),
                   metric_script=lambda r, c, n: {"same": float((r["y"] == c["y"]).all())})
     assert rec["scores"] == {"same": 0.0} and rec["outputs"]["y"]["top1_agreement"] == 0.0
+
+
+def test_scale_or_offset_error_on_one_value_outputs_fails_the_cosine_gate():
+    ref = np.random.default_rng(4).uniform(0.1, 1, (32, 1)).astype(np.float32)
+    m = output_metrics(ref, ref * 0.3 + 0.5)  # correlation 1.0, values wrong
+    assert m["correlation"] > 0.999
+    assert any("mean relative error" in f for f in
+               gate_failures({"outputs": {"p": m}}, GateSettings(min_cosine=0.99)))
+    single = output_metrics(ref[:1], ref[:1] + 5)  # one sample: no correlation at all
+    assert single["correlation"] is None and gate_failures(
+        {"outputs": {"p": single}}, GateSettings(min_cosine=0.99))
+
+
+def test_slice_cosine_ignores_dead_channels_and_tiny_slices():
+    rng = np.random.default_rng(5)
+    ref = rng.normal(0, 1, (16, 32)).astype(np.float32)
+    ref[:, 3] = 0.0                                   # a dead channel
+    m = output_metrics(ref, ref + 1e-7)
+    assert m["channel_cosine_mean"] > 0.999
+    one = rng.normal(0, 1, (1, 1000)).astype(np.float32)  # batch 1: slices of one value
+    m1 = output_metrics(one, one + rng.normal(0, 0.05, one.shape).astype(np.float32))
+    assert "channel_cosine_mean" not in m1 and m1["cosine_mean"] > 0.99
+
+
+def test_shape_mismatch_and_empty_outputs_are_reported_not_crashed():
+    m = output_metrics(np.zeros((4, 6), np.float32), np.zeros((3, 6), np.float32))
+    assert "shape_mismatch" in m
+    assert gate_failures({"outputs": {"boxes": m}}, GateSettings())
+    empty = output_metrics(np.zeros((0, 6), np.float32), np.zeros((0, 6), np.float32))
+    assert empty.get("empty") and not gate_failures({"outputs": {"b": empty}}, GateSettings())

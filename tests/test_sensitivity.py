@@ -148,3 +148,25 @@ def test_unreachable_target_exits_1_and_says_so(tmp_path):
     report = json.loads((tmp_path / "o" / "report.json").read_text())
     sens = {s["stage"]: s for s in report["stages"]}["sensitivity"]
     assert not sens["met"] and sens["int8_mac_coverage"] == 0.0
+
+
+def test_a_node_reading_one_tensor_twice_is_one_switch():
+    # x @ x^T-style self products (attention scores) read the same tensor twice
+    g = helper.make_graph(
+        [helper.make_node("Transpose", ["x"], ["t"], perm=[0, 2, 1]),
+         helper.make_node("MatMul", ["t", "t"], ["s"], name="self"),
+         helper.make_node("Sigmoid", ["s"], ["y"])], "twice",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4, 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4, 4])])
+    model = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    model = onnx.shape_inference.infer_shapes(model)
+    qplan = plan(model)
+    found = regions(model, qplan)
+    assert [(r.node, r.inputs) for r in found] == [("self", ["t"])]
+    switch, flags = switchable_model(model, qplan, {"t": 2.0}, found)
+    x = np.random.default_rng(0).random((2, 4, 4), dtype=np.float32)
+    on = io.session(switch).run(None, {"x": x, flags[0]: np.array(True)})[0]
+    off = io.session(switch).run(None, {"x": x, flags[0]: np.array(False)})[0]
+    t = x.transpose(0, 2, 1)
+    np.testing.assert_allclose(off, 1 / (1 + np.exp(-(t @ t))), rtol=1e-5)
+    assert np.abs(on - off).max() > 0  # the switch reaches both inputs

@@ -21,6 +21,7 @@ from .config import Gate, GateSettings
 from .errors import TrtBuildError
 
 SLICE_MAX = 4096  # axes longer than this (flattened positions) get no per-slice cosine
+SLICE_MIN = 8     # values a slice needs for its cosine to mean something
 
 
 def gate_failures(record: dict[str, Any], gates: GateSettings) -> list[str]:
@@ -32,11 +33,18 @@ def gate_failures(record: dict[str, Any], gates: GateSettings) -> list[str]:
         if gates.min_top1_agreement is not None and top1 is not None and \
                 not top1 >= gates.min_top1_agreement:
             out.append(f"{name}: top-1 agreement {top1:.4f} < {gates.min_top1_agreement}")
+        if "shape_mismatch" in m:
+            out.append(f"{name}: {m['shape_mismatch']}")
+            continue
         if gates.min_cosine is not None:
             for key in ("cosine_mean", "channel_cosine_mean", "correlation"):
                 if m.get(key) is not None and not m[key] >= gates.min_cosine:
                     out.append(f"{name}: {key} {m[key]:.4f} < {gates.min_cosine}")
-        if m["non_finite"]:
+            # one value per sample: correlation ignores scale and offset, so the error too
+            if "mean_rel_err" in m and not m["mean_rel_err"] <= 1 - gates.min_cosine:
+                out.append(f"{name}: mean relative error {m['mean_rel_err']:.4f} > "
+                           f"{1 - gates.min_cosine:.4g} (1 - min cosine)")
+        if m.get("non_finite"):
             out.append(f"{name}: {m['non_finite']} NaN/Inf values in the candidate's output")
     extra = list(gates.gates)
     if gates.accuracy_target is not None and gates.accuracy_target not in extra:
@@ -105,7 +113,12 @@ def batch_axes(model: Any) -> dict[str, int]:
 
 def output_metrics(ref: np.ndarray, cand: np.ndarray) -> dict[str, Any]:
     """Metrics of one output, batch axis first."""
+    if ref.shape != cand.shape:  # e.g. a detector whose NMS keeps a different box count
+        return {"shape_mismatch": f"candidate shape {cand.shape} != reference {ref.shape}",
+                "non_finite": 0}
     ref64, cand64 = ref.astype(np.float64), cand.astype(np.float64)
+    if ref64.size == 0:
+        return {"empty": True, "non_finite": 0}
     err = np.abs(ref64 - cand64)
     m: dict[str, Any] = {"max_abs_err": float(np.nanmax(err)) if err.size else 0.0,
                          "mean_abs_err": float(np.nanmean(err)) if err.size else 0.0,
@@ -113,6 +126,7 @@ def output_metrics(ref: np.ndarray, cand: np.ndarray) -> dict[str, Any]:
     a, b = ref64.reshape(len(ref64), -1), cand64.reshape(len(cand64), -1)
     if a.shape[1] == 1:  # one value per sample: cosine would be 1.0 whatever the error
         m["max_rel_err"] = float(np.nanmax(err.ravel() / np.maximum(np.abs(a.ravel()), 1e-6)))
+        m["mean_rel_err"] = float(np.nanmean(err) / max(float(np.mean(np.abs(a))), 1e-12))
         m["correlation"] = _correlation(a.ravel(), b.ravel())
         m["judged_by"] = "abs/rel error and correlation (one value per sample)"
         return m
@@ -137,15 +151,19 @@ def _cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 def _worst_slices(ref: np.ndarray, cand: np.ndarray) -> dict[str, Any]:
     """Cosine per index of every non-batch axis (over everything else), each axis averaged;
-    the axis with the lowest average is reported with its worst index."""
+    the axis with the lowest average is reported with its worst index. Slices of fewer than
+    SLICE_MIN values (a sign test, not a cosine) and all-zero reference slices (dead
+    channels, padding: the element errors judge them) are left out."""
     best: dict[str, Any] = {}
     for axis in range(1, ref.ndim):
         n = ref.shape[axis]
-        if not 2 <= n <= SLICE_MAX:
+        if not 2 <= n <= SLICE_MAX or ref.size // n < SLICE_MIN:
             continue
         a = np.moveaxis(ref, axis, 0).reshape(n, -1)
         b = np.moveaxis(cand, axis, 0).reshape(n, -1)
-        cos = _cosines(a, b)
+        cos = np.where(np.linalg.norm(a, axis=1) > 0, _cosines(a, b), np.nan)
+        if np.isnan(cos).all():
+            continue
         mean = float(np.nanmean(cos))
         if not best or mean < best["channel_cosine_mean"]:
             k = int(np.nanargmin(cos))

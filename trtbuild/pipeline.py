@@ -160,6 +160,9 @@ def check_files(s: BuildSettings) -> None:
         from .metrics import load_metric
 
         load_metric(s.gates.metric_script)  # a missing file or function: exit 2 now
+    if s.gates.accuracy_target is not None and s.engine.calibrator == "trt":
+        raise TrtBuildError("--accuracy-target chooses Q/DQ regions; --calibrator trt builds "
+                            "from the FP32 graph and would discard them: use one or the other")
     if s.gates.accuracy_target is not None and not s.int8:
         raise TrtBuildError("--accuracy-target needs --int8 (it chooses which INT8 regions "
                             "fall back to FP16/FP32)")

@@ -107,6 +107,9 @@ def summary_line(stage: str, record: dict[str, Any]) -> str:
 def validate_figures(r: dict[str, Any]) -> str:
     parts = []
     for name, m in r["outputs"].items():
+        if "shape_mismatch" in m or "empty" in m:
+            parts.append(f"{name}: {m.get('shape_mismatch', 'empty')}")
+            continue
         if "cosine_mean" not in m:  # one value per sample
             corr = m.get("correlation")
             parts.append(f"{name}: max abs err {m['max_abs_err']:.2e}, correlation "

@@ -95,8 +95,18 @@ def range_keeps(model: Any, s: Fp16Settings, feeds: list[dict[str, np.ndarray]]
                 reason = _fp16_error(numpy_helper.to_array(inits[name]))
                 if reason:
                     keeps[k] = f"weight {name}: {reason}"
-    watched = {o: k for k, n in enumerate(g.node) if half[k] and k not in keeps
-               for o in n.output if o in floats}
+    # every float tensor an FP16 node writes or reads (inputs from FP32 nodes and graph
+    # inputs are cast to FP16 on the way in: an overflow there is as fatal)
+    readers: dict[str, list[int]] = {}
+    for k, n in enumerate(g.node):
+        if half[k]:
+            for i in n.input:
+                if i in floats and i not in inits:
+                    readers.setdefault(i, []).append(k)
+    producer = {o: k for k, n in enumerate(g.node) for o in n.output}
+    watched = {o: producer.get(o) for o in readers}
+    watched.update({o: k for k, n in enumerate(g.node) if half[k] and k not in keeps
+                    for o in n.output if o in floats})
     if not watched or not feeds:
         return keeps
     probe = onnx.ModelProto()
@@ -112,8 +122,11 @@ def range_keeps(model: Any, s: Fp16Settings, feeds: list[dict[str, np.ndarray]]
             reason = _fp16_error(np.asarray(y))
             if reason and name not in worst:
                 worst[name] = reason
-    for name, reason in worst.items():
-        keeps.setdefault(watched[name], f"output {name}: {reason}")
+    for name, reason in worst.items():  # the writer and every FP16 reader stay FP32
+        if watched[name] is not None and half[watched[name]]:
+            keeps.setdefault(watched[name], f"output {name}: {reason}")
+        for k in readers.get(name, []):
+            keeps.setdefault(k, f"input {name}: {reason}")
     return keeps
 
 

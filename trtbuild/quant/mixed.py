@@ -75,14 +75,27 @@ def _scale_keeps(model: Any) -> dict[int, str]:
 
 
 def _keep_dq_consumers(model: Any, keeps: dict[int, str]) -> dict[int, str]:
-    """A DequantizeLinear kept FP32 (a scale FP16 cannot hold) keeps its consumers FP32
-    too, so no Cast sits between the DQ and the layer it quantizes."""
+    """No Cast between a DequantizeLinear and the layer it quantizes (TensorRT would not
+    fuse them): a DQ kept FP32 (a scale FP16 cannot hold) keeps its consumers FP32, and a
+    layer kept FP32 keeps the DQs it reads and their Qs FP32."""
     kept_out = {o: model.graph.node[k].name for k in keeps
                 if model.graph.node[k].op_type == "DequantizeLinear"
                 for o in model.graph.node[k].output}
     out = dict(keeps)
-    for k, n in enumerate(model.graph.node):
+    nodes = model.graph.node
+    for k, n in enumerate(nodes):
         for i in n.input:
             if i in kept_out and k not in out:
                 out[k] = f"reads {kept_out[i]}, kept FP32"
+    # and a layer kept FP32 keeps the Q/DQ pairs it reads (one scale, one precision)
+    producer = {o: k for k, n in enumerate(nodes) for o in n.output}
+    for k in list(out):
+        for i in nodes[k].input:
+            dq = producer.get(i)
+            if dq is None or nodes[dq].op_type != "DequantizeLinear" or dq in out:
+                continue
+            out[dq] = f"feeds {nodes[k].name or k}, kept FP32"
+            q = producer.get(nodes[dq].input[0])
+            if q is not None and nodes[q].op_type == "QuantizeLinear" and q not in out:
+                out[q] = f"pairs with {nodes[dq].name or dq}, kept FP32"
     return out

@@ -29,7 +29,8 @@ def regions(model: Any, qplan: QuantPlan) -> list[Region]:
     out = []
     for n in model.graph.node:
         if n.name in reads:
-            out.append(Region(n.name, n.op_type, [t for t in n.input if t in reads[n.name]]))
+            inputs = [t for t in n.input if t in reads[n.name]]
+            out.append(Region(n.name, n.op_type, list(dict.fromkeys(inputs))))  # x @ x: once
     return out
 
 
