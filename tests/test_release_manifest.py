@@ -158,7 +158,7 @@ accuracy_target = "cosine_mean>=0.99"
 
 [models.mixed]
 src = "torchvision:resnet18"
-calibrator = "trt"
+calib_method = "max"
 
 [models.fp16only]
 src = "torchvision:resnet18"
@@ -166,7 +166,7 @@ precisions = ["fp16"]
 """)
     m = load(path)
     mixed = m.model("mixed").settings
-    assert mixed.calib.data == str(tmp_path / "calib") and mixed.engine.calibrator == "trt"
+    assert mixed.calib.data == str(tmp_path / "calib") and mixed.calib.method == "max"
     assert str(mixed.gates.accuracy_target) == "cosine_mean>=0.99"
     only = m.model("fp16only")
     assert only.settings.calib.data is None and only.settings.gates.accuracy_target is None
