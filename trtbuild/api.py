@@ -8,7 +8,6 @@ them. Every failure raises TrtBuildError carrying the exit code the CLI would us
 from __future__ import annotations
 
 import logging
-
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
