@@ -18,8 +18,7 @@ from .context import Context
 from .errors import GATE_FAILED, TrtBuildError
 from .files import ensure_dir
 from .report import Report, Timer
-from .stages import (bench, calibrate, clean, engines, export, fp16, quantize, sensitivity,
-                     validate)
+from .stages import bench, calibrate, clean, engines, export, fp16, quantize, sensitivity, validate
 
 log = logging.getLogger(__name__)
 Stage = Callable[[Context], dict[str, Any]]
