@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from .files import pid_alive
+from .files import stale_temp_files
 
 log = logging.getLogger(__name__)
 ENGINE, MANIFEST = "engine.plan", "manifest.json"
@@ -220,11 +220,9 @@ class EngineCache:
     def sweep(self, tag_dir: Path) -> list[Path]:
         """Remove temp directories that killed builds left under `tag_dir`."""
         removed = []
-        for p in tag_dir.glob("*.tmp-*") if _is_real_dir(tag_dir) else []:
-            pid = p.name.rsplit(".tmp-", 1)[1]
-            if pid.isdigit() and not pid_alive(int(pid)):
-                shutil.rmtree(p, ignore_errors=True) if _is_real_dir(p) else p.unlink()
-                removed.append(p)
+        for p in stale_temp_files(tag_dir) if _is_real_dir(tag_dir) else []:
+            shutil.rmtree(p, ignore_errors=True) if _is_real_dir(p) else p.unlink()
+            removed.append(p)
         return removed
 
     def tag_dirs(self) -> list[Path]:

@@ -9,6 +9,8 @@ from typing import Any
 from .config import BuildSettings
 from .report import Report
 
+PROBE_SAMPLES = 4  # samples the FP16 range probe runs (every FP16 node observed)
+
 
 @dataclass(frozen=True)
 class Engine:
@@ -51,6 +53,7 @@ class Context:
     torch_module: Any = None                                # torch SRCs: the eager baseline
     _clean_model: Any = None
     _first_sample: tuple[dict, str] | None = None
+    _probe_feeds: list[dict] | None = None
 
     def set_clean(self, path: Path) -> None:
         """The FP32 reference model every later stage reads."""
@@ -86,6 +89,16 @@ class Context:
                 self._first_sample = (feed, f"first sample of {source}")
                 break
         return self._first_sample
+
+    def probe_feeds(self) -> list[dict]:
+        """The first PROBE_SAMPLES evaluation samples, read once: what the FP16 range probe
+        runs (the fp16 stage, and the INT8 model's FP16 parts)."""
+        if self._probe_feeds is None:
+            import itertools
+
+            data, _, _ = self.eval_data()
+            self._probe_feeds = [f for _, f in itertools.islice(data.samples(), PROBE_SAMPLES)]
+        return self._probe_feeds
 
     def eval_data(self) -> tuple[Any, Path | None, str]:
         """(dataset, labels directory, description) for accuracy checks: --val, else the

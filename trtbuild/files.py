@@ -14,10 +14,12 @@ def tmp_name(path: Path) -> Path:
     return path.with_name(f"{path.name}.tmp-{os.getpid()}")
 
 
-def stale_temp_files(folder: Path) -> list[Path]:
-    """`*.tmp-<pid>` entries in `folder` whose process is gone (killed mid-write)."""
+def stale_temp_files(folder: Path, recursive: bool = False) -> list[Path]:
+    """`*.tmp-<pid>` entries in `folder` (or anywhere under it) whose process is gone
+    (killed mid-write)."""
     out = []
-    for p in folder.glob("*.tmp-*") if folder.is_dir() else []:
+    found = (folder.rglob if recursive else folder.glob)("*.tmp-*") if folder.is_dir() else []
+    for p in found:
         pid = p.name.rsplit(".tmp-", 1)[1]
         if pid.isdigit() and not pid_alive(int(pid)):
             out.append(p)
@@ -25,13 +27,19 @@ def stale_temp_files(folder: Path) -> list[Path]:
 
 
 def pid_alive(pid: int) -> bool:
+    """Is `pid` a running process? A zombie is not: a process killed with its parent stays
+    one until init reaps it (a second or two) and writes nothing more."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
         return True
-    return True
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return True  # no /proc: kill(0) is all we know
+    return state not in ("Z", "X")
 
 
 @contextlib.contextmanager

@@ -195,8 +195,12 @@ def label_accuracy(ref: np.ndarray, cand: np.ndarray, origins: list[str],
             "delta_points": round(100 * (cand_acc - ref_acc), 3)}
 
 
+_LOADED: dict[tuple[Path, str], Callable] = {}  # (file, function): imported once per process
+
+
 def load_metric(spec: Any) -> tuple[Callable, str]:
-    """(callable, label) for --metric-script FILE.py:FN, or a callable given to the API."""
+    """(callable, label) for --metric-script FILE.py:FN, or a callable given to the API.
+    The file is imported once; every later check (each search step) reuses it."""
     if callable(spec):
         return spec, getattr(spec, "__name__", "metric")
     from .onnx.source import import_target
@@ -204,10 +208,13 @@ def load_metric(spec: Any) -> tuple[Callable, str]:
     target, _, fn_name = str(spec).rpartition(":")
     if not Path(target).is_file():
         raise TrtBuildError(f"{target}: --metric-script: no such file")
-    fn = getattr(import_target(target), fn_name, None)
-    if not callable(fn):
-        raise TrtBuildError(f"{spec}: {target} has no callable '{fn_name}'")
-    return fn, str(spec)
+    key = (Path(target).resolve(), fn_name)
+    if key not in _LOADED:
+        fn = getattr(import_target(target), fn_name, None)
+        if not callable(fn):
+            raise TrtBuildError(f"{spec}: {target} has no callable '{fn_name}'")
+        _LOADED[key] = fn
+    return _LOADED[key], str(spec)
 
 
 def task_scores(spec: Any, ref: dict[str, np.ndarray], cand: dict[str, np.ndarray],

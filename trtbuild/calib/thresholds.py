@@ -131,10 +131,6 @@ def auto_amax(hist: Histogram) -> tuple[float, str, dict[str, float]]:
     return named["mse"], "mse", named
 
 
-def amax(hist: Histogram, method: str, percentile: float) -> float:
-    return choose(hist, method, percentile)[0]
-
-
 def choose(hist: Histogram, method: str, percentile: float) -> tuple[float, str]:
     """(amax, the method that gave it): `method` itself, or auto's per-tensor pick."""
     if method == "entropy":

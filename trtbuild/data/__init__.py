@@ -177,10 +177,10 @@ class Dataset:
             pending.append(feed)
             count += rows(feed)
             if count >= self.batch_size:
-                yield _concat(pending)
+                yield concat(pending)
                 pending, count = [], 0
         if pending:
-            yield _concat(pending)
+            yield concat(pending)
 
 
 def rows(feed: Batch) -> int:
@@ -188,7 +188,8 @@ def rows(feed: Batch) -> int:
     return next((len(a) for a in feed.values() if np.ndim(a)), 1)
 
 
-def _concat(feeds: list[Batch]) -> Batch:
+def concat(feeds: list[Batch]) -> Batch:
+    """Feeds joined along axis 0 (one feed: itself)."""
     return {k: np.concatenate([f[k] for f in feeds]) if len(feeds) > 1 else feeds[0][k]
             for k in feeds[0]}
 

@@ -47,21 +47,19 @@ def count_macs(model: Any, feed: dict[str, np.ndarray], found: list[Region]) -> 
     """Fill each region's MACs for one sample, from the tensor shapes of one real run of
     the FP32 model (shape inference loses shapes after data-dependent reshapes)."""
     from ..calib.stream import observed_model
+    from ..data import rows
     from ..onnx import io
 
     nodes = {n.name: n for n in model.graph.node}
     inits = {i.name: list(i.dims) for i in model.graph.initializer}
     wanted = list(dict.fromkeys(t for r in found for t in list(nodes[r.node].input[:2])
                                 + [nodes[r.node].output[0]] if t and t not in inits))
-    one = {k: (a[:1] if np.ndim(a) and len(a) == _rows(feed) else a) for k, a in feed.items()}
+    n = rows(feed)
+    one = {k: (a[:1] if np.ndim(a) and len(a) == n else a) for k, a in feed.items()}
     values = io.session(observed_model(model, wanted)).run(wanted, one)
     shapes = {**inits, **{t: list(np.shape(v)) for t, v in zip(wanted, values)}}
     for r in found:
         r.macs = _macs(nodes[r.node], shapes)
-
-
-def _rows(feed: dict[str, np.ndarray]) -> int:
-    return next((len(a) for a in feed.values() if np.ndim(a)), 1)
 
 
 def _macs(n: Any, shapes: dict[str, list[int]]) -> int:

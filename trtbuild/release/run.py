@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from ..errors import GATE_FAILED, INTERNAL_ERROR, TrtBuildError
-from ..files import ensure_dir, pid_alive
+from ..files import ensure_dir, stale_temp_files
 from . import jobs as worker
 from . import journal as jn
 from .html import write_html
@@ -298,19 +298,6 @@ def _locked(out: Path) -> Iterator[None]:
 
 def _sweep_temp_files(out: Path) -> None:
     """Temp files (`*.tmp-PID`) that killed processes left anywhere under OUT."""
-    for p in out.rglob("*.tmp-*"):
-        pid = p.name.rsplit(".tmp-", 1)[1]
-        if pid.isdigit() and _gone(int(pid)) and p.is_file() and not p.is_symlink():
+    for p in stale_temp_files(out, recursive=True):
+        if p.is_file() and not p.is_symlink():
             p.unlink()
-
-
-def _gone(pid: int) -> bool:
-    """No such process, or a zombie: a worker killed with its driver stays one until init
-    reaps it (a second or two), and writes nothing more."""
-    if not pid_alive(pid):
-        return True
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (OSError, IndexError):
-        return False
-    return state in ("Z", "X")

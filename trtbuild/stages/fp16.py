@@ -6,7 +6,6 @@ Runtime's FP16 kernels, which compute in FP32 between casts and miss overflows."
 
 from __future__ import annotations
 
-import itertools
 import logging
 from typing import Any
 
@@ -17,15 +16,12 @@ from ..quant.fp16_range import fold_batchnorm, range_keeps
 from . import validate
 
 log = logging.getLogger(__name__)
-PROBE_SAMPLES = 4  # samples the range probe runs (the FP32 model, every FP16 node observed)
 
 
 def run(ctx: Context) -> dict[str, Any]:
     s = ctx.settings.fp16_options
     folded, n_folded = fold_batchnorm(ctx.clean_model())
-    data, _, _ = ctx.eval_data()
-    feeds = [feed for _, feed in itertools.islice(data.samples(), PROBE_SAMPLES)]
-    keeps = range_keeps(folded, s, feeds)
+    keeps = range_keeps(folded, s, ctx.probe_feeds())
     keep_at = frozenset(keeps)
     model, info = fp16.convert(folded, s, keep_at)
     out = ctx.out / "model.fp16.onnx"

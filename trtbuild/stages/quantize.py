@@ -4,7 +4,6 @@
 
 from __future__ import annotations
 
-import itertools
 import logging
 from typing import Any
 
@@ -14,7 +13,6 @@ from ..onnx import io
 from ..quant.qdq import insert_qdq, plan
 
 log = logging.getLogger(__name__)
-PROBE_SAMPLES = 4  # samples the FP16 range probe runs
 
 
 def run(ctx: Context) -> dict[str, Any]:
@@ -38,10 +36,8 @@ def write_int8(ctx: Context, qdq: Any) -> dict[str, Any]:
     if ctx.settings.calib.high_precision == "fp16":
         from ..quant.mixed import to_fp16
 
-        data, _, _ = ctx.eval_data()
-        feeds = [feed for _, feed in itertools.islice(data.samples(), PROBE_SAMPLES)]
         try:
-            model, emulation, info = to_fp16(qdq, ctx.settings.fp16_options, feeds)
+            model, emulation, info = to_fp16(qdq, ctx.settings.fp16_options, ctx.probe_feeds())
         except TrtBuildError as e:
             if e.code != MISSING_CAPABILITY:
                 raise

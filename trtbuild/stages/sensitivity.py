@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from ..context import Context
-from ..data import read_labels, rows
+from ..data import concat, read_labels, rows
 from ..errors import TrtBuildError
 from ..metrics import batch_axes, compare, gate_value, stack
 from ..onnx import io
@@ -114,17 +114,11 @@ def _subset(data: Any, limit: int) -> tuple[list[str], list[dict[str, np.ndarray
         names += [origin] * rows(feed)
         pending.append(feed)
         if sum(rows(f) for f in pending) >= data.batch_size:
-            feeds.append(_join(pending))
+            feeds.append(concat(pending))
             pending = []
     if pending:
-        feeds.append(_join(pending))
+        feeds.append(concat(pending))
     return names, feeds
-
-
-def _join(feeds: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
-    if len(feeds) == 1:
-        return feeds[0]
-    return {k: np.concatenate([f[k] for f in feeds]) for k in feeds[0]}
 
 
 def _first_rows(feeds: list[dict[str, np.ndarray]], limit: int) -> list[dict[str, np.ndarray]]:
