@@ -33,29 +33,19 @@ class Histogram:
         self.ignored = 0
         self._c = _hist if use_c else None
 
-    def observe(self, x: np.ndarray) -> None:
-        """Add |x| (any shape) to the histogram."""
-        a = np.ascontiguousarray(x, dtype=np.float32).reshape(-1)
-        if a.size == 0:
-            return
-        if self._c is not None:
-            top, bad = self._c.absmax(a, SENTINEL)
-        else:
-            a = np.abs(a)
-            top = float(a.max())
-            bad = 0
-            if not top < SENTINEL:  # also true for NaN
-                keep = a < SENTINEL
-                bad = int(a.size - keep.sum())
-                a = a[keep]
-                top = float(a.max()) if a.size else 0.0
-        self.ignored += bad
-        valid = a.size - (bad if self._c is not None else 0)
+    def observe(self, x: np.ndarray, range_: float | None = None) -> None:
+        """Add |x| (any shape) to the histogram. `range_`: the range a single-process run
+        had after this batch (a shard's second pass, calib.merge), instead of growing from
+        this batch's own max."""
+        top, valid, a = self.absmax(x)
         if valid == 0:
             return
-        self.amax = max(self.amax, top)
-        if top > self.range:
-            self._grow(top)
+        if range_ is None:
+            self.note(top, valid)
+        else:  # the range comes from the whole set's schedule, not from this shard's data
+            self.amax = max(self.amax, top)
+            if range_ > self.range:
+                self._grow(range_)
         if self.max_only:
             return
         if self.range == 0.0:
@@ -64,6 +54,35 @@ class Histogram:
             self._c.hist(a, self.counts, self.bins / self.range, SENTINEL)
         else:
             self.counts += _bincount(a, np.float32(self.bins / self.range), self.bins)
+
+    def absmax(self, x: np.ndarray) -> tuple[float, int, np.ndarray]:
+        """(max |x| below SENTINEL, values below it, the values to count); counts the
+        sentinels in `ignored`."""
+        a = np.ascontiguousarray(x, dtype=np.float32).reshape(-1)
+        if a.size == 0:
+            return 0.0, 0, a
+        if self._c is not None:
+            top, bad = self._c.absmax(a, SENTINEL)
+            self.ignored += bad
+            return top, a.size - bad, a
+        a = np.abs(a)
+        top = float(a.max())
+        bad = 0
+        if not top < SENTINEL:  # also true for NaN
+            keep = a < SENTINEL
+            bad = int(a.size - keep.sum())
+            a = a[keep]
+            top = float(a.max()) if a.size else 0.0
+        self.ignored += bad
+        return top, a.size, a
+
+    def note(self, top: float, valid: int) -> None:
+        """A batch of `valid` values up to `top`: the max, and the range grown to hold it."""
+        if valid == 0:
+            return
+        self.amax = max(self.amax, top)
+        if top > self.range:
+            self._grow(top)
 
     def _grow(self, top: float) -> None:
         if self.range == 0.0:  # first non-zero batch sets R; earlier zeros stay in bin 0

@@ -80,6 +80,12 @@ def calibrate(model: Any, tensors: list[str], data: Dataset, method: str, percen
             progress(n)
     if worker:
         worker.join()
+    return result(hists, tensors, inputs, method, percentile, samples)
+
+
+def result(hists: dict[str, Histogram], tensors: list[str], inputs: set[str], method: str,
+           percentile: float, samples: int) -> CalibResult:
+    """Each tensor's threshold from its histogram (graph inputs: their max)."""
     with ThreadPoolExecutor(2) as pool:  # the KL searches are numpy work that drops the GIL
         found = list(pool.map(lambda t: (hists[t].amax, "max") if t in inputs else
                               choose(hists[t], method, percentile), tensors))

@@ -7,8 +7,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from ..calib import cachefile
-from ..calib.stream import calibrate
+from ..calib import cachefile, merge
 from ..config import CalibSettings
 from ..context import Context
 from ..errors import TrtBuildError
@@ -67,9 +66,13 @@ def _calibrate(ctx: Context, model: Any, needed: list[str], record: dict) -> dic
                             f"({record['cache_status']}) and no --calib data was given")
     data = ctx.dataset(s.data)
     with Timer() as t, bar("calibrating", len(data) or None) as progress:
-        result = calibrate(model, needed, data, s.method, s.percentile, progress.advance)
+        # sharded over workers only inside merge.sharding() (a Ray release), same thresholds
+        result, shards = merge.calibrate(model, needed, data, s.method, s.percentile,
+                                         progress.advance)
     if result.samples == 0:
         raise TrtBuildError(f"{s.data}: the data loader yielded no samples")
+    if shards > 1:
+        record["shards"] = shards
     record.update(result.record(), calib=str(s.data), calibrate_seconds=round(t.seconds, 3),
                   samples_per_second=round(result.samples / max(t.seconds, 1e-9), 1))
     return result.amaxes
