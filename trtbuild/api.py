@@ -172,17 +172,18 @@ def bench(model: str | Path, output: str | Path | None = None, *,
 
 def release(manifest: str | Path, out: str | Path | None = None, *,
             baseline: str | Path | None = None, workers: int | None = None,
-            on_job: Any = None) -> dict[str, Any]:
+            on_job: Any = None, ray: str | None = None) -> dict[str, Any]:
     """A release from a TOML manifest (trtbuild.release.manifest): per model one prepare job
     (the shared CPU stages, once) and one engine job per (precision, arch), on `workers`
     worker processes (default min(cores, jobs)), into `out` (default
     trtbuild-out/release-<manifest stem>/). Rerunning resumes from out/release.json. Returns
     release.json's content; raises TrtBuildError: 2 for a bad manifest, baseline or
     journal; 1 listing every job that did not pass (its `record` is release.json's content).
-    `on_job(key, job)` is called as each job finishes."""
+    `on_job(key, job)` is called as each job finishes. `ray`: "" runs the jobs as tasks on
+    a local Ray runtime, "HOST:PORT" on that Ray cluster (exit 3 without Ray installed)."""
     from .release.run import release as run_release
 
-    return run_release(manifest, out, baseline, workers, on_job)
+    return run_release(manifest, out, baseline, workers, on_job, ray=ray)
 
 
 __all__ = ["Result", "build", "export", "clean", "calibrate", "validate", "bench", "release"]

@@ -280,9 +280,13 @@ def build_parser() -> argparse.ArgumentParser:
                    "trtbuild-out/release-<manifest name>/); rerun to resume")
     p.add_argument("--baseline", type=Path, metavar="OLD/release.json",
                    help="compare engine sizes and accuracy with a previous release")
-    p.add_argument("--workers", type=int, metavar="N",
-                   help="worker processes (default: min(cores, jobs); a job waits while free "
-                        "memory is below the largest job's peak RSS)")
+    run = p.add_mutually_exclusive_group()
+    run.add_argument("--workers", type=int, metavar="N",
+                     help="worker processes (default: min(cores, jobs); a job waits while free "
+                          "memory is below the largest job's peak RSS)")
+    run.add_argument("--ray", nargs="?", const="", metavar="ADDRESS",
+                     help="jobs as Ray tasks: alone, on a local Ray runtime; with HOST:PORT, on "
+                          "that cluster (pip install 'trtbuild[ray]'; put it after MANIFEST)")
     common(p)
 
     p = sub.add_parser("info", help="GPU, compute capability, TensorRT versions, and the "

@@ -170,7 +170,7 @@ def cmd_release(args: argparse.Namespace) -> int:
                 progress.note(key)
 
             journal = api.release(args.manifest, out, baseline=args.baseline,
-                                  workers=args.workers, on_job=on_job)
+                                  workers=args.workers, on_job=on_job, ray=args.ray)
     except TrtBuildError as e:
         if e.record is not None:
             emit(args, e.record, _release_summary(e.record, out))

@@ -31,17 +31,23 @@ def worker_init() -> None:
     """In each worker process: die with the driver (kill -9 of the driver must not leave a
     worker writing into the output directory), quiet third-party loggers."""
     import ctypes
-    import logging
 
     try:
         ctypes.CDLL(None, use_errno=True).prctl(1, 9)  # PR_SET_PDEATHSIG, SIGKILL (Linux)
     except (OSError, AttributeError):
         pass
+    quiet()
+
+
+def quiet() -> None:
+    """No progress bars (the driver prints a line per job), quiet third-party loggers: in a
+    pool worker, and in a Ray worker before each job (Ray's own workers live on)."""
     import contextlib
+    import logging
 
     from .. import progress
 
-    # the driver prints a line per job; bars drawn by several workers would overwrite each other
+    # bars drawn by several workers would overwrite each other
     progress.bar = lambda description, total: contextlib.nullcontext(progress.Bar())
     logging.basicConfig(level=logging.WARNING, format="trtbuild: %(levelname)s: %(message)s")
     for name in ("onnx_graphsurgeon", "polygraphy", "Polygraphy", "PIL", "torch"):

@@ -9,6 +9,10 @@
     src = "trtbuild.demo.digits:digits_cnn"
     precisions = ["fp32", "int8"]     # a model's own value replaces the default
 
+    [release]                         # optional: how the release runs, not what it builds
+    shared_dir = "/mnt/nfs/rel"       # models' directories here (every Ray node mounts it)
+    calib_shard_samples = 2048        # --ray: larger calibration sets are sharded
+
 `load(path)` checks the whole file before any work starts and raises one TrtBuildError
 (exit 2) that lists every problem, each naming its table and key. A release is one job per
 (model, precision, architecture): `Manifest.jobs()`.
@@ -40,6 +44,10 @@ INT8_ONLY = ("calib", "calib_cache", "accuracy_target")
 # Options naming files that check_files can check one at a time (calibration ones with int8).
 FILE_KEYS = ("calib", "calib_cache", "val", "baseline", "metric_script", "plugins")
 CALIB_KEYS = ("calib", "calib_cache")
+# [release]: keys about how the release runs. Sharding costs a second inference pass (calib.
+# merge), so it pays only on sets large enough to keep several machines busy.
+RELEASE_KEYS = {"shared_dir": "a string", "calib_shard_samples": "an integer"}
+CALIB_SHARD_SAMPLES = 2048
 # A model's name becomes a directory name: no separators, no leading dot.
 MODEL_NAME = re.compile(r"(?!\.)[A-Za-z0-9_.-]+")
 
@@ -77,6 +85,8 @@ class ModelEntry:
 class Manifest:
     path: Path                        # absolute
     models: list[ModelEntry]          # in the file's order
+    shared_dir: Path | None = None    # [release]: the models' directories (default: OUT)
+    calib_shard_samples: int = CALIB_SHARD_SAMPLES  # [release]: shard sets larger than this
 
     def model(self, name: str) -> ModelEntry:
         for m in self.models:
@@ -108,9 +118,10 @@ def load(path: str | Path) -> Manifest:
         raise _failed(path, [f"{path}: invalid TOML: {e}"])
     checker = _Checker(path)
     models = checker.manifest(doc)
+    run = checker.release(checker.table(doc, "release"))
     if checker.problems:
         raise _failed(path, checker.problems)
-    return Manifest(path.resolve(), models)
+    return Manifest(path.resolve(), models, **run)
 
 
 def _failed(path: Path, problems: list[str]) -> TrtBuildError:
@@ -133,8 +144,8 @@ class _Checker:
 
     def manifest(self, doc: dict[str, Any]) -> list[ModelEntry]:
         for key, value in doc.items():
-            if key not in ("defaults", "models"):
-                self.unknown(None, key, value, ("defaults", "models"))
+            if key not in ("defaults", "models", "release"):
+                self.unknown(None, key, value, ("defaults", "models", "release"))
         defaults, bad_defaults = self.options("defaults", self.table(doc, "defaults"),
                                               DEFAULT_KEYS)
         models = self.table(doc, "models")
@@ -147,6 +158,24 @@ class _Checker:
                 entries.append(entry)
         self.case_collisions(list(models))
         return entries
+
+    def release(self, raw: dict[str, Any]) -> dict[str, Any]:
+        """The [release] table's checked values (shared_dir resolved)."""
+        good: dict[str, Any] = {}
+        for key, value in raw.items():
+            kind = RELEASE_KEYS.get(key)
+            if kind is None:
+                self.unknown("release", key, value, RELEASE_KEYS)
+            elif not _is(kind, value):
+                self.add("release", key, f"expected {kind}, got {_describe(value)}")
+            elif key == "calib_shard_samples" and value < 1:
+                self.add("release", key, f"{value} must be >= 1")
+            elif key == "shared_dir" and Path(_path(value, self.base)).exists() \
+                    and not Path(_path(value, self.base)).is_dir():
+                self.add("release", key, f"{_path(value, self.base)} is not a directory")
+            else:
+                good[key] = Path(_path(value, self.base)) if key == "shared_dir" else value
+        return good
 
     def table(self, doc: dict[str, Any], key: str) -> dict[str, Any]:
         value = doc.get(key, {})

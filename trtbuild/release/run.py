@@ -1,11 +1,14 @@
-"""The release driver: a manifest's jobs on a local pool of worker processes, journaled.
+"""The release driver: a manifest's jobs on a local pool of worker processes (or Ray tasks,
+ray_backend.py), journaled.
 
 Per model one prepare job (the shared CPU stages, once) and one engine job per (precision,
 arch), which starts after its model's prepare job. Workers are spawned processes
 (`--workers`, default min(cores, jobs to run)); a job does not start while the memory free
 (/proc/meminfo MemAvailable) is below the largest peak RSS a job has had so far, unless
 nothing else runs. A failing job does not stop the others. release.json is rewritten
-atomically after every job, and a rerun of the same command resumes from it.
+atomically after every job, and a rerun of the same command resumes from it. The backend is
+a small seam (`Local` here, `ray_backend.RayTasks`: submit, wait, result, restart, kill,
+close); the scheduling, the journal and resume are this module's whichever runs the jobs.
 """
 
 from __future__ import annotations
@@ -40,14 +43,23 @@ def default_out(manifest: Path) -> Path:
 
 def release(manifest: str | Path, out: str | Path | None = None,
             baseline: str | Path | None = None, workers: int | None = None,
-            on_job: OnJob | None = None, notice: Notice | None = None) -> dict[str, Any]:
-    """Run (or resume) the release; returns release.json's content. Raises TrtBuildError:
-    exit 2 for a bad manifest, baseline or journal; exit 1 listing every job that did not
-    pass (its `record` is the journal)."""
+            on_job: OnJob | None = None, notice: Notice | None = None,
+            ray: str | None = None) -> dict[str, Any]:
+    """Run (or resume) the release; returns release.json's content. `ray`: None for the
+    local pool, "" to start a local Ray runtime, "HOST:PORT" to join a Ray cluster. Raises
+    TrtBuildError: exit 2 for a bad manifest, baseline, journal or flags; 3 when Ray is not
+    installed or its cluster cannot be reached; exit 1 listing every job that did not pass
+    (its `record` is the journal)."""
     notice = notice or (lambda line: print(f"trtbuild: {line}", file=sys.stderr))
     m = load(manifest)
     if workers is not None and (not isinstance(workers, int) or workers < 1):
         raise TrtBuildError(f"--workers: {workers} must be >= 1")
+    if workers is not None and ray is not None:
+        raise TrtBuildError("--workers and --ray: give one (Ray schedules by its cluster's CPUs)")
+    if ray is not None:
+        from .ray_backend import import_ray
+
+        import_ray()  # without Ray: exit 3 before anything is written
     base = None
     if baseline is not None:
         baseline = Path(baseline)
@@ -56,16 +68,25 @@ def release(manifest: str | Path, out: str | Path | None = None,
         base = jn.read(baseline, "baseline")
     out = ensure_dir(Path(out) if out else default_out(m.path)).resolve()
     path = out / "release.json"
+    models = ensure_dir(m.shared_dir).resolve() if m.shared_dir else out
     with _locked(out):
         journal = _resume(m, path, notice)
         _sweep_temp_files(out)
+        if models != out:
+            _sweep_temp_files(models)
         todo = [k for k, j in journal["jobs"].items() if not j["reused"]]
-        n = workers or max(1, min(_cores(), len(todo)))
-        journal.update(workers=n, baseline=str(baseline) if baseline else None,
-                       finished=None, started=jn._now())
+        if ray is not None:
+            from .ray_backend import RayTasks
+
+            backend: Any = RayTasks(ray, m)
+        else:
+            backend = Local(workers or max(1, min(_cores(), len(todo))))
+        journal.update(workers=backend.slots, backend=backend.name,
+                       baseline=str(baseline) if baseline else None, finished=None,
+                       started=jn._now())
         jn.save(path, journal)
         start = time.perf_counter()
-        _Pool(m, out, path, journal, n, on_job).run(todo)
+        _Pool(m, models, path, journal, backend, on_job).run(todo)
         journal["wall_seconds"] = round(time.perf_counter() - start, 3)
         if base is not None:
             jn.compare(journal, base)
@@ -130,11 +151,53 @@ def _files_there(job: dict[str, Any]) -> bool:
         return False
 
 
+class Local:
+    """The local backend: spawned worker processes (they die with the driver)."""
+
+    name = "pool"
+    local_memory = True  # jobs wait for this machine's free memory (Ray asks its scheduler)
+
+    def __init__(self, workers: int):
+        self.slots = workers
+        self.pool = self._new()
+
+    def _new(self) -> ProcessPoolExecutor:
+        return ProcessPoolExecutor(self.slots, mp_context=multiprocessing.get_context("spawn"),
+                                   initializer=worker.worker_init)
+
+    def submit(self, fn: Callable, args: tuple, memory_mb: float) -> Future:
+        return self.pool.submit(fn, *args)
+
+    def wait(self, running: list[Future]) -> set[Future]:
+        return wait(running, return_when=FIRST_COMPLETED)[0]
+
+    def result(self, future: Future, timeout: float | None = None) -> dict[str, Any] | None:
+        """The job's result; None when its worker died (the pool broke)."""
+        try:
+            return future.result(timeout)
+        except BrokenProcessPool:
+            return None
+        except Exception as e:  # noqa: BLE001 - e.g. a result that cannot be pickled
+            return died(f"internal error: {type(e).__name__}: {e}")
+
+    def restart(self) -> None:
+        self.pool.shutdown(wait=False, cancel_futures=True)
+        self.pool = self._new()
+
+    def kill(self) -> None:
+        for process in list((getattr(self.pool, "_processes", None) or {}).values()):
+            process.kill()
+
+    def close(self) -> None:
+        self.pool.shutdown(wait=True, cancel_futures=True)
+
+
 class _Pool:
-    def __init__(self, m: Manifest, out: Path, path: Path, journal: dict[str, Any], workers: int,
-                 on_job: OnJob | None):
+    def __init__(self, m: Manifest, out: Path, path: Path, journal: dict[str, Any],
+                 backend: Any, on_job: OnJob | None):
         self.m, self.out, self.path, self.journal = m, out, path, journal
-        self.workers, self.on_job = workers, on_job
+        self.backend, self.workers, self.on_job = backend, backend.slots, on_job
+        self.html = path.parent / "release.html"
         self.jobs = journal["jobs"]
         self.peak_mb = max((j["peak_rss_mb"] or 0 for j in self.jobs.values()), default=0)
         self.memory_waits = journal["memory_waits"] = 0
@@ -150,7 +213,7 @@ class _Pool:
         if not todo:
             return
         suspects: set[str] = set()  # in flight when a worker died: each reruns alone, once
-        pool = self._pool()
+        pool = self.backend
         try:
             while ready or running:
                 while ready and len(running) < self.workers and self._memory_ok(running):
@@ -158,31 +221,28 @@ class _Pool:
                     if key is None:
                         break
                     ready.remove(key)
-                    running[pool.submit(*self._call(key))] = key
-                done, _ = wait(running, return_when=FIRST_COMPLETED)
+                    running[pool.submit(*self._call(key), self.peak_mb)] = key
                 results: dict[str, dict | None] = {}  # None: lost with a dead worker
-                for future in done:
-                    results[running.pop(future)] = _result(future)
+                for future in pool.wait(list(running)):
+                    results[running.pop(future)] = pool.result(future)
                 if any(r is None for r in results.values()):  # the pool is unusable now
                     for future, key in running.items():
-                        results[key] = _result(future, timeout=30)
+                        results[key] = pool.result(future, timeout=30)
                     running.clear()
-                    pool.shutdown(wait=False, cancel_futures=True)
-                    pool = self._pool()
+                    pool.restart()
                 lost = [k for k, r in results.items() if r is None]
                 for key, result in results.items():
                     if result is None and len(lost) > 1 and key not in suspects:
                         suspects.add(key)  # which one killed the worker is not known yet
                         ready.appendleft(key)
                         continue
-                    ready.extend(self._finish(key, result or _died(
+                    ready.extend(self._finish(key, result or died(
                         "its worker process died (killed, or crashed in a library)"), waiting))
         except BaseException:  # interrupted: stop the workers too (their temp files are swept
-            for process in list((getattr(pool, "_processes", None) or {}).values()):
-                process.kill()  # by the next run; unfinished jobs stay pending in the journal)
+            pool.kill()  # by the next run; unfinished jobs stay pending in the journal)
             raise
         finally:
-            pool.shutdown(wait=True, cancel_futures=True)
+            pool.close()
         self.journal["memory_waits"] = self.memory_waits
 
     @staticmethod
@@ -194,22 +254,18 @@ class _Pool:
             return next((k for k in ready if k in suspects), ready[0])
         return next((k for k in ready if k not in suspects), None)
 
-    def _pool(self) -> ProcessPoolExecutor:
-        return ProcessPoolExecutor(self.workers, mp_context=multiprocessing.get_context("spawn"),
-                                   initializer=worker.worker_init)
-
-    def _call(self, key: str) -> tuple:
+    def _call(self, key: str) -> tuple[Callable, tuple]:
         j = self.jobs[key]
         entry = self.m.model(j["model"])
         out = str(self.out / j["model"])
         if j["kind"] == "prepare":
-            return worker.prepare, entry, out
+            return worker.prepare, (entry, out)
         artifacts = self.jobs[jn.prepare_key(j["model"])]["record"]["artifacts"]
-        return worker.engine, entry, out, j["precision"], j["arch"], artifacts
+        return worker.engine, (entry, out, j["precision"], j["arch"], artifacts)
 
     def _memory_ok(self, running: dict) -> bool:
         """Start a job only when what is free holds the largest job seen (or none runs)."""
-        if not running or not self.peak_mb:
+        if not running or not self.peak_mb or not self.backend.local_memory:
             return True
         free = mem_available_mb()
         if free is None or free >= self.peak_mb:
@@ -244,24 +300,14 @@ class _Pool:
             if j["precision"] == "int8":
                 j["record"]["int8_mac_coverage"] = prepared.get("int8_mac_coverage")
         jn.save(self.path, self.journal)
-        write_html(self.out / "release.html", self.journal)  # a view: at every job too
+        write_html(self.html, self.journal)  # a view: at every job too
         if self.on_job:
             for k in [key, *(mine if j["kind"] == "prepare" and not ready else [])]:
                 self.on_job(k, self.jobs[k])
         return ready
 
 
-def _result(future: Future, timeout: float | None = None) -> dict[str, Any] | None:
-    """The job's result; None when its worker died (the pool broke)."""
-    try:
-        return future.result(timeout)
-    except BrokenProcessPool:
-        return None
-    except Exception as e:  # noqa: BLE001 - e.g. a result that cannot be pickled
-        return _died(f"internal error: {type(e).__name__}: {e}")
-
-
-def _died(error: str) -> dict[str, Any]:
+def died(error: str) -> dict[str, Any]:
     return {"status": "failed", "error": error, "exit_code": INTERNAL_ERROR, "seconds": None,
             "peak_rss_mb": None, "record": {}}
 
