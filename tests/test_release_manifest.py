@@ -321,3 +321,24 @@ src = "torchvision:resnet18"
         "[models.z] precisions: missing: set it here or in [defaults]",
         "[models.z] archs: missing: set it here or in [defaults]",
     ]
+
+
+def test_release_table(tmp_path):
+    """[release]: how the release runs (the shared directory, the calibration shard size)."""
+    model = '[models.d]\nsrc = "trtbuild.demo.digits:digits_cnn"\nprecisions = ["fp16"]\n' \
+        'archs = ["sm_86"]\n'
+    m = load(write(tmp_path / "ok.toml", model))
+    assert m.shared_dir is None and m.calib_shard_samples == 2048
+    m = load(write(tmp_path / "rel.toml", model + '[release]\nshared_dir = "nfs/rel"\n'
+                   'calib_shard_samples = 64\n'))
+    assert m.shared_dir == tmp_path / "nfs" / "rel" and m.calib_shard_samples == 64
+    (tmp_path / "file").write_text("")
+    bad = write(tmp_path / "bad.toml", model + '[release]\nshared_dir = "file"\n'
+                'calib_shard_samples = 0\nshard_dir = 1\n')
+    assert problems(bad) == [
+        f"[release] shared_dir: {tmp_path / 'file'} is not a directory",
+        "[release] calib_shard_samples: 0 must be >= 1",
+        "[release] unknown key 'shard_dir' (did you mean 'shared_dir'?)"]
+    wrong = write(tmp_path / "wrong.toml", model + '[release]\ncalib_shard_samples = "64"\n')
+    assert problems(wrong) == ['[release] calib_shard_samples: expected an integer, got a '
+                               'string "64"']

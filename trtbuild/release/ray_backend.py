@@ -15,11 +15,15 @@ paths (src, calib, val, scripts) at the same absolute paths. Calibration sets la
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
+import os
+import signal
+import sys
 import tempfile
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 from ..errors import MISSING_CAPABILITY, TrtBuildError
 from ..files import write_bytes
@@ -31,7 +35,15 @@ MIB = 1 << 20
 BIG = 1 << 20  # shard arguments over this many bytes go to the object store once
 
 
-def import_ray() -> Any:
+def import_ray(address: str = "") -> Any:
+    """The ray module (exit 3 without it), set up to join `address` (token auth), which
+    must answer (exit 3; 2 when it is no HOST:PORT)."""
+    if address:
+        _reachable(address)
+    if address and "RAY_AUTH_MODE" not in os.environ and _token_saved():
+        # `ray start` turns token authentication on and saves the token; ray.init() uses it
+        # for a cluster it finds itself, but for an explicit address only with this set
+        os.environ["RAY_AUTH_MODE"] = "token"
     try:
         import ray
     except ImportError:
@@ -40,22 +52,62 @@ def import_ray() -> Any:
     return ray
 
 
+def _reachable(address: str) -> None:
+    """Something listens at HOST:PORT (Ray's client retries an address where nothing does
+    for minutes). Raises TrtBuildError: 2 for no HOST:PORT, 3 when nothing answers."""
+    import socket
+
+    host, sep, port = address.rpartition(":")
+    if not (sep and host and port.isdigit()):
+        raise TrtBuildError(f"--ray {address}: expected HOST:PORT, the Ray head node's GCS "
+                            "address (`ray start --head --port PORT`)")
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=10).close()
+    except OSError as e:
+        raise TrtBuildError(f"--ray {address}: no Ray cluster answers there "
+                            f"({e.strerror or type(e).__name__})", MISSING_CAPABILITY)
+
+
+def _token_saved() -> bool:
+    path = os.environ.get("RAY_AUTH_TOKEN_PATH") or Path.home() / ".ray" / "auth_token"
+    return bool(os.environ.get("RAY_AUTH_TOKEN")) or Path(path).is_file()
+
+
+@contextlib.contextmanager
+def _quiet_stderr() -> Iterator[None]:
+    """File descriptor 2 to /dev/null: Ray's C++ client logs a line a second to it while it
+    cannot reach a cluster; trtbuild reports the failure in one line."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "w") as null:
+            os.dup2(null.fileno(), 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
 class RayTasks:
     """run.py's backend seam (submit, wait, result, restart, kill, close) over Ray tasks."""
 
     local_memory = False  # Ray's scheduler holds tasks back by their memory request
 
     def __init__(self, address: str, m: Manifest):
-        ray = self.ray = import_ray()
+        ray = self.ray = import_ray(address)
         self.name = f"ray {address}" if address else "ray (local)"
         self.shared, self.shard_samples = m.shared_dir is not None, m.calib_shard_samples
+        terminate = signal.getsignal(signal.SIGTERM)
         try:  # "local": a new runtime even where RAY_ADDRESS or a running cluster is found
-            ray.init(address=address or "local", include_dashboard=False, log_to_driver=False,
-                     logging_level=logging.ERROR)
+            with _quiet_stderr():
+                ray.init(address=address or "local", include_dashboard=False,
+                         log_to_driver=False, logging_level=logging.ERROR)
         except Exception as e:  # noqa: BLE001 - Ray raises ConnectionError, RuntimeError, ...
             first = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
             raise TrtBuildError(f"--ray {address or '(local)'}: cannot start or join Ray: {first}",
                                 MISSING_CAPABILITY)
+        finally:  # ray.init installs its own; SIGTERM must end the release as before
+            signal.signal(signal.SIGTERM, terminate)
         self.slots = max(1, int(ray.cluster_resources().get("CPU", 1)))
         self.node_memory = max((n["Resources"].get("memory", 0) for n in ray.nodes()
                                 if n.get("Alive")), default=0)

@@ -59,7 +59,7 @@ def release(manifest: str | Path, out: str | Path | None = None,
     if ray is not None:
         from .ray_backend import import_ray
 
-        import_ray()  # without Ray: exit 3 before anything is written
+        import_ray(ray)  # without Ray: exit 3 before anything is written
     base = None
     if baseline is not None:
         baseline = Path(baseline)

@@ -1,0 +1,156 @@
+"""`trtbuild release --ray` (#11 part 4) on a real Ray runtime on loopback: a local runtime
+(`--ray`), a cluster started with `ray start --head --node-ip-address 127.0.0.1` (`--ray
+127.0.0.1:PORT`, writing into a shared_dir), calibration sharded over Ray tasks equal bit
+for bit to one process, and `--ray` without Ray installed. The digits demo at fp16 + int8
+for one architecture: the smallest release with a prepare job, engines and calibration."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import REPO, SESSION_CACHE, run_cli
+
+pytest.importorskip("ray")
+
+DATA = REPO / "trtbuild" / "demo" / "data"
+KEYS = ["digits/fp16/sm_86", "digits/int8/sm_86", "digits/prepare"]
+RAY = Path(sys.executable).parent / "ray"
+
+
+def write_manifest(folder: Path, release: str = "") -> Path:
+    """257 calibration images in shards of 100: 3 calibration shards over Ray tasks."""
+    path = folder / "release.toml"
+    path.write_text(f"""\
+[defaults]
+precisions = ["fp16", "int8"]
+archs = ["sm_86"]
+
+[models.digits]
+src = "trtbuild.demo.digits:digits_cnn"
+calib = "{DATA / 'calib'}"
+val = "{DATA / 'val'}"
+calib_method = "auto"
+
+[release]
+calib_shard_samples = 100
+{release}""")
+    return path
+
+
+def journal(out: Path) -> dict:
+    return json.loads((out / "release.json").read_text())
+
+
+def calibrate_record(model_dir: Path) -> dict:
+    report = json.loads((model_dir / "report.json").read_text())
+    return next(s for s in report["stages"] if s["stage"] == "calibrate")
+
+
+@pytest.fixture(scope="module")
+def pool(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """(manifest, out) of the same release on the local pool: calibrated in one process."""
+    folder = tmp_path_factory.mktemp("ray")
+    manifest, out = write_manifest(folder), folder / "pool"
+    proc = run_cli("release", manifest, "--out", out, "--workers", "2")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return manifest, out
+
+
+def test_local_ray_runtime_equals_the_pool_and_resumes(pool: tuple, tmp_path: Path) -> None:
+    manifest, pool_out = pool
+    out = tmp_path / "out"
+    proc = run_cli("release", manifest, "--out", out, "--ray")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert not [ln for ln in proc.stderr.splitlines() if "Traceback" in ln]
+    data, before = journal(out), journal(pool_out)
+    assert data["backend"] == "ray (local)" and data["workers"] >= 1
+    assert sorted(data["jobs"]) == KEYS
+    assert all(j["status"] == "ok" and not j["reused"] for j in data["jobs"].values())
+    # the files came back to the driver's directory, their records name the driver's paths
+    model = out / "digits"
+    assert not list(out.rglob("*.tmp-*"))
+    assert "trtbuild-ray-" not in (model / "report.json").read_text()
+    for key in KEYS[:2]:
+        engine = data["jobs"][key]["record"]["engine"]
+        path = model / "engines" / "sm_86" / f"model.{key.split('/')[1]}.engine"
+        assert Path(engine["path"]) == path.resolve()
+        assert path.stat().st_size == engine["bytes"] > 0
+        assert engine["key"] == before["jobs"][key]["record"]["engine"]["key"]  # a plain run's
+    # calibration sharded over 3 Ray tasks: bit for bit the single process's thresholds
+    ray_cal, one = calibrate_record(model), calibrate_record(pool_out / "digits")
+    assert ray_cal["shards"] == 3 and "shards" not in one
+    assert ray_cal["per_tensor"] == one["per_tensor"]  # float64 amaxes, exactly
+    assert ray_cal["samples"] == one["samples"] == 256
+    for name in ("calib.cache", "model.int8.onnx"):
+        assert (model / name).read_bytes() == (pool_out / "digits" / name).read_bytes()
+    # resume: the same journal semantics as the pool (the driver writes it)
+    proc = run_cli("release", manifest, "--out", out, "--ray")
+    assert proc.returncode == 0, proc.stderr
+    assert all(j["reused"] for j in journal(out)["jobs"].values())
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def cluster() -> str:
+    """A one-node Ray cluster on loopback, as `ray start` makes one; stopped afterwards."""
+    port = free_port()
+    env = {**os.environ, "PYTHONPATH": str(REPO), "XDG_CACHE_HOME": SESSION_CACHE}
+    try:
+        subprocess.run([str(RAY), "start", "--head", "--node-ip-address", "127.0.0.1",
+                        "--port", str(port), "--num-cpus", "2", "--include-dashboard=false",
+                        "--disable-usage-stats"], env=env, check=True, capture_output=True,
+                       timeout=120)
+        yield f"127.0.0.1:{port}"
+    finally:
+        subprocess.run([str(RAY), "stop", "--force"], env=env, capture_output=True, timeout=120)
+
+
+def test_joined_cluster_writes_into_the_shared_dir(pool: tuple, cluster: str,
+                                                   tmp_path: Path) -> None:
+    _, pool_out = pool
+    shared = tmp_path / "nfs"
+    manifest = write_manifest(tmp_path, f'shared_dir = "{shared}"\n')
+    out = tmp_path / "out"
+    proc = run_cli("release", manifest, "--out", out, "--ray", cluster)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    data = journal(out)
+    assert data["backend"] == f"ray {cluster}" and data["workers"] == 2
+    assert all(j["status"] == "ok" for j in data["jobs"].values())
+    assert not (out / "digits").exists()  # the models' directories are in the shared one
+    for key in KEYS[:2]:
+        engine = data["jobs"][key]["record"]["engine"]
+        assert Path(engine["path"]).parent == (shared / "digits" / "engines" / "sm_86").resolve()
+        assert Path(engine["path"]).stat().st_size == engine["bytes"]
+        assert engine["cache_hit"]  # the cluster's workers share this session's engine cache
+    assert calibrate_record(shared / "digits")["per_tensor"] == \
+        calibrate_record(pool_out / "digits")["per_tensor"]
+    assert (out / "release.html").is_file()
+
+
+def test_ray_not_installed_is_exit_3_in_one_line(tmp_path: Path) -> None:
+    """The real CLI with `import ray` failing (a package in front of the real one raises
+    ImportError, as a missing install does)."""
+    blocker = tmp_path / "blocker" / "ray"
+    blocker.mkdir(parents=True)
+    (blocker / "__init__.py").write_text("raise ImportError(\"No module named 'ray'\")\n")
+    manifest, out = write_manifest(tmp_path), tmp_path / "out"
+    env = {**os.environ, "PYTHONPATH": f"{blocker.parent}{os.pathsep}{REPO}",
+           "XDG_CACHE_HOME": SESSION_CACHE}
+    proc = subprocess.run([sys.executable, "-m", "trtbuild", "release", str(manifest), "--out",
+                           str(out), "--ray"], capture_output=True, text=True, env=env,
+                          timeout=120)
+    assert proc.returncode == 3
+    assert proc.stderr.strip() == ("trtbuild: error: --ray needs Ray, an optional extra: pip "
+                                   "install 'trtbuild[ray]'")
+    assert not out.exists()
