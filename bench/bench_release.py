@@ -9,9 +9,11 @@ own output directory and its own empty engine cache.
   release      `trtbuild release MANIFEST --workers N` (shared stages once, N workers)
   ray          `trtbuild release MANIFEST --ray` (a local Ray runtime, started by the run)
 
-Usage: .venv/bin/python bench/bench_release.py [--workers 2] [--quick] [--json]
+Usage: .venv/bin/python bench/bench_release.py [--workers 2] [--repeat 3] [--quick] [--json]
 Prints sequential / release (issue #11: >= 1.5 on a 2-core machine) and ray / release
-(Ray's overhead). --quick: the digits model at one architecture (a smoke run).
+(Ray's overhead), each the median of --repeat rounds (a round runs all three in turn, so
+load from other processes falls on each alike). --quick: the digits model at one
+architecture (a smoke run).
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -73,27 +76,39 @@ def timed(cmd: list[str], cache: Path, cwd: Path) -> float:
     return seconds
 
 
-def measure(workers: int, quick: bool) -> dict:
+def one_round(workers: int, quick: bool) -> tuple[list[float], float, float, int]:
+    """(sequential runs' seconds, release seconds, ray seconds, release jobs), all cold."""
     with tempfile.TemporaryDirectory(prefix="bench-release-") as tmp:
         tmp = Path(tmp)
         path = manifest(tmp, quick)
-        runs = sequential_commands(path, tmp / "seq")
-        seq = [timed(cmd, tmp / "cache-seq", path.parent) for cmd in runs]
+        seq = [timed(cmd, tmp / "cache-seq", path.parent)
+               for cmd in sequential_commands(path, tmp / "seq")]
         pool = timed([*TRTBUILD, "release", str(path), "--out", str(tmp / "pool"), "--workers",
                       str(workers)], tmp / "cache-pool", path.parent)
         ray = timed([*TRTBUILD, "release", str(path), "--out", str(tmp / "ray"), "--ray"],
                     tmp / "cache-ray", path.parent)
         jobs = json.loads((tmp / "pool" / "release.json").read_text())["totals"]["jobs"]
-    return {"engines": len(runs), "jobs": jobs, "workers": workers, "cores": os.cpu_count(),
-            "sequential_runs_s": [round(s, 2) for s in seq],
-            "sequential_s": round(sum(seq), 2), "release_s": round(pool, 2),
-            "ray_s": round(ray, 2), "speedup": round(sum(seq) / pool, 2),
-            "ray_overhead": round(ray / pool, 2), "target_speedup": TARGET}
+    return seq, pool, ray, jobs
+
+
+def measure(workers: int, quick: bool, repeat: int) -> dict:
+    rounds = [one_round(workers, quick) for _ in range(repeat)]
+    seq = statistics.median(sum(r[0]) for r in rounds)
+    pool = statistics.median(r[1] for r in rounds)
+    ray = statistics.median(r[2] for r in rounds)
+    return {"engines": len(rounds[0][0]), "jobs": rounds[0][3], "workers": workers,
+            "cores": os.cpu_count(), "repeat": repeat,
+            "rounds": [{"sequential_s": round(sum(s), 2), "release_s": round(p, 2),
+                        "ray_s": round(r, 2)} for s, p, r, _ in rounds],
+            "sequential_s": round(seq, 2), "release_s": round(pool, 2), "ray_s": round(ray, 2),
+            "speedup": round(seq / pool, 2), "ray_overhead": round(ray / pool, 2),
+            "target_speedup": TARGET}
 
 
 def table(r: dict) -> str:
     return "\n".join([
-        f"{r['engines']} engines ({r['jobs']} release jobs), {r['cores']} cores",
+        f"{r['engines']} engines ({r['jobs']} release jobs), {r['cores']} cores, median of "
+        f"{r['repeat']}",
         f"  {'sequential trtbuild runs (sum)':<34} {r['sequential_s']:8.2f} s",
         f"  {'release --workers ' + str(r['workers']):<34} {r['release_s']:8.2f} s",
         f"  {'release --ray (local runtime)':<34} {r['ray_s']:8.2f} s",
@@ -104,10 +119,11 @@ def table(r: dict) -> str:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--quick", action="store_true", help="digits at one arch: a smoke run")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
-    r = measure(args.workers, args.quick)
+    r = measure(args.workers, args.quick, max(1, args.repeat))
     print(json.dumps(r, indent=2) if args.json else table(r))
     return 0
 
