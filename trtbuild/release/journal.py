@@ -1,8 +1,8 @@
 """OUT/release.json: the release's journal and its result, rewritten atomically after every
 job (kill -9 at any moment leaves the previous or the next version, never a torn one).
 
-    {"manifest": {"path", "sha256"}, "out", "workers", "baseline", "started", "updated",
-     "finished", "totals": {...},
+    {"manifest": {"path", "sha256"}, "out", "workers", "backend" ("pool", "ray (local)",
+     "ray HOST:PORT"), "baseline", "started", "updated", "finished", "totals": {...},
      "jobs": {"digits/prepare": {...}, "digits/int8/sm_86": {...}, ...}}
 
 Each job: model, kind (prepare | engine), precision and arch (engines), status (pending | ok |
