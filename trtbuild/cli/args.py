@@ -273,8 +273,8 @@ def build_parser() -> argparse.ArgumentParser:
     common(p)
 
     p = sub.add_parser("release", help="a release from a TOML manifest: every model x "
-                       "precision x arch on a local pool of workers, resumable, with "
-                       "release.json and release.html")
+                       "precision x arch on a local pool of workers (or Ray tasks), "
+                       "resumable, with release.json and release.html")
     p.add_argument("manifest", type=Path, metavar="MANIFEST.toml")
     p.add_argument("--out", type=Path, help="output directory (default: "
                    "trtbuild-out/release-<manifest name>/); rerun to resume")

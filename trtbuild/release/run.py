@@ -193,9 +193,10 @@ class Local:
 
 
 class _Pool:
-    def __init__(self, m: Manifest, out: Path, path: Path, journal: dict[str, Any],
+    def __init__(self, m: Manifest, models: Path, path: Path, journal: dict[str, Any],
                  backend: Any, on_job: OnJob | None):
-        self.m, self.out, self.path, self.journal = m, out, path, journal
+        # models: where each model's directory goes (OUT, or the manifest's shared_dir)
+        self.m, self.models, self.path, self.journal = m, models, path, journal
         self.backend, self.workers, self.on_job = backend, backend.slots, on_job
         self.html = path.parent / "release.html"
         self.jobs = journal["jobs"]
@@ -206,11 +207,12 @@ class _Pool:
         ready = deque(k for k in todo if self.jobs[k]["kind"] == "prepare"
                       or self.jobs[jn.prepare_key(self.jobs[k]["model"])]["status"] == "ok")
         waiting = [k for k in todo if k not in ready]
-        running: dict[Future, str] = {}
+        running: dict[Any, str] = {}  # the backend's handle (a Future, a Ray ref) -> job
         for key, j in self.jobs.items():
             if j["reused"] and self.on_job:
                 self.on_job(key, j)
         if not todo:
+            self.backend.close()
             return
         suspects: set[str] = set()  # in flight when a worker died: each reruns alone, once
         pool = self.backend
@@ -257,7 +259,7 @@ class _Pool:
     def _call(self, key: str) -> tuple[Callable, tuple]:
         j = self.jobs[key]
         entry = self.m.model(j["model"])
-        out = str(self.out / j["model"])
+        out = str(self.models / j["model"])
         if j["kind"] == "prepare":
             return worker.prepare, (entry, out)
         artifacts = self.jobs[jn.prepare_key(j["model"])]["record"]["artifacts"]
