@@ -187,3 +187,20 @@ def test_ray_not_installed_is_exit_3_in_one_line(tmp_path: Path) -> None:
     assert proc.stderr.strip() == ("trtbuild: error: --ray needs Ray, an optional extra: pip "
                                    "install 'trtbuild[ray]'")
     assert not out.exists()
+
+
+def test_bad_ray_flags_are_one_line(pool: tuple, tmp_path: Path) -> None:
+    """Refused before Ray starts or anything is written: --workers with --ray (argparse,
+    exit 2), an address that is no HOST:PORT (exit 2), one where nothing answers (exit 3)."""
+    manifest = pool[0]
+    out = tmp_path / "out"
+    proc = run_cli("release", manifest, "--out", out, "--workers", "2", "--ray")
+    assert proc.returncode == 2 and "not allowed with argument" in proc.stderr
+    proc = run_cli("release", manifest, "--out", out, "--ray", "headnode")
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == ("trtbuild: error: --ray headnode: expected HOST:PORT, the "
+                                   "Ray head node's GCS address (`ray start --head --port PORT`)")
+    proc = run_cli("release", manifest, "--out", out, "--ray", f"127.0.0.1:{free_port()}")
+    assert proc.returncode == 3 and proc.stderr.count("\n") == 1
+    assert "no Ray cluster answers there (Connection refused)" in proc.stderr
+    assert not out.exists()
