@@ -217,11 +217,22 @@ def _in_scratch(fn: Callable, args: tuple, inputs: dict[str, Any]) -> tuple[dict
         for p in sorted(scratch.rglob("*")):
             rel = str(p.relative_to(scratch))
             if p.is_file() and rel not in inputs and ".tmp-" not in p.name:
-                data = p.read_bytes()
-                if p.suffix in (".json", ".html"):  # the records name the driver's paths
-                    data = data.replace(str(scratch).encode(), out.encode())
-                files[rel] = data
+                files[rel] = _moved(p, str(scratch), out)
         return _swap(job, str(scratch), out), files
+
+
+def _moved(path: Path, old: str, new: str) -> bytes:
+    """The file's bytes; in report.json/.html the paths under `old` name `new` instead, as
+    each format escapes it (the scratch path is plain ASCII, the driver's may be anything)."""
+    import html
+    import json
+
+    data = path.read_bytes()
+    if path.suffix == ".json":
+        return data.replace(old.encode(), json.dumps(new)[1:-1].encode())
+    if path.suffix == ".html":
+        return data.replace(old.encode(), html.escape(new).encode())
+    return data
 
 
 def _swap(value: Any, old: str, new: str) -> Any:
