@@ -126,6 +126,18 @@ def test_kill_9_of_the_ray_driver_then_resume(pool: tuple, tmp_path: Path) -> No
     assert all(j["status"] == "ok" for j in jobs.values())
     assert {k for k, j in jobs.items() if j["reused"]} == done
     assert not list(out.rglob("*.tmp-*"))
+    assert not dead_scratch()  # the killed workers' scratch, removed by the rerun's jobs
+
+
+def dead_scratch() -> list[Path]:
+    """Scratch directories of Ray workers that are gone."""
+    import tempfile
+
+    from trtbuild.files import pid_alive
+
+    found = Path(tempfile.gettempdir()).glob("trtbuild-ray-*-*")
+    return [d for d in found if d.name.split("-")[2].isdigit()
+            and not pid_alive(int(d.name.split("-")[2]))]
 
 
 def free_port() -> int:
@@ -204,3 +216,24 @@ def test_bad_ray_flags_are_one_line(pool: tuple, tmp_path: Path) -> None:
     assert proc.returncode == 3 and proc.stderr.count("\n") == 1
     assert "no Ray cluster answers there (Connection refused)" in proc.stderr
     assert not out.exists()
+
+
+def test_scratch_of_a_killed_worker_is_swept(tmp_path: Path,
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """A Ray worker killed mid-job (kill -9 of its driver) leaves its scratch directory: the
+    next job on that node removes it; a live worker's, and other names, stay."""
+    import tempfile
+
+    from trtbuild.release import ray_backend
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True).stdout.strip()
+    dead = tmp_path / f"trtbuild-ray-{gone}-abc" / "digits"
+    live = tmp_path / f"trtbuild-ray-{os.getpid()}-def" / "digits"
+    other = tmp_path / "trtbuild-ray-xyz" / "digits"
+    for folder in (dead, live, other):
+        folder.mkdir(parents=True)
+        (folder / "model.clean.onnx").write_bytes(b"onnx")
+    ray_backend._sweep_scratch()
+    assert not dead.parent.exists() and live.is_dir() and other.is_dir()

@@ -19,6 +19,7 @@ import contextlib
 import logging
 import math
 import os
+import shutil
 import signal
 import sys
 import tempfile
@@ -26,13 +27,14 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from ..errors import MISSING_CAPABILITY, TrtBuildError
-from ..files import write_bytes
+from ..files import pid_alive, write_bytes
 from . import jobs
 from .manifest import Manifest
 from .run import died
 
 MIB = 1 << 20
 BIG = 1 << 20  # shard arguments over this many bytes go to the object store once
+SCRATCH = "trtbuild-ray-"  # + the worker's pid: a scratch directory in the node's temp dir
 
 
 def import_ray(address: str = "") -> Any:
@@ -207,7 +209,8 @@ def _in_scratch(fn: Callable, args: tuple, inputs: dict[str, Any]) -> tuple[dict
     import ray
 
     entry, out, *rest = args
-    with tempfile.TemporaryDirectory(prefix="trtbuild-ray-") as tmp:
+    _sweep_scratch()
+    with tempfile.TemporaryDirectory(prefix=f"{SCRATCH}{os.getpid()}-") as tmp:
         scratch = Path(tmp) / Path(out).name
         scratch.mkdir()
         for name, data in zip(inputs, ray.get(list(inputs.values()))):
@@ -219,6 +222,15 @@ def _in_scratch(fn: Callable, args: tuple, inputs: dict[str, Any]) -> tuple[dict
             if p.is_file() and rel not in inputs and ".tmp-" not in p.name:
                 files[rel] = _moved(p, str(scratch), out)
         return _swap(job, str(scratch), out), files
+
+
+def _sweep_scratch() -> None:
+    """Remove the scratch directories of Ray workers that are gone: a worker killed mid-job
+    (with its driver, or cancelled) never ran TemporaryDirectory's cleanup."""
+    for folder in Path(tempfile.gettempdir()).glob(f"{SCRATCH}*-*"):
+        pid = folder.name[len(SCRATCH):].split("-", 1)[0]
+        if pid.isdigit() and not pid_alive(int(pid)) and not folder.is_symlink():
+            shutil.rmtree(folder, ignore_errors=True)
 
 
 def _moved(path: Path, old: str, new: str) -> bytes:
