@@ -237,3 +237,21 @@ def test_scratch_of_a_killed_worker_is_swept(tmp_path: Path,
         (folder / "model.clean.onnx").write_bytes(b"onnx")
     ray_backend._sweep_scratch()
     assert not dead.parent.exists() and live.is_dir() and other.is_dir()
+
+
+def test_a_file_the_driver_cannot_write_fails_its_job_only(pool: tuple, tmp_path: Path) -> None:
+    """The driver writes what a task returns: a file where the engines' directory goes fails
+    those jobs (exit 1, each listed), as it would in a pool worker, not the release."""
+    manifest = pool[0]
+    out = tmp_path / "out"
+    (out / "digits" / "engines").mkdir(parents=True)
+    (out / "digits" / "engines" / "sm_86").write_text("in the way")
+    proc = run_cli("release", manifest, "--out", out, "--ray")
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert "Traceback" not in proc.stderr
+    jobs = journal(out)["jobs"]
+    assert jobs["digits/prepare"]["status"] == "ok"
+    for key in KEYS[:2]:
+        assert jobs[key]["status"] == "failed" and jobs[key]["exit_code"] == 2
+        assert "output directory is an existing file" in jobs[key]["error"]
+        assert key in proc.stderr

@@ -157,8 +157,12 @@ class RayTasks:
         except Exception as e:  # noqa: BLE001 - recorded; the other jobs go on
             first = (str(e).strip().splitlines() or [""])[0][:300]
             return died(f"internal error: {type(e).__name__}: {first}")
-        if files:
-            unpack(Path(out), files, fresh=fn is jobs.prepare)
+        try:  # a failed write fails this job only, as in a pool worker
+            if files:
+                unpack(Path(out), files, fresh=fn is jobs.prepare)
+        except (OSError, TrtBuildError) as e:
+            failed = died(f"{out}: cannot write the job's files: {getattr(e, 'message', e)}")
+            return {**failed, "exit_code": getattr(e, "code", failed["exit_code"])}
         return job
 
     def restart(self) -> None:
