@@ -208,10 +208,12 @@ def test_bad_ray_flags_are_one_line(pool: tuple, tmp_path: Path) -> None:
     out = tmp_path / "out"
     proc = run_cli("release", manifest, "--out", out, "--workers", "2", "--ray")
     assert proc.returncode == 2 and "not allowed with argument" in proc.stderr
-    proc = run_cli("release", manifest, "--out", out, "--ray", "headnode")
-    assert proc.returncode == 2
-    assert proc.stderr.strip() == ("trtbuild: error: --ray headnode: expected HOST:PORT, the "
-                                   "Ray head node's GCS address (`ray start --head --port PORT`)")
+    for address in ("headnode", "headnode:0", "headnode:65536", "headnode:" + "9" * 20):
+        proc = run_cli("release", manifest, "--out", out, "--ray", address)
+        assert proc.returncode == 2, proc.stderr
+        assert proc.stderr.strip() == (f"trtbuild: error: --ray {address}: expected HOST:PORT, "
+                                       "the Ray head node's GCS address (`ray start --head "
+                                       "--port PORT`)")
     proc = run_cli("release", manifest, "--out", out, "--ray", f"127.0.0.1:{free_port()}")
     assert proc.returncode == 3 and proc.stderr.count("\n") == 1
     assert "no Ray cluster answers there (Connection refused)" in proc.stderr

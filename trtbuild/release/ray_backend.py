@@ -60,7 +60,7 @@ def _reachable(address: str) -> None:
     import socket
 
     host, sep, port = address.rpartition(":")
-    if not (sep and host and port.isdigit()):
+    if not (sep and host and port.isascii() and port.isdigit() and 0 < int(port) < 65536):
         raise TrtBuildError(f"--ray {address}: expected HOST:PORT, the Ray head node's GCS "
                             "address (`ray start --head --port PORT`)")
     try:
