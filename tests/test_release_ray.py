@@ -257,3 +257,20 @@ def test_a_file_the_driver_cannot_write_fails_its_job_only(pool: tuple, tmp_path
         assert jobs[key]["status"] == "failed" and jobs[key]["exit_code"] == 2
         assert "output directory is an existing file" in jobs[key]["error"]
         assert key in proc.stderr
+
+
+def test_paths_in_a_returned_record_name_the_drivers_directory() -> None:
+    """A task's record names its scratch directory: every path in it is rewritten, also
+    inside an error line; a path that merely contains the old one is not."""
+    from trtbuild.release.ray_backend import _swap
+
+    old, new = "/tmp/trtbuild-ray-7-x/digits", "/home/u/rel/digits"
+    job = {"error": f"internal error: FileNotFoundError: [Errno 2] No such file: '{old}/a.onnx'",
+           "record": {"report": f"{old}/report.json", "dir": old,
+                      "stages": [["build", 1.0], f"{old}: nothing to quantize"]},
+           "others": [f"/data{old}/x", f"{old}2/x", "int8"]}
+    assert _swap(job, old, new) == {
+        "error": f"internal error: FileNotFoundError: [Errno 2] No such file: '{new}/a.onnx'",
+        "record": {"report": f"{new}/report.json", "dir": new,
+                   "stages": [["build", 1.0], f"{new}: nothing to quantize"]},
+        "others": [f"/data{old}/x", f"{old}2/x", "int8"]}

@@ -19,6 +19,7 @@ import contextlib
 import logging
 import math
 import os
+import re
 import shutil
 import signal
 import sys
@@ -252,9 +253,10 @@ def _moved(path: Path, old: str, new: str) -> bytes:
 
 
 def _swap(value: Any, old: str, new: str) -> Any:
-    """`value` with every path in directory `old` (or under it) moved to `new`."""
+    """`value` with every path in directory `old` (or under it) moved to `new`, also where a
+    longer string names one (an error line); `old` inside another path is left alone."""
     if isinstance(value, str):
-        return new + value[len(old):] if value == old or value.startswith(old + "/") else value
+        return re.sub(rf"(?<![^\s'\"(=]){re.escape(old)}(?![^/\s'\":),])", lambda _: new, value)
     if isinstance(value, dict):
         return {k: _swap(v, old, new) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
