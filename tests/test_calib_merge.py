@@ -1,6 +1,7 @@
 """Sharded calibration (trtbuild.calib.merge) equals one process bit for bit, without Ray:
-the digits demo at every method, and a model whose ranges grow across batches (values at
-the range's edge, then doublings: what a naive per-shard histogram would bin differently)."""
+the digits demo at every method, a model whose ranges grow across batches (values at the
+range's edge, then doublings: what a naive per-shard histogram would bin differently), and
+sentinels, NaN, empty and all-zero tensors over more shards than batches."""
 
 from __future__ import annotations
 
@@ -80,6 +81,57 @@ def test_growing_ranges_merge_exactly(tmp_path, shards):
     for feed in data.batches():
         direct.observe(sess.run(["h"], feed)[0], range_=single["h"].range)
     assert (direct.counts != single["h"].counts).any()
+
+
+def edge_model(folder):
+    """x[N,8] -> h = x * 1 (sentinels pass through), Sqrt(x) (NaN), x * 0 (max 0), an empty
+    slice of x, Relu(x), and y: their concat. The first batch is all sentinels, then zeros
+    before any range, sentinels in every third batch, maxima that grow and fall."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    def const(value, name, dtype=np.float32):
+        return numpy_helper.from_array(np.array(value, dtype), name)
+
+    nodes = [helper.make_node("Mul", ["x", "one"], ["h"]), helper.make_node("Sqrt", ["x"], ["nan"]),
+             helper.make_node("Mul", ["x", "zero"], ["z"]),
+             helper.make_node("Slice", ["x", "s0", "s0", "ax"], ["e"]),
+             helper.make_node("Relu", ["x"], ["r"]),
+             helper.make_node("Concat", ["h", "nan", "z", "r"], ["y"], axis=1)]
+    graph = helper.make_graph(
+        nodes, "edge", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 32]),
+         helper.make_tensor_value_info("e", TensorProto.FLOAT, ["N", 0])],
+        [const([1.0], "one"), const([0.0], "zero"), const([0], "s0", np.int64),
+         const([1], "ax", np.int64)])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    calib = folder / "calib"
+    calib.mkdir()
+    rng = np.random.default_rng(2)
+    for i, scale in enumerate([1.0, 0.0, 0.0, 1.0, 0.5, 2.0, 3.0, 10.0, 0.2, 41.0]):
+        x = (rng.standard_normal((16, 8)) * scale).astype(np.float32)
+        if i % 3 == 1:
+            x[1, 1] = -3.0e38  # a mask's sentinel (finite, so the data reader takes it)
+        if i == 0:
+            x[:] = -3.0e38
+        np.save(calib / f"{i:02d}.npy", x)
+    return model, calib
+
+
+@pytest.mark.parametrize("use_c", [True, False])
+def test_sentinels_nan_empty_and_zero_tensors_merge_exactly(tmp_path, monkeypatch, use_c):
+    """More shards than batches (some shards get none), with the C kernel and without."""
+    from trtbuild.calib import observer
+
+    if not use_c:
+        monkeypatch.setattr(observer, "_hist", None)
+    model, calib = edge_model(tmp_path)
+    data = open_dataset(calib, model, DataSettings(batch_size=16))
+    tensors = ["x", "h", "nan", "z", "e", "r", "y"]
+    for method in ("entropy", "max", "percentile", "mse", "auto"):
+        one = calibrate(model, tensors, data, method, 99.99)
+        assert one.ignored["nan"] > one.ignored["h"] > 0 and one.amaxes["z"] == 0.0
+        for shards in (3, 12):
+            same(one, merge.sharded(model, tensors, data, method, 99.99, shards), method)
 
 
 def test_digits_calibration_sharded_equals_single(digits_onnx):
