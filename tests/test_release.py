@@ -10,6 +10,7 @@ import signal
 import subprocess
 import time
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import pytest
@@ -89,6 +90,26 @@ def temp_files(out: Path) -> list[Path]:
     return [p for p in out.rglob("*") if ".tmp-" in p.name]
 
 
+def kill_9_when(args: list, ready: Callable[[], bool], seconds: float = 120) -> None:
+    """Run `trtbuild release ARGS` and kill -9 it once `ready()` holds (or it ended, or
+    `seconds` passed)."""
+    driver = subprocess.Popen([*TRTBUILD, "release", *map(str, args)], env=env(),
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + seconds
+    try:
+        while time.monotonic() < deadline and driver.poll() is None and not ready():
+            time.sleep(0.01)
+    finally:
+        driver.send_signal(signal.SIGKILL)
+        driver.wait()
+
+
+def a_job(out: Path, holds: Callable[[dict], bool]) -> bool:
+    """Whether out/release.json exists and `holds` for one of its jobs."""
+    path = out / "release.json"
+    return path.is_file() and any(holds(j) for j in json.loads(path.read_text())["jobs"].values())
+
+
 @pytest.fixture(scope="module")
 def first(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, dict, float]:
     """(manifest, out, release.json, seconds) of one uninterrupted release."""
@@ -162,20 +183,8 @@ def test_rerun_redoes_nothing(first: tuple) -> None:
 def test_kill_9_then_resume(first: tuple, tmp_path: Path) -> None:
     manifest, _, data, _ = first
     out = tmp_path / "out"
-    driver = subprocess.Popen([*TRTBUILD, "release", str(manifest), "--out", str(out),
-                               "--workers", "2"], env=env(), stdout=subprocess.DEVNULL,
-                              stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 120
-    try:
-        while time.monotonic() < deadline and driver.poll() is None:
-            path = out / "release.json"
-            if path.is_file() and any(j["status"] != "pending"
-                                      for j in json.loads(path.read_text())["jobs"].values()):
-                break
-            time.sleep(0.05)
-    finally:
-        driver.send_signal(signal.SIGKILL)
-        driver.wait()
+    kill_9_when([manifest, "--out", out, "--workers", "2"],
+                lambda: a_job(out, lambda j: j["status"] != "pending"))
     killed = journal(out)
     finished = [k for k, j in killed["jobs"].items() if j["status"] == "ok"]
     assert finished and len(finished) < len(ALL_KEYS)
@@ -199,15 +208,7 @@ def test_kill_9_mid_prepare_then_resume(tmp_path: Path) -> None:
     manifest.write_text('[models.tiny]\nsrc = "tiny/tiny.onnx"\nprecisions = ["fp16", "int8"]\n'
                         'archs = ["sm_86"]\ncalib = "tiny/calib"\nval = "tiny/val"\n')
     out = tmp_path / "out"
-    driver = subprocess.Popen([*TRTBUILD, "release", str(manifest), "--out", str(out)], env=env(),
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 60
-    try:
-        while time.monotonic() < deadline and not (out / "tiny" / "model.onnx").exists():
-            time.sleep(0.01)
-    finally:
-        driver.send_signal(signal.SIGKILL)
-        driver.wait()
+    kill_9_when([manifest, "--out", out], (out / "tiny" / "model.onnx").exists)
     assert all(j["status"] == "pending" for j in journal(out)["jobs"].values())
     time.sleep(0.5)
     proc = run_cli("release", manifest, "--out", out)

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 from conftest import REPO, SESSION_CACHE, run_cli
+from test_release import a_job, kill_9_when
 
 pytest.importorskip("ray")
 
@@ -98,26 +99,9 @@ def test_local_ray_runtime_equals_the_pool_and_resumes(pool: tuple, tmp_path: Pa
 def test_kill_9_of_the_ray_driver_then_resume(pool: tuple, tmp_path: Path) -> None:
     """The driver writes the journal whichever backend runs the jobs: killed with -9 once a
     job is journaled, the rerun redoes only what was not finished."""
-    import signal
-    import time
-
     manifest = pool[0]
     out = tmp_path / "out"
-    env = {**os.environ, "PYTHONPATH": str(REPO), "XDG_CACHE_HOME": SESSION_CACHE}
-    driver = subprocess.Popen([sys.executable, "-m", "trtbuild", "release", str(manifest),
-                               "--out", str(out), "--ray"], env=env,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 120
-    try:
-        while time.monotonic() < deadline and driver.poll() is None:
-            path = out / "release.json"
-            if path.is_file() and any(j["status"] == "ok"
-                                      for j in json.loads(path.read_text())["jobs"].values()):
-                break
-            time.sleep(0.05)
-    finally:
-        driver.send_signal(signal.SIGKILL)
-        driver.wait()
+    kill_9_when([manifest, "--out", out, "--ray"], lambda: a_job(out, lambda j: j["status"] == "ok"))
     done = {k for k, j in journal(out)["jobs"].items() if j["status"] == "ok"}
     assert done and len(done) < len(KEYS)
     proc = run_cli("release", manifest, "--out", out, "--ray")
