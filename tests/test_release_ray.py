@@ -258,3 +258,21 @@ def test_paths_in_a_returned_record_name_the_drivers_directory() -> None:
         "record": {"report": f"{new}/report.json", "dir": new,
                    "stages": [["build", 1.0], f"{new}: nothing to quantize"]},
         "others": [f"/data{old}/x", f"{old}2/x", "int8"]}
+
+
+def test_the_ray_runtime_is_shut_down_when_the_driver_fails(pool: tuple, tmp_path: Path,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """In-process (the Python API): a failure once Ray runs (here: the journal cannot be
+    written) still shuts the local runtime down."""
+    import ray
+
+    from trtbuild.release import journal as jn
+    from trtbuild.release.run import release
+
+    def full(path: Path, journal: dict) -> None:
+        raise OSError(28, "No space left on device", str(path))
+
+    monkeypatch.setattr(jn, "save", full)
+    with pytest.raises(OSError, match="No space left"):
+        release(pool[0], tmp_path / "out", ray="")
+    assert not ray.is_initialized()

@@ -81,12 +81,15 @@ def release(manifest: str | Path, out: str | Path | None = None,
             backend: Any = RayTasks(ray, m)
         else:
             backend = Local(workers or max(1, min(_cores(), len(todo))))
-        journal.update(workers=backend.slots, backend=backend.name,
-                       baseline=str(baseline) if baseline else None, finished=None,
-                       started=jn._now())
-        jn.save(path, journal)
-        start = time.perf_counter()
-        _Pool(m, models, path, journal, backend, on_job).run(todo)
+        try:  # the backend (a Ray runtime too) is shut down whatever happens from here on
+            journal.update(workers=backend.slots, backend=backend.name,
+                           baseline=str(baseline) if baseline else None, finished=None,
+                           started=jn._now())
+            jn.save(path, journal)
+            start = time.perf_counter()
+            _Pool(m, models, path, journal, backend, on_job).run(todo)
+        finally:
+            backend.close()
         journal["wall_seconds"] = round(time.perf_counter() - start, 3)
         if base is not None:
             jn.compare(journal, base)
@@ -212,7 +215,6 @@ class _Pool:
             if j["reused"] and self.on_job:
                 self.on_job(key, j)
         if not todo:
-            self.backend.close()
             return
         suspects: set[str] = set()  # in flight when a worker died: each reruns alone, once
         pool = self.backend
@@ -243,8 +245,6 @@ class _Pool:
         except BaseException:  # interrupted: stop the workers too (their temp files are swept
             pool.kill()  # by the next run; unfinished jobs stay pending in the journal)
             raise
-        finally:
-            pool.close()
         self.journal["memory_waits"] = self.memory_waits
 
     @staticmethod
