@@ -25,7 +25,7 @@ RAY = Path(sys.executable).parent / "ray"
 
 
 def write_manifest(folder: Path, release: str = "") -> Path:
-    """257 calibration images in shards of 100: 3 calibration shards over Ray tasks."""
+    """256 calibration images in shards of 100: 3 calibration shards over Ray tasks."""
     path = folder / "release.toml"
     path.write_text(f"""\
 [defaults]
