@@ -16,7 +16,8 @@ Two passes over the same batches (shard i of N takes batches i, i+N, ...):
 
 It costs two inference passes, spread over N workers: worth it for large sets on several
 machines. `run` maps a shard function over argument tuples: `local_map` here (tests), Ray
-tasks in a release (trtbuild.release.ray); `sharding()` installs one for `calibrate`.
+tasks in a release (trtbuild.release.ray_backend); `sharding()` installs one for
+`calibrate`.
 """
 
 from __future__ import annotations
