@@ -151,8 +151,16 @@ def test_joined_cluster_writes_into_the_shared_dir(pool: tuple, cluster: str,
     shared = tmp_path / "nfs"
     manifest = write_manifest(tmp_path, f'shared_dir = "{shared}"\n')
     out = tmp_path / "out"
+    # temp files of a killed writer: this release's are swept, another release's stay
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True).stdout.strip()
+    mine, theirs = shared / "digits" / "old" / f"x.tmp-{gone}", shared / "other" / f"y.tmp-{gone}"
+    for path in (mine, theirs):
+        path.parent.mkdir(parents=True)
+        path.write_text("half")
     proc = run_cli("release", manifest, "--out", out, "--ray", cluster)
     assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert not mine.exists() and theirs.exists()
     data = journal(out)
     assert data["backend"] == f"ray {cluster}" and data["workers"] == 2
     assert all(j["status"] == "ok" for j in data["jobs"].values())

@@ -72,8 +72,9 @@ def release(manifest: str | Path, out: str | Path | None = None,
     with _locked(out):
         journal = _resume(m, path, notice)
         _sweep_temp_files(out)
-        if models != out:
-            _sweep_temp_files(models)
+        if models != out:  # only this release's directories: others may share shared_dir
+            for entry in m.models:
+                _sweep_temp_files(models / entry.name)
         todo = [k for k, j in journal["jobs"].items() if not j["reused"]]
         if ray is not None:
             from .ray_backend import RayTasks
