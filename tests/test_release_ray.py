@@ -76,7 +76,8 @@ def test_local_ray_runtime_equals_the_pool_and_resumes(pool: tuple, tmp_path: Pa
     # the files came back to the driver's directory, their records name the driver's paths
     model = out / "digits"
     assert not list(out.rglob("*.tmp-*"))
-    assert "trtbuild-ray-" not in (model / "report.json").read_text()
+    for path in (model / "report.json", model / "report.html", out / "release.json"):
+        assert "trtbuild-ray-" not in path.read_text() and str(model) in path.read_text()
     for key in KEYS[:2]:
         engine = data["jobs"][key]["record"]["engine"]
         path = model / "engines" / "sm_86" / f"model.{key.split('/')[1]}.engine"
