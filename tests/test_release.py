@@ -344,6 +344,22 @@ def test_a_worker_crash_fails_only_its_job(tmp_path: Path) -> None:
     assert "2 of 4 release jobs did not pass" in proc.stderr
 
 
+def test_a_job_submitted_to_a_pool_broken_meanwhile_is_lost_not_raised() -> None:
+    """A worker died after the driver's last wait: the next submit finds the pool broken.
+    That job is lost with the pool (and reruns), as the jobs in it are; the release goes on."""
+    from trtbuild.release.run import Local
+
+    backend = Local(1)
+    try:
+        crashed = backend.submit(os._exit, (1,), 0)
+        assert backend.result(next(iter(backend.wait([crashed])))) is None  # the pool broke
+        assert backend.result(backend.submit(os.getpid, (), 0)) is None
+        backend.restart()
+        assert backend.result(backend.submit(os.getpid, (), 0)) != os.getpid()
+    finally:
+        backend.close()
+
+
 def test_failure_list_is_capped_at_20_lines() -> None:
     from trtbuild.release.run import failure_message
 

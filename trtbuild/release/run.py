@@ -170,7 +170,12 @@ class Local:
                                    initializer=worker.worker_init)
 
     def submit(self, fn: Callable, args: tuple, memory_mb: float) -> Future:
-        return self.pool.submit(fn, *args)
+        try:
+            return self.pool.submit(fn, *args)
+        except BrokenProcessPool as e:  # a worker died since the last wait: lost like its jobs
+            lost: Future = Future()
+            lost.set_exception(e)
+            return lost
 
     def wait(self, running: list[Future]) -> set[Future]:
         return wait(running, return_when=FIRST_COMPLETED)[0]
