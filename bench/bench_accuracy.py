@@ -49,7 +49,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(ROOT / "bench"))
 import peers  # noqa: E402
-from corpus import ENTRIES, normalize, text_lines  # noqa: E402
+from corpus import ENTRIES, normalize, text_crops, text_lines  # noqa: E402
 
 Feed = dict[str, np.ndarray]
 METRICS = ROOT / "examples" / "metrics" / "ppocr.py"
@@ -238,8 +238,8 @@ def _plugin_scorer(fn: str, key: str) -> Callable[[dict, dict], float]:
 
 def case_rec(work: Path, quick: bool) -> Case:
     n_cal, n_val = (16, 32) if quick else (64, 200)
-    calib = [{"x": normalize(im)} for im in text_lines(n_cal, 48, 320, seed=101)[0]]
-    val = [{"x": normalize(im)} for im in text_lines(n_val, 48, 320, seed=202)[0]]
+    calib = [{"x": x} for x in text_crops(n_cal, 48, 320, seed=101)[0]]
+    val = [{"x": x} for x in text_crops(n_val, 48, 320, seed=202)[0]]
     _write(work / "calib", calib)
     names = _write(work / "val", val)
     return Case("ppocr_rec", _source("ppocr_rec"), work / "calib", work / "val", calib, val,

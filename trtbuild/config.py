@@ -100,10 +100,12 @@ class CalibSettings:
     method: str = "auto"              # measured best: see README "calibrate"
     percentile: float = 99.99
     high_precision: str = "fp16"      # what INT8 leaves in float (ModelOpt's default too)
+    weight_rounding: str = "gptq"     # measured best: see README "quantize"
 
     def __post_init__(self) -> None:
         _choice("calib-method", self.method, CALIB_METHODS)
         _choice("high-precision", self.high_precision, ("fp16", "fp32"))
+        _choice("weight-rounding", self.weight_rounding, ("gptq", "nearest"))
         _finite("percentile", self.percentile, 50.0, 100.0)
         if self.cache is not None:
             object.__setattr__(self, "cache", Path(self.cache))
@@ -320,6 +322,7 @@ OPTIONS: dict[str, tuple[str, str]] = {
     "calib": ("calib", "data"), "calib_cache": ("calib", "cache"),
     "calib_method": ("calib", "method"), "percentile": ("calib", "percentile"),
     "high_precision": ("calib", "high_precision"),
+    "weight_rounding": ("calib", "weight_rounding"),
     "fp16_io": ("fp16_options", "io"), "fp16_mode": ("fp16_options", "mode"),
     "fp16_keep": ("fp16_options", "keep"),
     "min_top1_agreement": ("gates", "min_top1_agreement"), "min_cosine": ("gates", "min_cosine"),

@@ -62,6 +62,32 @@ def text_lines(n: int, height: int, width: int, seed: int = 0) -> tuple[list[np.
     return images, texts
 
 
+def text_crops(n: int, height: int, width: int, seed: int = 0) -> tuple[list[np.ndarray], list[str]]:
+    """n text-line inputs as PP-OCR's recognizer gets them from its detector: a tight crop
+    of the rendered text (random size, ink and paper), resized to `height` keeping its
+    aspect, normalised, right-padded with zeros to `width` (rapidocr's resize_norm_img).
+    (1, 3, height, width) float32 each, and their strings."""
+    from PIL import Image, ImageDraw, ImageFont
+
+    rng = np.random.default_rng(seed)
+    inputs, texts = [], []
+    for _ in range(n):
+        text = " ".join(rng.choice(WORDS, size=int(rng.integers(1, 3))))
+        font = ImageFont.load_default(size=int(rng.integers(28, 44)))
+        left, top, right, bottom = font.getbbox(text)
+        pad = int(rng.integers(2, 8))
+        im = Image.new("RGB", (right - left + 2 * pad, bottom - top + 2 * pad),
+                       tuple(int(v) for v in rng.integers(190, 256, 3)))
+        ImageDraw.Draw(im).text((pad - left, pad - top), text, font=font,
+                                fill=tuple(int(v) for v in rng.integers(0, 70, 3)))
+        w = min(width, int(np.ceil(height * im.width / im.height)))
+        x = np.zeros((1, 3, height, width), np.float32)
+        x[..., :w] = normalize(np.asarray(im.resize((w, height), Image.BILINEAR)))
+        inputs.append(x)
+        texts.append(text)
+    return inputs, texts
+
+
 def normalize(img: np.ndarray, mean: float = 0.5, std: float = 0.5) -> np.ndarray:
     """uint8 HWC -> float32 1xCxHxW, (x/255 - mean) / std (PP-OCR's preprocessing)."""
     x = (img.astype(np.float32) / 255.0 - mean) / std
@@ -122,11 +148,11 @@ ENTRIES = [
           _npy(lambda k: normalize(photos(1, 320, k)[0])),
           ["--shapes", "x:1x3x320x320,1x3x320x320,1x3x640x640"]),
     Entry("ppocr_rec", lambda: package_file(RAPIDOCR, "models", "ch_PP-OCRv4_rec_infer.onnx"),
-          _npy(lambda k: normalize(text_lines(1, 48, 320, k)[0][0])),
+          _npy(lambda k: text_crops(1, 48, 320, k)[0][0]),
           ["--shapes", "x:1x3x48x320,1x3x48x320,1x3x48x640"]),
     Entry("ppocr_cls", lambda: package_file(RAPIDOCR, "models",
                                             "ch_ppocr_mobile_v2.0_cls_infer.onnx"),
-          _npy(lambda k: normalize(text_lines(1, 48, 192, k)[0][0])),
+          _npy(lambda k: text_crops(1, 48, 192, k)[0][0]),
           ["--shapes", "x:1x3x48x192,1x3x48x192,1x3x48x192"]),
     Entry("silero_vad", lambda: package_file("silero_vad", "data", "silero_vad.onnx"),
           _vad(True)),

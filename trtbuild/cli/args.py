@@ -96,6 +96,12 @@ def calib_group(p: argparse.ArgumentParser) -> None:
                    help="precision of the layers INT8 leaves in float, in the same graph "
                         "(default fp16, FP32 kept where FP16 cannot hold the values; fp32: "
                         "INT8 Q/DQ + FP32 only)")
+    g.add_argument("--weight-rounding", choices=("gptq", "nearest"),
+                   help="how INT8 weights round onto their per-channel grid (default "
+                        f"{CALIB_DEFAULTS.weight_rounding}). gptq: each layer's rounding "
+                        "errors are compensated within the layer against its calibration "
+                        "inputs (GPTQ), so its output error is least; nearest: each weight to "
+                        "its nearest step")
     g.add_argument("--percentile", type=float,
                    help=f"for --calib-method percentile (default {CALIB_DEFAULTS.percentile})")
 

@@ -132,10 +132,13 @@ def _init_dtype(init: Any) -> np.dtype:
     return np.dtype(onnx.helper.tensor_dtype_to_np_dtype(init.data_type))
 
 
-def insert_qdq(model: Any, plan_: QuantPlan, amaxes: dict[str, float]) -> Any:
+def insert_qdq(model: Any, plan_: QuantPlan, amaxes: dict[str, float],
+               weights: dict[str, tuple[np.ndarray, np.ndarray]] | None = None) -> Any:
     """A copy of `model` with Q/DQ on planned activations and INT8+DQ weights.
 
     Scales: amax / 127 (symmetric, zero point 0). Tensors without an amax are skipped.
+    `weights`: INT8 weights already rounded ({name: (int8, scale)}, trtbuild.quant.rounding);
+    the others round to nearest.
     """
     import onnx
     from onnx import helper, numpy_helper
@@ -161,8 +164,7 @@ def insert_qdq(model: Any, plan_: QuantPlan, amaxes: dict[str, float]) -> Any:
                                         name=f"{name}_DequantizeLinear")]
         rename[name] = dq
     for name, axis in plan_.weights:
-        w = numpy_helper.to_array(inits[name]).astype(np.float32)
-        w_q, scale = quantize_weight(w, axis)
+        w_q, scale = int8_weight(inits[name], axis, weights)
         qn, s, z = f"{name}_int8", f"{name}_wscale", f"{name}_wzero"
         g.initializer.extend([numpy_helper.from_array(w_q, qn), numpy_helper.from_array(scale, s),
                               numpy_helper.from_array(np.zeros(scale.shape, np.int8), z)])
@@ -186,6 +188,17 @@ def insert_qdq(model: Any, plan_: QuantPlan, amaxes: dict[str, float]) -> Any:
     g.node.extend(nodes)
     io.drop_unused_initializers(g)
     return m
+
+
+def int8_weight(init: Any, axis: int, weights: dict | None = None) -> tuple[np.ndarray,
+                                                                           np.ndarray]:
+    """(int8, scale) of a planned weight initializer: from `weights` when rounded there,
+    else nearest."""
+    from onnx import numpy_helper
+
+    if weights and init.name in weights:
+        return weights[init.name]
+    return quantize_weight(numpy_helper.to_array(init).astype(np.float32), axis)
 
 
 def quantize_weight(w: np.ndarray, axis: int) -> tuple[np.ndarray, np.ndarray]:

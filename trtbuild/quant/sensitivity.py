@@ -18,14 +18,14 @@ from typing import Any, Callable
 
 import numpy as np
 
-from .qdq import QuantPlan, quantize_weight
+from .qdq import QuantPlan, int8_weight
 from .regions import Region
 
 SUFFIX = "__fq"
 
 
 def switchable_model(model: Any, qplan: QuantPlan, amaxes: dict[str, float],
-                     found: list[Region]) -> tuple[Any, list[str]]:
+                     found: list[Region], weights: dict | None = None) -> tuple[Any, list[str]]:
     """The FP32 model where every region's planned inputs pass through
     Where(flag, fake-quantized, FP32): one ONNX Runtime session measures any choice of INT8
     regions by feeding one boolean per region. Returns (model, flag input names)."""
@@ -51,7 +51,7 @@ def switchable_model(model: Any, qplan: QuantPlan, amaxes: dict[str, float],
         after.setdefault(t, []).extend(pair)
         fq[t] = f"{t}{SUFFIX}"
     for w, axis in qplan.weights:
-        q, scale = quantize_weight(numpy_helper.to_array(inits[w]).astype(np.float32), axis)
+        q, scale = int8_weight(inits[w], axis, weights)
         dq = np.reshape(scale, [-1 if d == axis else 1 for d in range(q.ndim)]) * q
         g.initializer.append(numpy_helper.from_array(dq.astype(np.float32), f"{w}{SUFFIX}"))
         fq[w] = f"{w}{SUFFIX}"

@@ -1,6 +1,8 @@
 """Quantize stage: the calibrated thresholds -> out/model.int8.onnx with explicit Q/DQ
-(placement in trtbuild.quant.qdq), its float parts in FP16 unless --high-precision fp32
-(trtbuild.quant.mixed), checked with onnx.checker; the validate stage runs it."""
+(placement in trtbuild.quant.qdq), weights rounded against their layer's calibration inputs
+unless --weight-rounding nearest (trtbuild.quant.rounding), its float parts in FP16 unless
+--high-precision fp32 (trtbuild.quant.mixed), checked with onnx.checker; the validate stage
+runs it."""
 
 from __future__ import annotations
 
@@ -10,6 +12,7 @@ from typing import Any
 from ..context import Context
 from ..errors import MISSING_CAPABILITY, TrtBuildError
 from ..onnx import io
+from ..progress import bar
 from ..quant.qdq import insert_qdq, plan
 
 log = logging.getLogger(__name__)
@@ -18,13 +21,33 @@ log = logging.getLogger(__name__)
 def run(ctx: Context) -> dict[str, Any]:
     model = ctx.clean_model()
     qplan = plan(model)
-    qmodel = insert_qdq(model, qplan, ctx.amaxes)
+    rounding = _round_weights(ctx, model, qplan)
+    qmodel = insert_qdq(model, qplan, ctx.amaxes, ctx.int8_weights)
     record = write_int8(ctx, qmodel)
+    record["weight_rounding"] = rounding
     ops = [n.op_type for n in qmodel.graph.node]
     record.update(quantized_activations=ops.count("QuantizeLinear"),
                   quantized_weights=len(qplan.weights),
                   dequantize_nodes=ops.count("DequantizeLinear"))
     return record
+
+
+def _round_weights(ctx: Context, model: Any, qplan: Any) -> dict[str, Any]:
+    """GPTQ-rounded weights into ctx.int8_weights; the record's weight_rounding entry."""
+    ctx.int8_weights = {}
+    method, source = ctx.settings.calib.weight_rounding, ctx.settings.calib.data
+    if method == "nearest":
+        return {"method": "nearest"}
+    if not source:  # a reused calibration cache brings thresholds, not layer inputs
+        return {"method": "nearest", "note": "no calibration data (--calib-cache only)"}
+    from ..quant.rounding import round_weights
+
+    data = ctx.dataset(source)
+    feeds = (feed for _, feed in data.samples())
+    with bar("weight rounding", None) as progress:
+        ctx.int8_weights, summary = round_weights(model, qplan, feeds, io.session,
+                                                  progress.advance)
+    return {"method": "gptq", **summary}
 
 
 def write_int8(ctx: Context, qdq: Any) -> dict[str, Any]:

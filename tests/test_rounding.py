@@ -1,0 +1,158 @@
+"""GPTQ weight rounding (trtbuild.quant.rounding): on the same per-channel grid, the INT8
+model's output is closer to FP32 than with nearest rounding, measured with ONNX Runtime on
+held-out inputs; the CLI records it and --weight-rounding nearest turns it off."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import onnx
+import pytest
+from conftest import run_cli
+from onnx import TensorProto, helper, numpy_helper
+
+from trtbuild.onnx import io
+from trtbuild.quant import rounding
+from trtbuild.quant.qdq import QuantPlan, insert_qdq, plan, quantize_weight
+
+
+def smooth_images(n: int, seed: int) -> np.ndarray:
+    """(n, 4, 24, 24) low-pass noise: neighbouring pixels nearly equal, as in photos."""
+    rng = np.random.default_rng(seed)
+    x = rng.normal(0, 1, (n, 4, 6, 6)).astype(np.float32)
+    return np.kron(x, np.ones((1, 1, 4, 4), np.float32)) + \
+        rng.normal(0, 0.02, (n, 4, 24, 24)).astype(np.float32)
+
+
+def difference_model() -> onnx.ModelProto:
+    """A depthwise 3x3 conv whose kernels take differences of neighbours (large taps of
+    opposite sign, small ones around them, as PP-OCRv4's reparameterised kernels), then a
+    1x1 conv, then Gemm (transB) and MatMul heads."""
+    rng = np.random.default_rng(0)
+    dw = rng.normal(0, 0.02, (4, 1, 3, 3)).astype(np.float32)
+    dw[:, 0, 1, 1], dw[:, 0, 1, 2] = 2.0, -1.9
+    pw = rng.normal(0, 0.5, (8, 4, 1, 1)).astype(np.float32)
+    gemm_w = rng.normal(0, 0.1, (6, 8 * 24 * 24)).astype(np.float32)
+    mm_w = rng.normal(0, 0.5, (6, 5)).astype(np.float32)
+    nodes = [helper.make_node("Conv", ["x", "dw"], ["a"], group=4, pads=[1] * 4, name="dw"),
+             helper.make_node("Conv", ["a", "pw"], ["b"], name="pw"),
+             helper.make_node("Flatten", ["b"], ["f"]),
+             helper.make_node("Gemm", ["f", "gemm_w"], ["g"], transB=1, name="gemm"),
+             helper.make_node("MatMul", ["g", "mm_w"], ["h"], name="mm"),
+             helper.make_node("Relu", ["h"], ["y"])]
+    g = helper.make_graph(
+        nodes, "diff", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4, 24, 24])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 5]),
+         helper.make_tensor_value_info("a", TensorProto.FLOAT, ["N", 4, 24, 24])],
+        [numpy_helper.from_array(v, k) for k, v in
+         (("dw", dw), ("pw", pw), ("gemm_w", gemm_w), ("mm_w", mm_w))])
+    model = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    return onnx.shape_inference.infer_shapes(model)
+
+
+def _weights_only(model, weights=None):
+    qplan = plan(model)
+    return insert_qdq(model, QuantPlan([], qplan.weights, qplan.consumers), {}, weights)
+
+
+def _error(model, x: np.ndarray, ref: list[np.ndarray]) -> list[float]:
+    out = io.session(model).run(None, {"x": x})
+    return [float(np.mean((o - r) ** 2) / np.mean(r ** 2)) for o, r in zip(out, ref)]
+
+
+def test_gptq_beats_nearest_on_held_out_data_with_the_same_grid():
+    model = difference_model()
+    qplan = plan(model)
+    assert {w for w, _ in qplan.weights} == {"dw", "pw", "gemm_w"}  # MatMul head stays float
+    calib = [{"x": smooth_images(8, seed)} for seed in range(4)]
+    weights, summary = rounding.round_weights(model, qplan, calib, io.session)
+    # a layer keeps nearest rounding where GPTQ would not lower its estimated error, and
+    # where it saw too few input vectors for its row length (the Gemm: 32 for 4608)
+    assert summary["candidates"] == 3 and summary["rows"] == 32
+    assert "dw" in weights and "gemm_w" not in weights
+    inits = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
+    for name, axis in qplan.weights:
+        if name not in weights:
+            continue
+        q, scale = weights[name]
+        near_q, near_scale = quantize_weight(inits[name], axis)
+        assert q.dtype == np.int8 and q.shape == near_q.shape
+        assert np.array_equal(scale, near_scale)   # same grid, other rounding
+        assert not np.array_equal(q, near_q)
+    held_out = smooth_images(16, seed=99)
+    ref = io.session(model).run(None, {"x": held_out})
+    nearest = _error(_weights_only(model), held_out, ref)
+    gptq = _error(_weights_only(model, weights), held_out, ref)
+    # the depthwise conv's output: the difference taps no longer drift
+    assert gptq[1] < 0.8 * nearest[1], (gptq, nearest)
+    assert gptq[0] <= nearest[0], (gptq, nearest)
+    assert summary["output_error_ratio_median"] < 0.9
+
+
+def test_gptq_on_a_matmul_weight_and_grouped_layout():
+    rng = np.random.default_rng(3)
+    w = rng.normal(0, 0.5, (16, 12)).astype(np.float32)
+    nodes = [helper.make_node("MatMul", ["x", "w"], ["m"], name="mm"),
+             helper.make_node("Relu", ["m"], ["r"]),
+             helper.make_node("MatMul", ["r", "w2"], ["y"], name="head")]
+    g = helper.make_graph(nodes, "mm", [helper.make_tensor_value_info("x", TensorProto.FLOAT,
+                                                                      ["N", 7, 16])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 7, 3])],
+                          [numpy_helper.from_array(w, "w"),
+                           numpy_helper.from_array(np.ones((12, 3), np.float32), "w2")])
+    model = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    mix = rng.normal(0, 1, (16, 16)).astype(np.float32)   # correlated input features
+    feeds = [{"x": rng.normal(0, 1, (4, 7, 16)).astype(np.float32) @ mix} for _ in range(4)]
+    weights, _ = rounding.round_weights(model, plan(model), feeds, io.session)
+    q, scale = weights["w"]
+    assert q.shape == (16, 12) and scale.shape == (12,)   # (in, out), per output column
+    x = rng.normal(0, 1, (32, 16)).astype(np.float32) @ mix
+    exact = x @ w
+    near_q, _ = quantize_weight(w, 1)
+    err = [np.mean((x @ (qq * scale) - exact) ** 2) for qq in (near_q, q)]
+    assert err[1] < err[0]
+
+
+@pytest.fixture(scope="module")
+def diff_dirs(tmp_path_factory):
+    d = tmp_path_factory.mktemp("diff")
+    onnx.save(difference_model(), d / "m.onnx")
+    for folder, seed in (("calib", 1), ("val", 2)):
+        (d / folder).mkdir()
+        for k, x in enumerate(smooth_images(24, seed)):
+            np.save(d / folder / f"{k:02d}.npy", x[None])
+    return d
+
+
+def _int8_weights(path) -> dict[str, np.ndarray]:
+    m = onnx.load(str(path))
+    return {i.name: numpy_helper.to_array(i) for i in m.graph.initializer
+            if i.data_type == TensorProto.INT8 and i.name.endswith("_int8")}
+
+
+def test_cli_records_gptq_and_nearest_turns_it_off(diff_dirs, tmp_path):
+    runs = {}
+    for method in ("gptq", "nearest"):
+        proc = run_cli(diff_dirs / "m.onnx", "--int8", "--calib", diff_dirs / "calib", "--val",
+                       diff_dirs / "val", "--target", "onnx", "--weight-rounding", method,
+                       "--high-precision", "fp32", "--out", tmp_path / method, "--json")
+        assert proc.returncode == 0, proc.stderr
+        stages = {s["stage"]: s for s in json.loads(proc.stdout)["stages"]}
+        runs[method] = (stages, _int8_weights(tmp_path / method / "model.int8.onnx"))
+    gptq, nearest = runs["gptq"], runs["nearest"]
+    assert gptq[0]["quantize"]["weight_rounding"]["method"] == "gptq"
+    assert gptq[0]["quantize"]["weight_rounding"]["candidates"] == 3
+    assert nearest[0]["quantize"]["weight_rounding"] == {"method": "nearest"}
+    inits = {i.name: numpy_helper.to_array(i) for i in difference_model().graph.initializer}
+    assert np.array_equal(nearest[1]["dw_int8"], quantize_weight(inits["dw"], 0)[0])
+    assert not np.array_equal(gptq[1]["dw_int8"], nearest[1]["dw_int8"])
+    cos = {m: r[0]["validate"]["outputs"]["a"]["cosine_mean"] for m, r in runs.items()}
+    assert cos["gptq"] >= cos["nearest"], cos
+
+
+def test_bad_weight_rounding_is_exit_2(diff_dirs, tmp_path):
+    proc = run_cli(diff_dirs / "m.onnx", "--int8", "--calib", diff_dirs / "calib",
+                   "--weight-rounding", "adaround", "--out", tmp_path / "o")
+    assert proc.returncode == 2 and "weight-rounding" in proc.stderr
+    assert not (tmp_path / "o").exists()
