@@ -11,11 +11,12 @@ calibration/validation images and labels), a BERT-style encoder (all-MiniLM-L6-v
 Every quantizer gets the same FP32 graph (trtbuild's clean of the published/exported model)
 and the same calibration samples, written as .npy/.npz like the real-model corpus; every
 candidate is then run the same way, ONNX Runtime's CPU provider on the same validation
-samples, against the FP32 model. Candidates: trtbuild (entropy, max, percentile, auto,
-auto + accuracy target), ONNX Runtime quantize_static (QDQ, symmetric, per-channel; Entropy
-as shipped, which equals MinMax at its fixed 128 bins, Entropy at 2048 bins outside --quick,
-and MinMax), NVIDIA ModelOpt ONNX PTQ (INT8 entropy and max, CPU calibration, in its own
-venv: bench/peers.py). Options a checkout does not have yet print "not available".
+samples, against the FP32 model. Candidates: trtbuild (entropy, max, percentile, auto with
+weights rounded to nearest, auto (GPTQ weight rounding, the default), auto + accuracy
+target), ONNX Runtime quantize_static (QDQ, symmetric, per-channel; Entropy as shipped,
+which equals MinMax at its fixed 128 bins, Entropy at 2048 bins outside --quick, and
+MinMax), NVIDIA ModelOpt ONNX PTQ (INT8 entropy and max, CPU calibration, in its own venv:
+bench/peers.py). Options a checkout does not have yet print "not available".
 
 Columns: task score (strings_equal for rec, box_f1 for det, label accuracy for digits, mean
 cosine for the encoder), mean cosine (per sample, the worst output), share of the
@@ -422,6 +423,8 @@ def _one_line(e: BaseException) -> str:
 TRTBUILD_ROWS = [("entropy", {"calib_method": "entropy"}, False),
                  ("max", {"calib_method": "max"}, False),
                  ("percentile", {"calib_method": "percentile"}, False),
+                 ("auto-nearest", {"calib_method": "auto", "weight_rounding": "nearest"},
+                  False),
                  ("auto", {"calib_method": "auto"}, False),
                  ("auto+target", {"calib_method": "auto"}, True)]
 
