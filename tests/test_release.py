@@ -1,6 +1,7 @@
 """`trtbuild release` (#11 parts 2, 3, 5, 6): real TensorRT-RTX builds of a 2-model manifest
 (the digits demo + a tiny ONNX model) x fp16/int8 x sm_86/sm_89 on 2 worker processes;
-resume, kill -9 of the driver, a corrupt journal, a failing gate, the baseline comparison."""
+resume, kill -9 of the driver, a corrupt journal, a failing gate, the baseline comparison;
+and the issue's 3-model manifest (digits, a torchvision model, PP-OCR's classifier)."""
 
 from __future__ import annotations
 
@@ -384,3 +385,56 @@ def test_one_driver_per_output_directory(tmp_path: Path) -> None:
     assert proc.stderr.strip() == (f"trtbuild: error: {out.resolve()}: another trtbuild "
                                    "release is running in this directory")
     assert not (out / "release.json").exists()
+
+
+def test_three_model_manifest_with_real_models(tmp_path: Path) -> None:
+    """The issue's manifest: the digits demo, a torchvision model (random weights) and an
+    ONNX model from the real-model corpus (PP-OCR's text-direction classifier, as rapidocr
+    ships it) x fp16/int8 x sm_86/sm_89, real TensorRT-RTX builds on 2 workers."""
+    from corpus import ENTRIES
+
+    cls = next(e for e in ENTRIES if e.name == "ppocr_cls")
+    if cls.locate() is None:
+        pytest.skip("rapidocr-onnxruntime is not installed")
+    for name, seed in (("calib", 1), ("val", 2)):
+        cls.make(tmp_path / "cls" / name, 4, seed)
+        (tmp_path / "mnv3" / name).mkdir(parents=True)
+        for i in range(4):
+            np.save(tmp_path / "mnv3" / name / f"{i}.npy", np.random.default_rng(seed * 10 + i)
+                    .random((1, 3, 64, 64), dtype=np.float32))
+    manifest = tmp_path / "release.toml"
+    manifest.write_text(f"""\
+[defaults]
+precisions = ["fp16", "int8"]
+archs = ["sm_86", "sm_89"]
+
+[models.digits]
+src = "trtbuild.demo.digits:digits_cnn"
+calib = "{DATA / 'calib'}"
+val = "{DATA / 'val'}"
+gates = ["cosine_mean>=0.99"]
+
+[models.mnv3]
+src = "torchvision:mobilenet_v3_small"
+inputs = ["input:1x3x64x64"]
+calib = "mnv3/calib"
+val = "mnv3/val"
+
+[models.cls]
+src = "{cls.locate()}"
+shapes = ["x:1x3x48x192,1x3x48x192,1x3x48x192"]
+calib = "cls/calib"
+val = "cls/val"
+gates = ["cosine_mean>=0.95"]
+""")
+    out = tmp_path / "out"
+    proc = run_cli("release", manifest, "--out", out, "--workers", "2", "--json")
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr
+    jobs = journal(out)["jobs"]
+    engines = [f"{m}/{p}/{a}" for m in ("digits", "mnv3", "cls") for p in ("fp16", "int8")
+               for a in ("sm_86", "sm_89")]
+    assert sorted(jobs) == sorted(engines + ["cls/prepare", "digits/prepare", "mnv3/prepare"])
+    for key in engines:
+        record = jobs[key]["record"]
+        assert jobs[key]["status"] == "ok" and record["engine"]["bytes"] > 0, (key, record)
+        assert Path(record["engine"]["path"]).is_file()
