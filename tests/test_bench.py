@@ -63,3 +63,24 @@ def test_bad_baseline(tmp_path, digits_onnx):
     bad.write_text('{"stages": []}')
     proc = run_cli("bench", digits_onnx / "model.clean.onnx", "--baseline", bad)
     assert proc.returncode == 2 and "no bench results" in proc.stderr
+
+
+def test_bench_release_quick_reports_both_ratios():
+    """bench/bench_release.py (#11) runs end to end: the sequential trtbuild runs, the
+    release on the pool and on a local Ray runtime, and prints both ratios as JSON (the
+    targets are the bench's to judge, with a full run, not this smoke run's)."""
+    import subprocess
+    import sys
+
+    from conftest import REPO
+
+    pytest.importorskip("ray")
+    proc = subprocess.run([sys.executable, str(REPO / "bench" / "bench_release.py"), "--quick",
+                           "--repeat", "1", "--json"], capture_output=True, text=True,
+                          timeout=600, cwd=REPO)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    out = json.loads(proc.stdout)
+    assert out["engines"] == 2 and out["jobs"] == 3
+    assert out["sequential_s"] > 0 and out["release_s"] > 0 and out["ray_s"] > 0
+    assert out["speedup"] == pytest.approx(out["sequential_s"] / out["release_s"], rel=0.02)
+    assert out["ray_overhead"] == pytest.approx(out["ray_s"] / out["release_s"], rel=0.02)
