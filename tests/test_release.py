@@ -27,6 +27,20 @@ ENGINE_KEYS = [f"{m}/{p}/{a}" for m in ("digits", "tiny") for p in ("fp16", "int
 ALL_KEYS = sorted(ENGINE_KEYS + ["digits/prepare", "tiny/prepare"])
 
 
+# the defaults and the digits demo's table, shared by the test manifests
+DIGITS_MANIFEST = f"""\
+[defaults]
+precisions = ["fp16", "int8"]
+archs = ["sm_86", "sm_89"]
+
+[models.digits]
+src = "trtbuild.demo.digits:digits_cnn"
+calib = "{DATA / 'calib'}"
+val = "{DATA / 'val'}"
+gates = ["cosine_mean>=0.99"]
+"""
+
+
 def tiny_model(folder: Path) -> Path:
     """x[N,8] -> MatMul -> Add -> Relu -> MatMul -> y[N,4], with .npy calib and val data."""
     import onnx
@@ -59,16 +73,7 @@ def write_manifest(folder: Path, tiny_gates: str = "") -> Path:
     tiny_model(folder / "tiny")
     path = folder / "release.toml"
     path.write_text(f"""\
-[defaults]
-precisions = ["fp16", "int8"]
-archs = ["sm_86", "sm_89"]
-
-[models.digits]
-src = "trtbuild.demo.digits:digits_cnn"
-calib = "{DATA / 'calib'}"
-val = "{DATA / 'val'}"
-gates = ["cosine_mean>=0.99"]
-
+{DIGITS_MANIFEST}
 [models.tiny]
 src = "tiny/tiny.onnx"
 calib = "tiny/calib"
@@ -404,16 +409,7 @@ def test_three_model_manifest_with_real_models(tmp_path: Path) -> None:
                     .random((1, 3, 64, 64), dtype=np.float32))
     manifest = tmp_path / "release.toml"
     manifest.write_text(f"""\
-[defaults]
-precisions = ["fp16", "int8"]
-archs = ["sm_86", "sm_89"]
-
-[models.digits]
-src = "trtbuild.demo.digits:digits_cnn"
-calib = "{DATA / 'calib'}"
-val = "{DATA / 'val'}"
-gates = ["cosine_mean>=0.99"]
-
+{DIGITS_MANIFEST}
 [models.mnv3]
 src = "torchvision:mobilenet_v3_small"
 inputs = ["input:1x3x64x64"]

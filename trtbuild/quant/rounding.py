@@ -3,11 +3,12 @@
 Nearest rounding on the per-channel grid keeps every weight within half a step, but where a
 kernel subtracts neighbours (PP-OCRv4 rec's reparameterised depthwise convs) the small
 errors add up in the output: one 3x3 depthwise conv rounded to nearest drops rec strings
-from 1.00 to 0.68 with all else FP32 (GPTQ: 0.97; 100 full-width rendered lines). GPTQ (Frantar et al., 2022, arXiv:2210.17323)
-rounds one input column at a time and moves each rounding error onto the columns not yet
-rounded, weighted by the layer input's second moment H = E[x x^T] from calibration data.
-The grid (per-channel max scale) stays as it is; only which way each weight rounds changes,
-so the Q/DQ graph and what TensorRT builds are the same.
+from 1.00 to 0.68 with all else FP32 (GPTQ: 0.97; 100 full-width rendered lines). GPTQ
+(Frantar et al., 2022, arXiv:2210.17323) rounds one input column at a time and moves each
+rounding error onto the columns not yet rounded, weighted by the layer input's second moment
+H = E[x x^T] from calibration data. The grid (per-channel max scale) stays as it is; only
+which way each weight rounds changes, so the Q/DQ graph and what TensorRT builds are the
+same.
 """
 
 from __future__ import annotations

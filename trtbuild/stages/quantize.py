@@ -54,23 +54,32 @@ def write_int8(ctx: Context, qdq: Any) -> dict[str, Any]:
     """Write the INT8 Q/DQ model (float parts per --high-precision) to out/model.int8.onnx
     and set what the CPU check runs; returns record fields."""
     out = ctx.out / "model.int8.onnx"
-    record: dict[str, Any] = {"output": str(out), "high_precision": ctx.settings.calib.high_precision}
-    model, ctx.int8_check = qdq, None
-    if ctx.settings.calib.high_precision == "fp16":
-        from ..quant.mixed import to_fp16
-
-        try:
-            model, emulation, info = to_fp16(qdq, ctx.settings.fp16_options, ctx.probe_feeds())
-        except TrtBuildError as e:
-            if e.code != MISSING_CAPABILITY:
-                raise
-            log.warning("%s: float parts stay FP32: %s", out, e)
-            record.update(high_precision="fp32", high_precision_note=str(e))
-        else:
-            ctx.int8_check = emulation.SerializeToString()
-            record.update(fp16_nodes=info["fp16_nodes"], fp32_nodes=info["fp32_nodes"],
-                          auto_fp32=info["auto_fp32"])
+    model, check, record = with_float_parts(ctx, qdq)
+    if "high_precision_note" in record:
+        log.warning("%s: float parts stay FP32: %s", out, record["high_precision_note"])
+    ctx.int8_check = None if check is qdq else check.SerializeToString()
     io.check_model(model, out)
     io.save(model, out)
     ctx.artifacts.int8 = out
-    return record
+    return {"output": str(out), **record}
+
+
+def with_float_parts(ctx: Context, qdq: Any) -> tuple[Any, Any, dict[str, Any]]:
+    """(the model to write, what the CPU check runs for it, record fields) for a Q/DQ model:
+    its float parts in FP16 with the FP16 emulation as the check (--high-precision fp16),
+    else FP32 and the model itself, also when FP16 conversion is not possible."""
+    record: dict[str, Any] = {"high_precision": ctx.settings.calib.high_precision}
+    if ctx.settings.calib.high_precision != "fp16":
+        return qdq, qdq, record
+    from ..quant.mixed import to_fp16
+
+    try:
+        model, emulation, info = to_fp16(qdq, ctx.settings.fp16_options, ctx.probe_feeds())
+    except TrtBuildError as e:
+        if e.code != MISSING_CAPABILITY:
+            raise
+        record.update(high_precision="fp32", high_precision_note=str(e))
+        return qdq, qdq, record
+    record.update(fp16_nodes=info["fp16_nodes"], fp32_nodes=info["fp32_nodes"],
+                  auto_fp32=info["auto_fp32"])
+    return model, emulation, record

@@ -22,7 +22,7 @@ from ..progress import bar
 from ..quant.qdq import insert_qdq, plan
 from ..quant.regions import count_macs, regions, without
 from ..quant.sensitivity import output_error, ranking, search, switchable_model
-from .quantize import write_int8
+from .quantize import with_float_parts, write_int8
 
 log = logging.getLogger(__name__)
 SEARCH_SAMPLES = 256      # held-out samples each search step measures (validate: all)
@@ -49,7 +49,8 @@ def run(ctx: Context) -> dict[str, Any]:
         fp32 (on PP-OCRv4 rec strings_equal moved by 0.035 between the two); a new session
         each time (cheaper than the switchable graph, which computes both branches)."""
         qdq = insert_qdq(model, without(qplan, fallen), ctx.amaxes, ctx.int8_weights)
-        record = compare(ref, _outputs(io.session(_as_written(ctx, qdq)), feeds, axes),
+        check = with_float_parts(ctx, qdq)[1]
+        record = compare(ref, _outputs(io.session(check), feeds, axes),
                          names, labels, ctx.settings.gates.metric_script)
         return gate_value(record, target)
 
@@ -83,19 +84,6 @@ def run(ctx: Context) -> dict[str, Any]:
         log.warning("%s: %s not reached even with %d of %d regions in float (%.4f)",
                     ctx.artifacts.int8, target, len(fallen), len(found), result.value)
     return record
-
-
-def _as_written(ctx: Context, qdq: Any) -> Any:
-    """What the CPU check runs for `qdq` once written (write_int8): its FP16 emulation,
-    or `qdq` itself with FP32 float parts (or when FP16 conversion is not possible)."""
-    if ctx.settings.calib.high_precision != "fp16":
-        return qdq
-    from ..quant.mixed import to_fp16
-
-    try:
-        return to_fp16(qdq, ctx.settings.fp16_options, ctx.probe_feeds())[1]
-    except TrtBuildError:
-        return qdq
 
 
 def _sensitivities(model: Any, qplan: Any, ctx: Context, found: list,
