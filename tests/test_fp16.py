@@ -150,3 +150,23 @@ def test_batchnorm_folding_removes_an_fp16_range_problem():
     assert outputs_diff(model, folded) < 1e-6
     bad, good = outputs_diff(model, fp16.emulated(model)), outputs_diff(model, fp16.emulated(folded))
     assert good < 1e-4 < bad  # the unfolded var saturates at 65504 in FP16
+
+
+def test_range_keeps_measures_each_tensor_once_and_judges_subnormal_loss(tmp_path):
+    """The sensitivity search's models share their tensors: a range measured for one
+    (`known`) decides for the next without running it; and the fast path of the FP16
+    error (few values below FP16's smallest normal) agrees with rounding everything."""
+    from trtbuild.quant.fp16_range import _fp16_error, range_keeps
+
+    model, s = _square_model(tmp_path), Fp16Settings()
+    known: dict = {}
+    feeds = [{"x": np.full((1, 8), 300, np.float32)}]
+    first = range_keeps(model, s, feeds, known)
+    assert first and any("> 65504" in why for why in known.values() if why)
+    assert range_keeps(model, s, [], known) == first          # no data: the known ranges
+    assert range_keeps(model, s, [], {}) == {}                 # nothing known, nothing run
+    x = np.random.default_rng(0).standard_normal(4096).astype(np.float32)
+    assert _fp16_error(x) is None and "> 65504" in _fp16_error(x * 1e5)
+    x[:400] *= 1e-7   # a tenth of the values lost below 6.1e-5: still under 1% of the norm
+    assert _fp16_error(x) is None
+    assert "rounding error" in _fp16_error(x * 1e-6)  # all subnormal: 6e-8 steps

@@ -137,6 +137,30 @@ def test_search_finds_the_smallest_prefix():
     assert first.met and first.fallen == ["a"]
 
 
+def test_search_confirms_a_cheap_estimate_and_goes_on_above_when_it_misses():
+    calls = []
+
+    def estimate(fallen):          # optimistic: holds from 5 fallen regions on
+        calls.append(("estimate", len(fallen)))
+        return len(fallen) / 10 + 0.2
+
+    def confirm(fallen):           # the real measure: holds from 7 on
+        calls.append(("confirm", len(fallen)))
+        return len(fallen) / 10
+
+    r = search([f"r{k}" for k in range(20)], estimate, lambda v: v >= 0.7 - 1e-9,
+               confirm=confirm)
+    assert r.met and len(r.fallen) == 7 and abs(r.value - 0.7) < 1e-9
+    assert calls[0] == ("confirm", 0) and ("confirm", 5) in calls  # the estimate's answer
+    assert [c for c in calls if c[0] == "confirm"][-1] == ("confirm", 7)
+    assert [s["measure"] for s in r.steps].count("estimate") == 5
+    agree = search([f"r{k}" for k in range(20)], confirm, lambda v: v >= 0.7 - 1e-9,
+                   confirm=confirm)
+    last = agree.steps[-1]
+    assert len(agree.fallen) == 7 and (last["fallback"], last["measure"], last["holds"]) == \
+        (7, "full", True)
+
+
 def test_unreachable_target_exits_1_and_says_so(tmp_path):
     # FP32 itself labels 98.4% of the first 64 validation digits right: no fallback helps
     from trtbuild.demo import CALIB_DIR, VAL_DIR

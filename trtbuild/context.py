@@ -51,6 +51,7 @@ class Context:
     amaxes: dict[str, float] = field(default_factory=dict)  # calibrate -> quantize
     int8_weights: dict = field(default_factory=dict)  # quantize -> sensitivity: {name: (q, scale)}
     int8_check: bytes | None = None  # what the CPU check runs for the INT8 model (FP16 emulated)
+    fp16_ranges: dict = field(default_factory=dict)  # INT8 float parts: {tensor: why not FP16}
     torch_module: Any = None                                # torch SRCs: the eager baseline
     _clean_model: Any = None
     _first_sample: tuple[dict, str] | None = None

@@ -76,7 +76,8 @@ def uses_external_data(path: str | Path) -> bool:
 
 
 def session(model: Any, threads: int = 0, where: str | Path | None = None) -> Any:
-    """A CPU ONNX Runtime session from a ModelProto or a path (named `where` in errors).
+    """A CPU ONNX Runtime session from a ModelProto, its bytes or a path (named `where` in
+    errors).
     Raises TrtBuildError(3) when ONNX Runtime cannot load the model."""
     import onnxruntime as ort
 
@@ -86,7 +87,7 @@ def session(model: Any, threads: int = 0, where: str | Path | None = None) -> An
     opts.log_severity_level = ort_severity()
     if threads:
         opts.intra_op_num_threads = threads
-    data = model if isinstance(model, (str, Path)) else model.SerializeToString()
+    data = model if isinstance(model, (str, Path, bytes)) else model.SerializeToString()
     try:
         return ort.InferenceSession(str(data) if isinstance(data, Path) else data, opts,
                                     providers=["CPUExecutionProvider"])

@@ -19,6 +19,7 @@ from ..onnx import io
 from .fp16 import half_nodes
 
 FP16_MAX = float(np.finfo(np.float16).max)
+FP16_TINY = float(np.finfo(np.float16).tiny)  # 6.1e-5: below it FP16 loses mantissa bits
 MAX_REL_ERROR = 1e-2  # FP16 rounding alone is ~5e-4 relative; 20x that means lost values
 
 
@@ -77,10 +78,13 @@ def fold_batchnorm(model: Any) -> tuple[Any, int]:
     return m, folded
 
 
-def range_keeps(model: Any, s: Fp16Settings, feeds: list[dict[str, np.ndarray]]
-                ) -> dict[int, str]:
+def range_keeps(model: Any, s: Fp16Settings, feeds: list[dict[str, np.ndarray]],
+                known: dict[str, str | None] | None = None) -> dict[int, str]:
     """{node position: why} for the nodes FP16 would run that must stay FP32, measured by
-    running the FP32 model on `feeds` with every such node's float outputs observed."""
+    running the FP32 model on `feeds` with every such node's float outputs observed.
+    `known`: tensor and weight name -> why FP16 cannot hold it (None: it can), filled in
+    here; names already in it are not measured again (the sensitivity search's models
+    share their tensors and differ only by INT8 noise on them)."""
     import onnx
     from onnx import numpy_helper
 
@@ -88,11 +92,14 @@ def range_keeps(model: Any, s: Fp16Settings, feeds: list[dict[str, np.ndarray]]
     floats = io.float_tensors(model)
     half = half_nodes(g, floats, s)
     inits = {i.name: i for i in g.initializer}
+    known = {} if known is None else known
     keeps: dict[int, str] = {}
     for k, n in enumerate(g.node):  # weights: measured once, no data needed
         for name in n.input:
             if half[k] and name in inits and name in floats:
-                reason = _fp16_error(numpy_helper.to_array(inits[name]))
+                if name not in known:
+                    known[name] = _fp16_error(numpy_helper.to_array(inits[name]))
+                reason = known[name]
                 if reason:
                     keeps[k] = f"weight {name}: {reason}"
     # every float tensor an FP16 node writes or reads (inputs from FP32 nodes and graph
@@ -107,21 +114,20 @@ def range_keeps(model: Any, s: Fp16Settings, feeds: list[dict[str, np.ndarray]]
     watched = {o: producer.get(o) for o in readers}
     watched.update({o: k for k, n in enumerate(g.node) if half[k] and k not in keeps
                     for o in n.output if o in floats})
-    if not watched or not feeds:
-        return keeps
-    probe = onnx.ModelProto()
-    probe.CopyFrom(model)
-    del probe.graph.output[:]
-    probe.graph.output.extend(onnx.helper.make_tensor_value_info(t, onnx.TensorProto.FLOAT,
-                                                                 None) for t in watched)
-    sess = io.session(probe)
-    names = list(watched)
-    worst: dict[str, str] = {}
-    for feed in feeds:
-        for name, y in zip(names, io.run(sess, feed, "FP16 range probe")):
-            reason = _fp16_error(np.asarray(y))
-            if reason and name not in worst:
-                worst[name] = reason
+    names = [t for t in watched if t not in known]
+    if names and feeds:
+        probe = onnx.ModelProto()
+        probe.CopyFrom(model)
+        del probe.graph.output[:]
+        probe.graph.output.extend(onnx.helper.make_tensor_value_info(
+            t, onnx.TensorProto.FLOAT, None) for t in names)
+        sess = io.session(probe)
+        known.update(dict.fromkeys(names))
+        for feed in feeds:
+            for name, y in zip(names, io.run(sess, feed, "FP16 range probe")):
+                if known[name] is None:
+                    known[name] = _fp16_error(np.asarray(y))
+    worst = {t: known[t] for t in watched if known.get(t)}
     for name, reason in worst.items():  # the writer and every FP16 reader stay FP32
         if watched[name] is not None and half[watched[name]]:
             keeps.setdefault(watched[name], f"output {name}: {reason}")
@@ -132,15 +138,23 @@ def range_keeps(model: Any, s: Fp16Settings, feeds: list[dict[str, np.ndarray]]
 
 def _fp16_error(x: np.ndarray) -> str | None:
     """Why FP16 cannot hold `x` (overflow, or relative rounding error), or None."""
-    x = x.astype(np.float64)
-    finite = x[np.isfinite(x)]
+    x = np.asarray(x).ravel()
+    x = x if x.dtype == np.float32 else x.astype(np.float64)
+    finite = x if np.isfinite(x).all() else x[np.isfinite(x)]
     if finite.size == 0:
         return None
-    top = float(np.abs(finite).max())
+    mag = np.abs(finite)
+    top = float(mag.max())
     if top > FP16_MAX:
         return f"|x| up to {top:.3g} > {FP16_MAX:.0f}"
     norm = float(np.linalg.norm(finite))
     if norm == 0:
         return None
+    # FP16's normal numbers round to a relative 2^-11; only values below its smallest
+    # normal can add more, so when they are few the answer needs no rounding
+    small = float(np.linalg.norm(finite[mag < FP16_TINY]))
+    if small <= (MAX_REL_ERROR - 2.0 ** -11) * norm:
+        return None
+    finite = finite.astype(np.float64)
     rel = float(np.linalg.norm(finite.astype(np.float16).astype(np.float64) - finite)) / norm
     return f"FP16 rounding error {rel:.2g} of its norm" if rel > MAX_REL_ERROR else None

@@ -14,19 +14,22 @@ import numpy as np
 
 from ..config import Fp16Settings
 from . import fp16
-from .fp16_range import FP16_MAX, range_keeps
+from .fp16_range import FP16_MAX, FP16_TINY, range_keeps
 
 
-def to_fp16(qdq: Any, s: Fp16Settings, feeds: list[dict[str, np.ndarray]]
+def to_fp16(qdq: Any, s: Fp16Settings, feeds: list[dict[str, np.ndarray]],
+            known: dict[str, str | None] | None = None, build: bool = True
             ) -> tuple[Any, Any, dict[str, Any]]:
-    """(FP16 graph to build, FP32 emulation of it for the CPU check, record fields)."""
+    """(FP16 graph to build, FP32 emulation of it for the CPU check, record fields).
+    `known`: ranges measured before, reused and added to (fp16_range.range_keeps);
+    `build=False`: the emulation alone (None for the graph)."""
     import onnx
 
     qdq = onnx.shape_inference.infer_shapes(at_opset(qdq, FP16_QDQ_OPSET))
-    keeps = {**range_keeps(qdq, s, feeds), **_scale_keeps(qdq)}
+    keeps = {**range_keeps(qdq, s, feeds, known), **_scale_keeps(qdq)}
     keeps = _keep_dq_consumers(qdq, keeps)
     keep_at = frozenset(keeps)
-    model, info = fp16.convert(qdq, s, keep_at)
+    model, info = fp16.convert(qdq, s, keep_at) if build else (None, {})
     nodes = qdq.graph.node
     info["auto_fp32"] = [{"node": nodes[k].name or f"#{k}", "op": nodes[k].op_type,
                           "reason": why} for k, why in sorted(keeps.items())]
@@ -52,9 +55,6 @@ def at_opset(model: Any, version: int) -> Any:
         raise TrtBuildError(f"cannot raise opset {io.opset(model)} to {version} for FP16 "
                             f"Q/DQ scales ({type(e).__name__}: {str(e).splitlines()[0][:200]})",
                             MISSING_CAPABILITY)
-
-
-FP16_TINY = float(np.finfo(np.float16).tiny)  # 6.1e-5: below it FP16 loses mantissa bits
 
 
 def _scale_keeps(model: Any) -> dict[int, str]:

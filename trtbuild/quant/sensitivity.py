@@ -108,30 +108,41 @@ class SearchResult:
 
 
 def search(order: list[str], measure: Callable[[set[str]], float],
-           holds: Callable[[float], bool], start: float | None = None) -> SearchResult:
+           holds: Callable[[float], bool], start: float | None = None,
+           confirm: Callable[[set[str]], float] | None = None) -> SearchResult:
     """The smallest prefix of `order` whose fallback makes `holds(measure(prefix))` true,
     by bisection over the prefix length: about log2(len(order)) + 2 measurements
-    (`start`: the measurement with nothing in float, when the caller already has it)."""
+    (`start`: the measurement with nothing in float, when the caller already has it).
+    `confirm`: a fuller measurement, when `measure` is a cheaper estimate of it: the prefix
+    the bisection finds is confirmed with it, and when it does not hold there the search
+    goes on above, with `confirm` alone."""
     steps: list[dict[str, Any]] = []
 
-    def at(k: int) -> float:
-        v = start if k == 0 and start is not None else measure(set(order[:k]))
-        steps.append({"fallback": k, "value": v, "holds": holds(v)})
+    def at(k: int, how: Callable[[set[str]], float], kind: str) -> float:
+        v = start if k == 0 and start is not None else how(set(order[:k]))
+        steps.append({"fallback": k, "value": v, "holds": holds(v), "measure": kind})
         return v
 
-    v = at(0)
+    full = confirm or measure
+    v = at(0, full, "full")
     if holds(v) or not order:
         return SearchResult([], v, holds(v), steps)
-    bad, good, values = 0, len(order), {}
-    while good - bad > 1:
-        mid = (good + bad) // 2
-        values[mid] = at(mid)
-        if holds(values[mid]):
-            good = mid
-        else:
-            bad = mid
-    if good not in values:  # every region in float was assumed to hold: check it
-        values[good] = at(good)
-        if not holds(values[good]):
-            return SearchResult(list(order), values[good], False, steps)
-    return SearchResult(order[:good], values[good], True, steps)
+
+    def bisect(bad: int, good: int, how: Callable[[set[str]], float], kind: str
+               ) -> tuple[int, float | None]:
+        """(the smallest holding length in (bad, good], its value if measured here)"""
+        values: dict[int, float] = {}
+        while good - bad > 1:
+            mid = (good + bad) // 2
+            values[mid] = at(mid, how, kind)
+            good, bad = (mid, bad) if holds(values[mid]) else (good, mid)
+        return good, values.get(good)
+
+    good, v = bisect(0, len(order), measure, "estimate" if confirm else "full")
+    if confirm is not None:  # the estimate's answer, measured as the caller judges
+        v = at(good, confirm, "full")
+        if not holds(v) and good < len(order):
+            good, v = bisect(good, len(order), confirm, "full")
+    if v is None:  # every region in float was assumed to hold: check it
+        v = at(good, full, "full")
+    return SearchResult(order[:good], v, holds(v), steps)

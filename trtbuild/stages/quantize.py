@@ -19,7 +19,7 @@ log = logging.getLogger(__name__)
 
 
 def run(ctx: Context) -> dict[str, Any]:
-    model = ctx.clean_model()
+    model = base_model(ctx)
     qplan = plan(model)
     rounding = _round_weights(ctx, model, qplan)
     qmodel = insert_qdq(model, qplan, ctx.amaxes, ctx.int8_weights)
@@ -30,6 +30,22 @@ def run(ctx: Context) -> dict[str, Any]:
                   quantized_weights=len(qplan.weights),
                   dequantize_nodes=ops.count("DequantizeLinear"))
     return record
+
+
+def base_model(ctx: Context) -> Any:
+    """The clean model Q/DQ goes into: at the opset FP16 Q/DQ scales need when the float
+    parts are FP16 (converted once here, not for every model the sensitivity search
+    tries), else as cleaned."""
+    model = ctx.clean_model()
+    if ctx.settings.calib.high_precision != "fp16":
+        return model
+    import onnx
+
+    from ..quant.mixed import FP16_QDQ_OPSET, at_opset
+    try:
+        return onnx.shape_inference.infer_shapes(at_opset(model, FP16_QDQ_OPSET))
+    except TrtBuildError:  # with_float_parts says so, and keeps FP32
+        return model
 
 
 def _round_weights(ctx: Context, model: Any, qplan: Any) -> dict[str, Any]:
@@ -64,22 +80,25 @@ def write_int8(ctx: Context, qdq: Any) -> dict[str, Any]:
     return {"output": str(out), **record}
 
 
-def with_float_parts(ctx: Context, qdq: Any) -> tuple[Any, Any, dict[str, Any]]:
+def with_float_parts(ctx: Context, qdq: Any, build: bool = True
+                     ) -> tuple[Any, Any, dict[str, Any]]:
     """(the model to write, what the CPU check runs for it, record fields) for a Q/DQ model:
     its float parts in FP16 with the FP16 emulation as the check (--high-precision fp16),
-    else FP32 and the model itself, also when FP16 conversion is not possible."""
+    else FP32 and the model itself, also when FP16 conversion is not possible.
+    `build=False`: only the check is wanted (the FP16 graph may be None)."""
     record: dict[str, Any] = {"high_precision": ctx.settings.calib.high_precision}
     if ctx.settings.calib.high_precision != "fp16":
         return qdq, qdq, record
     from ..quant.mixed import to_fp16
 
     try:
-        model, emulation, info = to_fp16(qdq, ctx.settings.fp16_options, ctx.probe_feeds())
+        model, emulation, info = to_fp16(qdq, ctx.settings.fp16_options, ctx.probe_feeds(),
+                                         ctx.fp16_ranges, build)
     except TrtBuildError as e:
         if e.code != MISSING_CAPABILITY:
             raise
         record.update(high_precision="fp32", high_precision_note=str(e))
         return qdq, qdq, record
-    record.update(fp16_nodes=info["fp16_nodes"], fp32_nodes=info["fp32_nodes"],
+    record.update(fp16_nodes=info.get("fp16_nodes"), fp32_nodes=info.get("fp32_nodes"),
                   auto_fp32=info["auto_fp32"])
     return model, emulation, record

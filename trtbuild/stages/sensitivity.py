@@ -2,8 +2,9 @@
 data, measure what each quantized region costs (trtbuild.quant.sensitivity), leave the
 fewest regions in float until the target holds, and rewrite out/model.int8.onnx as that
 mixed-precision model (INT8 Q/DQ where kept, the --high-precision type elsewhere). Each
-search step measures the model as written (FP16 parts emulated) on up to SEARCH_SAMPLES
-held-out samples; the validate stage then checks it on all of them.
+search step measures the model as written (FP16 parts emulated): the bisection on the first
+ESTIMATE_SAMPLES held-out samples, its answer on up to SEARCH_SAMPLES (going on above it
+when it misses there); the validate stage then checks it on all of them.
 """
 
 from __future__ import annotations
@@ -22,16 +23,17 @@ from ..progress import bar
 from ..quant.qdq import insert_qdq, plan
 from ..quant.regions import count_macs, regions, without
 from ..quant.sensitivity import output_error, ranking, search, switchable_model
-from .quantize import with_float_parts, write_int8
+from .quantize import base_model, with_float_parts, write_int8
 
 log = logging.getLogger(__name__)
-SEARCH_SAMPLES = 256      # held-out samples each search step measures (validate: all)
+SEARCH_SAMPLES = 256      # held-out samples the search's answer is measured on (validate: all)
+ESTIMATE_SAMPLES = 64     # of those, what each bisection step measures before that
 SENSITIVITY_SAMPLES = (2, 16)  # samples each region's sensitivity is measured on
 
 
 def run(ctx: Context) -> dict[str, Any]:
     target = ctx.settings.gates.accuracy_target
-    model = ctx.clean_model()
+    model = base_model(ctx)
     qplan = plan(model)
     found = regions(model, qplan)
     data, labels_dir, label = ctx.eval_data()
@@ -41,17 +43,27 @@ def run(ctx: Context) -> dict[str, Any]:
     count_macs(model, feeds[0], found)
     labels = read_labels(labels_dir) if labels_dir else None
     axes = batch_axes(model)
-    ref = _outputs(io.session(model), feeds, axes)
+    fp32 = io.session(model)
+    ref = _outputs(fp32, feeds, axes)
+    refs = {len(feeds): ref}  # FP32 outputs by how many batches
 
-    def measure(fallen: set[str]) -> float:
+    def measure(fallen: set[str], rows: int | None = None) -> float:
         """The target's value with these regions in float, on the model the validate stage
         runs: the real Q/DQ graph, its float parts FP16-emulated unless --high-precision
         fp32 (on PP-OCRv4 rec strings_equal moved by 0.035 between the two); a new session
-        each time (cheaper than the switchable graph, which computes both branches)."""
-        qdq = insert_qdq(model, without(qplan, fallen), ctx.amaxes, ctx.int8_weights)
-        check = with_float_parts(ctx, qdq)[1]
-        record = compare(ref, _outputs(io.session(check), feeds, axes),
-                         names, labels, ctx.settings.gates.metric_script)
+        each time (cheaper than the switchable graph, which computes both branches). With
+        nothing in float that is the quantize stage's model, already converted.
+        `rows`: on the first `rows` samples only (an estimate)."""
+        if fallen or ctx.int8_check is None:
+            qdq = insert_qdq(model, without(qplan, fallen), ctx.amaxes, ctx.int8_weights)
+            check = with_float_parts(ctx, qdq, build=False)[1]
+        else:
+            check = ctx.int8_check
+        part = _first_rows(feeds, rows) if rows else feeds
+        if len(part) not in refs:
+            refs[len(part)] = _outputs(fp32, part, axes)
+        record = compare(refs[len(part)], _outputs(io.session(check), part, axes),
+                         names[:_count(part)], labels, ctx.settings.gates.metric_script)
         return gate_value(record, target)
 
     start = measure(set())
@@ -60,7 +72,9 @@ def run(ctx: Context) -> dict[str, Any]:
         errors, measured_on = _sensitivities(model, qplan, ctx, found, feeds, ref, len(names),
                                              axes)
     order = ranking(found, errors)
-    result = search(order, measure, target.holds, start=start)
+    few = ESTIMATE_SAMPLES if len(names) >= 2 * ESTIMATE_SAMPLES else None
+    result = search(order, lambda f: measure(f, few), target.holds, start=start,
+                    confirm=measure if few else None)
     fallen = set(result.fallen)
     written = write_int8(ctx, insert_qdq(model, without(qplan, fallen), ctx.amaxes,
                          ctx.int8_weights)) \
