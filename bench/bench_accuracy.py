@@ -489,6 +489,11 @@ def trtbuild_rows(case: Case, work: Path, notes: list[str], val_pass: float) -> 
                     and k != "stage"}
             notes.append(f"{case.name} trtbuild {tag} sensitivity: {keep}")
             secs, n = sens.get("seconds"), sens.get("samples") or len(case.val)
+            check = stages.get("validate", {}).get("seconds")
+            if isinstance(secs, (int, float)) and isinstance(check, (int, float)) and check > 0:
+                notes.append(f"{case.name} trtbuild {tag}: sensitivity stage {secs:.1f} s = "
+                             f"**{secs / check:.1f}x** this build's validate stage ({check:.1f} s, "
+                             f"FP32 and INT8 on {len(case.val)} samples; target <= 5x)")
             if isinstance(secs, (int, float)) and val_pass > 0:
                 per_sample = (secs / n) / (val_pass / len(case.val))
                 notes.append(f"{case.name} trtbuild {tag}: sensitivity stage {secs:.1f} s on "

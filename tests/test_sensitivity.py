@@ -14,7 +14,7 @@ from onnx import TensorProto, helper, numpy_helper
 from trtbuild.onnx import io
 from trtbuild.quant.qdq import plan
 from trtbuild.quant.regions import regions, without
-from trtbuild.quant.sensitivity import search, switchable_model
+from trtbuild.quant.sensitivity import search, switchable_model, switchable_qdq
 
 
 def outlier_model(path) -> None:
@@ -47,7 +47,7 @@ def outlier(tmp_path_factory):
     d = tmp_path_factory.mktemp("outlier")
     outlier_model(d / "m.onnx")
     rng = np.random.default_rng(1)
-    for folder, n in (("calib", 16), ("val", 24)):
+    for folder, n in (("calib", 16), ("val", 140)):  # val: the search estimates on 64
         (d / folder).mkdir()
         for k in range(n):
             np.save(d / folder / f"{k}.npy", rng.random((1, 3, 16, 16), dtype=np.float32))
@@ -75,10 +75,12 @@ def test_search_falls_back_the_one_region_that_misses_the_target(outlier, tmp_pa
     assert sens["int8_mac_coverage"] == pytest.approx(
         (by_node["conv1"]["macs"] + by_node["conv3"]["macs"])
         / sum(r["macs"] for r in sens["regions"]))
-    assert sens["evaluations"] <= 4  # start, then bisection over 3 regions
+    # start, bisection over 3 regions estimated on 64 samples, its answer on all
+    assert [st["measure"] for st in sens["steps"]] == ["full", "estimate", "full"]
+    assert sens["samples"] == 140 and sens["steps"][-1]["holds"]
     # the written model is the mixed one, validated on all held-out samples
     assert stages["validate"]["outputs"]["y"]["cosine_mean"] >= 0.99
-    assert stages["validate"]["samples"] == 24
+    assert stages["validate"]["samples"] == 140
     model = onnx.load(tmp_path / "o" / "model.int8.onnx")
     conv2 = next(n for n in model.graph.node if n.name == "conv2")
     assert list(conv2.input) == ["m1", "w2_fp16"]  # FP16 weights, no Q/DQ
@@ -194,3 +196,25 @@ def test_a_node_reading_one_tensor_twice_is_one_switch():
     t = x.transpose(0, 2, 1)
     np.testing.assert_allclose(off, 1 / (1 + np.exp(-(t @ t))), rtol=1e-5)
     assert np.abs(on - off).max() > 0  # the switch reaches both inputs
+
+
+def test_switchable_qdq_equals_each_written_model(outlier):
+    """The estimates' one session: the written Q/DQ model with flags, equal to the model
+    insert_qdq writes for each choice of regions in float (flags default to INT8)."""
+    from trtbuild.quant.qdq import insert_qdq
+
+    model = onnx.load(outlier / "m.onnx")
+    qplan = plan(model)
+    found = regions(model, qplan)
+    amaxes = {t: 3.0 for t in qplan.activations}
+    switch, flags = switchable_qdq(insert_qdq(model, qplan, amaxes), model, found)
+    onnx.checker.check_model(switch)
+    sess = io.session(switch)
+    x = np.random.default_rng(3).random((2, 3, 16, 16), dtype=np.float32)
+    full = io.session(insert_qdq(model, qplan, amaxes)).run(None, {"x": x})[0]
+    np.testing.assert_array_equal(sess.run(None, {"x": x})[0], full)
+    for fallen in ({"conv2"}, {"conv1", "conv3"}, {r.node for r in found}):
+        flag_feed = {f: np.array(r.node not in fallen) for f, r in zip(flags, found)}
+        got = sess.run(None, {"x": x, **flag_feed})[0]
+        want = io.session(insert_qdq(model, without(qplan, fallen), amaxes)).run(None, {"x": x})[0]
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6 * np.abs(want).max())

@@ -79,6 +79,47 @@ def switchable_model(model: Any, qplan: QuantPlan, amaxes: dict[str, float],
     return m, flags
 
 
+def switchable_qdq(qdq: Any, clean: Any, found: list[Region]) -> tuple[Any, list[str]]:
+    """The written Q/DQ model where each region's dequantized inputs pass through
+    Where(flag, dequantized, float original): one session (whose FP16 emulation is built
+    once) estimates any choice of regions in float, by feeding one boolean per region
+    (default True: INT8). Returns (model, flag input names)."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    m = onnx.ModelProto()
+    m.CopyFrom(qdq)
+    g = m.graph
+    have = {i.name for i in g.initializer}
+    originals = {i.name: i for i in clean.graph.initializer}
+    flag_of: dict[str, str] = {}
+    flags = []
+    for k, r in enumerate(found):
+        flag = f"__int8_region_{k}"
+        flags.append(flag)
+        flag_of[r.node] = flag
+        g.input.append(helper.make_tensor_value_info(flag, TensorProto.BOOL, []))
+        g.initializer.append(numpy_helper.from_array(np.array(True), flag))
+    inputs_of = {r.node: set(r.inputs) for r in found}
+    nodes = []
+    for n in g.node:
+        for i, name in enumerate(n.input):
+            raw = name.removesuffix("_dequantized")  # insert_qdq's naming
+            if raw == name or raw not in inputs_of.get(n.name, ()):
+                continue
+            if raw in originals and raw not in have:  # a weight: its float values back
+                g.initializer.append(originals[raw])
+                have.add(raw)
+            sel = f"{name}__{flag_of[n.name]}"
+            nodes.append(helper.make_node("Where", [flag_of[n.name], name, raw], [sel],
+                                          name=f"{sel}_Where"))
+            n.input[i] = sel
+        nodes.append(n)
+    del g.node[:]
+    g.node.extend(nodes)
+    return m, flags
+
+
 def output_error(ref: dict[str, np.ndarray], cand: dict[str, np.ndarray]) -> float:
     """Sum over outputs of ||cand - ref||^2 / ||ref||^2."""
     total = 0.0

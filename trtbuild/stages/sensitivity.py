@@ -22,7 +22,7 @@ from ..onnx import io
 from ..progress import bar
 from ..quant.qdq import insert_qdq, plan
 from ..quant.regions import count_macs, regions, without
-from ..quant.sensitivity import output_error, ranking, search, switchable_model
+from ..quant.sensitivity import output_error, ranking, search, switchable_model, switchable_qdq
 from .quantize import base_model, with_float_parts, write_int8
 
 log = logging.getLogger(__name__)
@@ -43,42 +43,20 @@ def run(ctx: Context) -> dict[str, Any]:
     count_macs(model, feeds[0], found)
     labels = read_labels(labels_dir) if labels_dir else None
     axes = batch_axes(model)
-    fp32 = io.session(model)
-    ref = _outputs(fp32, feeds, axes)
-    refs = {len(feeds): ref}  # FP32 outputs by how many batches
-
-    def measure(fallen: set[str], rows: int | None = None) -> float:
-        """The target's value with these regions in float, on the model the validate stage
-        runs: the real Q/DQ graph, its float parts FP16-emulated unless --high-precision
-        fp32 (on PP-OCRv4 rec strings_equal moved by 0.035 between the two); a new session
-        each time (cheaper than the switchable graph, which computes both branches). With
-        nothing in float that is the quantize stage's model, already converted.
-        `rows`: on the first `rows` samples only (an estimate)."""
-        if fallen or ctx.int8_check is None:
-            qdq = insert_qdq(model, without(qplan, fallen), ctx.amaxes, ctx.int8_weights)
-            check = with_float_parts(ctx, qdq, build=False)[1]
-        else:
-            check = ctx.int8_check
-        part = _first_rows(feeds, rows) if rows else feeds
-        if len(part) not in refs:
-            refs[len(part)] = _outputs(fp32, part, axes)
-        record = compare(refs[len(part)], _outputs(io.session(check), part, axes),
-                         names[:_count(part)], labels, ctx.settings.gates.metric_script)
-        return gate_value(record, target)
-
-    start = measure(set())
+    trial = _Trials(ctx, model, qplan, found, names, feeds, labels, axes)
+    start = trial.measure(set())
     errors, measured_on = dict.fromkeys((r.node for r in found), 0.0), 0
     if not target.holds(start):  # only a miss pays for the sensitivity pass
-        errors, measured_on = _sensitivities(model, qplan, ctx, found, feeds, ref, len(names),
-                                             axes)
+        errors, measured_on = _sensitivities(model, qplan, ctx, found, feeds,
+                                             trial.refs[len(feeds)], len(names), axes)
     order = ranking(found, errors)
-    few = ESTIMATE_SAMPLES if len(names) >= 2 * ESTIMATE_SAMPLES else None
-    result = search(order, lambda f: measure(f, few), target.holds, start=start,
-                    confirm=measure if few else None)
+    if len(names) >= 2 * ESTIMATE_SAMPLES:  # estimates on a few, the answer on all
+        result = search(order, lambda f: trial.estimate(f, ESTIMATE_SAMPLES), target.holds,
+                        start=start, confirm=trial.measure)
+    else:
+        result = search(order, trial.measure, target.holds, start=start)
     fallen = set(result.fallen)
-    written = write_int8(ctx, insert_qdq(model, without(qplan, fallen), ctx.amaxes,
-                         ctx.int8_weights)) \
-        if fallen else {}
+    written = write_int8(ctx, trial.qdq(fallen)) if fallen else {}
     high = ctx.settings.calib.high_precision
     total = sum(r.macs for r in found) or 1
     kept = sum(r.macs for r in found if r.node not in fallen)
@@ -100,6 +78,52 @@ def run(ctx: Context) -> dict[str, Any]:
     return record
 
 
+class _Trials:
+    """The target's value for a choice of regions in float, on held-out samples."""
+
+    def __init__(self, ctx: Context, model: Any, qplan: Any, found: list, names: list[str],
+                 feeds: list[dict[str, np.ndarray]], labels: Any, axes: dict[str, int]):
+        self.ctx, self.model, self.qplan, self.found = ctx, model, qplan, found
+        self.names, self.feeds, self.labels, self.axes = names, feeds, labels, axes
+        self.fp32 = io.session(model)
+        self.refs = {len(feeds): _outputs(self.fp32, feeds, axes)}  # by how many batches
+        self._switch: tuple[Any, list[str]] | None = None
+
+    def qdq(self, fallen: set[str]) -> Any:
+        return insert_qdq(self.model, without(self.qplan, fallen), self.ctx.amaxes,
+                          self.ctx.int8_weights)
+
+    def measure(self, fallen: set[str]) -> float:
+        """On the model the validate stage runs: the real Q/DQ graph, its float parts
+        FP16-emulated unless --high-precision fp32 (on PP-OCRv4 rec strings_equal moved by
+        0.035 between the two), in a new session. With nothing in float that is the
+        quantize stage's model, already converted."""
+        ctx = self.ctx
+        check = with_float_parts(ctx, self.qdq(fallen), build=False)[1] \
+            if fallen or ctx.int8_check is None else ctx.int8_check
+        return self._value(self.feeds, io.session(check))
+
+    def estimate(self, fallen: set[str], rows: int) -> float:
+        """On the first `rows` samples, through one session for every estimate: the
+        written model with each region's Q/DQ bypassed by a flag (switchable_qdq), its FP16
+        decisions those of the all-INT8 model."""
+        if self._switch is None:
+            m, flags = switchable_qdq(self.qdq(set()), self.model, self.found)
+            self._switch = io.session(with_float_parts(self.ctx, m, build=False)[1]), flags
+        sess, flags = self._switch
+        on = {f: np.array(r.node not in fallen) for f, r in zip(flags, self.found)}
+        return self._value(_first_rows(self.feeds, rows), sess, on)
+
+    def _value(self, part: list[dict[str, np.ndarray]], sess: Any,
+               flags: dict[str, np.ndarray] | None = None) -> float:
+        if len(part) not in self.refs:
+            self.refs[len(part)] = _outputs(self.fp32, part, self.axes)
+        s = self.ctx.settings.gates
+        record = compare(self.refs[len(part)], _outputs(sess, part, self.axes, flags),
+                         self.names[:_count(part)], self.labels, s.metric_script)
+        return gate_value(record, s.accuracy_target)
+
+
 def _sensitivities(model: Any, qplan: Any, ctx: Context, found: list,
                    feeds: list[dict[str, np.ndarray]], ref: dict[str, np.ndarray],
                    n_samples: int, axes: dict[str, int]) -> tuple[dict[str, float], int]:
@@ -109,7 +133,7 @@ def _sensitivities(model: Any, qplan: Any, ctx: Context, found: list,
     switch, flags = switchable_model(model, qplan, ctx.amaxes, found, ctx.int8_weights)
     sess = io.session(switch)
     few = _first_rows(feeds, int(np.clip(2 * n_samples / max(len(found), 1),
-                                         *SENSITIVITY_SAMPLES)))
+                                         *SENSITIVITY_SAMPLES)), exact=_dynamic_batch(model))
     few_ref = {k: v[:_count(few)] for k, v in ref.items()}
     errors = {}
     with bar("sensitivity", len(found)) as progress:
@@ -138,15 +162,26 @@ def _subset(data: Any, limit: int) -> tuple[list[str], list[dict[str, np.ndarray
     return names, feeds
 
 
-def _first_rows(feeds: list[dict[str, np.ndarray]], limit: int) -> list[dict[str, np.ndarray]]:
-    """Whole batches from the start until `limit` rows are covered."""
+def _first_rows(feeds: list[dict[str, np.ndarray]], limit: int, exact: bool = False
+                ) -> list[dict[str, np.ndarray]]:
+    """Whole batches from the start until `limit` rows are covered (`exact`: the last one
+    cut to `limit`, for a model whose batch size is free)."""
     out, n = [], 0
     for feed in feeds:
         if n >= limit:
             break
+        if exact and n + rows(feed) > limit:
+            feed = {k: v[:limit - n] if np.ndim(v) else v for k, v in feed.items()}
         out.append(feed)
         n += rows(feed)
     return out
+
+
+def _dynamic_batch(model: Any) -> bool:
+    """Does every graph input take any number of rows on axis 0?"""
+    inits = {i.name for i in model.graph.initializer}
+    dims = [i.type.tensor_type.shape.dim for i in model.graph.input if i.name not in inits]
+    return all(d and not d[0].HasField("dim_value") for d in dims)
 
 
 def _count(feeds: list[dict[str, np.ndarray]]) -> int:
