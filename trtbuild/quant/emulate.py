@@ -1,0 +1,93 @@
+"""What an FP16-typed ONNX model computes on an FP16 engine, as an FP32 model for ONNX
+Runtime's CPU kernels: every float16 tensor (node outputs, Casts into FP16, graph inputs)
+rounded through Cast(fp16)->Cast(fp32), so values past 65504 become inf and small ones lose
+their bits as on the GPU; float16 weights and constants widened exactly.
+
+fp16.emulated builds the same thing from the FP32 graph and the FP16 decisions; this one
+reads any written model (trtbuild's, or one from another tool), so `trtbuild validate
+model.int8.onnx` checks what an engine computes rather than ONNX Runtime's FP16 kernels,
+which compute in FP32 between casts.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+FLOAT16_ATTRS = {"Constant": "value", "ConstantOfShape": "value"}
+
+
+def has_fp16(model: Any) -> bool:
+    """Does the graph hold a float16 tensor, weight or Cast into float16?"""
+    from onnx import TensorProto
+
+    f16 = TensorProto.FLOAT16
+    g = model.graph
+    return any(i.data_type == f16 for i in g.initializer) or \
+        any(v.type.tensor_type.elem_type == f16 for v in [*g.input, *g.output, *g.value_info]) \
+        or any(n.op_type == "Cast" and any(a.name == "to" and a.i == f16 for a in n.attribute)
+               for n in g.node)
+
+
+def emulate_typed(model: Any) -> Any:
+    """The FP32 emulation of `model` (a ModelProto with float16 tensors)."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    f16, f32 = TensorProto.FLOAT16, TensorProto.FLOAT
+    m = onnx.shape_inference.infer_shapes(model)
+    g = m.graph
+    types = {v.name: v.type.tensor_type.elem_type for v in [*g.value_info, *g.input, *g.output]}
+    for init in g.initializer:
+        types[init.name] = init.data_type
+        if init.data_type == f16:
+            init.CopyFrom(numpy_helper.from_array(
+                numpy_helper.to_array(init).astype(np.float32), init.name))
+    inits = {i.name for i in g.initializer}
+    rebuilt: list = []
+
+    def round_trip(src: str, dst: str) -> None:
+        rebuilt.extend([helper.make_node("Cast", [src], [f"{dst}__h"], to=f16),
+                        helper.make_node("Cast", [f"{dst}__h"], [dst], to=f32)])
+
+    entry = {}  # FP16 graph inputs: fed as FP32, rounded on the way in
+    for v in g.input:
+        if v.name not in inits and types.get(v.name) == f16:
+            v.type.tensor_type.elem_type = f32
+            entry[v.name] = f"{v.name}__emulated"
+            round_trip(v.name, entry[v.name])
+    for v in g.output:
+        if v.type.tensor_type.elem_type == f16:
+            v.type.tensor_type.elem_type = f32
+    for node in g.node:
+        for k, name in enumerate(node.input):
+            if name in entry:
+                node.input[k] = entry[name]
+        for a in node.attribute:
+            if FLOAT16_ATTRS.get(node.op_type) == a.name and a.t.data_type == f16:
+                a.t.CopyFrom(numpy_helper.from_array(
+                    numpy_helper.to_array(a.t).astype(np.float32), a.t.name))
+        if node.op_type == "Cast":
+            to = next(a.i for a in node.attribute if a.name == "to")
+            if to == f16:  # the Cast into FP16 rounds; widen its result back
+                rebuilt.append(node)
+                o = node.output[0]
+                node.output[0] = f"{o}__h"
+                rebuilt.append(helper.make_node("Cast", [node.output[0]], [o], to=f32))
+                continue
+            if to == f32 and types.get(node.input[0]) == f16:
+                # FP16 -> FP32 is now FP32 -> FP32: an Identity (ONNX Runtime 1.32's
+                # optimizer crashes on such no-op Casts)
+                node.op_type = "Identity"
+                del node.attribute[:]
+        half_outputs = [(k, o) for k, o in enumerate(node.output) if types.get(o) == f16]
+        for k, o in half_outputs:
+            node.output[k] = f"{o}__fp32"
+        rebuilt.append(node)
+        for _, o in half_outputs:
+            round_trip(f"{o}__fp32", o)
+    del g.node[:]
+    g.node.extend(rebuilt)
+    del g.value_info[:]
+    return m
