@@ -10,13 +10,18 @@ calibration/validation images and labels), a BERT-style encoder (all-MiniLM-L6-v
 
 Every quantizer gets the same FP32 graph (trtbuild's clean of the published/exported model)
 and the same calibration samples, written as .npy/.npz like the real-model corpus; every
-candidate is then run the same way, ONNX Runtime's CPU provider on the same validation
-samples, against the FP32 model. Candidates: trtbuild (entropy, max, percentile, auto with
-weights rounded to nearest, auto (GPTQ weight rounding, the default), auto + accuracy
-target), ONNX Runtime quantize_static (QDQ, symmetric, per-channel; Entropy as shipped,
-which equals MinMax at its fixed 128 bins, Entropy at 2048 bins outside --quick, and
-MinMax), NVIDIA ModelOpt ONNX PTQ (INT8 entropy and max, CPU calibration, in its own venv:
-bench/peers.py). Options a checkout does not have yet print "not available".
+candidate is then run the same way, its written ONNX on ONNX Runtime's CPU provider on the
+same validation samples, against the FP32 model, with FP16 tensors computed as an FP16
+engine computes them (emulated: trtbuild.quant.emulate, within 0.89-1.01x of an H100's FP16
+error in bench/results/gpu_fp16_check_h100.json); rows marked "(ORT FP16 kernels)" run
+ONNX Runtime's own FP16 kernels instead, which compute in FP32 between casts.
+
+Candidates: trtbuild (entropy, max, percentile, auto with weights rounded to nearest, auto
+(GPTQ weight rounding, the default), auto + accuracy target), ONNX Runtime quantize_static
+(QDQ, symmetric, per-channel; Entropy as shipped, which equals MinMax at its fixed 128 bins,
+Entropy at 2048 bins outside --quick, and MinMax), NVIDIA ModelOpt ONNX PTQ (INT8 entropy
+and max, CPU calibration, in its own venv: bench/peers.py). Options a checkout does not have
+yet print "not available".
 
 Columns: task score (strings_equal for rec, box_f1 for det, label accuracy for digits, mean
 cosine for the encoder), mean cosine (per sample, the worst output), share of the
@@ -174,14 +179,28 @@ def mean_cosine(ref: dict[str, np.ndarray], cand: dict[str, np.ndarray]) -> floa
     return min(float(sample_cosines(ref[k], cand[k]).mean()) for k in ref)
 
 
+def as_engine_computes(path: Path) -> Path | bytes:
+    """The model as an FP16 engine computes it: FP16 tensors emulated in FP32 kernels
+    (trtbuild.quant.emulate; an H100's FP16 error within 0.89-1.01x of it,
+    bench/results/gpu_fp16_check_h100.json); a model without FP16 tensors as it is."""
+    import onnx
+
+    from trtbuild.quant.emulate import emulate_typed, has_fp16
+
+    model = onnx.load(str(path))
+    return emulate_typed(model).SerializeToString() if has_fp16(model) else path
+
+
 def run_all(model: Any, feeds: list[Feed], batch: int = 16) -> dict[str, np.ndarray]:
-    """Every feed through a CPU ONNX Runtime session, outputs concatenated along axis 0."""
+    """Every feed through a CPU ONNX Runtime session (a path or serialized model), outputs
+    concatenated along axis 0."""
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
     opts.log_severity_level = 3
     opts.intra_op_num_threads = 2
-    sess = ort.InferenceSession(str(model), opts, providers=["CPUExecutionProvider"])
+    sess = ort.InferenceSession(model if isinstance(model, bytes) else str(model), opts,
+                                providers=["CPUExecutionProvider"])
     names = [o.name for o in sess.get_outputs()]
     outs: dict[str, list] = {n: [] for n in names}
     for part in peers.batched(feeds, batch):
@@ -413,6 +432,7 @@ class Row:
     score: float = float("nan")
     cosine: float = float("nan")
     share: float = float("nan")
+    ort_kernels: bool = False   # run ONNX Runtime's FP16 kernels, not the FP16 emulation
 
 
 def _one_line(e: BaseException) -> str:
@@ -511,12 +531,9 @@ def trtbuild_rows(case: Case, work: Path, notes: list[str], val_pass: float) -> 
 
 
 def fp16_rows(case: Case, work: Path) -> list[Row]:
-    """trtbuild's FP16 model, scored two ways: on the emulation of an FP16 engine trtbuild
-    checks with, and on ONNX Runtime's FP16 kernels (which compute in FP32 between casts)."""
-    import onnx
-
+    """trtbuild's FP16 model, scored two ways: as an FP16 engine computes it (emulated), and
+    on ONNX Runtime's FP16 kernels (which compute in FP32 between casts)."""
     import trtbuild
-    from trtbuild.config import Fp16Settings
 
     out = work / "trtbuild-fp16"
     shutil.rmtree(out, ignore_errors=True)
@@ -531,23 +548,9 @@ def fp16_rows(case: Case, work: Path) -> list[Row]:
     spent = [st.get("seconds") for st in result.report["stages"] if st["stage"] in ("clean", "fp16")]
     if spent and all(isinstance(v, (int, float)) for v in spent):
         seconds = float(sum(spent))  # the fp16 stage includes its own accuracy check
-    rows = [Row(case.name, "trtbuild fp16 (ORT FP16 kernels)", out / "model.fp16.onnx", seconds)]
-    try:
-        from trtbuild.quant import fp16
-        from trtbuild.quant.fp16_range import fold_batchnorm
-
-        rec = result.stage("fp16") or {}
-        folded, _ = fold_batchnorm(onnx.load(str(out / "model.clean.onnx")))
-        kept = {a["node"] for a in rec.get("auto_fp32", [])}
-        keep_at = frozenset(k for k, n in enumerate(folded.graph.node)
-                            if (n.name or f"#{k}") in kept)
-        onnx.save(fp16.emulated(folded, Fp16Settings(), keep_at), str(work / "fp16sim.onnx"))
-        rows.insert(0, Row(case.name, "trtbuild fp16 (FP16 emulation)", work / "fp16sim.onnx",
-                           seconds))
-    except Exception as e:  # noqa: BLE001
-        rows.insert(0, Row(case.name, "trtbuild fp16 (FP16 emulation)",
-                           note=f"failed: {_one_line(e)}"))
-    return rows
+    return [Row(case.name, "trtbuild fp16 (FP16 emulation)", out / "model.fp16.onnx", seconds),
+            Row(case.name, "trtbuild fp16 (ORT FP16 kernels)", out / "model.fp16.onnx", seconds,
+                ort_kernels=True)]
 
 
 def peer_rows(case: Case, clean: Path, work: Path, modelopt: str | None,
@@ -606,7 +609,8 @@ def score(case: Case, rows: list[Row], ref: dict[str, np.ndarray]) -> None:
         if row.path is None:
             continue
         try:
-            cand = run_all(row.path, case.val)
+            cand = run_all(row.path if row.ort_kernels else as_engine_computes(row.path),
+                           case.val)
             row.score = case.score(ref, cand, case.names)
             row.cosine = mean_cosine(ref, cand)
             row.share = int8_mac_share(row.path, feed)
@@ -638,6 +642,10 @@ def bench(case_name: str, root: Path, quick: bool, modelopt: str | None,
         rows += fp16_rows(case, work)
     print(f"{case.name}: trtbuild int8", flush=True)
     rows += trtbuild_rows(case, work, notes, val_pass)
+    auto = next((r for r in rows if r.candidate == "trtbuild auto" and r.path), None)
+    if auto:  # the contrast: its FP16 parts on ONNX Runtime's FP16 kernels
+        rows.append(Row(case.name, "trtbuild auto (ORT FP16 kernels)", auto.path, auto.seconds,
+                        ort_kernels=True))
     print(f"{case.name}: peers", flush=True)
     rows += peer_rows(case, clean, work, modelopt, quick)
     print(f"{case.name}: scoring {sum(r.path is not None for r in rows)} candidates", flush=True)
