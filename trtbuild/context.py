@@ -54,12 +54,13 @@ class Context:
     fp16_ranges: dict = field(default_factory=dict)  # INT8 float parts: {tensor: why not FP16}
     torch_module: Any = None                                # torch SRCs: the eager baseline
     _clean_model: Any = None
+    qdq_base: Any = None  # quantize -> sensitivity: the clean model Q/DQ goes into
     _first_sample: tuple[dict, str] | None = None
     _probe_feeds: list[dict] | None = None
 
     def set_clean(self, path: Path) -> None:
         """The FP32 reference model every later stage reads."""
-        self.artifacts.clean, self._clean_model = path, None
+        self.artifacts.clean, self._clean_model, self.qdq_base = path, None, None
 
     def clean_model(self) -> Any:
         """The cleaned ModelProto, loaded once for all later stages (read-only: stages that

@@ -34,18 +34,21 @@ def run(ctx: Context) -> dict[str, Any]:
 
 def base_model(ctx: Context) -> Any:
     """The clean model Q/DQ goes into: at the opset FP16 Q/DQ scales need when the float
-    parts are FP16 (converted once here, not for every model the sensitivity search
+    parts are FP16 (converted once per build, not for every model the sensitivity search
     tries), else as cleaned."""
+    if ctx.qdq_base is not None:
+        return ctx.qdq_base
     model = ctx.clean_model()
-    if ctx.settings.calib.high_precision != "fp16":
-        return model
-    import onnx
+    if ctx.settings.calib.high_precision == "fp16":
+        import onnx
 
-    from ..quant.mixed import FP16_QDQ_OPSET, at_opset
-    try:
-        return onnx.shape_inference.infer_shapes(at_opset(model, FP16_QDQ_OPSET))
-    except TrtBuildError:  # with_float_parts says so, and keeps FP32
-        return model
+        from ..quant.mixed import FP16_QDQ_OPSET, at_opset
+        try:
+            model = onnx.shape_inference.infer_shapes(at_opset(model, FP16_QDQ_OPSET))
+        except TrtBuildError:  # with_float_parts says so, and keeps FP32
+            pass
+    ctx.qdq_base = model
+    return model
 
 
 def _round_weights(ctx: Context, model: Any, qplan: Any) -> dict[str, Any]:
@@ -66,11 +69,12 @@ def _round_weights(ctx: Context, model: Any, qplan: Any) -> dict[str, Any]:
     return {"method": "gptq", **summary}
 
 
-def write_int8(ctx: Context, qdq: Any) -> dict[str, Any]:
-    """Write the INT8 Q/DQ model (float parts per --high-precision) to out/model.int8.onnx
-    and set what the CPU check runs; returns record fields."""
+def write_int8(ctx: Context, qdq: Any, parts: tuple | None = None) -> dict[str, Any]:
+    """Write the INT8 Q/DQ model (float parts per --high-precision, `parts` when
+    with_float_parts already made them) to out/model.int8.onnx and set what the CPU check
+    runs; returns record fields."""
     out = ctx.out / "model.int8.onnx"
-    model, check, record = with_float_parts(ctx, qdq)
+    model, check, record = parts or with_float_parts(ctx, qdq)
     if "high_precision_note" in record:
         log.warning("%s: float parts stay FP32: %s", out, record["high_precision_note"])
     ctx.int8_check = None if check is qdq else check.SerializeToString()

@@ -26,7 +26,7 @@ from ..quant.sensitivity import output_error, ranking, search, switchable_model,
 from .quantize import base_model, with_float_parts, write_int8
 
 log = logging.getLogger(__name__)
-SEARCH_SAMPLES = 256      # held-out samples the search's answer is measured on (validate: all)
+SEARCH_SAMPLES = 1000     # held-out samples the search's answer is measured on (validate: all)
 ESTIMATE_SAMPLES = 64     # of those, what each bisection step measures before that
 SENSITIVITY_SAMPLES = (2, 16)  # samples each region's sensitivity is measured on
 
@@ -56,7 +56,7 @@ def run(ctx: Context) -> dict[str, Any]:
     else:
         result = search(order, trial.measure, target.holds, start=start)
     fallen = set(result.fallen)
-    written = write_int8(ctx, trial.qdq(fallen)) if fallen else {}
+    written = trial.write(fallen) if fallen else {}
     high = ctx.settings.calib.high_precision
     total = sum(r.macs for r in found) or 1
     kept = sum(r.macs for r in found if r.node not in fallen)
@@ -88,6 +88,7 @@ class _Trials:
         self.fp32 = io.session(model)
         self.refs = {len(feeds): _outputs(self.fp32, feeds, axes)}  # by how many batches
         self._switch: tuple[Any, list[str]] | None = None
+        self.last: tuple | None = None  # (fallen, Q/DQ model, with_float_parts) measured last
 
     def qdq(self, fallen: set[str]) -> Any:
         return insert_qdq(self.model, without(self.qplan, fallen), self.ctx.amaxes,
@@ -99,9 +100,19 @@ class _Trials:
         0.035 between the two), in a new session. With nothing in float that is the
         quantize stage's model, already converted."""
         ctx = self.ctx
-        check = with_float_parts(ctx, self.qdq(fallen), build=False)[1] \
-            if fallen or ctx.int8_check is None else ctx.int8_check
+        if fallen or ctx.int8_check is None:
+            qdq = self.qdq(fallen)
+            self.last = frozenset(fallen), qdq, with_float_parts(ctx, qdq)
+            check = self.last[2][1]
+        else:
+            check = ctx.int8_check
         return self._value(self.feeds, io.session(check))
+
+    def write(self, fallen: set[str]) -> dict[str, Any]:
+        """Write the model with `fallen` in float (as last measured, when it was)."""
+        if self.last and self.last[0] == frozenset(fallen):
+            return write_int8(self.ctx, self.last[1], self.last[2])
+        return write_int8(self.ctx, self.qdq(fallen))
 
     def estimate(self, fallen: set[str], rows: int) -> float:
         """On the first `rows` samples, through one session for every estimate: the
@@ -128,11 +139,11 @@ def _sensitivities(model: Any, qplan: Any, ctx: Context, found: list,
                    feeds: list[dict[str, np.ndarray]], ref: dict[str, np.ndarray],
                    n_samples: int, axes: dict[str, int]) -> tuple[dict[str, float], int]:
     """Each region alone in INT8, the rest FP32: its output error, on a few samples (about
-    one validation pass, 2 x the held-out samples, for all regions together), all through
-    one switchable session. Returns (errors, samples used)."""
+    one validation pass for all regions together), all through one switchable session.
+    Returns (errors, samples used)."""
     switch, flags = switchable_model(model, qplan, ctx.amaxes, found, ctx.int8_weights)
     sess = io.session(switch)
-    few = _first_rows(feeds, int(np.clip(2 * n_samples / max(len(found), 1),
+    few = _first_rows(feeds, int(np.clip(n_samples / max(len(found), 1),
                                          *SENSITIVITY_SAMPLES)), exact=_dynamic_batch(model))
     few_ref = {k: v[:_count(few)] for k, v in ref.items()}
     errors = {}
