@@ -48,7 +48,7 @@ def run(ctx: Context) -> dict[str, Any]:
     errors, measured_on = dict.fromkeys((r.node for r in found), 0.0), 0
     if not target.holds(start):  # only a miss pays for the sensitivity pass
         errors, measured_on = _sensitivities(model, qplan, ctx, found, feeds,
-                                             trial.refs[len(feeds)], len(names), axes)
+                                             trial.refs[_count(feeds)], len(names), axes)
     order = ranking(found, errors)
     if len(names) >= 2 * ESTIMATE_SAMPLES:  # estimates on a few, the answer on all
         result = search(order, lambda f: trial.estimate(f, ESTIMATE_SAMPLES), target.holds,
@@ -86,7 +86,7 @@ class _Trials:
         self.ctx, self.model, self.qplan, self.found = ctx, model, qplan, found
         self.names, self.feeds, self.labels, self.axes = names, feeds, labels, axes
         self.fp32 = io.session(model)
-        self.refs = {len(feeds): _outputs(self.fp32, feeds, axes)}  # by how many batches
+        self.refs = {_count(feeds): _outputs(self.fp32, feeds, axes)}  # by rows
         self._switch: tuple[Any, list[str]] | None = None
         self.last: tuple | None = None  # (fallen, Q/DQ model, with_float_parts) measured last
 
@@ -120,17 +120,25 @@ class _Trials:
         decisions those of the all-INT8 model."""
         if self._switch is None:
             m, flags = switchable_qdq(self.qdq(set()), self.model, self.found)
+            known = self.ctx.fp16_ranges  # a switch holds one of two measured tensors
+            for n in m.graph.node:
+                if n.op_type == "Where" and n.input[1] in known and n.input[2] in known:
+                    known.setdefault(n.output[0], known[n.input[1]] or known[n.input[2]])
             self._switch = io.session(with_float_parts(self.ctx, m, build=False)[1]), flags
         sess, flags = self._switch
         on = {f: np.array(r.node not in fallen) for f, r in zip(flags, self.found)}
-        return self._value(_first_rows(self.feeds, rows), sess, on)
+        part = _first_rows(self.feeds, rows)
+        if _dynamic_batch(self.model):  # one run: the switches on weights cost per run
+            part = [concat(part)]
+        return self._value(part, sess, on)
 
     def _value(self, part: list[dict[str, np.ndarray]], sess: Any,
                flags: dict[str, np.ndarray] | None = None) -> float:
-        if len(part) not in self.refs:
-            self.refs[len(part)] = _outputs(self.fp32, part, self.axes)
+        n = _count(part)
+        if n not in self.refs:
+            self.refs[n] = _outputs(self.fp32, part, self.axes)
         s = self.ctx.settings.gates
-        record = compare(self.refs[len(part)], _outputs(sess, part, self.axes, flags),
+        record = compare(self.refs[n], _outputs(sess, part, self.axes, flags),
                          self.names[:_count(part)], self.labels, s.metric_script)
         return gate_value(record, s.accuracy_target)
 
