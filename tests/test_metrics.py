@@ -180,3 +180,34 @@ def test_shape_mismatch_and_empty_outputs_are_reported_not_crashed():
     assert gate_failures({"outputs": {"boxes": m}}, GateSettings())
     empty = output_metrics(np.zeros((0, 6), np.float32), np.zeros((0, 6), np.float32))
     assert empty.get("empty") and not gate_failures({"outputs": {"b": empty}}, GateSettings())
+
+
+def test_tolerance_check_gives_polygraphy_simple_compare_verdicts():
+    """validate computes CompareFunc.simple's elementwise verdict itself (Polygraphy's
+    compare_accuracy also computes and logs medians of every output): the same answers."""
+    from trtbuild.thirdparty import polygraphy
+
+    polygraphy()
+    from polygraphy.comparator import CompareFunc, IterationResult
+
+    from trtbuild.stages.validate import tolerance_check
+
+    rng = np.random.default_rng(0)
+    ref = rng.standard_normal((4, 50)).astype(np.float32)
+    near = ref + np.float32(5e-3) * rng.standard_normal(ref.shape).astype(np.float32)
+    outlier = near.copy()
+    outlier[2, 7] += 5.0
+    zeros = np.zeros_like(ref)
+    with_nan = near.copy()
+    with_nan[0, 0] = np.nan
+    small = np.full((3, 4), 1e-3, np.float32)
+    seen = set()
+    for cand, ref_ in ((near, ref), (outlier, ref), (zeros, ref), (ref, zeros), (with_nan, ref),
+                       (small * 1.5, small), (ref, ref)):
+        for atol, rtol in ((1e-2, 1e-2), (1e-1, 1e-1), (1e-4, 1e-4)):
+            verdict = CompareFunc.simple(atol=atol, rtol=rtol)(
+                IterationResult({"y": ref_}, runner_name="ref"),
+                IterationResult({"y": cand}, runner_name="cand"))
+            assert tolerance_check(ref_, cand, atol, rtol) == bool(verdict["y"]), (atol, rtol)
+            seen.add(bool(verdict["y"]))
+    assert seen == {True, False}
