@@ -66,3 +66,19 @@ def test_validate_command_checks_a_written_fp16_model_by_emulation(tmp_path):
     record = json.loads(proc.stdout) if proc.stdout.strip() else {}
     assert proc.returncode == 1, (proc.stdout, proc.stderr)
     assert "emulated" in record["cpu_check"] and record["outputs"]["y"]["non_finite"] > 0
+
+
+def test_fp16_graph_inputs_feeding_an_fp32_node(tmp_path):
+    """--fp16-io with the first node kept FP32: the graph input is FP16, cast to FP32 for
+    it; the emulation feeds FP32, rounds it, and matches the one built from the FP32 graph."""
+    model, s = _square_model(tmp_path), Fp16Settings(io=True, keep=("square",))
+    half, _ = fp16.convert(model, s)
+    assert half.graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT16
+    typed = emulate_typed(half)
+    assert "Identity" in [n.op_type for n in typed.graph.node]  # the FP16 -> FP32 Cast
+    x = np.linspace(-3, 3, 8, dtype=np.float32)[None] + np.float32(1e-4)
+    # the input is FP16 in the written model: the emulation rounds it on the way in
+    rounded = {"x": x.astype(np.float16).astype(np.float32)}
+    np.testing.assert_array_equal(_run(typed, {"x": x})[0], _run(typed, rounded)[0])
+    np.testing.assert_allclose(_run(typed, rounded)[0],
+                               _run(fp16.emulated(model, s), rounded)[0], rtol=1e-6)

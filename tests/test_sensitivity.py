@@ -196,6 +196,16 @@ def test_a_node_reading_one_tensor_twice_is_one_switch():
     t = x.transpose(0, 2, 1)
     np.testing.assert_allclose(off, 1 / (1 + np.exp(-(t @ t))), rtol=1e-5)
     assert np.abs(on - off).max() > 0  # the switch reaches both inputs
+    from trtbuild.quant.qdq import insert_qdq
+
+    qdq = insert_qdq(model, qplan, {"t": 2.0})
+    written, flags = switchable_qdq(qdq, model, found)  # the estimates' switch: one Where
+    assert [n.op_type for n in written.graph.node].count("Where") == 1
+    sess = io.session(written)
+    np.testing.assert_array_equal(sess.run(None, {"x": x})[0],
+                                  io.session(qdq).run(None, {"x": x})[0])
+    np.testing.assert_allclose(sess.run(None, {"x": x, flags[0]: np.array(False)})[0], off,
+                               rtol=1e-6)
 
 
 def test_switchable_qdq_equals_each_written_model(outlier):

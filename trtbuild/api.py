@@ -117,13 +117,16 @@ def validate(reference: str | Path, candidate: str | Path, val: str, precision: 
     written = io.load(candidate)
     target: Path | bytes = Path(candidate)
     if has_fp16(written):  # what an FP16 engine computes, not ONNX Runtime's FP16 kernels
-        emulation = emulate_typed(written)
-        if emulation.ByteSize() < io.PROTO_LIMIT:
-            target = emulation.SerializeToString()
-        else:
+        why = "too large to emulate in memory" if written.ByteSize() > io.PROTO_LIMIT else ""
+        if not why:
+            try:
+                target = emulate_typed(written).SerializeToString()
+            except ValueError as e:
+                why = f"not emulated: {e}"
+        if why:
             logging.getLogger(__name__).warning(
-                "%s: has FP16 tensors and is too large to emulate in memory; ONNX Runtime's "
-                "CPU kernels compute them in FP32 and cannot show FP16 overflow", candidate)
+                "%s: has FP16 tensors, %s; ONNX Runtime's CPU kernels compute them in FP32 "
+                "and cannot show FP16 overflow", candidate, why)
     ctx = Context(settings, Path(candidate).parent, Report(None, str(candidate)))
     ctx.artifacts.clean = Path(reference)
 

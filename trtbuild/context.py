@@ -61,6 +61,7 @@ class Context:
     def set_clean(self, path: Path) -> None:
         """The FP32 reference model every later stage reads."""
         self.artifacts.clean, self._clean_model, self.qdq_base = path, None, None
+        self.fp16_ranges = {}
 
     def clean_model(self) -> Any:
         """The cleaned ModelProto, loaded once for all later stages (read-only: stages that

@@ -31,11 +31,15 @@ def has_fp16(model: Any) -> bool:
 
 
 def emulate_typed(model: Any) -> Any:
-    """The FP32 emulation of `model` (a ModelProto with float16 tensors)."""
+    """The FP32 emulation of `model` (a ModelProto with float16 tensors). Raises
+    ValueError where it cannot emulate: control flow (If/Loop/Scan bodies are not rewritten)
+    or a tensor whose type shape inference cannot tell."""
     import onnx
     from onnx import TensorProto, helper, numpy_helper
 
     f16, f32 = TensorProto.FLOAT16, TensorProto.FLOAT
+    if any(a.type in (a.GRAPH, a.GRAPHS) for n in model.graph.node for a in n.attribute):
+        raise ValueError("control flow (If/Loop/Scan) is not emulated")
     m = onnx.shape_inference.infer_shapes(model)
     g = m.graph
     types = {v.name: v.type.tensor_type.elem_type for v in [*g.value_info, *g.input, *g.output]}
@@ -45,6 +49,9 @@ def emulate_typed(model: Any) -> Any:
             init.CopyFrom(numpy_helper.from_array(
                 numpy_helper.to_array(init).astype(np.float32), init.name))
     inits = {i.name for i in g.initializer}
+    untyped = [o for n in g.node for o in n.output if o and o not in types]
+    if untyped:
+        raise ValueError(f"shape inference cannot type {untyped[0]!r}")
     rebuilt: list = []
 
     def round_trip(src: str, dst: str) -> None:
@@ -53,14 +60,16 @@ def emulate_typed(model: Any) -> Any:
 
     entry = {}  # FP16 graph inputs: fed as FP32, rounded on the way in
     for v in g.input:
-        if v.name not in inits and types.get(v.name) == f16:
-            v.type.tensor_type.elem_type = f32
-            entry[v.name] = f"{v.name}__emulated"
-            round_trip(v.name, entry[v.name])
+        if types.get(v.name) == f16:
+            v.type.tensor_type.elem_type = f32  # initializer-backed ones are widened above
+            if v.name not in inits:
+                entry[v.name] = f"{v.name}__emulated"
+                round_trip(v.name, entry[v.name])
     for v in g.output:
         if v.type.tensor_type.elem_type == f16:
             v.type.tensor_type.elem_type = f32
     for node in g.node:
+        source = list(node.input)  # the names `types` knows
         for k, name in enumerate(node.input):
             if name in entry:
                 node.input[k] = entry[name]
@@ -76,7 +85,7 @@ def emulate_typed(model: Any) -> Any:
                 node.output[0] = f"{o}__h"
                 rebuilt.append(helper.make_node("Cast", [node.output[0]], [o], to=f32))
                 continue
-            if to == f32 and types.get(node.input[0]) == f16:
+            if to == f32 and types.get(source[0]) == f16:
                 # FP16 -> FP32 is now FP32 -> FP32: an Identity (ONNX Runtime 1.32's
                 # optimizer crashes on such no-op Casts)
                 node.op_type = "Identity"

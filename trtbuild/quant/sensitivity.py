@@ -103,6 +103,7 @@ def switchable_qdq(qdq: Any, clean: Any, found: list[Region]) -> tuple[Any, list
     inputs_of = {r.node: set(r.inputs) for r in found}
     nodes = []
     for n in g.node:
+        switched: set[str] = set()  # x @ x: one switch for both inputs
         for i, name in enumerate(n.input):
             raw = name.removesuffix("_dequantized")  # insert_qdq's naming
             if raw == name or raw not in inputs_of.get(n.name, ()):
@@ -111,8 +112,10 @@ def switchable_qdq(qdq: Any, clean: Any, found: list[Region]) -> tuple[Any, list
                 g.initializer.append(originals[raw])
                 have.add(raw)
             sel = f"{name}__{flag_of[n.name]}"
-            nodes.append(helper.make_node("Where", [flag_of[n.name], name, raw], [sel],
-                                          name=f"{sel}_Where"))
+            if sel not in switched:
+                switched.add(sel)
+                nodes.append(helper.make_node("Where", [flag_of[n.name], name, raw], [sel],
+                                              name=f"{sel}_Where"))
             n.input[i] = sel
         nodes.append(n)
     del g.node[:]
@@ -156,7 +159,8 @@ def search(order: list[str], measure: Callable[[set[str]], float],
     (`start`: the measurement with nothing in float, when the caller already has it).
     `confirm`: a fuller measurement, when `measure` is a cheaper estimate of it: the prefix
     the bisection finds is confirmed with it, and when it does not hold there the search
-    goes on above, with `confirm` alone."""
+    goes on above, with `confirm` alone (it does not go below: where the estimate was
+    pessimistic the answer holds but may not be the smallest)."""
     steps: list[dict[str, Any]] = []
 
     def at(k: int, how: Callable[[set[str]], float], kind: str) -> float:

@@ -128,7 +128,7 @@ class _Trials:
         sess, flags = self._switch
         on = {f: np.array(r.node not in fallen) for f, r in zip(flags, self.found)}
         part = _first_rows(self.feeds, rows)
-        if _dynamic_batch(self.model):  # one run: the switches on weights cost per run
+        if _dynamic_batch(self.model) and _same_shapes(part):  # one run, not one per batch
             part = [concat(part)]
         return self._value(part, sess, on)
 
@@ -194,6 +194,12 @@ def _first_rows(feeds: list[dict[str, np.ndarray]], limit: int, exact: bool = Fa
         out.append(feed)
         n += rows(feed)
     return out
+
+
+def _same_shapes(feeds: list[dict[str, np.ndarray]]) -> bool:
+    """Can the feeds be joined on axis 0 (equal shapes past it, e.g. one sequence length)?"""
+    return all(np.shape(f[k])[1:] == np.shape(feeds[0][k])[1:] and np.ndim(f[k])
+               for f in feeds for k in feeds[0])
 
 
 def _dynamic_batch(model: Any) -> bool:
