@@ -122,11 +122,12 @@ def range_keeps(model: Any, s: Fp16Settings, feeds: list[dict[str, np.ndarray]],
         probe.graph.output.extend(onnx.helper.make_tensor_value_info(
             t, onnx.TensorProto.FLOAT, None) for t in names)
         sess = io.session(probe)
-        known.update(dict.fromkeys(names))
+        found: dict[str, str | None] = dict.fromkeys(names)
         for feed in feeds:
             for name, y in zip(names, io.run(sess, feed, "FP16 range probe")):
-                if known[name] is None:
-                    known[name] = _fp16_error(np.asarray(y))
+                if found[name] is None:
+                    found[name] = _fp16_error(np.asarray(y))
+        known.update(found)  # only once every sample has run
     worst = {t: known[t] for t in watched if known.get(t)}
     for name, reason in worst.items():  # the writer and every FP16 reader stay FP32
         if watched[name] is not None and half[watched[name]]:
