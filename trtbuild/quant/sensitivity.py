@@ -30,14 +30,13 @@ def switchable_model(model: Any, qplan: QuantPlan, amaxes: dict[str, float],
     Where(flag, fake-quantized, FP32): one ONNX Runtime session measures any choice of INT8
     regions by feeding one boolean per region. Returns (model, flag input names)."""
     import onnx
-    from onnx import TensorProto, helper, numpy_helper
+    from onnx import helper, numpy_helper
 
     m = onnx.ModelProto()
     m.CopyFrom(model)
     g = m.graph
     inits = {i.name: i for i in g.initializer}
     fq: dict[str, str] = {}  # planned tensor -> its fake-quantized copy
-    first: list = []         # Q/DQ of graph inputs: before every node
     after: dict[str, list] = {}
     for t in qplan.activations:
         if t not in amaxes:
@@ -55,12 +54,9 @@ def switchable_model(model: Any, qplan: QuantPlan, amaxes: dict[str, float],
         dq = np.reshape(scale, [-1 if d == axis else 1 for d in range(q.ndim)]) * q
         g.initializer.append(numpy_helper.from_array(dq.astype(np.float32), f"{w}{SUFFIX}"))
         fq[w] = f"{w}{SUFFIX}"
-    flags, where_before = [], {}
-    for k, r in enumerate(found):
-        flag = f"__int8_region_{k}"
-        flags.append(flag)
-        g.input.append(helper.make_tensor_value_info(flag, TensorProto.BOOL, []))
-        where_before[r.node] = [(t, flag) for t in r.inputs if t in fq]
+    flags = flag_inputs(g, found)
+    where_before = {r.node: [(t, flag) for t in r.inputs if t in fq]
+                    for r, flag in zip(found, flags)}
     produced = {o for n in g.node for o in n.output}
     first = [n for t, group in after.items() if t not in produced for n in group]
     nodes = list(first)
@@ -85,21 +81,15 @@ def switchable_qdq(qdq: Any, clean: Any, found: list[Region]) -> tuple[Any, list
     once) estimates any choice of regions in float, by feeding one boolean per region
     (default True: INT8). Returns (model, flag input names)."""
     import onnx
-    from onnx import TensorProto, helper, numpy_helper
+    from onnx import helper
 
     m = onnx.ModelProto()
     m.CopyFrom(qdq)
     g = m.graph
     have = {i.name for i in g.initializer}
     originals = {i.name: i for i in clean.graph.initializer}
-    flag_of: dict[str, str] = {}
-    flags = []
-    for k, r in enumerate(found):
-        flag = f"__int8_region_{k}"
-        flags.append(flag)
-        flag_of[r.node] = flag
-        g.input.append(helper.make_tensor_value_info(flag, TensorProto.BOOL, []))
-        g.initializer.append(numpy_helper.from_array(np.array(True), flag))
+    flags = flag_inputs(g, found, default=True)
+    flag_of = {r.node: flag for r, flag in zip(found, flags)}
     inputs_of = {r.node: set(r.inputs) for r in found}
     nodes = []
     for n in g.node:
@@ -121,6 +111,18 @@ def switchable_qdq(qdq: Any, clean: Any, found: list[Region]) -> tuple[Any, list
     del g.node[:]
     g.node.extend(nodes)
     return m, flags
+
+
+def flag_inputs(g: Any, found: list[Region], default: bool | None = None) -> list[str]:
+    """One boolean graph input per region (with an initializer holding `default`, when
+    given, so a session may leave it unfed); their names."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    flags = [f"__int8_region_{k}" for k in range(len(found))]
+    g.input.extend(helper.make_tensor_value_info(f, TensorProto.BOOL, []) for f in flags)
+    if default is not None:
+        g.initializer.extend(numpy_helper.from_array(np.array(default), f) for f in flags)
+    return flags
 
 
 def output_error(ref: dict[str, np.ndarray], cand: dict[str, np.ndarray]) -> float:

@@ -48,7 +48,8 @@ def run(ctx: Context) -> dict[str, Any]:
     errors, measured_on = dict.fromkeys((r.node for r in found), 0.0), 0
     if not target.holds(start):  # only a miss pays for the sensitivity pass
         errors, measured_on = _sensitivities(model, qplan, ctx, found, feeds,
-                                             trial.refs[_count(feeds)], len(names), axes)
+                                             trial.refs[_count(feeds)], len(names), axes,
+                                             trial.free_batch)
     order = ranking(found, errors)
     if len(names) >= 2 * ESTIMATE_SAMPLES:  # estimates on a few, the answer on all
         result = search(order, lambda f: trial.estimate(f, ESTIMATE_SAMPLES), target.holds,
@@ -86,6 +87,7 @@ class _Trials:
         self.ctx, self.model, self.qplan, self.found = ctx, model, qplan, found
         self.names, self.feeds, self.labels, self.axes = names, feeds, labels, axes
         self.fp32 = io.session(model)
+        self.free_batch = _dynamic_batch(model)  # any number of rows on axis 0
         self.refs = {_count(feeds): _outputs(self.fp32, feeds, axes)}  # by rows
         self._switch: tuple[Any, list[str]] | None = None
         self.last: tuple | None = None  # (fallen, Q/DQ model, with_float_parts) measured last
@@ -128,7 +130,7 @@ class _Trials:
         sess, flags = self._switch
         on = {f: np.array(r.node not in fallen) for f, r in zip(flags, self.found)}
         part = _first_rows(self.feeds, rows)
-        if _dynamic_batch(self.model) and _same_shapes(part):  # one run, not one per batch
+        if self.free_batch and _same_shapes(part):  # one run, not one per batch
             part = [concat(part)]
         return self._value(part, sess, on)
 
@@ -139,20 +141,21 @@ class _Trials:
             self.refs[n] = _outputs(self.fp32, part, self.axes)
         s = self.ctx.settings.gates
         record = compare(self.refs[n], _outputs(sess, part, self.axes, flags),
-                         self.names[:_count(part)], self.labels, s.metric_script)
+                         self.names[:n], self.labels, s.metric_script)
         return gate_value(record, s.accuracy_target)
 
 
 def _sensitivities(model: Any, qplan: Any, ctx: Context, found: list,
                    feeds: list[dict[str, np.ndarray]], ref: dict[str, np.ndarray],
-                   n_samples: int, axes: dict[str, int]) -> tuple[dict[str, float], int]:
+                   n_samples: int, axes: dict[str, int], free_batch: bool
+                   ) -> tuple[dict[str, float], int]:
     """Each region alone in INT8, the rest FP32: its output error, on a few samples (about
     one validation pass for all regions together), all through one switchable session.
     Returns (errors, samples used)."""
     switch, flags = switchable_model(model, qplan, ctx.amaxes, found, ctx.int8_weights)
     sess = io.session(switch)
     few = _first_rows(feeds, int(np.clip(n_samples / max(len(found), 1),
-                                         *SENSITIVITY_SAMPLES)), exact=_dynamic_batch(model))
+                                         *SENSITIVITY_SAMPLES)), exact=free_batch)
     few_ref = {k: v[:_count(few)] for k, v in ref.items()}
     errors = {}
     with bar("sensitivity", len(found)) as progress:
