@@ -14,7 +14,7 @@ from onnx import TensorProto, helper, numpy_helper
 from trtbuild.onnx import io
 from trtbuild.quant.qdq import plan
 from trtbuild.quant.regions import regions, without
-from trtbuild.quant.sensitivity import search, switchable_model, switchable_qdq
+from trtbuild.quant.sensitivity import Guide, search, switchable_model, switchable_qdq
 
 
 def outlier_model(path) -> None:
@@ -137,6 +137,33 @@ def test_search_finds_the_smallest_prefix():
     assert not never.met and never.fallen == ["a", "b"] and len(never.steps) == 3
     first = search(["a", "b"], lambda f: 5.0, lambda v: v > 1, start=0.0)
     assert first.met and first.fallen == ["a"]
+
+
+def test_a_guided_search_takes_fewer_steps_to_the_same_smallest_prefix():
+    """Values linear in the remaining sensitivity: the guide lands on the answer and its
+    neighbour; a guide whose sensitivities are backwards still ends on the same prefix."""
+    errors = [2.0 ** -k for k in range(20)]        # the order's regions, worst first
+    remaining = [sum(errors[k:]) for k in range(21)]
+
+    def run(guide, goal=0.99):
+        calls = []
+
+        def measure(fallen):
+            calls.append(len(fallen))
+            return 1.0 - 0.1 * remaining[len(fallen)]  # 0.8 with all in INT8, 1.0 with none
+
+        return search([f"r{k}" for k in range(20)], measure, lambda v: v >= goal,
+                      guide=guide), calls
+
+    plain, plain_calls = run(None)
+    guided, guided_calls = run(Guide(remaining, 0.99, 1.0))
+    assert len(plain.fallen) == len(guided.fallen) == 5  # 0.1 * 2^-4 < 0.01 <= 0.1 * 2^-3
+    assert guided.value == plain.value and guided.met
+    assert len(plain_calls) == 6 and guided_calls == [0, 5, 4]
+    wrong, wrong_calls = run(Guide(remaining[::-1], 0.99, 1.0))
+    assert wrong.fallen == plain.fallen and len(wrong_calls) <= 2 * len(plain_calls)
+    never, never_calls = run(Guide(remaining, 2.0, 1.0), 2.0)  # above perfect: bisection
+    assert not never.met and len(never.fallen) == 20 and len(never_calls) == 7
 
 
 def test_search_confirms_a_cheap_estimate_and_goes_on_above_when_it_misses():

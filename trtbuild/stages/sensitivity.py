@@ -22,7 +22,14 @@ from ..onnx import io
 from ..progress import bar
 from ..quant.qdq import insert_qdq, plan
 from ..quant.regions import count_macs, regions, without
-from ..quant.sensitivity import output_error, ranking, search, switchable_model, switchable_qdq
+from ..quant.sensitivity import (
+    Guide,
+    output_error,
+    ranking,
+    search,
+    switchable_model,
+    switchable_qdq,
+)
 from .quantize import base_model, with_float_parts, write_int8
 
 log = logging.getLogger(__name__)
@@ -51,11 +58,13 @@ def run(ctx: Context) -> dict[str, Any]:
                                              trial.refs[_count(feeds)], len(names), axes,
                                              trial.free_batch)
     order = ranking(found, errors)
+    guide = Guide([sum(errors[n] for n in order[k:]) for k in range(len(order) + 1)],
+                  target.value, trial.perfect())
     if len(names) >= 2 * ESTIMATE_SAMPLES:  # estimates on a few, the answer on all
         result = search(order, lambda f: trial.estimate(f, ESTIMATE_SAMPLES), target.holds,
-                        start=start, confirm=trial.measure)
+                        start=start, confirm=trial.measure, guide=guide)
     else:
-        result = search(order, trial.measure, target.holds, start=start)
+        result = search(order, trial.measure, target.holds, start=start, guide=guide)
     fallen = set(result.fallen)
     written = trial.write(fallen) if fallen else {}
     high = ctx.settings.calib.high_precision
@@ -133,6 +142,13 @@ class _Trials:
         if self.free_batch and _same_shapes(part):  # one run, not one per batch
             part = [concat(part)]
         return self._value(part, sess, on)
+
+    def perfect(self) -> float:
+        """The target's metric of the FP32 outputs against themselves."""
+        n = min(self.refs)
+        s = self.ctx.settings.gates
+        return gate_value(compare(self.refs[n], self.refs[n], self.names[:n], self.labels,
+                                  s.metric_script), s.accuracy_target)
 
     def _value(self, part: list[dict[str, np.ndarray]], sess: Any,
                flags: dict[str, np.ndarray] | None = None) -> float:
