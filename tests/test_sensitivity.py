@@ -17,15 +17,16 @@ from trtbuild.quant.regions import regions, without
 from trtbuild.quant.sensitivity import Guide, search, switchable_model, switchable_qdq
 
 
-def outlier_model(path) -> None:
-    """Three convs; the input of the middle one has one channel 1000x the others (its
-    weights scaled back), so per-tensor INT8 there erases the seven small channels."""
+def outlier_model(path, boost_by: float = 1000.0) -> None:
+    """Three convs; the input of the middle one has one channel 1000x (`boost_by`) the
+    others (its weights scaled back), so per-tensor INT8 there erases the seven small
+    channels."""
     rng = np.random.default_rng(0)
     w1 = rng.normal(0, 0.4, (8, 3, 3, 3)).astype(np.float32)
     boost = np.ones((1, 8, 1, 1), np.float32)
-    boost[0, 0] = 1000.0
+    boost[0, 0] = boost_by
     w2 = rng.normal(0, 0.4, (8, 8, 3, 3)).astype(np.float32)
-    w2[:, 0] /= 1000.0
+    w2[:, 0] /= boost_by
     w3 = rng.normal(0, 0.4, (4, 8, 3, 3)).astype(np.float32)
     nodes = [helper.make_node("Conv", ["x", "w1"], ["c1"], pads=[1] * 4, name="conv1"),
              helper.make_node("Relu", ["c1"], ["r1"]),
@@ -93,6 +94,30 @@ def test_search_falls_back_the_one_region_that_misses_the_target(outlier, tmp_pa
     assert inits["w2_fp16"].data_type == TensorProto.FLOAT16
     assert model.opset_import[0].version == 19
     assert [e["precision"] for e in stages["build"]["engines"]] == ["int8"]  # TensorRT-RTX
+
+
+def test_the_start_scored_on_the_estimate_rows_equals_an_estimate(outlier, tmp_path,
+                                                                   monkeypatch):
+    """The guide's start value comes from the start measurement's outputs, cut to the rows
+    an estimate runs: it must be what the estimate itself gives with nothing in float."""
+    import trtbuild
+    from trtbuild.stages import sensitivity as stage
+
+    seen = {}
+
+    def spy(order, measure, holds, **kw):
+        seen.update(kw, estimate=measure(set()))
+        return search(order, measure, holds, **kw)
+
+    monkeypatch.setattr(stage, "search", spy)
+    outlier_model(tmp_path / "m.onnx", boost_by=100.0)  # INT8 cosine about 0.98, not 0
+    trtbuild.build(str(tmp_path / "m.onnx"), out=tmp_path / "o", int8=True,
+                   calib=str(outlier / "calib"), val=str(outlier / "val"), target="onnx",
+                   accuracy_target="cosine_mean>=0.99")
+    assert 0.9 < seen["start"] < 0.99
+    assert seen["start_estimate"] == pytest.approx(seen["estimate"], abs=1e-6)
+    assert seen["start_estimate"] != pytest.approx(seen["start"], abs=1e-6)  # other rows
+    assert seen["guide"].perfect == pytest.approx(1.0)
 
 
 def test_target_already_met_costs_no_sensitivity_pass(tmp_path):

@@ -184,7 +184,7 @@ class Guide:
 def search(order: list[str], measure: Callable[[set[str]], float],
            holds: Callable[[float], bool], start: float | None = None,
            confirm: Callable[[set[str]], float] | None = None,
-           guide: Guide | None = None) -> SearchResult:
+           guide: Guide | None = None, start_estimate: float | None = None) -> SearchResult:
     """The smallest prefix of `order` whose fallback makes `holds(measure(prefix))` true,
     by bisection over the prefix length: about log2(len(order)) + 2 measurements
     (`start`: the measurement with nothing in float, when the caller already has it).
@@ -194,7 +194,9 @@ def search(order: list[str], measure: Callable[[set[str]], float],
     `confirm`: a fuller measurement, when `measure` is a cheaper estimate of it: the prefix
     the bisection finds is confirmed with it, and when it does not hold there the search
     goes on above, with `confirm` alone (it does not go below: where the estimate was
-    pessimistic the answer holds but may not be the smallest)."""
+    pessimistic the answer holds but may not be the smallest). `start_estimate`: what
+    `measure` gives with nothing in float, for the guide (estimates and the full measure may
+    differ by more than the goal's margin)."""
     steps: list[dict[str, Any]] = []
 
     def at(k: int, how: Callable[[set[str]], float], kind: str) -> float:
@@ -221,7 +223,8 @@ def search(order: list[str], measure: Callable[[set[str]], float],
             good, bad = (mid, bad) if ok else (good, mid)
         return good, values.get(good)
 
-    good, v = bisect(0, len(order), measure, "estimate" if confirm else "full", v)
+    good, v = bisect(0, len(order), measure, "estimate" if confirm else "full",
+                     v if start_estimate is None else start_estimate)
     if confirm is not None:  # the estimate's answer, measured as the caller judges
         v = at(good, confirm, "full")
         if not holds(v) and good < len(order):

@@ -51,7 +51,7 @@ def run(ctx: Context) -> dict[str, Any]:
     labels = read_labels(labels_dir) if labels_dir else None
     axes = batch_axes(model)
     trial = _Trials(ctx, model, qplan, found, names, feeds, labels, axes)
-    start = trial.measure(set())
+    start = trial.measure(set(), keep=True)
     errors, measured_on = dict.fromkeys((r.node for r in found), 0.0), 0
     if not target.holds(start):  # only a miss pays for the sensitivity pass
         errors, measured_on = _sensitivities(model, qplan, ctx, found, feeds,
@@ -62,7 +62,8 @@ def run(ctx: Context) -> dict[str, Any]:
                   target.value, trial.perfect())
     if len(names) >= 2 * ESTIMATE_SAMPLES:  # estimates on a few, the answer on all
         result = search(order, lambda f: trial.estimate(f, ESTIMATE_SAMPLES), target.holds,
-                        start=start, confirm=trial.measure, guide=guide)
+                        start=start, confirm=trial.measure, guide=guide,
+                        start_estimate=trial.head_value(ESTIMATE_SAMPLES))
     else:
         result = search(order, trial.measure, target.holds, start=start, guide=guide)
     fallen = set(result.fallen)
@@ -99,13 +100,14 @@ class _Trials:
         self.free_batch = _dynamic_batch(model)  # any number of rows on axis 0
         self.refs = {_count(feeds): _outputs(self.fp32, feeds, axes)}  # by rows
         self._switch: tuple[Any, list[str]] | None = None
+        self.kept: dict[str, np.ndarray] | None = None  # outputs of a measure(keep=True)
         self.last: tuple | None = None  # (fallen, Q/DQ model, with_float_parts) measured last
 
     def qdq(self, fallen: set[str]) -> Any:
         return insert_qdq(self.model, without(self.qplan, fallen), self.ctx.amaxes,
                           self.ctx.int8_weights)
 
-    def measure(self, fallen: set[str]) -> float:
+    def measure(self, fallen: set[str], keep: bool = False) -> float:
         """On the model the validate stage runs: the real Q/DQ graph, its float parts
         FP16-emulated unless --high-precision fp32 (on PP-OCRv4 rec strings_equal moved by
         0.035 between the two), in a new session. With nothing in float that is the
@@ -117,7 +119,17 @@ class _Trials:
             check = self.last[2][1]
         else:
             check = ctx.int8_check
-        return self._value(self.feeds, io.session(check))
+        return self._value(self.feeds, io.session(check), keep=keep)
+
+    def head_value(self, rows: int) -> float:
+        """The value of the outputs kept by measure(keep=True) on the rows an estimate of
+        `rows` runs: what estimate() gives for the same model, without running it (the
+        first rows may score apart from all of them: on PP-OCRv4 rec 0.92 vs 0.955)."""
+        n = _count(_first_rows(self.feeds, rows))
+        full = self.refs[_count(self.feeds)]
+        self.refs.setdefault(n, {k: v[:n] for k, v in full.items()})
+        kept, self.kept = self.kept, None  # once: they may be large
+        return self._score(self.refs[n], {k: v[:n] for k, v in kept.items()}, n)
 
     def write(self, fallen: set[str]) -> dict[str, Any]:
         """Write the model with `fallen` in float (as last measured, when it was)."""
@@ -146,18 +158,21 @@ class _Trials:
     def perfect(self) -> float:
         """The target's metric of the FP32 outputs against themselves."""
         n = min(self.refs)
-        s = self.ctx.settings.gates
-        return gate_value(compare(self.refs[n], self.refs[n], self.names[:n], self.labels,
-                                  s.metric_script), s.accuracy_target)
+        return self._score(self.refs[n], self.refs[n], n)
 
     def _value(self, part: list[dict[str, np.ndarray]], sess: Any,
-               flags: dict[str, np.ndarray] | None = None) -> float:
+               flags: dict[str, np.ndarray] | None = None, keep: bool = False) -> float:
         n = _count(part)
         if n not in self.refs:
             self.refs[n] = _outputs(self.fp32, part, self.axes)
+        outputs = _outputs(sess, part, self.axes, flags)
+        if keep:
+            self.kept = outputs
+        return self._score(self.refs[n], outputs, n)
+
+    def _score(self, ref: dict[str, np.ndarray], cand: dict[str, np.ndarray], n: int) -> float:
         s = self.ctx.settings.gates
-        record = compare(self.refs[n], _outputs(sess, part, self.axes, flags),
-                         self.names[:n], self.labels, s.metric_script)
+        record = compare(ref, cand, self.names[:n], self.labels, s.metric_script)
         return gate_value(record, s.accuracy_target)
 
 
