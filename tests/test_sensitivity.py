@@ -280,3 +280,52 @@ def test_switchable_qdq_equals_each_written_model(outlier):
         got = sess.run(None, {"x": x, **flag_feed})[0]
         want = io.session(insert_qdq(model, without(qplan, fallen), amaxes)).run(None, {"x": x})[0]
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6 * np.abs(want).max())
+
+
+def stateful_model(path) -> None:
+    """An LSTM-VAD-like model: windows x (T, 8) and a state h (1, 8); a probability per
+    window (T, 1) and the next state hn (1, 8) per feed, as silero-vad v6 has them."""
+    rng = np.random.default_rng(2)
+    w1 = rng.normal(0, 0.5, (8, 16)).astype(np.float32)
+    w1[:, 0] *= 50.0  # one loud channel: per-tensor INT8 loses the others
+    w2 = rng.normal(0, 0.5, (16, 8)).astype(np.float32)
+    w3 = rng.normal(0, 0.5, (16, 1)).astype(np.float32)
+    nodes = [helper.make_node("MatMul", ["x", "w1"], ["a"], name="mm1"),
+             helper.make_node("Relu", ["a"], ["r"]),
+             helper.make_node("MatMul", ["r", "w3"], ["p"], name="mm_prob"),
+             helper.make_node("MatMul", ["r", "w2"], ["b"], name="mm_state"),
+             helper.make_node("ReduceMean", ["b", "axes"], ["m"], keepdims=1),
+             helper.make_node("Add", ["m", "h"], ["hn"])]
+    g = helper.make_graph(
+        nodes, "stateful",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["T", 8]),
+         helper.make_tensor_value_info("h", TensorProto.FLOAT, [1, 8])],
+        [helper.make_tensor_value_info("p", TensorProto.FLOAT, ["T2", 1]),
+         helper.make_tensor_value_info("hn", TensorProto.FLOAT, [1, 8])],
+        [numpy_helper.from_array(a, n) for a, n in ((w1, "w1"), (w2, "w2"), (w3, "w3"),
+                                                    (np.array([0], np.int64), "axes"))])
+    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 18)]), path)
+
+
+def test_a_target_on_a_model_whose_outputs_are_not_one_row_per_input_row(tmp_path):
+    """silero-vad v6 (faster-whisper's copy) exited 2: the search cut the state output by
+    input rows. A feed of 32 windows and one state is one sample; every output is judged."""
+    stateful_model(tmp_path / "m.onnx")
+    rng = np.random.default_rng(3)
+    for folder, n in (("calib", 16), ("val", 150)):
+        (tmp_path / folder).mkdir()
+        for k in range(n):
+            np.savez(tmp_path / folder / f"{k:03d}.npz",
+                     x=rng.normal(0, 1, (32, 8)).astype(np.float32),
+                     h=rng.normal(0, 1, (1, 8)).astype(np.float32))
+    proc = run_cli(tmp_path / "m.onnx", "--int8", "--calib", tmp_path / "calib", "--val",
+                   tmp_path / "val", "--target", "onnx", "--out", tmp_path / "o",
+                   "--high-precision", "fp32", "--accuracy-target", "cosine_mean>=0.99999",
+                   "--json")
+    assert proc.returncode == 0, proc.stderr
+    stages = {s["stage"]: s for s in json.loads(proc.stdout)["stages"]}
+    sens = stages["sensitivity"]
+    assert sens["samples"] == 150 and stages["validate"]["samples"] == 150  # files
+    assert sens["before"] < 0.99999 <= sens["after"] and sens["met"]
+    assert "estimate" in [st["measure"] for st in sens["steps"]]
+    assert stages["validate"]["outputs"]["hn"]["cosine_mean"] >= 0.99999

@@ -54,12 +54,11 @@ def run(ctx: Context) -> dict[str, Any]:
     start = trial.measure(set(), keep=True)
     errors, measured_on = dict.fromkeys((r.node for r in found), 0.0), 0
     if not target.holds(start):  # only a miss pays for the sensitivity pass
-        errors, measured_on = _sensitivities(model, qplan, ctx, found, feeds,
-                                             trial.refs[_count(feeds)], len(names), axes,
-                                             trial.free_batch)
+        errors, measured_on = _sensitivities(model, qplan, ctx, found, feeds, trial.fp32,
+                                             len(names), axes, trial.free_batch)
     order = ranking(found, errors)
     guide = Guide([sum(errors[n] for n in order[k:]) for k in range(len(order) + 1)],
-                  target.value, trial.perfect())
+                  target.value, trial.perfect(ESTIMATE_SAMPLES))
     if len(names) >= 2 * ESTIMATE_SAMPLES:  # estimates on a few, the answer on all
         result = search(order, lambda f: trial.estimate(f, ESTIMATE_SAMPLES), target.holds,
                         start=start, confirm=trial.measure, guide=guide,
@@ -98,9 +97,12 @@ class _Trials:
         self.names, self.feeds, self.labels, self.axes = names, feeds, labels, axes
         self.fp32 = io.session(model)
         self.free_batch = _dynamic_batch(model)  # any number of rows on axis 0
-        self.refs = {_count(feeds): _outputs(self.fp32, feeds, axes)}  # by rows
+        # per feed, as run: a feed's outputs need not have one row per input row (an LSTM
+        # VAD's state has one per feed, its probabilities one per window)
+        self.ref_runs = _runs(self.fp32, feeds)
+        self._refs: dict[int, dict[str, np.ndarray]] = {}  # by feeds
         self._switch: tuple[Any, list[str]] | None = None
-        self.kept: dict[str, np.ndarray] | None = None  # outputs of a measure(keep=True)
+        self.kept: list | None = None  # runs of a measure(keep=True)
         self.last: tuple | None = None  # (fallen, Q/DQ model, with_float_parts) measured last
 
     def qdq(self, fallen: set[str]) -> Any:
@@ -122,14 +124,12 @@ class _Trials:
         return self._value(self.feeds, io.session(check), keep=keep)
 
     def head_value(self, rows: int) -> float:
-        """The value of the outputs kept by measure(keep=True) on the rows an estimate of
-        `rows` runs: what estimate() gives for the same model, without running it (the
+        """The value of the outputs kept by measure(keep=True) on the samples an estimate
+        of `rows` runs: what estimate() gives for the same model, without running it (the
         first rows may score apart from all of them: on PP-OCRv4 rec 0.92 vs 0.955)."""
-        n = _count(_first_rows(self.feeds, rows))
-        full = self.refs[_count(self.feeds)]
-        self.refs.setdefault(n, {k: v[:n] for k, v in full.items()})
+        m = len(_first_rows(self.feeds, rows))
         kept, self.kept = self.kept, None  # once: they may be large
-        return self._score(self.refs[n], {k: v[:n] for k, v in kept.items()}, n)
+        return self._score(m, _stack(kept[:m], self.axes))
 
     def write(self, fallen: set[str]) -> dict[str, Any]:
         """Write the model with `fallen` in float (as last measured, when it was)."""
@@ -151,33 +151,39 @@ class _Trials:
         sess, flags = self._switch
         on = {f: np.array(r.node not in fallen) for f, r in zip(flags, self.found)}
         part = _first_rows(self.feeds, rows)
+        m = len(part)
         if self.free_batch and _same_shapes(part):  # one run, not one per batch
             part = [concat(part)]
-        return self._value(part, sess, on)
+        return self._score(m, _stack(_runs(sess, part, on), self.axes))
 
-    def perfect(self) -> float:
-        """The target's metric of the FP32 outputs against themselves."""
-        n = min(self.refs)
-        return self._score(self.refs[n], self.refs[n], n)
+    def perfect(self, rows: int) -> float:
+        """The target's metric of the FP32 outputs against themselves (on the first `rows`)."""
+        m = len(_first_rows(self.feeds, rows))
+        return self._score(m, self.ref(m))
 
-    def _value(self, part: list[dict[str, np.ndarray]], sess: Any,
-               flags: dict[str, np.ndarray] | None = None, keep: bool = False) -> float:
-        n = _count(part)
-        if n not in self.refs:
-            self.refs[n] = _outputs(self.fp32, part, self.axes)
-        outputs = _outputs(sess, part, self.axes, flags)
+    def ref(self, m: int) -> dict[str, np.ndarray]:
+        """The FP32 outputs of the first m feeds, batch axis first."""
+        if m not in self._refs:
+            self._refs[m] = _stack(self.ref_runs[:m], self.axes)
+        return self._refs[m]
+
+    def _value(self, part: list[dict[str, np.ndarray]], sess: Any, keep: bool = False
+               ) -> float:
+        runs = _runs(sess, part)
         if keep:
-            self.kept = outputs
-        return self._score(self.refs[n], outputs, n)
+            self.kept = runs
+        return self._score(len(part), _stack(runs, self.axes))
 
-    def _score(self, ref: dict[str, np.ndarray], cand: dict[str, np.ndarray], n: int) -> float:
+    def _score(self, m: int, cand: dict[str, np.ndarray]) -> float:
+        """The target's value for the outputs of the first m feeds."""
         s = self.ctx.settings.gates
-        record = compare(ref, cand, self.names[:n], self.labels, s.metric_script)
+        record = compare(self.ref(m), cand, self.names[:_count(self.feeds[:m])], self.labels,
+                         s.metric_script)
         return gate_value(record, s.accuracy_target)
 
 
 def _sensitivities(model: Any, qplan: Any, ctx: Context, found: list,
-                   feeds: list[dict[str, np.ndarray]], ref: dict[str, np.ndarray],
+                   feeds: list[dict[str, np.ndarray]], fp32: Any,
                    n_samples: int, axes: dict[str, int], free_batch: bool
                    ) -> tuple[dict[str, float], int]:
     """Each region alone in INT8, the rest FP32: its output error, on a few samples (about
@@ -187,12 +193,12 @@ def _sensitivities(model: Any, qplan: Any, ctx: Context, found: list,
     sess = io.session(switch)
     few = _first_rows(feeds, int(np.clip(n_samples / max(len(found), 1),
                                          *SENSITIVITY_SAMPLES)), exact=free_batch)
-    few_ref = {k: v[:_count(few)] for k, v in ref.items()}
+    few_ref = _stack(_runs(fp32, few), axes)
     errors = {}
     with bar("sensitivity", len(found)) as progress:
         for r in found:
             on = {f: np.array(x is r) for f, x in zip(flags, found)}
-            errors[r.node] = output_error(few_ref, _outputs(sess, few, axes, on))
+            errors[r.node] = output_error(few_ref, _stack(_runs(sess, few, on), axes))
             progress.advance(1)
     return errors, _count(few)
 
@@ -247,8 +253,14 @@ def _count(feeds: list[dict[str, np.ndarray]]) -> int:
     return sum(rows(f) for f in feeds)
 
 
-def _outputs(sess: Any, feeds: list[dict[str, np.ndarray]], axes: dict[str, int],
-             flags: dict[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
+def _runs(sess: Any, feeds: list[dict[str, np.ndarray]],
+          flags: dict[str, np.ndarray] | None = None) -> list[tuple[list[str], list]]:
+    """Each feed's outputs, as (names, arrays)."""
     names = [o.name for o in sess.get_outputs()]
-    runs = [sess.run(names, {**feed, **(flags or {})}) for feed in feeds]
-    return {n: stack([r[k] for r in runs], axes.get(n, 0)) for k, n in enumerate(names)}
+    return [(names, sess.run(names, {**feed, **(flags or {})})) for feed in feeds]
+
+
+def _stack(runs: list[tuple[list[str], list]], axes: dict[str, int]) -> dict[str, np.ndarray]:
+    """Runs joined per output along its batch axis, which then comes first."""
+    names = runs[0][0]
+    return {n: stack([r[1][k] for r in runs], axes.get(n, 0)) for k, n in enumerate(names)}
