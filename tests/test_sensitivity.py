@@ -14,7 +14,7 @@ from onnx import TensorProto, helper, numpy_helper
 from trtbuild.onnx import io
 from trtbuild.quant.qdq import plan
 from trtbuild.quant.regions import regions, without
-from trtbuild.quant.sensitivity import Guide, search, switchable_model, switchable_qdq
+from trtbuild.quant.sensitivity import Guide, output_error, search, switchable_model, switchable_qdq
 
 
 def outlier_model(path, boost_by: float = 1000.0) -> None:
@@ -329,3 +329,21 @@ def test_a_target_on_a_model_whose_outputs_are_not_one_row_per_input_row(tmp_pat
     assert sens["before"] < 0.99999 <= sens["after"] and sens["met"]
     assert "estimate" in [st["measure"] for st in sens["steps"]]
     assert stages["validate"]["outputs"]["hn"]["cosine_mean"] >= 0.99999
+
+
+def test_a_small_range_slice_counts_in_the_sensitivity():
+    """A YOLOv8-like output: rows of box coordinates in pixels beside rows of class scores in
+    0-1. Scores moved by 0.2 are a lost detection; over the whole output that error is
+    below 1e-6, per row it is what it is."""
+    rng = np.random.default_rng(4)
+    ref = np.concatenate([rng.uniform(0, 320, (4, 2, 64)),      # boxes (N=4, 2 rows, anchors)
+                          rng.uniform(0, 0.3, (4, 2, 64))], 1)  # class scores
+    boxes_off, scores_off = ref.copy(), ref.copy()
+    boxes_off[:, :2] += 0.2
+    scores_off[:, 2:] += 0.2
+    whole = lambda c: float(np.sum((c - ref) ** 2) / np.sum(ref ** 2))  # noqa: E731
+    assert whole(scores_off) == pytest.approx(whole(boxes_off))  # the same energy
+    assert output_error({"y": ref}, {"y": scores_off}) > 100 * output_error({"y": ref},
+                                                                              {"y": boxes_off})
+    assert output_error({"y": ref}, {"y": boxes_off}) == pytest.approx(whole(boxes_off),
+                                                                       rel=0.5)
