@@ -124,3 +124,20 @@ def test_export_mismatch_gate_exits_1(tmp_path):
     assert proc.returncode == 1, proc.stderr
     assert "differs from PyTorch" in proc.stderr
     assert not (tmp_path / "m.onnx").exists()
+
+
+def test_a_failed_gate_with_json_reports_the_stages_that_ran(digits_onnx, tmp_path):
+    """A release pipeline reading stdout sees what ran and why it stopped, not nothing."""
+    from trtbuild import demo
+
+    proc = run_cli(digits_onnx / "model.onnx", "--int8", "--calib", demo.CALIB_DIR, "--val",
+                   demo.VAL_DIR, "--target", "onnx", "--out", tmp_path / "o",
+                   "--min-cosine", "0.999999", "--json")
+    assert proc.returncode == 1, proc.stderr
+    report = json.loads(proc.stdout)
+    assert [s["stage"] for s in report["stages"]] == ["export", "clean", "calibrate",
+                                                      "quantize", "validate"]
+    assert report["error"]["exit_code"] == 1 and "0.999999" in report["error"]["message"]
+    assert report["stages"][0]["source"] == "onnx"
+    assert "checked and copied" in proc.stderr and "  validate" in proc.stderr
+    assert proc.stderr.strip().splitlines()[-1].startswith("trtbuild: error: validate gate")

@@ -81,7 +81,9 @@ class Timer:
 
 def summary_line(stage: str, record: dict[str, Any]) -> str:
     """One human line (or a few, for bench) per stage record."""
-    figures = {"export": lambda r: f"max abs err vs torch {r.get('max_abs_err', 0):.2e}" + (
+    figures = {"export": lambda r: (f"ONNX, opset {r.get('opset')}, checked and copied"
+                                    if r.get("source") == "onnx" else
+                                    f"max abs err vs torch {r.get('max_abs_err', 0):.2e}") + (
                    f" ({len(r['data_dependent_outputs'])} data-dependent outputs: dtype and "
                    "rank only)" if r.get("data_dependent_outputs") else ""),
                "clean": lambda r: f"nodes {r['nodes_before']} -> {r['nodes_after']}, "

@@ -24,8 +24,24 @@ def emit(args: argparse.Namespace, data: dict[str, Any], summary: list[str]) -> 
 
 
 def _run_summary(args: argparse.Namespace, title: str, run: Callable) -> int:
+    """The stages' summary lines (and --json's report); when a stage fails, those of the
+    stages before it and, with --json, {"stages": [...], "error": {"exit_code", "message"}}
+    on stdout, so a pipeline reading stdout sees what ran and why it stopped."""
+    from ..errors import TrtBuildError
+
     lines: list[str] = []
-    result = run(lambda name, record: lines.append(summary_line(name, record)))
+    done: list[dict[str, Any]] = []
+
+    def on_stage(name: str, record: dict[str, Any]) -> None:
+        lines.append(summary_line(name, record))
+        done.append({"stage": name, **record})
+
+    try:
+        result = run(on_stage)
+    except TrtBuildError as e:
+        emit(args, {"stages": done, "error": {"exit_code": e.code, "message": e.message}},
+             [title, *lines])
+        raise
     emit(args, result.report, [f"{title} -> {result.out}/", *lines,
                                f"  {'report':<16}          {result.out / 'report.json'}"])
     return 0

@@ -32,11 +32,14 @@ class ExportResult:
     opset: int = DEFAULT_OPSET
     data_dependent: dict[str, str] = field(default_factory=dict)
     static_batch: str | None = None
+    copied: bool = False  # an ONNX SRC, copied: no PyTorch output to compare with
 
     def record(self) -> dict[str, Any]:
         r = {"output": str(self.path), "inputs": self.inputs, "outputs": self.outputs,
              "opset": self.opset, "max_abs_err": self.max_abs_err,
              "max_rel_err": self.max_rel_err}
+        if self.copied:
+            r["source"] = "onnx"
         if self.data_dependent:
             r["data_dependent_outputs"] = self.data_dependent
         if self.static_batch:
@@ -68,7 +71,8 @@ def export(src: Source, out: Path, settings: ExportSettings = ExportSettings()) 
             with atomic_path(out) as tmp:
                 shutil.copyfile(src.path, tmp)
         opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
-        return ExportResult(out, _io_shapes(model), model_outputs(model), opset=opset)
+        return ExportResult(out, _io_shapes(model), model_outputs(model), opset=opset,
+                            copied=True)
     return _export_torch(src, out, settings)
 
 
