@@ -162,3 +162,39 @@ def test_int8_mac_share(tmp_path):
     assert int8_mac_share(tmp_path / "m.onnx", feed) == pytest.approx(expect)
     _qdq_model(tmp_path / "cast.onnx", cast=True)       # DQ -> Cast -> Conv still counts
     assert int8_mac_share(tmp_path / "cast.onnx") == pytest.approx(expect)
+
+
+yolo = _load(REPO / "examples" / "metrics" / "yolo.py", "yolo_metrics")
+
+
+def yolo_output(dets: list[tuple[float, float, float, float, int, float]], classes: int = 3,
+                anchors: int = 50) -> np.ndarray:
+    """One image's (4 + classes, anchors) prediction: the given (cx, cy, w, h, class, score)
+    at the first anchors, each also at the next anchor slightly shifted (NMS removes it),
+    low scores elsewhere."""
+    pred = np.zeros((4 + classes, anchors))
+    pred[:4] = 10.0
+    pred[4:] = 0.01
+    for k, (cx, cy, w, h, c, s) in enumerate(dets):
+        for j, shift in ((2 * k, 0.0), (2 * k + 1, 1.0)):
+            pred[:4, j] = (cx + shift, cy, w, h)
+            pred[4 + c, j] = s - 0.1 * shift
+    return pred
+
+
+def test_yolo_detections_f1():
+    ref = np.stack([yolo_output([(50, 50, 20, 20, 0, 0.9), (150, 80, 30, 40, 2, 0.6)]),
+                    yolo_output([])])
+    same = yolo.detections_f1({"output0": ref}, {"output0": ref.copy()}, ["a", "b"])
+    assert same == {"det_f1": 1.0, "det_recall": 1.0, "det_precision": 1.0, "detections": 2.0}
+    lost = ref.copy()
+    lost[0, 4 + 2, :4] = 0.2              # the second box's score falls under 0.25
+    moved = ref.copy()
+    moved[0, 4 + 2, 2:4], moved[0, 4 + 1, 2:4] = 0.01, 0.6  # same box, another class
+    extra = ref.copy()
+    extra[1] = yolo_output([(30, 30, 10, 10, 1, 0.5)])   # a detection in the empty image
+    for cand, want in ((lost, (2 / 3, 0.5, 1.0)), (moved, (0.5, 0.5, 0.5)),
+                       (extra, (0.8, 1.0, 2 / 3))):
+        got = yolo.detections_f1({"output0": ref}, {"output0": cand}, ["a", "b"])
+        assert (got["det_f1"], got["det_recall"], got["det_precision"]) == \
+            pytest.approx(want)
