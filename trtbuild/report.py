@@ -87,7 +87,9 @@ def summary_line(stage: str, record: dict[str, Any]) -> str:
                    f" ({len(r['data_dependent_outputs'])} data-dependent outputs: dtype and "
                    "rank only)" if r.get("data_dependent_outputs") else ""),
                "clean": lambda r: f"nodes {r['nodes_before']} -> {r['nodes_after']}, "
-                                  f"max abs diff {r['max_abs_diff']:.1e}",
+                                  f"max abs diff {r['max_abs_diff']:.1e}" + (
+                                      f"; prepared: {'; '.join(r['prepared'])}"
+                                      if r.get("prepared") else ""),
                "calibrate": lambda r: f"{r['method']}, {r.get('samples', 'cached')} samples, "
                                       f"{r['tensors']} tensors",
                "quantize": lambda r: f"{r['quantized_activations']} activations, "

