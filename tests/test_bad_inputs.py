@@ -490,3 +490,25 @@ def test_read_only_cache_still_serves_hits(tmp_path, monkeypatch):
     assert again.hit and again.engine == b"E" * 100
     miss = cache.get_or_build("sm_86", "trt-x", "m" * 64, lambda: (b"F" * 10, {}))
     assert not miss.hit and not cache.entry("sm_86", "trt-x", "m" * 64).exists()
+
+
+def test_a_model_tensorrt_cannot_parse_is_one_line(tmp_path):
+    """TensorRT's ONNX parser prints 'Unsupported ONNX data type: INT16 (5)' straight to
+    file descriptor 2 beside its reported errors; the user sees only trtbuild's line."""
+    pytest.importorskip("tensorrt_rtx")
+    from onnx import numpy_helper
+
+    nodes = [helper.make_node("Add", ["audio", "one"], ["s"]),  # int16 arithmetic: kept
+             helper.make_node("Cast", ["s"], ["y"], to=TensorProto.FLOAT)]
+    g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("audio", TensorProto.INT16,
+                                                                      [1, 16])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 16])],
+                          [numpy_helper.from_array(np.array([1], np.int16), "one")])
+    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]),
+              tmp_path / "i16.onnx")
+    proc = run_cli(tmp_path / "i16.onnx", "--arch", "sm_86", "--out", tmp_path / "o",
+                   "--cache-dir", tmp_path / "c")
+    assert proc.returncode == 3
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("trtbuild: error: ") and "i16" in lines[0]
+    assert "cannot parse" in lines[0]

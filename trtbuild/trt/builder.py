@@ -27,8 +27,12 @@ asks the imported module what it can do:
 
 from __future__ import annotations
 
+import logging
+import os
+import sys
 import threading
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -37,6 +41,8 @@ from ..config import EngineSettings
 from ..errors import MISSING_CAPABILITY, TrtBuildError
 from ..onnx.shapes import Profile, default_profile
 from .backend import Backend, make_logger
+
+log = logging.getLogger(__name__)
 
 HARDWARE_COMPAT = {"none": "NONE", "ampere+": "AMPERE_PLUS", "same-cc": "SAME_COMPUTE_CAPABILITY"}
 
@@ -96,7 +102,9 @@ def build(backend: Backend, onnx_path: Path, arch: str, settings: EngineSettings
         builder.get_plugin_registry().load_library(str(lib))
     network = builder.create_network(_network_flags(trt, settings, calibrator is not None))
     parser = trt.OnnxParser(network, logger)
-    if not parser.parse_from_file(str(onnx_path)):
+    with _native_stderr_to_debug():
+        parsed = parser.parse_from_file(str(onnx_path))
+    if not parsed:
         raise TrtBuildError(f"{onnx_path}: TensorRT ({backend.name} {backend.version}) cannot "
                             f"parse: {_parser_errors(parser)}", MISSING_CAPABILITY)
     dtypes = layer_output_dtypes(network)
@@ -209,3 +217,26 @@ def _timing_cache(backend: Backend, config: Any, data: bytes | None) -> Any:
     cache = config.create_timing_cache(data or b"")
     config.set_timing_cache(cache, ignore_mismatch=False)
     return cache
+
+
+@contextmanager
+def _native_stderr_to_debug():
+    """TensorRT's ONNX parser prints some failures straight to file descriptor 2 ("Unsupported
+    ONNX data type: INT16 (5)") beside what get_error reports: kept off the terminal, so a
+    failure stays one line, and logged at debug level (-v)."""
+    import tempfile
+
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as tmp:
+        os.dup2(tmp.fileno(), 2)
+        try:
+            yield
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            tmp.seek(0)
+            text = tmp.read().decode(errors="replace").strip()
+            if text:
+                log.debug("TensorRT ONNX parser printed: %s", text)
