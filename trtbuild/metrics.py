@@ -85,16 +85,24 @@ def metric_values(record: dict[str, Any]) -> dict[str, list[float]]:
 
 
 class RandomData:
-    """Dataset stand-in when no samples are given: seeded random inputs (integers in [0, 2))."""
+    """Dataset stand-in when no samples are given: seeded random inputs (integers in [0, 2)),
+    one row each, of the shapes the user gave (--input/--shapes) or else batch 1 and `dim`
+    for other symbolic dims; batched by 4 where every input has a symbolic batch axis."""
 
-    def __init__(self, model: Any, batches: int = 8, batch_size: int = 4):
-        self.model, self.batches, self.batch_size = model, batches, batch_size
+    def __init__(self, model: Any, count: int = 32, shapes: dict[str, tuple] | None = None,
+                 dim: int = 1):
+        from .onnx.inputs import model_inputs
+
+        self.model, self.count, self.shapes, self.dim = model, count, shapes, dim
+        stackable = not shapes and all(i.batchable for i in model_inputs(model))
+        self.batch_size = 4 if stackable else 1
 
     def samples(self) -> Iterator[tuple[str, dict[str, np.ndarray]]]:
         from .onnx.inputs import random_feed
 
-        for k in range(self.batches):
-            yield f"random[{k}]", random_feed(self.model, batch=self.batch_size, seed=k)
+        for k in range(self.count):
+            yield f"random[{k}]", random_feed(self.model, batch=1, seed=k, shapes=self.shapes,
+                                              dim=self.dim)
 
 
 def batch_axes(model: Any) -> dict[str, int]:

@@ -124,6 +124,10 @@ def _runs_half(node: Any, floats: set[str], s: Fp16Settings) -> bool:
         return False
     if node.op_type == "QuantizeLinear":  # FP16 input and scale, like its DequantizeLinear
         return node.input[0] in floats
+    if node.op_type == "Cast" and node.input[0] not in floats:
+        # integers made float (shape arithmetic: YOLOv8's anchor grid feeds Range): FP16
+        # holds integers exactly only to 2048, and TensorRT-RTX refuses an FP16 Range limit
+        return False
     return any(o in floats for o in node.output)
 
 
