@@ -210,3 +210,14 @@ def test_shape_values_stay_fp32_and_the_probe_takes_the_given_shapes(tmp_path):
     built = run_cli(tmp_path / "m.onnx", "--fp16", "--shapes", "x:1x3x8x8,1x3x16x16,1x3x32x32",
                     "--arch", "sm_86", "--out", tmp_path / "e", "--cache-dir", tmp_path / "c")
     assert built.returncode == 0, built.stderr
+
+
+def test_clean_alone_checks_on_inputs_the_model_can_run(tmp_path):
+    """`trtbuild clean` (no samples, no shapes) on a model that cannot take 1x1 images, as
+    YOLOv8 cannot: its check runs 64x64 random inputs."""
+    from conftest import run_cli
+
+    anchor_grid_model(tmp_path / "m.onnx")
+    proc = run_cli("clean", tmp_path / "m.onnx", "-o", tmp_path / "c.onnx")
+    assert proc.returncode == 0, proc.stderr
+    assert (tmp_path / "c.onnx").is_file()

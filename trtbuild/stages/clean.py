@@ -96,13 +96,16 @@ def clean_model(model: Any, passes: list[tuple[str, Pass]] = PASSES) -> tuple[An
 def clean(src: Path, out: Path, passes: list[tuple[str, Pass]] = PASSES,
           feed: Callable[[Any], tuple[dict, str]] | None = None) -> CleanResult:
     """Write the cleaned model to `out`. `feed(model)` gives the check's inputs and says
-    what they are (default: random, batch 2). Raises TrtBuildError if outputs change."""
+    what they are (default: random, batch 2, DEFAULT_DIM for other symbolic dims: a
+    YOLOv8 cannot run 1x1 images). Raises TrtBuildError if outputs change."""
     model = io.load(src)
     before = op_counts(model)
     prepared_model, prepared = prepare(model)
     cleaned, done = clean_model(prepared_model, passes)
     io.check_model(cleaned, out)
-    inputs, described = feed(model) if feed else (random_feed(model, batch=2, seed=1), "random")
+    inputs, described = feed(model) if feed else (
+        random_feed(model, batch=2, seed=1, dim=DEFAULT_DIM),
+        f"random inputs, symbolic dims = {DEFAULT_DIM} (batch 2)")
     diff = outputs_diff(model, cleaned, feed=inputs, where=src)
     if diff > MAX_DIFF:
         raise TrtBuildError(f"{src}: cleaning changed the outputs (max abs diff {diff:.3g} on "
