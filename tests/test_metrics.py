@@ -211,3 +211,12 @@ def test_tolerance_check_gives_polygraphy_simple_compare_verdicts():
             assert tolerance_check(ref_, cand, atol, rtol) == bool(verdict["y"]), (atol, rtol)
             seen.add(bool(verdict["y"]))
     assert seen == {True, False}
+
+
+def test_integer_outputs_get_no_top1_agreement():
+    """paraphrase-MiniLM-L3-v2 passes its int64 token ids through as outputs: they are not
+    class scores; a float (N, C) output is."""
+    ids = np.array([[101, 2023, 102], [101, 7592, 102]], np.int64)
+    assert "top1_agreement" not in output_metrics(ids, ids.copy())
+    logits = np.array([[0.1, 2.0, 0.3], [1.5, 0.2, 0.1]], np.float32)
+    assert output_metrics(logits, logits.copy())["top1_agreement"] == 1.0

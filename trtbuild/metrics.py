@@ -213,7 +213,8 @@ def _correlation(a: np.ndarray, b: np.ndarray) -> float | None:
 
 
 def is_classifier(y: np.ndarray) -> bool:
-    return y.ndim == 2 and y.shape[1] > 1
+    """(N, classes) float scores; integer outputs (token ids passed through) are not."""
+    return y.ndim == 2 and y.shape[1] > 1 and np.issubdtype(y.dtype, np.floating)
 
 
 def label_accuracy(ref: np.ndarray, cand: np.ndarray, origins: list[str],
