@@ -121,8 +121,11 @@ def test_metric_plugin_scores_and_gates(script, tmp_path, gate, code):
     checked = [s for s in report["stages"] if "scores" in s]  # fp16, then validate (int8)
     assert checked and all(v["scores"]["agree"] >= 0.9 and v["scores"]["n"] == v["samples"]
                            for v in checked)
-    if code:
-        assert "does not meet" in proc.stderr and proc.stderr.count("\n") <= 3
+    if code:  # the stages that ran, then one error line; --json says the same on stdout
+        lines = proc.stderr.strip().splitlines()
+        assert "does not meet" in lines[-1] and lines[-1].startswith("trtbuild: error:")
+        assert not [x for x in lines[:-1] if "rror" in x or "Traceback" in x]
+        assert json.loads(proc.stdout)["error"]["exit_code"] == 1
 
 
 @pytest.mark.parametrize("fn, gate, needle", [

@@ -282,9 +282,10 @@ def test_switchable_qdq_equals_each_written_model(outlier):
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6 * np.abs(want).max())
 
 
-def stateful_model(path) -> None:
-    """An LSTM-VAD-like model: windows x (T, 8) and a state h (1, 8); a probability per
-    window (T, 1) and the next state hn (1, 8) per feed, as silero-vad v6 has them."""
+def stateful_model(path, state_batch: int | str = 1) -> None:
+    """An LSTM-VAD-like model: windows x (T, 8) and a state h (`state_batch`, 8); a
+    probability per window (T, 1) and the next state hn (1, 8) per feed, as silero-vad v6
+    has them."""
     rng = np.random.default_rng(2)
     w1 = rng.normal(0, 0.5, (8, 16)).astype(np.float32)
     w1[:, 0] *= 50.0  # one loud channel: per-tensor INT8 loses the others
@@ -299,18 +300,31 @@ def stateful_model(path) -> None:
     g = helper.make_graph(
         nodes, "stateful",
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["T", 8]),
-         helper.make_tensor_value_info("h", TensorProto.FLOAT, [1, 8])],
+         helper.make_tensor_value_info("h", TensorProto.FLOAT, [state_batch, 8])],
         [helper.make_tensor_value_info("p", TensorProto.FLOAT, ["T2", 1]),
-         helper.make_tensor_value_info("hn", TensorProto.FLOAT, [1, 8])],
+         helper.make_tensor_value_info("hn", TensorProto.FLOAT, [state_batch, 8])],
         [numpy_helper.from_array(a, n) for a, n in ((w1, "w1"), (w2, "w2"), (w3, "w3"),
                                                     (np.array([0], np.int64), "axes"))])
     onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 18)]), path)
 
 
-def test_a_target_on_a_model_whose_outputs_are_not_one_row_per_input_row(tmp_path):
-    """silero-vad v6 (faster-whisper's copy) exited 2: the search cut the state output by
-    input rows. A feed of 32 windows and one state is one sample; every output is judged."""
-    stateful_model(tmp_path / "m.onnx")
+@pytest.mark.parametrize("state_batch", [1, "B"])
+def test_a_target_on_a_model_whose_outputs_are_not_one_row_per_input_row(
+        state_batch, tmp_path, monkeypatch):
+    """silero-vad v6 (faster-whisper's copy) exited 2: the search cut its state output by
+    input rows. Every output is judged, estimates agree with the start measurement, and with
+    a symbolic state batch ("B") feeds of 32 windows and one state are never joined."""
+    import trtbuild
+    from trtbuild.stages import sensitivity as stage
+
+    seen = {}
+
+    def spy(order, measure, holds, **kw):
+        seen.update(kw, estimate=measure(set()))
+        return search(order, measure, holds, **kw)
+
+    monkeypatch.setattr(stage, "search", spy)
+    stateful_model(tmp_path / "m.onnx", state_batch)
     rng = np.random.default_rng(3)
     for folder, n in (("calib", 16), ("val", 150)):
         (tmp_path / folder).mkdir()
@@ -318,16 +332,15 @@ def test_a_target_on_a_model_whose_outputs_are_not_one_row_per_input_row(tmp_pat
             np.savez(tmp_path / folder / f"{k:03d}.npz",
                      x=rng.normal(0, 1, (32, 8)).astype(np.float32),
                      h=rng.normal(0, 1, (1, 8)).astype(np.float32))
-    proc = run_cli(tmp_path / "m.onnx", "--int8", "--calib", tmp_path / "calib", "--val",
-                   tmp_path / "val", "--target", "onnx", "--out", tmp_path / "o",
-                   "--high-precision", "fp32", "--accuracy-target", "cosine_mean>=0.99999",
-                   "--json")
-    assert proc.returncode == 0, proc.stderr
-    stages = {s["stage"]: s for s in json.loads(proc.stdout)["stages"]}
+    result = trtbuild.build(str(tmp_path / "m.onnx"), out=tmp_path / "o", int8=True,
+                            calib=str(tmp_path / "calib"), val=str(tmp_path / "val"),
+                            target="onnx", high_precision="fp32",
+                            accuracy_target="cosine_mean>=0.99999")
+    stages = {s["stage"]: s for s in result.report["stages"]}
     sens = stages["sensitivity"]
-    assert sens["samples"] == 150 and stages["validate"]["samples"] == 150  # files
     assert sens["before"] < 0.99999 <= sens["after"] and sens["met"]
     assert "estimate" in [st["measure"] for st in sens["steps"]]
+    assert seen["start_estimate"] == pytest.approx(seen["estimate"], abs=1e-6)
     assert stages["validate"]["outputs"]["hn"]["cosine_mean"] >= 0.99999
 
 

@@ -18,15 +18,18 @@ from __future__ import annotations
 
 import numpy as np
 
-CONF = 0.25       # Ultralytics' predict default
-NMS_IOU = 0.7     # Ultralytics' predict default
+CONF = 0.25       # Ultralytics' predict defaults: confidence, NMS IoU, candidates, kept
+NMS_IOU = 0.7
+MAX_NMS = 30000
+MAX_DET = 300
 MATCH_IOU = 0.5
 
 
 def _pick(outputs: dict[str, np.ndarray]) -> tuple[str, np.ndarray]:
-    """The first 3-D output with at least 5 rows on axis 1 (boxes and one class)."""
+    """The first 3-D output with 4 + classes (at least 5) rows on axis 1, fewer than anchors
+    (a transposed (N, anchors, 4 + C) export is not read as boxes)."""
     for name, x in outputs.items():
-        if np.ndim(x) == 3 and np.shape(x)[1] >= 5:
+        if np.ndim(x) == 3 and 5 <= np.shape(x)[1] < np.shape(x)[2]:
             return name, np.asarray(x, np.float64)
     raise ValueError(f"yolo: no (N, 4 + C, anchors) output among "
                      f"{ {k: np.shape(v) for k, v in outputs.items()} }")
@@ -52,12 +55,14 @@ def detections(pred: np.ndarray, conf: float = CONF, nms_iou: float = NMS_IOU
     cls = pred[4:].argmax(axis=0)[keep]
     cx, cy, w, h = pred[:4, keep]
     box = np.stack([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2], axis=1)
-    order = np.argsort(-scores[keep], kind="stable")
+    order = np.argsort(-scores[keep], kind="stable")[:MAX_NMS]
     chosen: list[int] = []
     for i in order:  # greedy NMS within each class
         same = [j for j in chosen if cls[j] == cls[i]]
         if not same or iou(box[i:i + 1], box[same]).max() < nms_iou:
             chosen.append(int(i))
+            if len(chosen) == MAX_DET:
+                break
     return box[chosen].reshape(-1, 4), cls[chosen]
 
 

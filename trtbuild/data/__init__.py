@@ -184,10 +184,8 @@ class Dataset:
 
 
 def rows(feed: Batch) -> int:
-    """Samples in a feed: the length of axis 0 of its non-scalar arrays; 1 when they differ
-    there (an LSTM VAD's (32, 576) windows with its (1, 1, 128) state are one sample)."""
-    lengths = {len(a) for a in feed.values() if np.ndim(a)}
-    return lengths.pop() if len(lengths) == 1 else 1
+    """Samples in a feed: the length of axis 0 of its first non-scalar array."""
+    return next((len(a) for a in feed.values() if np.ndim(a)), 1)
 
 
 def concat(feeds: list[Batch]) -> Batch:

@@ -147,7 +147,7 @@ def output_error(ref: dict[str, np.ndarray], cand: dict[str, np.ndarray]) -> flo
                 continue
             others = tuple(k for k in range(r64.ndim) if k != axis)
             e = np.sum(r64 * r64, axis=others)
-            ok = e > 0
+            ok = e > 1e-6 * e.mean()  # near-empty slices: their ratio is noise
             if ok.any():
                 worst = max(worst, float(np.mean(np.sum(d * d, axis=others)[ok] / e[ok])))
         total += worst
@@ -205,8 +205,9 @@ def search(order: list[str], measure: Callable[[set[str]], float],
     by bisection over the prefix length: about log2(len(order)) + 2 measurements
     (`start`: the measurement with nothing in float, when the caller already has it).
     `guide`: each step goes where the measured ends and the per-region sensitivities put
-    the goal (interpolation), and bisects after two steps in a row fall on one side of it;
-    on all-MiniLM-L6-v2 that is 2-3 steps where bisection takes 5-6, with the same answer.
+    the goal (interpolation), and bisects after two steps in a row fall on one side of it
+    or fail to halve the interval (at most about twice bisection's steps); on
+    all-MiniLM-L6-v2 that is 2-3 steps where bisection takes 5-6, with the same answer.
     `confirm`: a fuller measurement, when `measure` is a cheaper estimate of it: the prefix
     the bisection finds is confirmed with it, and when it does not hold there the search
     goes on above, with `confirm` alone (it does not go below: where the estimate was
@@ -230,13 +231,16 @@ def search(order: list[str], measure: Callable[[set[str]], float],
         """(the smallest holding length in (bad, good], its value if measured here)"""
         values: dict[int, float] = {bad: v_bad}
         side, run = None, 0  # which side of the goal the last steps fell on, how many
+        widths = [good - bad]
         while good - bad > 1:
-            mid = guide.next(bad, good, values) if guide and run < 2 else None
+            closing = len(widths) < 3 or widths[-1] <= widths[-3] / 2  # halved in 2 steps
+            mid = guide.next(bad, good, values) if guide and run < 2 and closing else None
             mid = (good + bad) // 2 if mid is None else mid
             values[mid] = at(mid, how, kind)
             ok = holds(values[mid])
             run, side = (run + 1 if ok == side else 1), ok
             good, bad = (mid, bad) if ok else (good, mid)
+            widths.append(good - bad)
         return good, values.get(good)
 
     good, v = bisect(0, len(order), measure, "estimate" if confirm else "full",

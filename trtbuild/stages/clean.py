@@ -146,12 +146,16 @@ def unfuse_contrib(model: Any) -> list[str]:
 
     g = model.graph
     nodes, count = [], 0
+    old_clip = io.opset(model) < 11  # Clip's bounds were attributes then
     for n in g.node:
+        if n.domain != "com.microsoft" or n.op_type != "FusedConv":
+            nodes.append(n)
+            continue
         attrs = {a.name: helper.get_attribute_value(a) for a in n.attribute}
-        act = attrs.pop("activation", b"").decode()
+        act = attrs.pop("activation", b"")
+        act = act.decode() if isinstance(act, bytes) else str(act)
         params = list(attrs.pop("activation_params", []))
-        if (n.domain != "com.microsoft" or n.op_type != "FusedConv" or act not in ACTIVATIONS
-                or len(params) < ACTIVATIONS[act]):
+        if act not in ACTIVATIONS or len(params) < ACTIVATIONS[act]:
             nodes.append(n)
             continue
         count += 1
@@ -162,7 +166,10 @@ def unfuse_contrib(model: Any) -> list[str]:
             nodes.append(helper.make_node("Add", [conv_out, n.input[3]], [f"{y}__sum"],
                                           name=f"{base}__add"))
             conv_out = f"{y}__sum"
-        if act == "Clip":
+        if act == "Clip" and old_clip:
+            nodes.append(helper.make_node("Clip", [conv_out], [y], name=base, min=params[0],
+                                          max=params[1]))
+        elif act == "Clip":
             bounds = [f"{base}__min", f"{base}__max"]
             g.initializer.extend(helper.make_tensor(b, TensorProto.FLOAT, [], [v])
                                  for b, v in zip(bounds, params[:2]))

@@ -51,7 +51,9 @@ def run(ctx: Context) -> dict[str, Any]:
     labels = read_labels(labels_dir) if labels_dir else None
     axes = batch_axes(model)
     trial = _Trials(ctx, model, qplan, found, names, feeds, labels, axes)
-    start = trial.measure(set(), keep=True)
+    estimating = len(names) >= 2 * ESTIMATE_SAMPLES  # estimates on a few, the answer on all
+    start = trial.measure(set(), keep=len(_first_rows(feeds, ESTIMATE_SAMPLES))
+                          if estimating else 0)
     errors, measured_on = dict.fromkeys((r.node for r in found), 0.0), 0
     if not target.holds(start):  # only a miss pays for the sensitivity pass
         errors, measured_on = _sensitivities(model, qplan, ctx, found, feeds, trial.fp32,
@@ -59,7 +61,7 @@ def run(ctx: Context) -> dict[str, Any]:
     order = ranking(found, errors)
     guide = Guide([sum(errors[n] for n in order[k:]) for k in range(len(order) + 1)],
                   target.value, trial.perfect(ESTIMATE_SAMPLES))
-    if len(names) >= 2 * ESTIMATE_SAMPLES:  # estimates on a few, the answer on all
+    if estimating:
         result = search(order, lambda f: trial.estimate(f, ESTIMATE_SAMPLES), target.holds,
                         start=start, confirm=trial.measure, guide=guide,
                         start_estimate=trial.head_value(ESTIMATE_SAMPLES))
@@ -100,20 +102,22 @@ class _Trials:
         # per feed, as run: a feed's outputs need not have one row per input row (an LSTM
         # VAD's state has one per feed, its probabilities one per window)
         self.ref_runs = _runs(self.fp32, feeds)
-        self._refs: dict[int, dict[str, np.ndarray]] = {}  # by feeds
+        self._refs: dict[int, dict[str, np.ndarray]] = {}  # the first m feeds' (m < all)
+        self._joined: dict[int, dict[str, np.ndarray]] = {}  # as one run, for estimates
         self._switch: tuple[Any, list[str]] | None = None
-        self.kept: list | None = None  # runs of a measure(keep=True)
+        self.kept: list | None = None  # runs of a measure(keep=N)
         self.last: tuple | None = None  # (fallen, Q/DQ model, with_float_parts) measured last
 
     def qdq(self, fallen: set[str]) -> Any:
         return insert_qdq(self.model, without(self.qplan, fallen), self.ctx.amaxes,
                           self.ctx.int8_weights)
 
-    def measure(self, fallen: set[str], keep: bool = False) -> float:
+    def measure(self, fallen: set[str], keep: int = 0) -> float:
         """On the model the validate stage runs: the real Q/DQ graph, its float parts
         FP16-emulated unless --high-precision fp32 (on PP-OCRv4 rec strings_equal moved by
         0.035 between the two), in a new session. With nothing in float that is the
-        quantize stage's model, already converted."""
+        quantize stage's model, already converted. `keep`: the outputs of that many first
+        feeds are kept for head_value."""
         ctx = self.ctx
         if fallen or ctx.int8_check is None:
             qdq = self.qdq(fallen)
@@ -124,7 +128,7 @@ class _Trials:
         return self._value(self.feeds, io.session(check), keep=keep)
 
     def head_value(self, rows: int) -> float:
-        """The value of the outputs kept by measure(keep=True) on the samples an estimate
+        """The value of the outputs kept by measure(keep=N) on the samples an estimate
         of `rows` runs: what estimate() gives for the same model, without running it (the
         first rows may score apart from all of them: on PP-OCRv4 rec 0.92 vs 0.955)."""
         m = len(_first_rows(self.feeds, rows))
@@ -152,8 +156,11 @@ class _Trials:
         on = {f: np.array(r.node not in fallen) for f, r in zip(flags, self.found)}
         part = _first_rows(self.feeds, rows)
         m = len(part)
-        if self.free_batch and _same_shapes(part):  # one run, not one per batch
-            part = [concat(part)]
+        if self.free_batch and _same_shapes(part) and all(map(_one_batch, part)):
+            if m not in self._joined:  # one run, not one per batch: its own reference
+                self._joined[m] = _stack(_runs(self.fp32, [concat(part)]), self.axes)
+            joined = _stack(_runs(sess, [concat(part)], on), self.axes)
+            return self._score(m, joined, self._joined[m])
         return self._score(m, _stack(_runs(sess, part, on), self.axes))
 
     def perfect(self, rows: int) -> float:
@@ -162,23 +169,26 @@ class _Trials:
         return self._score(m, self.ref(m))
 
     def ref(self, m: int) -> dict[str, np.ndarray]:
-        """The FP32 outputs of the first m feeds, batch axis first."""
+        """The FP32 outputs of the first m feeds, batch axis first (all of them stacked
+        anew at each use: they are as large as every output on every sample)."""
+        if m >= len(self.feeds):
+            return _stack(self.ref_runs, self.axes)
         if m not in self._refs:
             self._refs[m] = _stack(self.ref_runs[:m], self.axes)
         return self._refs[m]
 
-    def _value(self, part: list[dict[str, np.ndarray]], sess: Any, keep: bool = False
-               ) -> float:
+    def _value(self, part: list[dict[str, np.ndarray]], sess: Any, keep: int = 0) -> float:
         runs = _runs(sess, part)
         if keep:
-            self.kept = runs
+            self.kept = runs[:keep]
         return self._score(len(part), _stack(runs, self.axes))
 
-    def _score(self, m: int, cand: dict[str, np.ndarray]) -> float:
+    def _score(self, m: int, cand: dict[str, np.ndarray],
+               ref: dict[str, np.ndarray] | None = None) -> float:
         """The target's value for the outputs of the first m feeds."""
         s = self.ctx.settings.gates
-        record = compare(self.ref(m), cand, self.names[:_count(self.feeds[:m])], self.labels,
-                         s.metric_script)
+        record = compare(self.ref(m) if ref is None else ref, cand,
+                         self.names[:_count(self.feeds[:m])], self.labels, s.metric_script)
         return gate_value(record, s.accuracy_target)
 
 
@@ -240,6 +250,12 @@ def _same_shapes(feeds: list[dict[str, np.ndarray]]) -> bool:
     """Can the feeds be joined on axis 0 (equal shapes past it, e.g. one sequence length)?"""
     return all(np.shape(f[k])[1:] == np.shape(feeds[0][k])[1:] and np.ndim(f[k])
                for f in feeds for k in feeds[0])
+
+
+def _one_batch(feed: dict[str, np.ndarray]) -> bool:
+    """Do all of a feed's arrays have one axis-0 length (rows to join on), unlike an LSTM
+    VAD's 32 windows beside its one state?"""
+    return len({len(a) for a in feed.values() if np.ndim(a)}) <= 1
 
 
 def _dynamic_batch(model: Any) -> bool:

@@ -227,16 +227,16 @@ def _native_stderr_to_debug():
     import tempfile
 
     sys.stderr.flush()
-    saved = os.dup(2)
     with tempfile.TemporaryFile() as tmp:
-        os.dup2(tmp.fileno(), 2)
+        saved = os.dup(2)
         try:
+            os.dup2(tmp.fileno(), 2)
             yield
         finally:
             sys.stderr.flush()
             os.dup2(saved, 2)
             os.close(saved)
-            tmp.seek(0)
-            text = tmp.read().decode(errors="replace").strip()
-            if text:
-                log.debug("TensorRT ONNX parser printed: %s", text)
+        tmp.seek(0)
+        text = tmp.read().decode(errors="replace").strip()
+        if text:
+            log.debug("TensorRT ONNX parser printed: %s", text)
