@@ -2,9 +2,9 @@
 data, measure what each quantized region costs (trtbuild.quant.sensitivity), leave the
 fewest regions in float until the target holds, and rewrite out/model.int8.onnx as that
 mixed-precision model (INT8 Q/DQ where kept, the --high-precision type elsewhere). Each
-search step measures the model as written (FP16 parts emulated): the bisection on the first
-ESTIMATE_SAMPLES held-out samples, its answer on up to SEARCH_SAMPLES (going on above it
-when it misses there); the validate stage then checks it on all of them.
+search step measures the model as written (FP16 parts emulated): the guided search on the
+first ESTIMATE_SAMPLES held-out samples, its answer on up to SEARCH_SAMPLES (going on above
+it when it misses there); the validate stage then checks it on all of them.
 """
 
 from __future__ import annotations
