@@ -418,13 +418,16 @@ def test_sigterm_is_one_line_and_leaves_no_temp_files(tmp_path):
         "import time, numpy as np\ndef data():\n    for _ in range(100):\n"
         "        time.sleep(0.5)\n        yield {'input': np.ones((1, 1, 8, 8), np.float32)}\n")
     p = _start([DIGITS, "--int8", "--fp16", "--data-loader-script",
-                f"{tmp_path / 'slow.py'}:data", "--target", "onnx", "--out", tmp_path / "o"],
-               tmp_path)
+                f"{tmp_path / 'slow.py'}:data", "--target", "onnx", "--out", tmp_path / "o",
+                "--json"], tmp_path)
     time.sleep(8)
     p.send_signal(signal.SIGTERM)
-    _, err = p.communicate(timeout=60)
+    out, err = p.communicate(timeout=60)
     assert p.returncode == 130 and err.strip().splitlines()[-1] == "trtbuild: interrupted"
     assert "Traceback" not in err
+    report = json.loads(out)  # --json: what ran before the signal, and why it stopped
+    assert report["error"] == {"exit_code": 130, "message": "interrupted"}
+    assert [s["stage"] for s in report["stages"]][:2] == ["export", "clean"]
     assert not [x for x in (tmp_path / "o").rglob("*") if ".tmp-" in x.name]
 
 

@@ -24,10 +24,11 @@ def emit(args: argparse.Namespace, data: dict[str, Any], summary: list[str]) -> 
 
 
 def _run_summary(args: argparse.Namespace, title: str, run: Callable) -> int:
-    """The stages' summary lines (and --json's report); when a stage fails, those of the
-    stages before it and, with --json, {"stages": [...], "error": {"exit_code", "message"}}
-    on stdout, so a pipeline reading stdout sees what ran and why it stopped."""
-    from ..errors import TrtBuildError
+    """The stages' summary lines (and --json's report); when a stage fails or the run is
+    interrupted, those of the stages before it and, with --json, {"stages": [...], "error":
+    {"exit_code", "message"}} on stdout, so a pipeline reading stdout sees what ran and why
+    it stopped."""
+    from ..errors import INTERNAL_ERROR, INTERRUPTED, TrtBuildError
 
     lines: list[str] = []
     done: list[dict[str, Any]] = []
@@ -36,11 +37,21 @@ def _run_summary(args: argparse.Namespace, title: str, run: Callable) -> int:
         lines.append(summary_line(name, record))
         done.append({"stage": name, **record})
 
+    def failed(code: int, message: str) -> None:
+        emit(args, {"stages": done, "error": {"exit_code": code, "message": message}},
+             [title, *lines])
+
     try:
         result = run(on_stage)
     except TrtBuildError as e:
-        emit(args, {"stages": done, "error": {"exit_code": e.code, "message": e.message}},
-             [title, *lines])
+        failed(e.code, e.message)
+        raise
+    except KeyboardInterrupt:  # SIGINT, or SIGTERM through main's handler
+        failed(INTERRUPTED, "interrupted")
+        raise
+    except Exception as e:  # main() prints the one line and exits INTERNAL_ERROR
+        text = str(e).strip().splitlines()
+        failed(INTERNAL_ERROR, f"internal error: {type(e).__name__}: {text[0] if text else ''}")
         raise
     emit(args, result.report, [f"{title} -> {result.out}/", *lines,
                                f"  {'report':<16}          {result.out / 'report.json'}"])
