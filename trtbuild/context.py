@@ -104,16 +104,20 @@ class Context:
             self._probe_feeds = [f for _, f in itertools.islice(data.samples(), PROBE_SAMPLES)]
         return self._probe_feeds
 
+    def given_shapes(self) -> dict[str, tuple]:
+        """Input shapes the user gave: --input, overridden by --shapes' opt shape."""
+        s = self.settings
+        return {**dict(s.export.inputs), **{p.name: p.opt for p in s.engine.profiles}}
+
     def eval_data(self) -> tuple[Any, Path | None, str]:
         """(dataset, labels directory, description) for accuracy checks: --val, else the
         calibration data, else seeded random inputs."""
         from .metrics import RandomData
 
         source = self.settings.val or self.settings.calib.data
-        if not source:  # the shapes the user gave, as the clean stage's check takes them
-            s = self.settings
-            shapes = {**dict(s.export.inputs), **{p.name: p.opt for p in s.engine.profiles}}
-            return RandomData(self.clean_model(), shapes=shapes or None), None, "random inputs"
+        if not source:
+            return (RandomData(self.clean_model(), shapes=self.given_shapes() or None), None,
+                    "random inputs")
         labels = Path(source) if Path(source).is_dir() else None
         # without --val the calibration data is judged on, as capped for calibration
         return self.dataset(source, calibration=not self.settings.val), labels, str(source)

@@ -8,6 +8,12 @@ INTERNAL_ERROR = 4      # a bug in trtbuild or a crash in a library it drives
 INTERRUPTED = 130       # SIGINT / SIGTERM
 
 
+def internal_error(e: BaseException) -> str:
+    """The one line an unexpected exception is reported as (exit INTERNAL_ERROR)."""
+    first = str(e).strip().splitlines()[0][:300] if str(e).strip() else ""
+    return f"internal error: {type(e).__name__}: {first}"
+
+
 class TrtBuildError(Exception):
     """A failure the user can act on: the CLI prints `message` in one line and exits `code`."""
 

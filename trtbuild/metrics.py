@@ -146,6 +146,14 @@ def output_metrics(ref: np.ndarray, cand: np.ndarray) -> dict[str, Any]:
     return m
 
 
+def slice_axes(shape: tuple[int, ...]) -> list[int]:
+    """The non-batch axes a per-slice comparison is taken along: 2..SLICE_MAX indices, each
+    slice at least SLICE_MIN values."""
+    size = int(np.prod(shape))
+    return [k for k in range(1, len(shape)) if 2 <= shape[k] <= SLICE_MAX
+            and size // shape[k] >= SLICE_MIN]
+
+
 class _Sums:
     """One pass over an output, a few samples at a time in float64 (no full-size float64
     copy: PP-OCRv4 rec's 200x40x6625 output took 6 s that way): the error statistics and,
@@ -155,9 +163,7 @@ class _Sums:
     CHUNK = 1 << 21  # values per step
 
     def __init__(self, ref: np.ndarray, cand: np.ndarray):
-        self.shape = ref.shape
-        self.axes = [0] + [k for k in range(1, ref.ndim) if 2 <= ref.shape[k] <= SLICE_MAX
-                           and ref.size // ref.shape[k] >= SLICE_MIN]
+        self.axes = [0] + slice_axes(ref.shape)
         self.dot = {k: np.zeros(ref.shape[k]) for k in self.axes}
         self.ref2 = {k: np.zeros(ref.shape[k]) for k in self.axes}
         self.cand2 = {k: np.zeros(ref.shape[k]) for k in self.axes}

@@ -8,7 +8,7 @@ import signal
 import sys
 from typing import Any
 
-from ..errors import BAD_INPUT, INTERNAL_ERROR, INTERRUPTED, TrtBuildError
+from ..errors import BAD_INPUT, INTERNAL_ERROR, INTERRUPTED, TrtBuildError, internal_error
 from .args import build_parser, commands
 
 
@@ -44,9 +44,8 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as e:  # noqa: BLE001 - the guard: one line, its own exit code
         if args.verbose:
             logging.getLogger("trtbuild").exception("internal error")
-        first = str(e).strip().splitlines()[0][:300] if str(e).strip() else ""
-        print(f"trtbuild: internal error: {type(e).__name__}: {first} (a bug in trtbuild or a "
-              "library it drives; -v shows the traceback)", file=sys.stderr)
+        print(f"trtbuild: {internal_error(e)} (a bug in trtbuild or a library it drives; -v "
+              "shows the traceback)", file=sys.stderr)
         return INTERNAL_ERROR
 
 

@@ -28,7 +28,7 @@ def _run_summary(args: argparse.Namespace, title: str, run: Callable) -> int:
     interrupted, those of the stages before it and, with --json, {"stages": [...], "error":
     {"exit_code", "message"}} on stdout, so a pipeline reading stdout sees what ran and why
     it stopped."""
-    from ..errors import INTERNAL_ERROR, INTERRUPTED, TrtBuildError
+    from ..errors import INTERNAL_ERROR, INTERRUPTED, TrtBuildError, internal_error
 
     lines: list[str] = []
     done: list[dict[str, Any]] = []
@@ -49,9 +49,8 @@ def _run_summary(args: argparse.Namespace, title: str, run: Callable) -> int:
     except KeyboardInterrupt:  # SIGINT, or SIGTERM through main's handler
         failed(INTERRUPTED, "interrupted")
         raise
-    except Exception as e:  # main() prints the one line and exits INTERNAL_ERROR
-        text = str(e).strip().splitlines()
-        failed(INTERNAL_ERROR, f"internal error: {type(e).__name__}: {text[0] if text else ''}")
+    except Exception as e:  # main() prints the same line and exits INTERNAL_ERROR
+        failed(INTERNAL_ERROR, internal_error(e))
         raise
     emit(args, result.report, [f"{title} -> {result.out}/", *lines,
                                f"  {'report':<16}          {result.out / 'report.json'}"])

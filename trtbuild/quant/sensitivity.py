@@ -130,10 +130,10 @@ def flag_inputs(g: Any, found: list[Region], default: bool | None = None) -> lis
 def output_error(ref: dict[str, np.ndarray], cand: dict[str, np.ndarray]) -> float:
     """Sum over outputs of the relative squared error ||cand - ref||^2 / ||ref||^2, taken
     over the whole output or, where larger, averaged over the slices along one of its
-    non-batch axes (metrics.SLICE_MIN..SLICE_MAX): a YOLOv8 output's class scores (0-1)
+    non-batch axes (metrics.slice_axes): a YOLOv8 output's class scores (0-1)
     sit beside box coordinates in pixels; over the whole output their errors weighed 1e-13
     and the class branch ranked last."""
-    from ..metrics import SLICE_MAX, SLICE_MIN
+    from ..metrics import slice_axes
 
     total = 0.0
     for name, r in ref.items():
@@ -141,10 +141,7 @@ def output_error(ref: dict[str, np.ndarray], cand: dict[str, np.ndarray]) -> flo
         d = cand[name].astype(np.float64) - r64
         energy, err = float(np.sum(r64 * r64)), float(np.sum(d * d))
         worst = err / energy if energy > 0 else (0.0 if err == 0 else np.inf)
-        for axis in range(1, r64.ndim):
-            n = r64.shape[axis]
-            if not 2 <= n <= SLICE_MAX or r64.size // n < SLICE_MIN:
-                continue
+        for axis in slice_axes(r64.shape):
             others = tuple(k for k in range(r64.ndim) if k != axis)
             e = np.sum(r64 * r64, axis=others)
             ok = e > 1e-6 * e.mean()  # near-empty slices: their ratio is noise

@@ -16,7 +16,7 @@ import numpy as np
 from ..context import Context
 from ..errors import GATE_FAILED, TrtBuildError
 from ..onnx import io
-from ..onnx.inputs import model_outputs, random_feed
+from ..onnx.inputs import model_inputs, model_outputs, random_feed
 from ..passes import PASSES, Pass
 from ..report import Timer
 
@@ -56,7 +56,6 @@ def check_feed(ctx: Context, model: Any) -> tuple[dict[str, Any], str]:
     """Inputs for the before/after check: the first calibration (or validation) sample;
     else random values of the shapes given with --input / --shapes (opt); else batch 2 and
     DEFAULT_DIM for other symbolic dims."""
-    from ..onnx.inputs import model_inputs
     from ..onnx.shapes import check_profiles
 
     s = ctx.settings
@@ -64,7 +63,7 @@ def check_feed(ctx: Context, model: Any) -> tuple[dict[str, Any], str]:
     sample = ctx.first_sample(model)
     if sample:
         return sample
-    shapes = {**dict(s.export.inputs), **{p.name: p.opt for p in s.engine.profiles}}
+    shapes = ctx.given_shapes()
     return random_feed(model, batch=2, seed=1, shapes=shapes, dim=DEFAULT_DIM), (
         "random inputs" + (f", shapes {shapes}" if shapes else
                            f", symbolic dims = {DEFAULT_DIM} (batch 2)"))
@@ -215,11 +214,10 @@ def outputs_diff(a: Any, b: Any, batch: int = 2, feed: dict | None = None,
     Raises TrtBuildError(1) when they do not."""
     feed = feed if feed is not None else random_feed(a, batch=batch, seed=1)
     before = io.run(io.session(a, where=where), feed, str(where))
-    sess = io.session(b, where=f"{where} (cleaned)")
-    widened = {i.name: i.type for i in sess.get_inputs()}  # prepare() may widen int16
-    feed_b = {k: v.astype(np.int32) if widened.get(k) == "tensor(int32)" and
-              np.asarray(v).dtype != np.int32 else v for k, v in feed.items()}
-    after = io.run(sess, feed_b, f"{where} (cleaned)")
+    types = {i.name: i.dtype for i in model_inputs(b)}  # prepare() may widen int16 inputs
+    feed_b = {k: np.asarray(v).astype(types.get(k, np.asarray(v).dtype), copy=False)
+              for k, v in feed.items()}
+    after = io.run(io.session(b, where=f"{where} (cleaned)"), feed_b, f"{where} (cleaned)")
     diff, problems = io.compare_outputs(model_outputs(a), before, after,
                                         io.data_dependent_outputs(a))
     if problems:

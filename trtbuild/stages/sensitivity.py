@@ -64,7 +64,7 @@ def run(ctx: Context) -> dict[str, Any]:
     if estimating:
         result = search(order, lambda f: trial.estimate(f, ESTIMATE_SAMPLES), target.holds,
                         start=start, confirm=trial.measure, guide=guide,
-                        start_estimate=trial.head_value(ESTIMATE_SAMPLES))
+                        start_estimate=trial.head_value())
     else:
         result = search(order, trial.measure, target.holds, start=start, guide=guide)
     fallen = set(result.fallen)
@@ -127,13 +127,12 @@ class _Trials:
             check = ctx.int8_check
         return self._value(self.feeds, io.session(check), keep=keep)
 
-    def head_value(self, rows: int) -> float:
-        """The value of the outputs kept by measure(keep=N) on the samples an estimate
-        of `rows` runs: what estimate() gives for the same model, without running it (the
-        first rows may score apart from all of them: on PP-OCRv4 rec 0.92 vs 0.955)."""
-        m = len(_first_rows(self.feeds, rows))
+    def head_value(self) -> float:
+        """The value of the outputs kept by measure(keep=N), the feeds an estimate runs:
+        what estimate() gives for the same model, without running it (the first rows may
+        score apart from all of them: on PP-OCRv4 rec 0.92 vs 0.955)."""
         kept, self.kept = self.kept, None  # once: they may be large
-        return self._score(m, _stack(kept[:m], self.axes))
+        return self._score(len(kept), _stack(kept, self.axes))
 
     def write(self, fallen: set[str]) -> dict[str, Any]:
         """Write the model with `fallen` in float (as last measured, when it was)."""
