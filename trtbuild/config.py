@@ -257,6 +257,7 @@ class BenchSettings:
     enabled: bool = False
     warmup: int = 5
     iterations: int = 50
+    duration: float = 3.0             # seconds per model and shape at most (trtexec: 3 s)
     baseline: Path | None = None
     max_regression: float = 0.05      # 0.05 = 5%
 
@@ -265,6 +266,7 @@ class BenchSettings:
             raise TrtBuildError(f"--iterations: {self.iterations} must be >= 1")
         if not isinstance(self.warmup, int) or self.warmup < 0:
             raise TrtBuildError(f"--warmup: {self.warmup} must be >= 0")
+        _finite("duration", self.duration, 0.0)
         if isinstance(self.max_regression, str):
             object.__setattr__(self, "max_regression", parse_regression(self.max_regression))
         _finite("max-regression", self.max_regression, 0.0)
@@ -335,7 +337,8 @@ OPTIONS: dict[str, tuple[str, str]] = {
     "target": ("targets", "target"), "builder": ("targets", "builder"),
     "archs": ("targets", "archs"), "cache_dir": ("targets", "cache_dir"),
     "bench": ("bench", "enabled"), "warmup": ("bench", "warmup"),
-    "iterations": ("bench", "iterations"), "baseline": ("bench", "baseline"),
+    "iterations": ("bench", "iterations"), "duration": ("bench", "duration"),
+    "baseline": ("bench", "baseline"),
     "max_regression": ("bench", "max_regression"),
 }
 TOP_LEVEL = {f.name for f in fields(BuildSettings)} - {"src"} - {s for s, _ in OPTIONS.values()}

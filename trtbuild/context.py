@@ -53,6 +53,7 @@ class Context:
     int8_check: bytes | None = None  # what the CPU check runs for the INT8 model (FP16 emulated)
     fp16_ranges: dict = field(default_factory=dict)  # INT8 float parts: {tensor: why not FP16}
     torch_module: Any = None                                # torch SRCs: the eager baseline
+    source: Any = None  # the loaded onnx.source.Source when the pre-checks loaded it
     _clean_model: Any = None
     qdq_base: Any = None  # quantize -> sensitivity: the clean model Q/DQ goes into
     _first_sample: tuple[dict, str] | None = None

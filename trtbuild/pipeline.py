@@ -127,10 +127,97 @@ def run(settings: BuildSettings, on_stage: OnStage | None = None) -> Context:
     src = source.parse(settings.src)  # validates SRC before creating any directory
     check_files(settings)
     _choose_engine_runtime(settings)
+    check_targets(settings)
+    loaded = check_data(settings, src)
     out = settings.out_dir(src.name)
     keep = tuple(p for p in (src.path, settings.calib.cache) if p is not None)
-    return in_out_dir(out, lambda o: run_stages(new_context(settings, o, settings.src),
-                                                stages_for(settings), on_stage), keep)
+
+    def work(o: Path) -> Context:
+        ctx = new_context(settings, o, settings.src)
+        ctx.source = loaded
+        return run_stages(ctx, stages_for(settings), on_stage)
+    return in_out_dir(out, work, keep)
+
+
+def check_targets(s: BuildSettings) -> None:
+    """Before any work: the engine builder and every --arch it must target (exit 3), so a
+    wrong --arch fails in a second, not after export, clean and calibration."""
+    if s.targets.target == "onnx":
+        return
+    from .trt.backend import load_backend, target_archs
+
+    try:
+        found = load_backend(s.targets.builder)
+    except TrtBuildError:
+        if s.targets.target == "engine":
+            raise
+        return  # target auto: the engines stage records that none was built
+    target_archs(found, s.targets.archs, s.engine.hardware_compat)
+
+
+def check_data(s: BuildSettings, src: Any) -> Any:
+    """Before any work: every calibration and validation sample file against the model's
+    inputs (shapes, dtypes, image sizes after preprocessing; exit 2 naming the file). An
+    ONNX SRC is read without its weights; a torch SRC is loaded (and returned, for the
+    export stage) and checked against its example inputs. Loader scripts run later."""
+    import numpy as np
+
+    from .data import Dataset, _is_script
+    from .onnx import source
+    from .onnx.inputs import InputSpec
+
+    folders = [d for d in (s.calib.data, s.val) if d and not _is_script(str(d))]
+    if not folders:
+        return None
+    loaded = None
+    if src.kind == "onnx":
+        inputs = _onnx_inputs(src.path)
+        if inputs is None:
+            return None  # the export stage says what is wrong with the file
+    elif src.text.startswith("torchvision:") and not s.export.inputs:
+        inputs = [InputSpec("input", ("N", *source.TORCHVISION_DEFAULT_SHAPE[1:]),
+                            np.dtype(np.float32))]  # known without importing torch (4 s)
+    else:
+        loaded = source.load(src, dict(s.export.inputs) or None)
+        inputs = _example_inputs(loaded, s)
+    from .data.images import Preprocess
+
+    for folder in folders:
+        pre = Preprocess.from_dir(Path(folder), **s.data.preprocess)
+        Dataset(folder, inputs, s.data.batch_size, s.data.max_samples, pre)
+    return loaded
+
+
+def _onnx_inputs(path: Path) -> list | None:
+    import onnx
+
+    from .onnx.inputs import model_inputs
+
+    try:
+        return model_inputs(onnx.load(str(path), load_external_data=False))
+    except Exception:  # noqa: BLE001 - io.load in the export stage names the problem
+        return None
+
+
+def _example_inputs(src: Any, s: BuildSettings) -> list:
+    """InputSpecs for a torch SRC's example inputs, named as the export stage names them,
+    with a free batch axis."""
+    import numpy as np
+
+    from .onnx.inputs import InputSpec
+
+    def dtype(x: Any) -> np.dtype:
+        try:
+            return np.dtype(str(x.dtype).removeprefix("torch."))
+        except TypeError:  # bfloat16: no numpy dtype; a float sample fits it
+            return np.dtype(np.float32)
+
+    examples = src.example_inputs
+    names = [n for n, _ in s.export.inputs] or (
+        ["input"] if len(examples) == 1 else [f"input_{i}" for i in range(len(examples))])
+    return [InputSpec(n, ("N", *x.shape[1:]) if x.dim() else (),
+                      dtype(x))
+            for n, x in zip(names, examples)]
 
 
 def check_files(s: BuildSettings) -> None:

@@ -29,10 +29,16 @@ def stats(times_ms: list[float], batch: int) -> dict[str, float]:
 
 
 def timed_cpu(run: Callable[[], Any], s: BenchSettings) -> list[float]:
+    """Warm-up, then timed runs: each phase ends at its count or its share of s.duration
+    (warm-up a fifth), whichever comes first; at least one timed run."""
+    end = time.perf_counter() + s.duration / 5
     for _ in range(s.warmup):
+        if time.perf_counter() >= end:
+            break
         run()
-    out = []
-    for _ in range(s.iterations):
+    out: list[float] = []
+    end = time.perf_counter() + s.duration
+    while len(out) < s.iterations and (not out or time.perf_counter() < end):
         t = time.perf_counter()
         run()
         out.append((time.perf_counter() - t) * 1000.0)
@@ -40,15 +46,20 @@ def timed_cpu(run: Callable[[], Any], s: BenchSettings) -> list[float]:
 
 
 def timed_cuda(run: Callable[[Any], Any], s: BenchSettings) -> list[float]:
-    """run(stream) enqueues work on `stream`; timed with CUDA events on that stream."""
+    """run(stream) enqueues work on `stream`; timed with CUDA events on that stream, the
+    runs bounded as in timed_cpu."""
     import torch
 
     stream = torch.cuda.Stream()
+    end = time.perf_counter() + s.duration / 5
     for _ in range(s.warmup):
+        if time.perf_counter() >= end:
+            break
         run(stream)
-    stream.synchronize()
-    out = []
-    for _ in range(s.iterations):
+        stream.synchronize()
+    out: list[float] = []
+    deadline = time.perf_counter() + s.duration
+    while len(out) < s.iterations and (not out or time.perf_counter() < deadline):
         start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
         start.record(stream)
         run(stream)

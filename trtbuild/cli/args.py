@@ -185,7 +185,13 @@ def bench_group(p: argparse.ArgumentParser, with_flag: bool = True) -> None:
     g.add_argument("--warmup", type=int, metavar="N",
                    help=f"default {BENCH_DEFAULTS.warmup}")
     g.add_argument("--iterations", type=int, metavar="N",
-                   help=f"default {BENCH_DEFAULTS.iterations}")
+                   help=f"timed runs per model and shape, at most (default "
+                        f"{BENCH_DEFAULTS.iterations})")
+    g.add_argument("--duration", type=float, metavar="S",
+                   help="seconds of timed runs per model and shape, at most: timing stops at "
+                        "--iterations runs or S seconds, whichever comes first, after at least "
+                        f"one run; warm-up stops at --warmup runs or S/5 s (default "
+                        f"{BENCH_DEFAULTS.duration:g})")
     g.add_argument("--baseline", type=Path, metavar="OLD_report.json",
                    help="compare p50 latencies with an earlier report's bench results")
     g.add_argument("--max-regression", metavar="PCT",

@@ -24,22 +24,22 @@ def emit(args: argparse.Namespace, data: dict[str, Any], summary: list[str]) -> 
 
 
 def _run_summary(args: argparse.Namespace, title: str, run: Callable) -> int:
-    """The stages' summary lines (and --json's report); when a stage fails or the run is
-    interrupted, those of the stages before it and, with --json, {"stages": [...], "error":
-    {"exit_code", "message"}} on stdout, so a pipeline reading stdout sees what ran and why
-    it stopped."""
+    """The title, then each stage's summary line as the stage ends (stdout; stderr with
+    --json, whose report goes to stdout at the end); when a stage fails or the run is
+    interrupted, with --json {"stages": [...], "error": {"exit_code", "message"}} on stdout,
+    so a pipeline reading stdout sees what ran and why it stopped."""
     from ..errors import INTERNAL_ERROR, INTERRUPTED, TrtBuildError, internal_error
 
-    lines: list[str] = []
+    stream = sys.stderr if args.json else sys.stdout
     done: list[dict[str, Any]] = []
+    print(title, file=stream, flush=True)
 
     def on_stage(name: str, record: dict[str, Any]) -> None:
-        lines.append(summary_line(name, record))
+        print(summary_line(name, record), file=stream, flush=True)
         done.append({"stage": name, **record})
 
     def failed(code: int, message: str) -> None:
-        emit(args, {"stages": done, "error": {"exit_code": code, "message": message}},
-             [title, *lines])
+        emit(args, {"stages": done, "error": {"exit_code": code, "message": message}}, [])
 
     try:
         result = run(on_stage)
@@ -52,8 +52,8 @@ def _run_summary(args: argparse.Namespace, title: str, run: Callable) -> int:
     except Exception as e:  # main() prints the same line and exits INTERNAL_ERROR
         failed(INTERNAL_ERROR, internal_error(e))
         raise
-    emit(args, result.report, [f"{title} -> {result.out}/", *lines,
-                               f"  {'report':<16}          {result.out / 'report.json'}"])
+    report = result.out / "report.json"
+    emit(args, result.report, [f"  {'report':<16}          {report}, {report.with_suffix('.html')}"])
     return 0
 
 

@@ -95,7 +95,8 @@ class Dataset:
         shape = (c, h, w) if p.layout == "NCHW" else (h, w, c)
         if not self.inputs[0].fits_sample(shape):
             raise TrtBuildError(f"{path}: image gives shape {shape}, model input "
-                                f"'{self.inputs[0].name}' expects {self.inputs[0].shape[1:]}")
+                                f"'{self.inputs[0].name}' expects {self.inputs[0].shape[1:]}"
+                                f"{_size_hint(self.inputs[0], p)}")
 
     def _check_array(self, path: Path, spec: InputSpec | None, arr: Header | np.ndarray) -> None:
         if spec is None:
@@ -181,6 +182,16 @@ class Dataset:
                 pending, count = [], 0
         if pending:
             yield concat(pending)
+
+
+def _size_hint(spec: InputSpec, p: Preprocess) -> str:
+    """What makes the images fit a static square input: the flags with their numbers."""
+    hw = spec.dims[2:4] if p.layout == "NCHW" else spec.dims[1:3]
+    if len(hw) != 2 or hw[0] != hw[1] or hw[0] < 1 or p.crop:
+        return ""
+    side = hw[0]
+    return (f": add --resize {round(side * 256 / 224)} --crop {side} (shorter side, then "
+            f"centre crop, as for ImageNet) or --resize {side} --crop {side}")
 
 
 def rows(feed: Batch) -> int:

@@ -14,7 +14,7 @@ same.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Iterator
 
 import numpy as np
 
@@ -22,13 +22,25 @@ from ..data import rows as count_rows
 from .qdq import QuantPlan, quantize_weight
 
 MAX_SAMPLES = 64      # calibration rows the input statistics come from
-MAX_COLUMNS = 4096    # output positions per batch a layer's statistics keep (evenly strided)
+MAX_COLUMNS = 4096    # output positions per row a layer's statistics keep (evenly strided)
+# and over all MAX_SAMPLES rows at most COLUMNS_PER_K input vectors per weight of a row (as
+# the GPTQ paper's 128 x 2048 tokens for rows of 4096-12288), or more where H stays under
+# H_FLOPS (depthwise and narrow layers): H costs K^2 per vector, 9x a 3x3 conv's own work.
+# PP-OCRv4 rec strings at 2e9, 6e9, 2e10: 0.945, 0.95, 0.96 (200 lines), quantize 11, 14, 43 s
+COLUMNS_PER_K = 16
+H_FLOPS = 6e9
+CHUNK = 1 << 23       # floats of layer input columns gathered at once (32 MB)
 DAMP = 0.01           # GPTQ's dampening, a share of H's mean diagonal
 # input vectors per weight of a row below which GPTQ fits the calibration rows rather than
 # the data and nearest rounding is kept: a Gemm on a flattened image with 32 for 4608 got
 # worse on held-out data; PP-OCRv4 rec's 1x3 convs at 0.44 gain (strings 0.94 -> 0.955)
 MIN_COLUMNS = 0.25
 BLOCK = 128           # columns rounded between two matrix-product updates of the rest
+# Longest run of input columns one Hessian block covers. A wider row (resnet's 3x3x512
+# convs: 4608; fcn_resnet50's head: 18432) is cut into equal blocks of whole input channels
+# and GPTQ spreads errors within each block only: H costs K x MAX_K per input column instead
+# of K^2, and its factorisation (K / MAX_K) MAX_K^3 instead of K^3.
+MAX_K = 1152
 
 
 @dataclass
@@ -66,19 +78,30 @@ def layers(model: Any, qplan: QuantPlan) -> list[Layer]:
     return found
 
 
+def device() -> str:
+    """Where GPTQ's linear algebra runs: the GPU when torch sees one (same numbers within
+    float32 tolerance), else the CPU."""
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
 def round_weights(model: Any, qplan: QuantPlan, feeds: Iterable[dict[str, np.ndarray]],
-                  session: Callable[[Any], Any], advance: Callable[[int], None] = lambda n: None
+                  session: Callable[[Any], Any], progress: Any = None
                   ) -> tuple[dict[str, tuple[np.ndarray, np.ndarray]], dict]:
     """GPTQ-rounded INT8 weights {name: (int8, scale)} for the layers it applies to, and a
     summary: layers rounded, rows used, the median ratio of estimated output error
-    (d^T H d, d the weight error) against nearest rounding. `session(model)` makes an ONNX
-    Runtime session; `feeds` are calibration batches (FP32 inputs); `advance` is told of
-    each layer rounded."""
+    (d^T H d, d the weight error) against nearest rounding, and per weight what was done
+    (gptq, gptq in N blocks, or nearest and why). `session(model)` makes an ONNX Runtime
+    session; `feeds` are calibration batches (FP32 inputs); `progress` (a progress.Bar) is
+    told of the rows read, then of each layer rounded."""
+    import torch
     from onnx import helper, numpy_helper
 
     found = layers(model, qplan)
     if not found:
         return {}, {"layers": 0, "rows": 0}
+    dev = device()
     taps = list(dict.fromkeys(layer.source for layer in found))
     tapped = type(model)()
     tapped.CopyFrom(model)
@@ -89,73 +112,133 @@ def round_weights(model: Any, qplan: QuantPlan, feeds: Iterable[dict[str, np.nda
     inits = {i.name: numpy_helper.to_array(i).astype(np.float32) for i in model.graph.initializer
              if i.name in {layer.weight for layer in found}}
     # H depends on the input and the layer's window only: Q, K and V projections share one
-    stats: dict[tuple, np.ndarray] = {}   # float32: 32 rows sum without loss that matters
+    stats: dict[tuple, Any] = {}          # key -> (blocks, size, size) float32 on `dev`
     seen: dict[tuple, int] = {}
     rows = 0
-    for feed in feeds:
-        if rows >= MAX_SAMPLES:
-            break
-        values = dict(zip(taps, sess.run(taps, feed)))
-        rows += count_rows(feed)
-        done = set()
+    if progress is not None:
+        progress.start("weight rounding: layer inputs", MAX_SAMPLES, "rows")
+    with torch.inference_mode():
+        for feed in feeds:
+            if rows >= MAX_SAMPLES:
+                break
+            values = dict(zip(taps, sess.run(taps, feed)))
+            n = count_rows(feed)
+            rows += n
+            done = set()
+            for layer in found:
+                key = _window(layer, inits[layer.weight])
+                if key not in done:
+                    done.add(key)
+                    g, _, k = _as_rows(inits[layer.weight], layer.node).shape
+                    size = _block_size(k, _taps(layer, inits[layer.weight]))
+                    total = max(COLUMNS_PER_K * k, H_FLOPS / (2 * g * k * size))
+                    limit = min(n * MAX_COLUMNS, int(-(-total * n // MAX_SAMPLES)))
+                    for cols in _columns(torch.from_numpy(values[layer.source]).to(dev),
+                                         inits[layer.weight], layer.node, limit):
+                        blocks = _blocked(cols, size)
+                        h = torch.matmul(blocks, blocks.mT)
+                        stats[key] = stats[key].add_(h) if key in stats else h
+                        seen[key] = seen.get(key, 0) + cols.shape[2]
+            if progress is not None:
+                progress.advance(min(n, MAX_SAMPLES - rows + n))
+        if progress is not None:
+            progress.start("weight rounding", len(found), "layers")
+        out, ratios, per_layer = {}, [], {}
         for layer in found:
-            key = _window(layer, inits[layer.weight])
-            if key not in done:
-                done.add(key)
-                cols = _columns(values[layer.source], inits[layer.weight], layer.node)
-                stats[key] = stats.get(key, 0) + np.matmul(cols, cols.transpose(0, 2, 1))
-                seen[key] = seen.get(key, 0) + cols.shape[2]
-    out, ratios = {}, []
-    for layer in found:
-        w, key = inits[layer.weight], _window(layer, inits[layer.weight])
-        if key not in stats or seen[key] < MIN_COLUMNS * stats[key].shape[1]:
-            continue  # e.g. a Gemm on a flattened image: fewer samples than weights per row
-        h = stats[key].astype(np.float64)
-        nearest, scale = quantize_weight(w, layer.axis)
-        rows_k = _as_rows(w, layer.node)                       # (groups, r, K)
-        groups = rows_k.shape[0]
-        s = scale.reshape(groups, -1)
-        q = gptq(rows_k, h, s)
-        before = _output_error(rows_k, _as_rows(nearest.astype(np.float32), layer.node), s, h)
-        after = _output_error(rows_k, q.astype(np.float32), s, h)
-        if after < before:  # the estimate on calibration data decides, per layer
-            out[layer.weight] = (_from_rows(q, w.shape, layer.node), scale)
-        ratios.append(min(after, before) / before if before > 0 else 1.0)
-        advance(1)
+            w, key = inits[layer.weight], _window(layer, inits[layer.weight])
+            if key not in stats or seen[key] < MIN_COLUMNS * _as_rows(w, layer.node).shape[2]:
+                per_layer[layer.weight] = "nearest (too few input vectors)"
+                if progress is not None:
+                    progress.advance(1)
+                continue  # e.g. a Gemm on a flattened image: fewer samples than weights per row
+            try:
+                q, scale, ratio, blocks = _round_layer(w, layer, stats[key], dev)
+            except ValueError:  # H cannot be factorised even damped
+                q, scale, ratio, blocks = None, None, 1.0, 1
+            if ratio < 1:  # the estimate on calibration data decides, per layer
+                out[layer.weight] = (q, scale)
+                per_layer[layer.weight] = "gptq" if blocks == 1 else f"gptq, {blocks} blocks"
+            else:
+                per_layer[layer.weight] = "nearest (estimated error not lower)"
+            ratios.append(min(ratio, 1.0))
+            if progress is not None:
+                progress.advance(1)
     return out, {"layers": len(out), "candidates": len(found), "rows": rows,
-                 "output_error_ratio_median": float(np.median(ratios))}
+                 "output_error_ratio_median": float(np.median(ratios)) if ratios else 1.0,
+                 "device": dev, "max_block_columns": MAX_K, "per_layer": per_layer}
 
 
-def gptq(w: np.ndarray, h: np.ndarray, scale: np.ndarray) -> np.ndarray:
+def _round_layer(w: np.ndarray, layer: Layer, h: Any, dev: str
+                 ) -> tuple[np.ndarray, np.ndarray, float, int]:
+    """(GPTQ int8 weights in the layer's shape, scale, estimated output error against
+    nearest rounding's, blocks per row) for one layer."""
+    nearest, scale = quantize_weight(w, layer.axis)
+    rows_k = _as_rows(w, layer.node)                       # (groups, r, K)
+    groups, r, k = rows_k.shape
+    size = h.shape[-1]
+    s = np.repeat(scale.reshape(groups, 1, r), -(-k // size), axis=1).reshape(-1, r)
+    wb = _blocked_rows(rows_k, size)                       # (groups * blocks, r, size)
+    nb = _blocked_rows(_as_rows(nearest.astype(np.float32), layer.node), size)
+    hb = h.reshape(-1, size, size)
+    q = gptq(wb, hb, s, dev)
+    before = _output_error(wb, nb, s, hb)
+    after = _output_error(wb, q.astype(np.float32), s, hb)
+    q = q.reshape(groups, -1, r, size).transpose(0, 2, 1, 3).reshape(groups, r, -1)[:, :, :k]
+    ratio = after / before if before > 0 else 1.0
+    return _from_rows(np.ascontiguousarray(q), w.shape, layer.node), scale, ratio, len(hb) // groups
+
+
+def gptq(w: np.ndarray, h: Any, scale: np.ndarray, dev: str = "cpu") -> np.ndarray:
     """Round (groups, r, K) weights onto the symmetric INT8 grid `scale` (groups, r), each
-    group with its input second moment h (groups, K, K). Columns in order; each column's
-    error is spread over the later ones through the upper Cholesky factor of H^-1, within a
-    block of BLOCK columns at once and onto the columns after it by one matrix product (the
-    paper's lazy batch updates: same result, BLAS-bound)."""
-    w = w.astype(np.float64).copy()
-    h = h.copy()
-    k_dim = w.shape[2]
-    diag = np.einsum("gkk->gk", h)
-    dead = diag <= 0
-    idx = np.nonzero(dead)
-    h[idx[0], idx[1], idx[1]] = 1.0
-    k_idx = np.arange(k_dim)
-    h[:, k_idx, k_idx] += DAMP * np.maximum(diag.mean(axis=1), 1e-12)[:, None]
-    u = np.linalg.cholesky(np.linalg.inv(h)).transpose(0, 2, 1)   # upper: H^-1 = U^T U
-    s = np.maximum(scale.astype(np.float64), 1e-30)
-    q = np.empty(w.shape, np.int8)
-    for b0 in range(0, k_dim, BLOCK):
-        b1 = min(b0 + BLOCK, k_dim)
-        errs = np.empty(w.shape[:2] + (b1 - b0,))
-        for k in range(b0, b1):
-            col = w[:, :, k]
-            qk = np.clip(np.round(col / s), -127, 127)
-            q[:, :, k] = qk
-            err = (col - qk * s) / u[:, k, k][:, None]
-            w[:, :, k + 1:b1] -= err[:, :, None] * u[:, None, k, k + 1:b1]
-            errs[:, :, k - b0] = err
-        w[:, :, b1:] -= np.matmul(errs, u[:, b0:b1, b1:])
-    return q
+    group with its input second moment h (groups, K, K; numpy or torch), in float32 torch on
+    `dev`. Columns in order; the error of column k, e = (w_k - q_k s) / U_kk, is spread over
+    the later columns j as w_j -= e U_kj, U the upper Cholesky factor of H^-1 (H^-1 = U^T U,
+    H = h + DAMP mean(diag h) I, dead inputs' diagonal set to 1), H^-1 from one Cholesky
+    factorisation of H (torch.cholesky_inverse). Within a block of BLOCK columns the spread
+    is column by column; onto the columns after the block it is one matrix product (the
+    paper's lazy batch updates: same result, BLAS-bound). Tested equal to a float64 loop."""
+    import torch
+
+    with torch.inference_mode():
+        wt = torch.as_tensor(np.asarray(w, np.float32), device=dev).clone()
+        ht = torch.as_tensor(h, dtype=torch.float32, device=dev).clone()
+        k_dim = wt.shape[2]
+        diag = ht.diagonal(dim1=1, dim2=2)
+        diag[diag <= 0] = 1.0
+        u = _upper_inverse_factor(ht, DAMP * diag.mean(dim=1).clamp_min(1e-12))
+        s = torch.as_tensor(np.asarray(scale, np.float32), device=dev).clamp_min(1e-30)
+        q = torch.empty_like(wt)
+        for b0 in range(0, k_dim, BLOCK):
+            b1 = min(b0 + BLOCK, k_dim)
+            wb, ub = wt[:, :, b0:b1], u[:, b0:b1, b0:b1]
+            errs = torch.empty_like(wb)
+            for j in range(b1 - b0):
+                col = wb[:, :, j]
+                qj = torch.round(col / s).clamp_(-127, 127)
+                q[:, :, b0 + j] = qj
+                err = (col - qj * s).div_(ub[:, j, j, None])
+                wb[:, :, j + 1:] -= err[:, :, None] * ub[:, None, j, j + 1:]
+                errs[:, :, j] = err
+            if b1 < k_dim:
+                wt[:, :, b1:] -= torch.matmul(errs, u[:, b0:b1, b1:])
+        return q.to(torch.int8).cpu().numpy()
+
+
+def _upper_inverse_factor(h: Any, damp: Any) -> Any:
+    """U with U^T U = (h + damp I)^-1, per group; the damping grows tenfold for a group
+    whose float32 factorisation fails (an almost singular H)."""
+    import torch
+
+    eye = torch.eye(h.shape[-1], dtype=h.dtype, device=h.device)
+    for _ in range(6):
+        lower, info = torch.linalg.cholesky_ex(h + damp[:, None, None] * eye)
+        if not bool(info.any()):
+            inv = torch.cholesky_inverse(lower)
+            u, info = torch.linalg.cholesky_ex(inv, upper=True)
+            if not bool(info.any()):
+                return u
+        damp = damp * 10
+    raise ValueError("GPTQ: the layer input's second moment cannot be factorised")
 
 
 def _window(layer: Layer, w: np.ndarray) -> tuple:
@@ -167,13 +250,15 @@ def _window(layer: Layer, w: np.ndarray) -> tuple:
     return (layer.source, w.shape[1:], attrs)
 
 
-def _output_error(w: np.ndarray, q: np.ndarray, s: np.ndarray, h: np.ndarray) -> float:
+def _output_error(w: np.ndarray, q: np.ndarray, s: np.ndarray, h: Any) -> float:
     """sum over rows of d^T H d, d the row's weight error; on every k-th row of large layers
     (an estimate that only decides GPTQ or nearest)."""
+    import torch
+
     step = max(1, w.shape[1] // 256)
-    w, q, s = w[:, ::step], q[:, ::step], s[:, ::step]
-    d = w.astype(np.float64) - q * s[:, :, None]
-    return float(np.sum(np.matmul(d, h) * d))
+    d = torch.from_numpy(np.ascontiguousarray(w[:, ::step] - q[:, ::step] * s[:, ::step, None]))
+    d = d.to(h.device)
+    return float((torch.matmul(d, h) * d).sum(dtype=torch.float64))
 
 
 def _conv_attrs(node: Any, spatial: int) -> tuple[int, list[int], list[int], list[int]]:
@@ -184,13 +269,22 @@ def _conv_attrs(node: Any, spatial: int) -> tuple[int, list[int], list[int], lis
             list(a.get("strides", [1] * spatial)), list(a.get("dilations", [1] * spatial)))
 
 
-def _columns(x: np.ndarray, w: np.ndarray, node: Any) -> np.ndarray:
-    """The layer input as (groups, K, P): K per output row, P positions (strided down to at
-    most MAX_COLUMNS)."""
-    x = x.astype(np.float32, copy=False)
+def _columns(x: Any, w: np.ndarray, node: Any, limit: int) -> Iterator[Any]:
+    """The layer input (a torch tensor) as (groups, K, p) chunks of at most CHUNK floats:
+    K per output row, over all chunks P positions evenly strided down to at most `limit`.
+    A conv's columns are gathered at the kept positions only (never a whole batch's
+    im2col), in the weights' (channel, kernel row, kernel column) order."""
+    import torch
+    import torch.nn.functional as F
+
+    x = x.float()
     if node.op_type != "Conv":
-        cols = x.reshape(-1, x.shape[-1])[None].transpose(0, 2, 1)
-        return cols[:, :, ::max(1, -(-cols.shape[2] // MAX_COLUMNS))]
+        flat = x.reshape(-1, x.shape[-1])
+        kept = flat[::max(1, -(-len(flat) // limit))]
+        per = max(1, CHUNK // flat.shape[1])
+        for s0 in range(0, len(kept), per):
+            yield kept[s0:s0 + per].T[None]
+        return
     if w.ndim == 3:                                  # 1-D conv as 2-D with height 1
         x, w = x[:, :, None], w[:, :, None]
         g, p, st, dil = _conv_attrs(node, 1)
@@ -198,18 +292,54 @@ def _columns(x: np.ndarray, w: np.ndarray, node: Any) -> np.ndarray:
     else:
         g, p, st, dil = _conv_attrs(node, 2)
     cg, kh, kw = w.shape[1:]
-    xp = np.pad(x, ((0, 0), (0, 0), (p[0], p[2]), (p[1], p[3])))
+    xp = F.pad(x, (p[1], p[3], p[0], p[2]))
     n, c, hp, wp = xp.shape
     oh = (hp - dil[0] * (kh - 1) - 1) // st[0] + 1
     ow = (wp - dil[1] * (kw - 1) - 1) // st[1] + 1
-    cols = np.empty((n, c, kh, kw, oh, ow), np.float32)
-    for i in range(kh):
-        for j in range(kw):
-            cols[:, :, i, j] = xp[:, :, i * dil[0]: i * dil[0] + st[0] * (oh - 1) + 1: st[0],
-                                  j * dil[1]: j * dil[1] + st[1] * (ow - 1) + 1: st[1]]
-    cols = cols.reshape(n, g, cg * kh * kw, oh * ow).transpose(1, 2, 0, 3)
-    cols = cols.reshape(g, cg * kh * kw, n * oh * ow)
-    return cols[:, :, ::max(1, -(-cols.shape[2] // MAX_COLUMNS))]
+    pixels = xp.permute(0, 2, 3, 1).reshape(-1, c)   # (n * hp * wp, C): a row per pixel
+    keep = torch.arange(0, n * oh * ow, max(1, -(-n * oh * ow // limit)), device=x.device)
+    img, pos = keep // (oh * ow), keep % (oh * ow)
+    corner = (img * hp + (pos // ow) * st[0]) * wp + (pos % ow) * st[1]
+    taps = torch.tensor([i * dil[0] * wp + j * dil[1] for i in range(kh) for j in range(kw)],
+                        device=x.device)
+    per = max(1, CHUNK // (c * kh * kw))
+    for s0 in range(0, len(keep), per):
+        rows = pixels.index_select(0, (corner[s0:s0 + per, None] + taps).reshape(-1))
+        # contiguous: a batched product over strided depthwise columns runs at half speed
+        yield rows.reshape(-1, kh * kw, c).permute(2, 1, 0).reshape(g, cg * kh * kw, -1).contiguous()
+
+
+def _taps(layer: Layer, w: np.ndarray) -> int:
+    """Columns per input channel (a conv's kernel size): blocks never split a channel."""
+    return int(np.prod(w.shape[2:])) if layer.node.op_type == "Conv" else 1
+
+
+def _block_size(k: int, taps: int) -> int:
+    """Columns per Hessian block for rows of K columns: all of them up to MAX_K, else the
+    fewest equal blocks of whole channels."""
+    if k <= MAX_K:
+        return k
+    size = -(-k // -(-k // MAX_K))
+    return -(-size // taps) * taps
+
+
+def _blocked(cols: Any, size: int) -> Any:
+    """(groups, K, P) -> (groups * blocks, size, P), K zero-padded to whole blocks."""
+    import torch.nn.functional as F
+
+    g, k, p = cols.shape
+    nb = -(-k // size)
+    if nb * size != k:
+        cols = F.pad(cols, (0, 0, 0, nb * size - k))
+    return cols.reshape(g * nb, size, p)
+
+
+def _blocked_rows(w: np.ndarray, size: int) -> np.ndarray:
+    """(groups, r, K) -> (groups * blocks, r, size), K zero-padded to whole blocks."""
+    g, r, k = w.shape
+    nb = -(-k // size)
+    w = np.pad(w, ((0, 0), (0, 0), (0, nb * size - k)))
+    return np.ascontiguousarray(w.reshape(g, r, nb, size).transpose(0, 2, 1, 3)).reshape(-1, r, size)
 
 
 def _as_rows(w: np.ndarray, node: Any) -> np.ndarray:

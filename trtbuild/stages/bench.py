@@ -42,7 +42,8 @@ def run(ctx: Context, models: dict[str, Path] | None = None) -> dict[str, Any]:
             timed.append({**timing.bench_torch(ctx.torch_module, _torch_inputs(feeds), s),
                           "model": "fp32"})
         runs += [{**r, "shape": label} for r in timed]
-    record: dict[str, Any] = {"runs": runs, "warmup": s.warmup, "iterations": s.iterations}
+    record: dict[str, Any] = {"runs": runs, "warmup": s.warmup, "iterations": s.iterations,
+                              "duration_s": s.duration}
     if refused:
         record["refused"] = refused
     if s.baseline:

@@ -50,7 +50,7 @@ class ExportResult:
 def run(ctx: Context) -> dict[str, Any]:
     """SRC -> out/model.onnx; torch SRCs keep their module for the eager latency baseline."""
     s = ctx.settings.export
-    src = source.load(source.parse(ctx.settings.src), dict(s.inputs) or None)
+    src = ctx.source or source.load(source.parse(ctx.settings.src), dict(s.inputs) or None)
     result = export(src, ctx.out / "model.onnx", s)
     ctx.torch_module = src.module if src.kind == "torch" else None
     ctx.artifacts.model = result.path

@@ -62,10 +62,9 @@ def _round_weights(ctx: Context, model: Any, qplan: Any) -> dict[str, Any]:
     from ..quant.rounding import round_weights
 
     data = ctx.dataset(source)
-    feeds = (feed for _, feed in data.samples())
-    with bar("weight rounding", None) as progress:
-        ctx.int8_weights, summary = round_weights(model, qplan, feeds, io.session,
-                                                  progress.advance)
+    feeds = data.batches()
+    with bar("weight rounding: layer inputs", None) as progress:
+        ctx.int8_weights, summary = round_weights(model, qplan, feeds, io.session, progress)
     return {"method": "gptq", **summary}
 
 
