@@ -100,7 +100,8 @@ def main() -> int:
             r = rows[n] = {"floor": floor(model, data)}
             del data
             r["trt"], r["trt_rss"], _ = timed_process(
-                [*trt, str(model), "--calib", str(tmp / f"s{n}"), "-o", str(tmp / f"o{n}")])
+                [*trt, str(model), "--calib", str(tmp / f"s{n}"), "-o", str(tmp / f"o{n}"),
+                 "--no-cache"])
             if not args.no_peer and n <= 128 and PEER.is_file():
                 _, r["peer_rss"], out = timed_process(
                     [sys.executable, str(PEER), str(model), str(n), "3", "224", "224"])

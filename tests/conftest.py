@@ -17,6 +17,7 @@ TRTBUILD = [sys.executable, "-m", "trtbuild"]
 # one engine cache for this test session, never the user's and never a previous session's
 SESSION_CACHE = tempfile.mkdtemp(prefix="trtbuild-test-cache-")
 atexit.register(shutil.rmtree, SESSION_CACHE, ignore_errors=True)
+os.environ["XDG_CACHE_HOME"] = SESSION_CACHE  # in-process builds too (engines, stage outputs)
 
 FACTORY_FILE = '''
 import torch

@@ -343,7 +343,7 @@ def test_a_loader_without_end_is_bounded(tmp_path):
 
 # --- the engine cache in states that used to crash every later build ---------------------
 def _break_cache(cache: Path, how: str) -> None:
-    entry = next(p for p in cache.glob("*/*/*") if p.is_dir() and ".tmp-" not in p.name)
+    entry = next(p for p in cache.glob("sm_*/*/*") if p.is_dir() and ".tmp-" not in p.name)
     if how == "manifest []":
         (entry / "manifest.json").write_text("[]")
     elif how == "manifest not UTF-8":

@@ -87,6 +87,7 @@ def calibrate(model: str | Path, calib: str | None = None, out: str | Path = "ca
     def work(o: Path) -> Context:
         ctx = pipeline.new_context(settings, o, str(model))
         ctx.artifacts.model = Path(model)
+        ctx.stage_cache = pipeline.stage_cache(settings)
         return pipeline.run_stages(ctx, [("clean", clean_stage.run),
                                          ("calibrate", calib_stage.run),
                                          ("quantize", quantize.run)], on_stage)

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from .files import stale_temp_files
+from .files import file_sha256, stale_temp_files
 
 log = logging.getLogger(__name__)
 ENGINE, MANIFEST = "engine.plan", "manifest.json"
@@ -56,7 +56,7 @@ class Lookup:
     engine: bytes
     manifest: dict[str, Any]
     hit: bool
-    path: Path
+    path: Path | None          # None: --no-cache
 
 
 def _is_real_dir(path: Path) -> bool:
@@ -151,15 +151,12 @@ class EngineCache:
 
     def manifest(self, entry: Path) -> tuple[str | None, dict]:
         """(problem, {}) or (None, manifest) from the entry's layout and manifest alone,
-        without reading the engine."""
+        without reading the engine (or a stage entry's files)."""
         if not _is_real_dir(entry):
             return "not a directory", {}
-        names = sorted(p.name for p in entry.iterdir())
-        if names != sorted([ENGINE, MANIFEST]):
-            return f"unexpected contents {names}", {}
         m_stat = _regular(entry / MANIFEST)
-        if m_stat is None or _regular(entry / ENGINE) is None:
-            return "engine or manifest is not a regular file", {}
+        if m_stat is None:
+            return "manifest is missing or not a regular file", {}
         if m_stat.st_size > MAX_MANIFEST:
             return f"manifest of {m_stat.st_size} bytes", {}
         try:
@@ -168,18 +165,36 @@ class EngineCache:
             return f"unreadable manifest ({e})", {}
         if not isinstance(manifest, dict):
             return f"manifest is a {type(manifest).__name__}, not an object", {}
+        files = _stage_files(manifest)
+        if files is None:
+            return "manifest's file list is malformed", {}
+        expected = list(files) if "files" in manifest else [ENGINE]
+        names = sorted(p.name for p in entry.iterdir())
+        if names != sorted([*expected, MANIFEST]):
+            return f"unexpected contents {names}", {}
+        if any(_regular(entry / n) is None for n in expected):
+            return "engine or manifest is not a regular file", {}
         return None, manifest
 
     def check(self, entry: Path, expect: dict[str, str] | None = None
               ) -> tuple[str | None, tuple[bytes, dict] | None]:
-        """(problem, None) or (None, (engine, manifest)); reads nothing unbounded."""
+        """(problem, None) or (None, (engine, manifest)); reads nothing unbounded. A stage
+        entry's files are checked (size, sha256) and left on disk: engine is b""."""
         problem, manifest = self.manifest(entry)
         if problem:
             return problem, None
-        e_stat = (entry / ENGINE).lstat()
         for k, v in (expect or {"key": entry.name}).items():
             if manifest.get(k) != v:
                 return f"foreign entry ({k} {manifest.get(k)!r}, expected {v!r})", None
+        files = _stage_files(manifest)
+        if "files" in manifest:
+            for name, (size, sha) in files.items():
+                if (entry / name).lstat().st_size != size:
+                    return f"truncated {name}", None
+                if file_sha256(entry / name) != sha:
+                    return f"{name}: sha256 mismatch", None
+            return None, (b"", manifest)
+        e_stat = (entry / ENGINE).lstat()
         size = manifest.get("engine_bytes")
         if not isinstance(size, int) or e_stat.st_size != size:
             return f"truncated engine ({e_stat.st_size} of {size} bytes)", None
@@ -201,18 +216,28 @@ class EngineCache:
         return dest
 
     def _write(self, entry: Path, engine: bytes, manifest: dict[str, Any]) -> None:
+        self.write_files(entry, {ENGINE: engine}, manifest)
+
+    def write_files(self, entry: Path, files: dict[str, bytes | Path],
+                    manifest: dict[str, Any]) -> None:
+        """Write `files` (contents, or files to copy) and the manifest into a temp directory
+        and rename it to `entry` (the caller holds the entry's lock)."""
         tmp = entry.with_name(f"{entry.name}.tmp-{os.getpid()}")
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
         try:
-            for name, data in ((ENGINE, engine),
-                               (MANIFEST, json.dumps(manifest, indent=2).encode())):
-                with open(tmp / name, "wb") as f:
-                    f.write(data)
-                    f.flush()
+            for name, data in [*files.items(),
+                               (MANIFEST, json.dumps(manifest, indent=2).encode())]:
+                if isinstance(data, Path):
+                    shutil.copyfile(data, tmp / name)
+                else:
+                    (tmp / name).write_bytes(data)
+                with open(tmp / name, "rb") as f:
                     os.fsync(f.fileno())
             if entry.is_symlink() or (entry.exists() and not entry.is_dir()):
                 self.quarantine(entry, "expected an entry directory")
+            elif entry.exists():
+                shutil.rmtree(entry)  # a stale entry the caller found unusable
             os.replace(tmp, entry)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
@@ -243,9 +268,11 @@ class EngineCache:
         rows = []
         for e in self.entries():
             problem, m = self.manifest(e)
-            rows.append({"entry": str(e.relative_to(self.root)), "precision": m.get("precision"),
-                         "bytes": m.get("engine_bytes"), "created": m.get("created"),
-                         "problem": problem})
+            files = _stage_files(m) or {}
+            rows.append({"entry": str(e.relative_to(self.root)),
+                         "precision": m.get("precision") or m.get("stage"),
+                         "bytes": m.get("engine_bytes") or sum(f[0] for f in files.values()),
+                         "created": m.get("created"), "problem": problem})
         return rows
 
     def verify(self) -> list[tuple[Path, str | None]]:
@@ -289,6 +316,22 @@ class EngineCache:
                 shutil.rmtree(entry, ignore_errors=True)
             elif entry.is_symlink() or entry.exists():
                 entry.unlink()
+
+
+def _stage_files(manifest: dict) -> dict[str, tuple[int, str]] | None:
+    """A stage entry's {file name: (bytes, sha256)}; {} for an engine entry; None when the
+    list is malformed (a name that is a path, the manifest's own name)."""
+    files = manifest.get("files", {})
+    if not isinstance(files, dict):
+        return None
+    out = {}
+    for name, v in files.items():
+        if (not isinstance(name, str) or name in ("", ".", "..", MANIFEST) or "/" in name
+                or not isinstance(v, dict) or not isinstance(v.get("bytes"), int)
+                or not isinstance(v.get("sha256"), str)):
+            return None
+        out[name] = (v["bytes"], v["sha256"])
+    return out
 
 
 def _size(entry: Path) -> int:

@@ -239,6 +239,7 @@ class TargetSettings:
     builder: str = "auto"
     archs: tuple[str, ...] = ()
     cache_dir: Path | None = None
+    use_cache: bool = True            # --no-cache: recompute stages, rebuild engines
 
     def __post_init__(self) -> None:
         _choice("target", self.target, TARGETS)
@@ -336,6 +337,7 @@ OPTIONS: dict[str, tuple[str, str]] = {
     "calibrator": ("engine", "calibrator"),
     "target": ("targets", "target"), "builder": ("targets", "builder"),
     "archs": ("targets", "archs"), "cache_dir": ("targets", "cache_dir"),
+    "cache": ("targets", "use_cache"),
     "bench": ("bench", "enabled"), "warmup": ("bench", "warmup"),
     "iterations": ("bench", "iterations"), "duration": ("bench", "duration"),
     "baseline": ("bench", "baseline"),

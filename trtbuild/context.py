@@ -54,6 +54,7 @@ class Context:
     fp16_ranges: dict = field(default_factory=dict)  # INT8 float parts: {tensor: why not FP16}
     torch_module: Any = None                                # torch SRCs: the eager baseline
     source: Any = None  # the loaded onnx.source.Source when the pre-checks loaded it
+    stage_cache: Any = None  # a stagecache.StageCache where stages may be reused
     _clean_model: Any = None
     qdq_base: Any = None  # quantize -> sensitivity: the clean model Q/DQ goes into
     _first_sample: tuple[dict, str] | None = None

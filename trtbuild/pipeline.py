@@ -54,7 +54,12 @@ def run_stages(ctx: Context, stages: list[tuple[str, Stage]],
         before = _files(ctx.out)
         with Timer() as t:
             try:
-                record = stage(ctx)
+                record, key = _cached(ctx, name)
+                if record is None:
+                    record = stage(ctx)
+                    if key:
+                        ctx.stage_cache.save(ctx, name, key, record,
+                                             sorted(_files(ctx.out) - before))
             except BaseException:  # what the failed stage wrote is not in the report
                 for path in _files(ctx.out) - before:
                     path.unlink(missing_ok=True)
@@ -67,6 +72,23 @@ def run_stages(ctx: Context, stages: list[tuple[str, Stage]],
             raise TrtBuildError(f"{name} gate failed: " + "; ".join(record["gate_failures"]),
                                 GATE_FAILED, record)
     return ctx
+
+
+def _cached(ctx: Context, name: str) -> tuple[dict[str, Any] | None, str | None]:
+    """(the stored record, restored into ctx and OUT, or None; the key to store under, or
+    None when this stage is not cached in this run)."""
+    from .stagecache import SPECS
+
+    if ctx.stage_cache is None or name not in SPECS:
+        return None, None
+    key, why = ctx.stage_cache.key(ctx, name)
+    if key is None:
+        log.info("stage %s: not cached: %s", name, why)
+        return None, None
+    record = ctx.stage_cache.load(ctx, name, key)
+    if record is not None:
+        record["reused"] = key[:16]
+    return record, key if record is None else None
 
 
 ARTIFACTS = ("report.json", "report.html", "model.onnx", "model.onnx.data", "model.clean.onnx",
@@ -135,8 +157,16 @@ def run(settings: BuildSettings, on_stage: OnStage | None = None) -> Context:
     def work(o: Path) -> Context:
         ctx = new_context(settings, o, settings.src)
         ctx.source = loaded
+        ctx.stage_cache = stage_cache(settings)
         return run_stages(ctx, stages_for(settings), on_stage)
     return in_out_dir(out, work, keep)
+
+
+def stage_cache(s: BuildSettings) -> Any:
+    """Where the CPU stages' outputs are reused from (None: --no-cache)."""
+    from .stagecache import StageCache
+
+    return StageCache(s.targets.cache_dir) if s.targets.use_cache else None
 
 
 def check_targets(s: BuildSettings) -> None:

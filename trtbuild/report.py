@@ -104,7 +104,8 @@ def summary_line(stage: str, record: dict[str, Any]) -> str:
                "build": _build_figures, "bench": bench_figures,
                "validate_engines": _engine_checks}
     detail = figures.get(stage, lambda r: "")(record)
-    out = record.get("output", "")
+    out = "  ".join(x for x in (record.get("output", ""),
+                                "(reused from the cache)" if record.get("reused") else "") if x)
     return f"  {stage:<16} {record['seconds']:7.2f}s  {detail}  {out}".rstrip()
 
 

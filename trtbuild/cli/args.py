@@ -162,8 +162,7 @@ def engine_group(p: argparse.ArgumentParser) -> None:
                    help="engines that newer TensorRT runtimes can load")
     g.add_argument("--plugins", nargs="+", metavar="LIB.so|DIR",
                    help="plugin libraries to load (a directory: its *.so files); none by default")
-    g.add_argument("--cache-dir", type=Path, metavar="DIR",
-                   help="engine cache (default: $XDG_CACHE_HOME/trtbuild/engines)")
+    cache_flags(g)
     g.add_argument("--calibrator", choices=CALIBRATORS,
                    help="INT8 engines: qdq (default) builds the Q/DQ model; trt (TensorRT <= 10 "
                         "only) lets IInt8EntropyCalibrator2 calibrate the FP32 graph from the "
@@ -197,6 +196,15 @@ def bench_group(p: argparse.ArgumentParser, with_flag: bool = True) -> None:
     g.add_argument("--max-regression", metavar="PCT",
                    help="with --baseline: exit 1 when a p50 latency grew by more (default "
                         f"{100 * BENCH_DEFAULTS.max_regression:g}%%)")
+
+
+def cache_flags(g: Any) -> None:
+    g.add_argument("--cache-dir", type=Path, metavar="DIR",
+                   help="the cache of engines and of the CPU stages' outputs (default: "
+                        "$XDG_CACHE_HOME/trtbuild/engines)")
+    g.add_argument("--no-cache", dest="cache", action="store_false", default=None,
+                   help="recompute every stage and build every engine; read and store nothing "
+                        "in the cache")
 
 
 def precision_flags(p: argparse.ArgumentParser) -> None:
@@ -258,6 +266,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", type=Path, required=True, metavar="OUTDIR")
     calib_group(p)
     data_group(p)
+    cache_flags(p.add_argument_group("cache"))
     common(p)
 
     p = sub.add_parser("validate", help="accuracy of CANDIDATE.onnx against REFERENCE.onnx "

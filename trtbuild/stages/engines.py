@@ -6,6 +6,7 @@ anything is built."""
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from dataclasses import replace
 from pathlib import Path
@@ -13,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from ..cache import EngineCache, cache_key
+from ..cache import EngineCache, Lookup, cache_key
 from ..config import EngineSettings
 from ..context import Context, Engine
 from ..errors import TrtBuildError
@@ -130,7 +131,12 @@ def _one(ctx: Context, s: EngineSettings, backend: trt_backend.Backend, cache: E
                                "build_seconds": round(result.seconds, 3),
                                "layer_dtypes": result.layer_dtypes}
 
-    found = cache.get_or_build(arch, backend.tag, key, build)
+    if ctx.settings.targets.use_cache:
+        found = cache.get_or_build(arch, backend.tag, key, build)
+    else:  # --no-cache: built here, stored nowhere
+        engine, manifest = build()
+        found = Lookup(engine, {**manifest, "engine_sha256": hashlib.sha256(engine).hexdigest()},
+                       False, None)
     path = ctx.out / "engines" / arch / f"model.{precision}.engine"
     path.parent.mkdir(parents=True, exist_ok=True)
     write_bytes(path, found.engine)
@@ -139,7 +145,7 @@ def _one(ctx: Context, s: EngineSettings, backend: trt_backend.Backend, cache: E
     return {"precision": precision, "arch": arch, "path": str(path), "cache_hit": found.hit,
             "builder": backend.name, "builder_version": backend.version,
             "precision_from": path_taken.get(precision, "graph"),
-            "cache_entry": str(found.path), "key": key, "bytes": len(found.engine),
+            "cache_entry": str(found.path) if found.path else None, "key": key, "bytes": len(found.engine),
             "sha256": found.manifest["engine_sha256"],
             "build_seconds": found.manifest.get("build_seconds"),
             "layer_dtypes": found.manifest.get("layer_dtypes")}

@@ -1,0 +1,92 @@
+"""The CPU stages' cache on real builds of the digits CNN (ONNX Runtime, files on disk)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+from conftest import run_cli
+
+import trtbuild
+from trtbuild.demo import CALIB_DIR, VAL_DIR
+from trtbuild.files import file_sha256
+
+CPU_STAGES = ["export", "clean", "calibrate", "quantize", "validate"]
+OUTPUTS = ["model.onnx", "model.clean.onnx", "calib.cache", "model.int8.onnx"]
+
+
+def _build(src: Path, out: Path, store: Path, calib: Path = Path(CALIB_DIR), **kw):
+    return trtbuild.build(str(src), out=out, int8=True, calib=str(calib), val=VAL_DIR,
+                          max_samples=64, target="onnx", cache_dir=store, **kw)
+
+
+def _reused(result) -> list[str]:
+    return [r["stage"] for r in result.report["stages"] if r.get("reused")]
+
+
+@pytest.fixture
+def model(digits_onnx: Path, tmp_path: Path) -> Path:
+    shutil.copy(digits_onnx / "model.onnx", tmp_path / "digits.onnx")
+    return tmp_path / "digits.onnx"
+
+
+def test_a_rerun_reuses_every_cpu_stage_and_writes_the_same_files(model, tmp_path):
+    cache = tmp_path / "cache"
+    first = _build(model, tmp_path / "a", cache)
+    assert _reused(first) == []
+    again = _build(model, tmp_path / "b", cache)
+    assert _reused(again) == CPU_STAGES
+    for name in OUTPUTS:
+        assert file_sha256(tmp_path / "b" / name) == file_sha256(tmp_path / "a" / name)
+    before = {r["stage"]: r for r in first.report["stages"]}
+    for r in again.report["stages"]:  # the same record, its paths in the new OUT
+        same = {k: v for k, v in before[r["stage"]].items() if k not in ("seconds", "reused")}
+        moved = json.loads(json.dumps(same).replace(str(tmp_path / "a"), str(tmp_path / "b")))
+        assert {k: v for k, v in r.items() if k not in ("seconds", "reused")} == moved
+    # a stage after a reused one gets what it needs in memory: the sensitivity-free INT8
+    # check runs on the restored model and check graph
+    assert again.stage("validate")["outputs"] == first.stage("validate")["outputs"]
+
+
+def test_changed_data_or_settings_recompute_what_depends_on_them(model, tmp_path):
+    cache = tmp_path / "cache"
+    _build(model, tmp_path / "a", cache)
+    assert _reused(_build(model, tmp_path / "b", cache, calib_method="max")) == [
+        "export", "clean"]
+    calib = tmp_path / "calib"
+    shutil.copytree(CALIB_DIR, calib)
+    first = sorted(p for p in calib.iterdir() if p.suffix != ".json")[0]
+    first.write_bytes(first.read_bytes()[:-1] + bytes([first.read_bytes()[-1] ^ 1]))
+    assert _reused(_build(model, tmp_path / "c", cache, calib=calib)) == ["export"]
+    assert _reused(_build(model, tmp_path / "d", cache, cache=False)) == []
+
+
+def test_a_damaged_entry_is_quarantined_and_recomputed(model, tmp_path, caplog):
+    cache = tmp_path / "cache"
+    _build(model, tmp_path / "a", cache)
+    [entry] = [p for p in (cache / "stages" / "quantize").iterdir() if p.is_dir()]
+    path = entry / "model.int8.onnx"
+    path.write_bytes(path.read_bytes()[:-10] + b"0123456789")  # same size, other bytes
+    again = _build(model, tmp_path / "b", cache)
+    assert _reused(again) == ["export", "clean", "calibrate", "validate"]
+    assert any("sha256 mismatch; quarantined" in r.message for r in caplog.records)
+    assert file_sha256(tmp_path / "b" / "model.int8.onnx") == file_sha256(
+        tmp_path / "a" / "model.int8.onnx")
+    assert [p for p in (cache / "quarantine").iterdir() if p.suffix != ".reason"]
+
+
+def test_cli_no_cache_and_prune_cover_the_stage_entries(model, tmp_path):
+    cache = tmp_path / "cache"
+    args = ["build", model, "--int8", "--calib", CALIB_DIR, "--max-samples", "32",
+            "--target", "onnx", "--cache-dir", cache]
+    run_cli(*args, "--out", tmp_path / "a", "--no-cache", check=True)
+    assert not (cache / "stages").exists()
+    run_cli(*args, "--out", tmp_path / "b", check=True)
+    proc = run_cli(*args, "--out", tmp_path / "c", check=True)
+    assert proc.stdout.count("(reused from the cache)") == 5  # export .. validate (calib data)
+    listing = run_cli("cache", "ls", "--cache-dir", cache, check=True).stdout
+    assert "stages/calibrate/" in listing and "stages/quantize/" in listing
+    run_cli("cache", "prune", "--max-size-mb", "0", "--cache-dir", cache, check=True)
+    assert not [e for d in (cache / "stages").iterdir() for e in d.iterdir() if e.is_dir()]
