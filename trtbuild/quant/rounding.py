@@ -207,21 +207,24 @@ def gptq(w: np.ndarray, h: Any, scale: np.ndarray, dev: str = "cpu") -> np.ndarr
         diag[diag <= 0] = 1.0
         u = _upper_inverse_factor(ht, DAMP * diag.mean(dim=1).clamp_min(1e-12))
         s = torch.as_tensor(np.asarray(scale, np.float32), device=dev).clamp_min(1e-30)
-        q = torch.empty_like(wt)
+        s3 = s[:, :, None]
+        inv_d = u.diagonal(dim1=1, dim2=2).reciprocal()
         for b0 in range(0, k_dim, BLOCK):
             b1 = min(b0 + BLOCK, k_dim)
             wb, ub = wt[:, :, b0:b1], u[:, b0:b1, b0:b1]
-            errs = torch.empty_like(wb)
-            for j in range(b1 - b0):
+            # column j is final once the columns before it are rounded: wb keeps the values
+            # each was rounded from, so q and the errors come per block (fewer small ops)
+            for j in range(b1 - b0 - 1):
                 col = wb[:, :, j]
-                qj = torch.round(col / s).clamp_(-127, 127)
-                q[:, :, b0 + j] = qj
-                err = (col - qj * s).div_(ub[:, j, j, None])
-                wb[:, :, j + 1:] -= err[:, :, None] * ub[:, None, j, j + 1:]
-                errs[:, :, j] = err
+                err = torch.addcmul(col, torch.round(col / s).clamp_(-127, 127), s, value=-1)
+                wb[:, :, j + 1:].addcmul_(err.mul_(inv_d[:, b0 + j, None])[:, :, None],
+                                          ub[:, None, j, j + 1:], value=-1)
+            qb = torch.round(wb / s3).clamp_(-127, 127)
             if b1 < k_dim:
+                errs = (wb - qb * s3).mul_(inv_d[:, None, b0:b1])
                 wt[:, :, b1:] -= torch.matmul(errs, u[:, b0:b1, b1:])
-        return q.to(torch.int8).cpu().numpy()
+            wb.copy_(qb)
+        return wt.to(torch.int8).cpu().numpy()
 
 
 def _upper_inverse_factor(h: Any, damp: Any) -> Any:
