@@ -221,3 +221,25 @@ def test_wide_rows_are_rounded_in_blocks_of_whole_channels(monkeypatch):
     err = [np.mean((io.session(_weights_only(model, ws)).run(None, {"x": x})[0] - ref) ** 2)
            for ws in (None, weights)]
     assert err[1] < err[0], err
+
+
+def test_output_positions_per_row_match_onnx_runtime():
+    """_positions (what bounds H's cost) against the shape ONNX Runtime computes."""
+    import onnxruntime as ort
+    from onnx import TensorProto, helper
+
+    from trtbuild.quant.rounding import _positions
+
+    w = np.zeros((4, 3, 3, 2), np.float32)
+    node = helper.make_node("Conv", ["x", "w"], ["y"], pads=[1, 0, 2, 1], strides=[2, 1],
+                            dilations=[1, 2])
+    graph = helper.make_graph([node], "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT,
+                                                                           None)],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+                              [helper.make_tensor("w", TensorProto.FLOAT, w.shape, w.ravel())])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    x = np.zeros((6, 3, 11, 9), np.float32)
+    y = ort.InferenceSession(model.SerializeToString()).run(None, {"x": x})[0]
+    assert _positions(x.shape, 3, w, node) == y.shape[0] * y.shape[2] * y.shape[3] / 3
+    matmul = helper.make_node("MatMul", ["t", "m"], ["o"])
+    assert _positions((2, 7, 16), 2, np.zeros((16, 8), np.float32), matmul) == 7

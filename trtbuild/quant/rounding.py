@@ -29,6 +29,11 @@ MAX_COLUMNS = 4096    # output positions per row a layer's statistics keep (even
 # PP-OCRv4 rec strings at 2e9, 6e9, 2e10: 0.945, 0.95, 0.96 (200 lines), quantize 11, 14, 43 s
 COLUMNS_PER_K = 16
 H_FLOPS = 6e9
+# and, above that, H no costlier than FORWARD times the layer's own products on those rows
+# (H: K x block per vector; the layer: K x rows per output position): fcn_resnet50's
+# 2048-channel 3x3 head at every output pixel cost 2.25x its layer (quantize 63 -> 47 s);
+# never under one vector per weight of a row (resnet18's 512-channel 3x3 convs kept GPTQ)
+FORWARD = 1.0
 CHUNK = 1 << 23       # floats of layer input columns gathered at once (32 MB)
 DAMP = 0.01           # GPTQ's dampening, a share of H's mean diagonal
 # input vectors per weight of a row below which GPTQ fits the calibration rows rather than
@@ -129,9 +134,12 @@ def round_weights(model: Any, qplan: QuantPlan, feeds: Iterable[dict[str, np.nda
                 key = _window(layer, inits[layer.weight])
                 if key not in done:
                     done.add(key)
-                    g, _, k = _as_rows(inits[layer.weight], layer.node).shape
-                    size = _block_size(k, _taps(layer, inits[layer.weight]))
-                    total = max(COLUMNS_PER_K * k, H_FLOPS / (2 * g * k * size))
+                    w = inits[layer.weight]
+                    g, r, k = _as_rows(w, layer.node).shape
+                    size = _block_size(k, _taps(layer, w))
+                    own = r * _positions(values[layer.source].shape, n, w, layer.node) / size
+                    total = max(min(COLUMNS_PER_K * k, max(FORWARD * own * MAX_SAMPLES, k)),
+                                H_FLOPS / (2 * g * k * size))
                     limit = min(n * MAX_COLUMNS, int(-(-total * n // MAX_SAMPLES)))
                     for cols in _columns(torch.from_numpy(values[layer.source]).to(dev),
                                          inits[layer.weight], layer.node, limit):
@@ -310,6 +318,20 @@ def _columns(x: Any, w: np.ndarray, node: Any, limit: int) -> Iterator[Any]:
         rows = pixels.index_select(0, (corner[s0:s0 + per, None] + taps).reshape(-1))
         # contiguous: a batched product over strided depthwise columns runs at half speed
         yield rows.reshape(-1, kh * kw, c).permute(2, 1, 0).reshape(g, cg * kh * kw, -1).contiguous()
+
+
+def _positions(shape: tuple[int, ...], rows: int, w: np.ndarray, node: Any) -> float:
+    """Output positions per data row (of `rows` in the batch whose layer input has this
+    shape): a conv's output pixels, a MatMul's tokens."""
+    if node.op_type != "Conv":
+        return max(1, int(np.prod(shape[:-1]))) / max(1, rows)
+    spatial = w.ndim - 2
+    _, p, st, dil = _conv_attrs(node, spatial)
+    out = shape[0]
+    for i in range(spatial):
+        span = shape[2 + i] + p[i] + p[i + spatial] - dil[i] * (w.shape[2 + i] - 1) - 1
+        out *= span // st[i] + 1
+    return max(1, out) / max(1, rows)
 
 
 def _taps(layer: Layer, w: np.ndarray) -> int:
