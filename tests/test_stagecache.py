@@ -90,3 +90,38 @@ def test_cli_no_cache_and_prune_cover_the_stage_entries(model, tmp_path):
     assert "stages/calibrate/" in listing and "stages/quantize/" in listing
     run_cli("cache", "prune", "--max-size-mb", "0", "--cache-dir", cache, check=True)
     assert not [e for d in (cache / "stages").iterdir() for e in d.iterdir() if e.is_dir()]
+
+
+def test_keys_follow_what_the_stage_reads(model, tmp_path):
+    """A regenerated --calib-cache at the same path, the same folder given as --val rather
+    than --calib, and an edited external-data file each change the key."""
+    import onnx
+
+    from trtbuild import pipeline
+    from trtbuild.config import build_settings
+    from trtbuild.stagecache import StageCache
+
+    def key(stage, src=model, **options):
+        settings = build_settings(str(src), int8=True, **options)
+        ctx = pipeline.new_context(settings, tmp_path / "o", str(src))
+        ctx.artifacts.clean = ctx.artifacts.model = src
+        return StageCache(tmp_path / "cache").key(ctx, stage)[0]
+
+    cache = tmp_path / "calib.cache"
+    cache.write_text("TRT-8600-EntropyCalibration2\ninput: 3c010204\n")
+    first = key("calibrate", calib=CALIB_DIR, calib_cache=cache)
+    cache.write_text("TRT-8600-EntropyCalibration2\ninput: 3c010205\n")
+    assert key("calibrate", calib=CALIB_DIR, calib_cache=cache) != first
+    assert len({key("fp16", calib=CALIB_DIR), key("fp16", val=CALIB_DIR, calib=CALIB_DIR),
+                key("fp16", val=CALIB_DIR)}) == 3
+
+    external = tmp_path / "ext" / "m.onnx"
+    external.parent.mkdir()
+    onnx.save(onnx.load(str(model)), str(external), save_as_external_data=True,
+              location="weights.bin", size_threshold=0)
+    before = key("clean", src=external, calib=CALIB_DIR)
+    weights = external.parent / "weights.bin"
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 1
+    weights.write_bytes(bytes(data))
+    assert key("clean", src=external, calib=CALIB_DIR) != before

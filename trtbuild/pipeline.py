@@ -52,14 +52,16 @@ def run_stages(ctx: Context, stages: list[tuple[str, Stage]],
     for name, stage in stages:
         log.info("stage %s: start", name)
         before = _files(ctx.out)
+        stamps = _stamps(before)
         with Timer() as t:
             try:
                 record, key = _cached(ctx, name)
                 if record is None:
                     record = stage(ctx)
-                    if key:
-                        ctx.stage_cache.save(ctx, name, key, record,
-                                             sorted(_files(ctx.out) - before))
+                    if key:  # what it wrote: new files, and files it rewrote
+                        ctx.stage_cache.save(ctx, name, key, record, sorted(
+                            p for p in _files(ctx.out) if _stamps({p}) != {
+                                p: stamps.get(p)}))
             except BaseException:  # what the failed stage wrote is not in the report
                 for path in _files(ctx.out) - before:
                     path.unlink(missing_ok=True)
@@ -92,8 +94,9 @@ def _cached(ctx: Context, name: str) -> tuple[dict[str, Any] | None, str | None]
 
 
 ARTIFACTS = ("report.json", "report.html", "model.onnx", "model.onnx.data", "model.clean.onnx",
-             "model.clean.onnx.data", "model.fp16.onnx", "model.fp16sim.onnx", "calib.cache",
-             "calib.trt.cache", "model.int8.onnx")
+             "model.clean.onnx.data", "model.fp16.onnx", "model.fp16.onnx.data",
+             "model.fp16sim.onnx", "calib.cache", "calib.trt.cache", "model.int8.onnx",
+             "model.int8.onnx.data")
 
 
 def clear_previous(out: Path, keep: tuple[Path, ...] = ()) -> list[str]:
@@ -116,6 +119,15 @@ def clear_previous(out: Path, keep: tuple[Path, ...] = ()) -> list[str]:
     if removed:
         log.info("%s: removed %d files of an earlier run", out, len(removed))
     return removed
+
+
+def _stamps(paths: set[Path]) -> dict[Path, tuple]:
+    """(inode, mtime, size) of each file: a rewritten file (replaced atomically) differs."""
+    out = {}
+    for p in paths:
+        st = p.stat()
+        out[p] = (st.st_ino, st.st_mtime_ns, st.st_size)
+    return out
 
 
 def _files(folder: Path) -> set[Path]:

@@ -17,6 +17,8 @@ sensitivity search follows (it needs the rounded weights in memory), and everyth
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import hashlib
 import json
 import logging
@@ -34,7 +36,8 @@ from .files import atomic_path, file_sha256
 log = logging.getLogger(__name__)
 STAGES = "stages"      # the folder under the cache root that is not an architecture
 OUT = "${OUT}"         # the output directory in a stored record (a rerun may use another)
-LIBRARIES = ("onnx", "onnxruntime", "numpy", "torch", "onnx-graphsurgeon")
+LIBRARIES = ("onnx", "onnxruntime", "numpy", "torch", "onnx-graphsurgeon", "pillow",
+             "polygraphy")
 
 
 @dataclass(frozen=True)
@@ -72,13 +75,16 @@ def _restore_quantize(ctx: Context, state: dict[str, bytes]) -> None:
 SPECS = {
     "export": Spec(("export",), (), _restore_export),
     "clean": Spec(("export", "data", "profiles"), ("model",), _restore_clean),
-    "fp16": Spec(("fp16_options", "data", "gates"), ("clean",), _restore_fp16),
+    "fp16": Spec(("fp16_options", "data", "gates", "export", "profiles"), ("clean",),
+                 _restore_fp16),
     "calibrate": Spec(("calib", "data"), ("clean",), _restore_calibrate,
                       lambda ctx: {"amaxes.json": json.dumps(ctx.amaxes).encode()}),
-    "quantize": Spec(("calib", "data", "fp16_options"), ("clean", "calib_cache"),
+    "quantize": Spec(("calib", "data", "fp16_options", "export", "profiles"),
+                     ("clean", "calib_cache"),
                      _restore_quantize,
                      lambda ctx: {"check.onnx": ctx.int8_check} if ctx.int8_check else {}),
-    "validate": Spec(("data", "gates"), ("clean", "int8"), lambda ctx, state: None),
+    "validate": Spec(("data", "gates", "export", "profiles"), ("clean", "int8"),
+                     lambda ctx, state: None),
 }
 
 
@@ -104,8 +110,9 @@ class StageCache:
             return None, "torch SRC"
         if stage == "quantize" and s.gates.accuracy_target is not None:
             return None, "the sensitivity search needs the rounded weights"
-        data = [d for d in (s.calib.data, s.val) if d and "data" in spec.sections]
-        if any(not Path(d).is_dir() for d in data):
+        data = [(n, d) for n, d in (("calib", s.calib.data), ("val", s.val))
+                if d and "data" in spec.sections]
+        if any(not Path(d).is_dir() for _, d in data):
             return None, "data from a loader script"
         script = s.gates.metric_script
         if script is not None and not isinstance(script, str) and "gates" in spec.sections:
@@ -123,15 +130,20 @@ class StageCache:
                                     sort_keys=True, default=str))
         files = _src_files(ctx) if stage == "export" else [
             getattr(ctx.artifacts, a) for a in spec.reads]
-        for path in files:
-            if path is None:
-                return None, "an input of this stage is missing"
-            for f in (path, path.with_name(path.name + ".data")):
-                part(f"file {f.name}", self._digest(f) if f.is_file() else "-")
-        for d in data:
-            part("data", _folder_digest(Path(d), self._digest))
-        if isinstance(script, str) and "gates" in spec.sections:
-            part("metric", self._digest(Path(script.rsplit(":", 1)[0])))
+        if stage == "calibrate" and s.calib.cache:  # thresholds it may reuse
+            files.append(s.calib.cache)
+        try:
+            for path in files:
+                if path is None or not path.is_file():
+                    return None, "an input of this stage is missing"
+                for f in _model_files(path):
+                    part(f"file {f.name}", self._digest(f))
+            for name, d in data:
+                part(f"data {name}", self._digest(Path(d)))
+            if isinstance(script, str) and "gates" in spec.sections:
+                part("metric", self._digest(Path(script.rsplit(":", 1)[0])))
+        except OSError as e:  # an unreadable input: the stage itself says what is wrong
+            return None, f"cannot read an input ({e})"
         return h.hexdigest(), ""
 
     def load(self, ctx: Context, stage: str, key: str) -> dict[str, Any] | None:
@@ -140,6 +152,13 @@ class StageCache:
         entry = self.store.entry(STAGES, stage, key)
         if not entry.exists() and not entry.is_symlink():
             return None
+        try:
+            return self._load(ctx, stage, key, entry)
+        except OSError as e:  # a cache we cannot read or lock: recompute
+            log.warning("stage cache: %s: not used (%s)", entry, e)
+            return None
+
+    def _load(self, ctx: Context, stage: str, key: str, entry: Path) -> dict[str, Any] | None:
         with self.store._lock(entry) as writable:
             found = self.store.read(entry, expect={"key": key, "stage": stage},
                                     writable=writable)
@@ -154,7 +173,8 @@ class StageCache:
                     with atomic_path(ctx.out / name) as tmp:
                         shutil.copyfile(entry / name, tmp)
             if writable:
-                os.utime(entry)  # recency for prune
+                with contextlib.suppress(OSError):
+                    os.utime(entry)  # recency for prune
         SPECS[stage].restore(ctx, state)
         return _moved(manifest["record"], OUT, str(ctx.out))
 
@@ -169,7 +189,9 @@ class StageCache:
         sums = {n: {"bytes": len(v) if isinstance(v, bytes) else v.stat().st_size,
                     "sha256": hashlib.sha256(v).hexdigest() if isinstance(v, bytes)
                     else file_sha256(v)} for n, v in files.items()}
-        plain = json.loads(json.dumps(record, default=str))
+        from .report import dumps
+
+        plain = json.loads(dumps(record))  # as report.json will hold it
         manifest = {"key": key, "stage": stage, "created": time.time(), "files": sums,
                     "state": sorted(state), "record": _moved(plain, str(ctx.out), OUT)}
         entry = self.store.entry(STAGES, stage, key)
@@ -200,6 +222,22 @@ def _src_files(ctx: Context) -> list[Path] | None:
     return [src.path] if src.kind == "onnx" else None
 
 
+def _model_files(path: Path) -> list[Path]:
+    """An ONNX file and the external data files its initializers name; any other file as
+    itself."""
+    if path.suffix != ".onnx":
+        return [path]
+    import onnx
+
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception:  # noqa: BLE001 - not ONNX after all: its bytes are what counts
+        return [path]
+    names = {e.value for t in model.graph.initializer for e in t.external_data
+             if e.key == "location"}
+    return [path, *(path.parent / n for n in sorted(names))]
+
+
 def _folder_digest(folder: Path, digest: Callable[[Path], str]) -> str:
     """sha256 over every file's relative path and content under `folder` (symlinks read
     through, as the data reader does)."""
@@ -217,12 +255,22 @@ def _plain(value: Any) -> Any:
         return value
 
 
+@functools.lru_cache(maxsize=1)
+def _source_digest() -> str:
+    """trtbuild's own code: an edit or upgrade that keeps the version number still counts."""
+    h = hashlib.sha256()
+    root = Path(__file__).parent
+    for p in sorted(root.rglob("*.py")):
+        h.update(f"{p.relative_to(root)}\0".encode() + p.read_bytes())
+    return h.hexdigest()
+
+
 def _versions() -> dict[str, str]:
     from importlib import metadata
 
     from .version import __version__
 
-    found = {"trtbuild": __version__}
+    found = {"trtbuild": __version__, "trtbuild source": _source_digest()}
     for lib in LIBRARIES:
         try:
             found[lib] = metadata.version(lib)
