@@ -141,3 +141,21 @@ def test_a_failed_gate_with_json_reports_the_stages_that_ran(digits_onnx, tmp_pa
     assert report["stages"][0]["source"] == "onnx"
     assert "checked and copied" in proc.stderr and "  validate" in proc.stderr
     assert proc.stderr.strip().splitlines()[-1].startswith("trtbuild: error: validate gate")
+
+
+def test_a_reader_that_goes_away_does_not_stop_the_build(tmp_path):
+    """`trtbuild ... | head -1`: stage lines are printed as stages end; once the reader is
+    gone the build still finishes, writes its files and exits 0, with no traceback."""
+    import os
+
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    proc = subprocess.Popen([sys.executable, "-m", "trtbuild", "demo", "--target", "onnx",
+                             "--out", str(tmp_path / "o")], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, env=env, cwd=tmp_path)
+    assert proc.stdout.readline().startswith(b"trtbuild: ")
+    proc.stdout.close()  # as `head -1` does after its line
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=600) == 0, err
+    assert "Traceback" not in err and "internal" not in err and "BrokenPipe" not in err
+    report = json.loads((tmp_path / "o" / "report.json").read_text())
+    assert [s["stage"] for s in report["stages"]][-1] == "validate"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from typing import Any, Callable
 
@@ -18,9 +19,20 @@ def emit(args: argparse.Namespace, data: dict[str, Any], summary: list[str]) -> 
     """JSON on stdout with --json (summary then on stderr), else the summary on stdout."""
     stream = sys.stderr if args.json else sys.stdout
     for line in summary:
-        print(line, file=stream)
+        _say(line, stream)
     if args.json:
-        print(dumps(data))
+        _say(dumps(data), sys.stdout)
+
+
+def _say(line: str, stream: Any) -> None:
+    """Print and flush; a reader that went away (`| head`) does not stop the build: the
+    rest of the output goes nowhere, the files and report.json are still written."""
+    try:
+        print(line, file=stream, flush=True)
+    except BrokenPipeError:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, stream.fileno())
+        os.close(devnull)
 
 
 def _run_summary(args: argparse.Namespace, title: str, run: Callable) -> int:
@@ -32,10 +44,10 @@ def _run_summary(args: argparse.Namespace, title: str, run: Callable) -> int:
 
     stream = sys.stderr if args.json else sys.stdout
     done: list[dict[str, Any]] = []
-    print(title, file=stream, flush=True)
+    _say(title, stream)
 
     def on_stage(name: str, record: dict[str, Any]) -> None:
-        print(summary_line(name, record), file=stream, flush=True)
+        _say(summary_line(name, record), stream)
         done.append({"stage": name, **record})
 
     def failed(code: int, message: str) -> None:
