@@ -27,8 +27,8 @@ def constant_batch_reshapes(graph: Any) -> Any:
     targets = [n for n in graph.nodes if n.op == "Reshape" and isinstance(n.inputs[1], gs.Variable)]
     if not targets or not _only_batch_dynamic(graph):
         return graph
-    probes = [_shape_values(graph, targets, b) for b in PROBE_BATCHES]
-    if any(p is None for p in probes):
+    probes = _shape_values(graph, targets, PROBE_BATCHES)
+    if probes is None:
         return graph
     for k, node in enumerate(targets):
         if node.attrs.get("allowzero", 0):
@@ -65,8 +65,10 @@ def _constant_target(probes: list[tuple[np.ndarray, np.ndarray]]) -> np.ndarray 
     return out
 
 
-def _shape_values(graph: Any, nodes: list, batch: int) -> list | None:
-    """(target, data shape) of each Reshape when the model runs on random inputs of this batch."""
+def _shape_values(graph: Any, nodes: list, batches: tuple[int, ...]) -> list | None:
+    """Per batch size, the (target, data shape) of each Reshape when the model runs on
+    random inputs of that batch; one session for all of them (building it serialises the
+    whole model: 2 s each for vit_b_16)."""
     import onnx_graphsurgeon as gs
 
     from ..onnx import io
@@ -83,11 +85,15 @@ def _shape_values(graph: Any, nodes: list, batch: int) -> list | None:
         target.dtype, target.shape = np.int64, None
         outs += [target, shape]
     g.outputs = outs
+    found = []
     try:
         model = gs.export_onnx(g.cleanup())
         sess = io.session(model)
-        got = dict(zip([o.name for o in sess.get_outputs()],
-                       sess.run(None, random_feed(model, batch=batch))))
+        names = [o.name for o in sess.get_outputs()]
+        for batch in batches:
+            got = dict(zip(names, sess.run(None, random_feed(model, batch=batch))))
+            found.append([(got[outs[2 * k].name], got[outs[2 * k + 1].name])
+                          for k in range(len(nodes))])
     except Exception:  # an unrunnable probe just means: leave the graph as it is
         return None
-    return [(got[outs[2 * k].name], got[outs[2 * k + 1].name]) for k in range(len(nodes))]
+    return found
