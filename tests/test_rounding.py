@@ -243,3 +243,25 @@ def test_output_positions_per_row_match_onnx_runtime():
     assert _positions(x.shape, 3, w, node) == y.shape[0] * y.shape[2] * y.shape[3] / 3
     matmul = helper.make_node("MatMul", ["t", "m"], ["o"])
     assert _positions((2, 7, 16), 2, np.zeros((16, 8), np.float32), matmul) == 7
+
+
+def test_calibration_pass_statistics_round_as_quantize_own_pass(tmp_path, monkeypatch):
+    """GPTQ's layer-input statistics gathered inside the calibration pass give the INT8
+    model that quantize's own second pass gives, byte for byte."""
+    import trtbuild
+    from trtbuild.calib import merge
+    from trtbuild.demo import CALIB_DIR
+
+    def build(out):
+        r = trtbuild.build("trtbuild.demo.digits:digits_cnn", out=tmp_path / out, int8=True,
+                           calib=CALIB_DIR, max_samples=96, target="onnx", cache=False)
+        return r.stage("quantize")["weight_rounding"], (tmp_path / out / "model.int8.onnx")
+
+    fused, fused_model = build("fused")
+    calibrate = merge.calibrate
+    monkeypatch.setattr(merge, "calibrate",  # the calibration pass without GPTQ's taps
+                        lambda *a, extra=None, **k: calibrate(*a[:6], **k))
+    own, own_model = build("own")
+    assert fused["layer_inputs"] == "calibration pass" and own["layer_inputs"] == "own pass"
+    assert fused["layers"] == own["layers"] > 0
+    assert fused_model.read_bytes() == own_model.read_bytes()

@@ -49,6 +49,7 @@ class Context:
     report: Report
     artifacts: Artifacts = field(default_factory=Artifacts)
     amaxes: dict[str, float] = field(default_factory=dict)  # calibrate -> quantize
+    moments: Any = None  # calibrate -> quantize: rounding.Moments of GPTQ's layer inputs
     int8_weights: dict = field(default_factory=dict)  # quantize -> sensitivity: {name: (q, scale)}
     int8_check: bytes | None = None  # what the CPU check runs for the INT8 model (FP16 emulated)
     fp16_ranges: dict = field(default_factory=dict)  # INT8 float parts: {tensor: why not FP16}

@@ -63,15 +63,16 @@ def sharding(run: Map, shard_samples: int) -> Iterator[None]:
 
 
 def calibrate(model: Any, tensors: list[str], data: Dataset, method: str, percentile: float,
-              progress: Callable[[int], None] | None = None) -> tuple[CalibResult, int]:
+              progress: Callable[[int], None] | None = None, extra: Any = None
+              ) -> tuple[CalibResult, int]:
     """(result, shards): stream.calibrate in this process, or sharded when `sharding()` is
     active and the set is larger than its shard size (a loader script's size is not known
-    up front: never sharded)."""
+    up front: never sharded). `extra` (stream.calibrate's) is served in one process only."""
     from .stream import calibrate as single
 
     s = _active
     if s is None or len(data) <= s.shard_samples:
-        return single(model, tensors, data, method, percentile, progress), 1
+        return single(model, tensors, data, method, percentile, progress, extra=extra), 1
     n = min(MAX_SHARDS, math.ceil(len(data) / s.shard_samples))
     found = sharded(model, tensors, data, method, percentile, n, s.run)
     if progress:

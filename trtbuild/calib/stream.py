@@ -51,9 +51,15 @@ def observed_model(model: Any, tensors: list[str]) -> Any:
     return m
 
 
+Extra = tuple[list[str], Callable[[dict, int], Any]]
+
+
 def calibrate(model: Any, tensors: list[str], data: Dataset, method: str, percentile: float,
-              progress: Callable[[int], None] | None = None, threads: int = 0) -> CalibResult:
+              progress: Callable[[int], None] | None = None, threads: int = 0,
+              extra: Extra | None = None) -> CalibResult:
     """Thresholds for `tensors` of `model` over `data` with `method` for activations.
+    `extra`: (more tensors, consume): fetched in the same pass and handed to
+    consume({name: array}, rows) batch by batch (GPTQ's layer inputs: no second pass).
 
     Graph inputs always use their max: they are data of a known range, and a clipped input
     is lost to every layer after it (entropy on the digits input, whose 17 discrete levels
@@ -62,19 +68,22 @@ def calibrate(model: Any, tensors: list[str], data: Dataset, method: str, percen
     """
     from ..onnx import io
 
-    sess = io.session(observed_model(model, tensors), threads=threads)
+    names = tensors + [t for t in extra[0] if t not in tensors] if extra else tensors
+    sess = io.session(observed_model(model, names), threads=threads)
     inputs = {i.name for i in data.inputs}  # graph inputs: max only
     hists = {t: Histogram(max_only=t in inputs) for t in tensors}
     samples = 0
     # histogramming of batch k overlaps inference of batch k+1 (ORT releases the GIL)
     worker: threading.Thread | None = None
     for feed in _prefetched(data.batches()):
-        outs = sess.run(tensors, feed)
+        outs = sess.run(names, feed)
         if worker:
             worker.join()
         worker = threading.Thread(target=_observe, args=(hists, tensors, outs))
         worker.start()
         n = rows(feed)
+        if extra:
+            extra[1](dict(zip(names, outs)), n)
         samples += n
         if progress:
             progress(n)

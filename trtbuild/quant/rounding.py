@@ -92,88 +92,134 @@ def device() -> str:
 
 
 def round_weights(model: Any, qplan: QuantPlan, feeds: Iterable[dict[str, np.ndarray]],
-                  session: Callable[[Any], Any], progress: Any = None
+                  session: Callable[[Any], Any], progress: Any = None,
+                  moments: "Moments | None" = None
                   ) -> tuple[dict[str, tuple[np.ndarray, np.ndarray]], dict]:
     """GPTQ-rounded INT8 weights {name: (int8, scale)} for the layers it applies to, and a
     summary: layers rounded, rows used, the median ratio of estimated output error
     (d^T H d, d the weight error) against nearest rounding, and per weight what was done
     (gptq, gptq in N blocks, or nearest and why). `session(model)` makes an ONNX Runtime
-    session; `feeds` are calibration batches (FP32 inputs); `progress` (a progress.Bar) is
-    told of the rows read, then of each layer rounded."""
-    import torch
-    from onnx import helper, numpy_helper
+    session; `feeds` are calibration batches (FP32 inputs), read only when `moments` (the
+    layer inputs' statistics the calibration pass gathered) is None or is not for this
+    model; `progress` (a progress.Bar) is told of the rows read, then of each layer."""
+    from onnx import helper
 
-    found = layers(model, qplan)
-    if not found:
+    found = Moments(model, qplan)
+    if not found.layers:
         return {}, {"layers": 0, "rows": 0}
-    dev = device()
-    taps = list(dict.fromkeys(layer.source for layer in found))
-    tapped = type(model)()
-    tapped.CopyFrom(model)
-    known = {o.name for o in tapped.graph.output}
-    tapped.graph.output.extend(helper.make_tensor_value_info(t, 1, None)  # 1: FLOAT
-                               for t in taps if t not in known)
-    sess = session(tapped)
-    inits = {i.name: numpy_helper.to_array(i).astype(np.float32) for i in model.graph.initializer
-             if i.name in {layer.weight for layer in found}}
-    # H depends on the input and the layer's window only: Q, K and V projections share one
-    stats: dict[tuple, Any] = {}          # key -> (blocks, size, size) float32 on `dev`
-    seen: dict[tuple, int] = {}
-    rows = 0
-    if progress is not None:
-        progress.start("weight rounding: layer inputs", MAX_SAMPLES, "rows")
-    with torch.inference_mode():
-        for feed in feeds:
-            if rows >= MAX_SAMPLES:
-                break
-            values = dict(zip(taps, sess.run(taps, feed)))
-            n = count_rows(feed)
-            rows += n
-            done = set()
-            for layer in found:
-                key = _window(layer, inits[layer.weight])
-                if key not in done:
-                    done.add(key)
-                    w = inits[layer.weight]
-                    g, r, k = _as_rows(w, layer.node).shape
-                    size = _block_size(k, _taps(layer, w))
-                    own = r * _positions(values[layer.source].shape, n, w, layer.node) / size
-                    total = max(min(COLUMNS_PER_K * k, max(FORWARD * own * MAX_SAMPLES, k)),
-                                H_FLOPS / (2 * g * k * size))
-                    limit = min(n * MAX_COLUMNS, int(-(-total * n // MAX_SAMPLES)))
-                    for cols in _columns(torch.from_numpy(values[layer.source]).to(dev),
-                                         inits[layer.weight], layer.node, limit):
-                        blocks = _blocked(cols, size)
-                        h = torch.matmul(blocks, blocks.mT)
-                        stats[key] = stats[key].add_(h) if key in stats else h
-                        seen[key] = seen.get(key, 0) + cols.shape[2]
-            if progress is not None:
-                progress.advance(min(n, MAX_SAMPLES - rows + n))
+    reused = moments is not None and moments.rows > 0 and moments.matches(found)
+    if reused:
+        found = moments
+    else:
+        tapped = type(model)()
+        tapped.CopyFrom(model)
+        known = {o.name for o in tapped.graph.output}
+        tapped.graph.output.extend(helper.make_tensor_value_info(t, 1, None)  # 1: FLOAT
+                                   for t in found.taps if t not in known)
+        sess = session(tapped)
         if progress is not None:
-            progress.start("weight rounding", len(found), "layers")
+            progress.start("weight rounding: layer inputs", MAX_SAMPLES, "rows")
+        for feed in feeds:
+            if found.rows >= MAX_SAMPLES:
+                break
+            n = found.add(dict(zip(found.taps, sess.run(found.taps, feed))), count_rows(feed))
+            if progress is not None:
+                progress.advance(n)
+    weights, summary = found.round(progress)
+    return weights, {**summary, "layer_inputs": "calibration pass" if reused else "own pass"}
+
+
+class Moments:
+    """The GPTQ layers of a model and their inputs' second moments H, accumulated batch by
+    batch over the first MAX_SAMPLES rows (by round_weights' own pass, or inside the
+    calibration pass, which runs the same model over the same batches: one pass less)."""
+
+    def __init__(self, model: Any, qplan: QuantPlan):
+        from onnx import numpy_helper
+
+        self.layers = layers(model, qplan)
+        self.taps = list(dict.fromkeys(layer.source for layer in self.layers))
+        names = {layer.weight for layer in self.layers}
+        self.inits = {i.name: numpy_helper.to_array(i).astype(np.float32)
+                      for i in model.graph.initializer if i.name in names}
+        self.dev = device()
+        # H depends on the input and the layer's window only: Q, K and V projections share one
+        self.stats: dict[tuple, Any] = {}          # key -> (blocks, size, size) on `dev`
+        self.seen: dict[tuple, int] = {}
+        self.rows = 0
+
+    def matches(self, other: "Moments") -> bool:
+        """Gathered for the same layers, weights and inputs as `other` needs?"""
+        return ([(a.weight, a.source) for a in self.layers]
+                == [(b.weight, b.source) for b in other.layers]
+                and all(np.array_equal(self.inits[k], v) for k, v in other.inits.items()))
+
+    def add(self, values: dict[str, np.ndarray], n: int) -> int:
+        """Add one batch of `n` rows ({tap: layer input}, more names allowed); returns the
+        rows counted towards MAX_SAMPLES (0 once that many were seen)."""
+        import torch
+
+        if self.rows >= MAX_SAMPLES:
+            return 0
+        used = min(n, MAX_SAMPLES - self.rows)
+        self.rows += n
+        done = set()
+        with torch.inference_mode():
+            for layer in self.layers:
+                w = self.inits[layer.weight]
+                key = _window(layer, w)
+                if key in done:
+                    continue
+                done.add(key)
+                g, r, k = _as_rows(w, layer.node).shape
+                size = _block_size(k, _taps(layer, w))
+                own = r * _positions(values[layer.source].shape, n, w, layer.node) / size
+                total = max(min(COLUMNS_PER_K * k, max(FORWARD * own * MAX_SAMPLES, k)),
+                            H_FLOPS / (2 * g * k * size))
+                limit = min(n * MAX_COLUMNS, int(-(-total * n // MAX_SAMPLES)))
+                x = torch.from_numpy(np.asarray(values[layer.source])).to(self.dev)
+                for cols in _columns(x, w, layer.node, limit):
+                    blocks = _blocked(cols, size)
+                    h = torch.matmul(blocks, blocks.mT)
+                    self.stats[key] = self.stats[key].add_(h) if key in self.stats else h
+                    self.seen[key] = self.seen.get(key, 0) + cols.shape[2]
+        return used
+
+    def round(self, progress: Any = None) -> tuple[dict[str, tuple[np.ndarray, np.ndarray]],
+                                                   dict]:
+        """round_weights' result from the moments gathered."""
+        import torch
+
+        if progress is not None:
+            progress.start("weight rounding", len(self.layers), "layers")
         out, ratios, per_layer = {}, [], {}
-        for layer in found:
-            w, key = inits[layer.weight], _window(layer, inits[layer.weight])
-            if key not in stats or seen[key] < MIN_COLUMNS * _as_rows(w, layer.node).shape[2]:
-                per_layer[layer.weight] = "nearest (too few input vectors)"
+        with torch.inference_mode():
+            for layer in self.layers:
+                w = self.inits[layer.weight]
+                key = _window(layer, w)
+                if key not in self.stats or self.seen[key] < MIN_COLUMNS * _as_rows(
+                        w, layer.node).shape[2]:
+                    # e.g. a Gemm on a flattened image: fewer samples than weights per row
+                    per_layer[layer.weight] = "nearest (too few input vectors)"
+                else:
+                    try:
+                        q, scale, ratio, blocks = _round_layer(w, layer, self.stats[key],
+                                                               self.dev)
+                    except ValueError:  # H cannot be factorised even damped
+                        q, scale, ratio, blocks = None, None, 1.0, 1
+                    if ratio < 1:  # the estimate on calibration data decides, per layer
+                        out[layer.weight] = (q, scale)
+                        per_layer[layer.weight] = ("gptq" if blocks == 1
+                                                   else f"gptq, {blocks} blocks")
+                    else:
+                        per_layer[layer.weight] = "nearest (estimated error not lower)"
+                    ratios.append(min(ratio, 1.0))
                 if progress is not None:
                     progress.advance(1)
-                continue  # e.g. a Gemm on a flattened image: fewer samples than weights per row
-            try:
-                q, scale, ratio, blocks = _round_layer(w, layer, stats[key], dev)
-            except ValueError:  # H cannot be factorised even damped
-                q, scale, ratio, blocks = None, None, 1.0, 1
-            if ratio < 1:  # the estimate on calibration data decides, per layer
-                out[layer.weight] = (q, scale)
-                per_layer[layer.weight] = "gptq" if blocks == 1 else f"gptq, {blocks} blocks"
-            else:
-                per_layer[layer.weight] = "nearest (estimated error not lower)"
-            ratios.append(min(ratio, 1.0))
-            if progress is not None:
-                progress.advance(1)
-    return out, {"layers": len(out), "candidates": len(found), "rows": rows,
-                 "output_error_ratio_median": float(np.median(ratios)) if ratios else 1.0,
-                 "device": dev, "max_block_columns": MAX_K, "per_layer": per_layer}
+        return out, {"layers": len(out), "candidates": len(self.layers),
+                     "rows": min(self.rows, MAX_SAMPLES),
+                     "output_error_ratio_median": float(np.median(ratios)) if ratios else 1.0,
+                     "device": self.dev, "max_block_columns": MAX_K, "per_layer": per_layer}
 
 
 def _round_layer(w: np.ndarray, layer: Layer, h: Any, dev: str

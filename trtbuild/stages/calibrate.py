@@ -65,10 +65,17 @@ def _calibrate(ctx: Context, model: Any, needed: list[str], record: dict) -> dic
         raise TrtBuildError(f"{s.cache}: calibration cache does not match this model "
                             f"({record['cache_status']}) and no --calib data was given")
     data = ctx.dataset(s.data)
+    moments = None
+    if s.weight_rounding == "gptq":  # the quantize stage's GPTQ statistics, in this pass
+        from ..quant.rounding import Moments
+
+        moments = Moments(model, plan(model))
     with Timer() as t, bar("calibrating", len(data) or None) as progress:
         # sharded over workers only inside merge.sharding() (a Ray release), same thresholds
         result, shards = merge.calibrate(model, needed, data, s.method, s.percentile,
-                                         progress.advance)
+                                         progress.advance,
+                                         (moments.taps, moments.add) if moments else None)
+    ctx.moments = moments
     if result.samples == 0:
         raise TrtBuildError(f"{s.data}: the data loader yielded no samples")
     if shards > 1:

@@ -64,7 +64,9 @@ def _round_weights(ctx: Context, model: Any, qplan: Any) -> dict[str, Any]:
     data = ctx.dataset(source)
     feeds = data.batches()
     with bar("weight rounding: layer inputs", None) as progress:
-        ctx.int8_weights, summary = round_weights(model, qplan, feeds, io.session, progress)
+        ctx.int8_weights, summary = round_weights(model, qplan, feeds, io.session, progress,
+                                                  ctx.moments)
+    ctx.moments = None  # large (fcn_resnet50: hundreds of MB), and used
     return {"method": "gptq", **summary}
 
 
