@@ -80,7 +80,7 @@ class EngineCache:
         return self.root / arch / tag / key
 
     @contextlib.contextmanager
-    def _lock(self, entry: Path) -> Iterator[bool]:
+    def lock(self, entry: Path) -> Iterator[bool]:
         """Exclusive per-key lock; yields False (no lock, read-only) when the cache cannot be
         written."""
         try:
@@ -115,7 +115,7 @@ class EngineCache:
                      build: Callable[[], tuple[bytes, dict[str, Any]]]) -> Lookup:
         """The cached engine for this key, or build() once (under the lock) and store it."""
         entry = self.entry(arch, tag, key)
-        with self._lock(entry) as writable:
+        with self.lock(entry) as writable:
             found = self.read(entry, expect={"key": key, "arch": arch, "builder": tag},
                               writable=writable)
             if found is not None:
@@ -279,7 +279,7 @@ class EngineCache:
         """(entry, problem or None) for every entry; damaged ones are quarantined."""
         out = []
         for entry in self.entries():
-            with self._lock(entry) as writable:
+            with self.lock(entry) as writable:
                 problem = self.problem(entry) if entry.exists() or entry.is_symlink() else None
                 if problem and writable:
                     self.quarantine(entry, problem)
@@ -311,7 +311,7 @@ class EngineCache:
         return removed
 
     def _remove(self, entry: Path) -> None:
-        with self._lock(entry):
+        with self.lock(entry):
             if _is_real_dir(entry):
                 shutil.rmtree(entry, ignore_errors=True)
             elif entry.is_symlink() or entry.exists():

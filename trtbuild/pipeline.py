@@ -51,19 +51,18 @@ def run_stages(ctx: Context, stages: list[tuple[str, Stage]],
     """Run `stages` on `ctx` in order. Raises TrtBuildError (bad input, failed gate)."""
     for name, stage in stages:
         log.info("stage %s: start", name)
-        before = _files(ctx.out)
-        stamps = _stamps(before)
+        before = _stamps(_files(ctx.out))
         with Timer() as t:
             try:
                 record, key = _cached(ctx, name)
                 if record is None:
                     record = stage(ctx)
                     if key:  # what it wrote: new files, and files it rewrote
+                        after = _stamps(_files(ctx.out))
                         ctx.stage_cache.save(ctx, name, key, record, sorted(
-                            p for p in _files(ctx.out) if _stamps({p}) != {
-                                p: stamps.get(p)}))
+                            p for p, stamp in after.items() if before.get(p) != stamp))
             except BaseException:  # what the failed stage wrote is not in the report
-                for path in _files(ctx.out) - before:
+                for path in _files(ctx.out) - before.keys():
                     path.unlink(missing_ok=True)
                 raise
         record = ctx.report.add(name, t.seconds, **record)
@@ -123,11 +122,7 @@ def clear_previous(out: Path, keep: tuple[Path, ...] = ()) -> list[str]:
 
 def _stamps(paths: set[Path]) -> dict[Path, tuple]:
     """(inode, mtime, size) of each file: a rewritten file (replaced atomically) differs."""
-    out = {}
-    for p in paths:
-        st = p.stat()
-        out[p] = (st.st_ino, st.st_mtime_ns, st.st_size)
-    return out
+    return {p: (st.st_ino, st.st_mtime_ns, st.st_size) for p in paths for st in [p.stat()]}
 
 
 def _files(folder: Path) -> set[Path]:

@@ -159,7 +159,7 @@ class StageCache:
             return None
 
     def _load(self, ctx: Context, stage: str, key: str, entry: Path) -> dict[str, Any] | None:
-        with self.store._lock(entry) as writable:
+        with self.store.lock(entry) as writable:
             found = self.store.read(entry, expect={"key": key, "stage": stage},
                                     writable=writable)
             if found is None:
@@ -196,7 +196,7 @@ class StageCache:
                     "state": sorted(state), "record": _moved(plain, str(ctx.out), OUT)}
         entry = self.store.entry(STAGES, stage, key)
         try:
-            with self.store._lock(entry) as writable:
+            with self.store.lock(entry) as writable:
                 if writable:
                     self.store.sweep(entry.parent)
                     self.store.write_files(entry, files, manifest)

@@ -65,7 +65,8 @@ def _run_summary(args: argparse.Namespace, title: str, run: Callable) -> int:
         failed(INTERNAL_ERROR, internal_error(e))
         raise
     report = result.out / "report.json"
-    emit(args, result.report, [f"  {'report':<16}          {report}, {report.with_suffix('.html')}"])
+    emit(args, result.report,
+         [f"  {'report':<16}          {report}, {report.with_suffix('.html')}"])
     return 0
 
 

@@ -50,7 +50,7 @@ def run(ctx: Context) -> dict[str, Any]:
         log.warning("%s: %s", ctx.artifacts.clean, record["left_float"])
     amaxes = _from_cache(s, needed, record)
     if amaxes is None:
-        amaxes = _calibrate(ctx, model, needed, record)
+        amaxes = _calibrate(ctx, model, qplan, needed, record)
     cache_path = ctx.out / "calib.cache"
     cachefile.write(cache_path, amaxes, s.method)
     ctx.artifacts.calib_cache = cache_path
@@ -59,7 +59,8 @@ def run(ctx: Context) -> dict[str, Any]:
     return record
 
 
-def _calibrate(ctx: Context, model: Any, needed: list[str], record: dict) -> dict[str, float]:
+def _calibrate(ctx: Context, model: Any, qplan: QuantPlan, needed: list[str],
+               record: dict) -> dict[str, float]:
     s = ctx.settings.calib
     if not s.data:
         raise TrtBuildError(f"{s.cache}: calibration cache does not match this model "
@@ -69,7 +70,7 @@ def _calibrate(ctx: Context, model: Any, needed: list[str], record: dict) -> dic
     if s.weight_rounding == "gptq":  # the quantize stage's GPTQ statistics, in this pass
         from ..quant.rounding import Moments
 
-        moments = Moments(model, plan(model))
+        moments = Moments(model, qplan)
     with Timer() as t, bar("calibrating", len(data) or None) as progress:
         # sharded over workers only inside merge.sharding() (a Ray release), same thresholds
         result, shards = merge.calibrate(model, needed, data, s.method, s.percentile,

@@ -145,7 +145,8 @@ def _one(ctx: Context, s: EngineSettings, backend: trt_backend.Backend, cache: E
     return {"precision": precision, "arch": arch, "path": str(path), "cache_hit": found.hit,
             "builder": backend.name, "builder_version": backend.version,
             "precision_from": path_taken.get(precision, "graph"),
-            "cache_entry": str(found.path) if found.path else None, "key": key, "bytes": len(found.engine),
+            "cache_entry": str(found.path) if found.path else None, "key": key,
+            "bytes": len(found.engine),
             "sha256": found.manifest["engine_sha256"],
             "build_seconds": found.manifest.get("build_seconds"),
             "layer_dtypes": found.manifest.get("layer_dtypes")}
