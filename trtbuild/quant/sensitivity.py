@@ -1,8 +1,8 @@
 """Per-region INT8 sensitivity, and the search for the fewest regions to leave in float.
 
-One ONNX Runtime session serves every measurement: the FP32 model with each region's
+One ONNX Runtime session serves every sensitivity: the FP32 model with each region's
 inputs switched between FP32 and fake-quantized by a boolean input (switchable_model), so
-trying a set of INT8 regions is one run, never a new model. Sensitivity of a region: the
+trying one region in INT8 is one run, never a new model. Sensitivity of a region: the
 output error (||candidate - FP32||^2 / ||FP32||^2, summed over outputs) with that region
 alone in INT8, on a few held-out samples.
 
@@ -77,53 +77,12 @@ def switchable_model(model: Any, qplan: QuantPlan, amaxes: dict[str, float],
     return m, flags
 
 
-def switchable_qdq(qdq: Any, clean: Any, found: list[Region]) -> tuple[Any, list[str]]:
-    """The written Q/DQ model where each region's dequantized inputs pass through
-    Where(flag, dequantized, float original): one session (whose FP16 emulation is built
-    once) estimates any choice of regions in float, by feeding one boolean per region
-    (default True: INT8). Returns (model, flag input names)."""
-    import onnx
-    from onnx import helper
-
-    m = onnx.ModelProto()
-    m.CopyFrom(qdq)
-    g = m.graph
-    have = {i.name for i in g.initializer}
-    originals = {i.name: i for i in clean.graph.initializer}
-    flags = flag_inputs(g, found, default=True)
-    flag_of = {r.node: flag for r, flag in zip(found, flags)}
-    inputs_of = {r.node: set(r.inputs) for r in found}
-    nodes = []
-    for n in g.node:
-        switched: set[str] = set()  # x @ x: one switch for both inputs
-        for i, name in enumerate(n.input):
-            raw = name.removesuffix("_dequantized")  # insert_qdq's naming
-            if raw == name or raw not in inputs_of.get(n.name, ()):
-                continue
-            if raw in originals and raw not in have:  # a weight: its float values back
-                g.initializer.append(originals[raw])
-                have.add(raw)
-            sel = f"{name}__{flag_of[n.name]}"
-            if sel not in switched:
-                switched.add(sel)
-                nodes.append(helper.make_node("Where", [flag_of[n.name], name, raw], [sel],
-                                              name=f"{sel}_Where"))
-            n.input[i] = sel
-        nodes.append(n)
-    del g.node[:]
-    g.node.extend(nodes)
-    return m, flags
-
-
-def flag_inputs(g: Any, found: list[Region], default: bool | None = None) -> list[str]:
-    """One boolean graph input per region (with an initializer holding `default`, when
-    given, so a session may leave it unfed); their names."""
-    from onnx import TensorProto, helper, numpy_helper
+def flag_inputs(g: Any, found: list[Region]) -> list[str]:
+    """One boolean graph input per region; their names."""
+    from onnx import TensorProto, helper
 
     flags = [f"__int8_region_{k}" for k in range(len(found))]
     g.input.extend(helper.make_tensor_value_info(f, TensorProto.BOOL, []) for f in flags)
-    if default is not None:
-        g.initializer.extend(numpy_helper.from_array(np.array(default), f) for f in flags)
     return flags
 
 
@@ -197,34 +156,35 @@ class Guide:
 def search(order: list[str], measure: Callable[[set[str]], float],
            holds: Callable[[float], bool], start: float | None = None,
            confirm: Callable[[set[str]], float] | None = None,
-           guide: Guide | None = None, start_estimate: float | None = None) -> SearchResult:
+           guide: Guide | None = None, start_estimate: float | None = None,
+           rounds: int = 2) -> SearchResult:
     """The smallest prefix of `order` whose fallback makes `holds(measure(prefix))` true,
     by bisection over the prefix length: about log2(len(order)) + 2 measurements
-    (`start`: the measurement with nothing in float, when the caller already has it).
+    (`start`: the value with nothing in float, when the caller already has it; with
+    `confirm`, as `confirm` measures it).
     `guide`: each step goes where the measured ends and the per-region sensitivities put
     the goal (interpolation), and bisects after two steps in a row fall on one side of it
     or fail to halve the interval (at most about twice bisection's steps); on
     all-MiniLM-L6-v2 that is 2-3 steps where bisection takes 5-6, with the same answer.
-    `confirm`: a fuller measurement, when `measure` is a cheaper estimate of it: the prefix
-    the bisection finds is confirmed with it, and when it does not hold there the search
-    goes on above, with `confirm` alone (it does not go below: where the estimate was
-    pessimistic the answer holds but may not be the smallest). `start_estimate`: what
-    `measure` gives with nothing in float, for the guide (estimates and the full measure may
-    differ by more than the goal's margin)."""
-    steps: list[dict[str, Any]] = []
 
-    def at(k: int, how: Callable[[set[str]], float], kind: str) -> float:
-        v = start if k == 0 and start is not None else how(set(order[:k]))
-        steps.append({"fallback": k, "value": v, "holds": holds(v), "measure": kind})
+    `confirm`: a fuller measurement, when `measure` is a cheaper estimate of it. The prefix
+    found is confirmed with it; when it misses, the search goes on above it on `measure`
+    less the gap seen at that prefix (measure - confirm), up to `rounds` times, and then
+    climbs on `confirm` alone. It never goes below a confirmed miss: where `measure` was
+    pessimistic the answer holds but may not be the smallest. `start_estimate`: what
+    `measure` gives with nothing in float (estimates and the full measure may differ by
+    more than the goal's margin)."""
+    steps: list[dict[str, Any]] = []
+    kind = "estimate" if confirm else "full"
+
+    def at(k: int, how: Callable[[set[str]], float], what: str, bias: float = 0.0) -> float:
+        v = how(set(order[:k])) - bias
+        step = {"fallback": k, "value": v, "holds": holds(v), "measure": what}
+        steps.append({**step, "bias": bias} if bias else step)
         return v
 
-    full = confirm or measure
-    v = at(0, full, "full")
-    if holds(v) or not order:
-        return SearchResult([], v, holds(v), steps)
-
-    def bisect(bad: int, good: int, how: Callable[[set[str]], float], kind: str,
-               v_bad: float) -> tuple[int, float | None]:
+    def bisect(bad: int, good: int, how: Callable[[set[str]], float], what: str,
+               v_bad: float, bias: float = 0.0) -> tuple[int, float | None]:
         """(the smallest holding length in (bad, good], its value if measured here)"""
         values: dict[int, float] = {bad: v_bad}
         side, run = None, 0  # which side of the goal the last steps fell on, how many
@@ -233,19 +193,33 @@ def search(order: list[str], measure: Callable[[set[str]], float],
             closing = len(widths) < 3 or widths[-1] <= widths[-3] / 2  # halved in 2 steps
             mid = guide.next(bad, good, values) if guide and run < 2 and closing else None
             mid = (good + bad) // 2 if mid is None else mid
-            values[mid] = at(mid, how, kind)
+            values[mid] = at(mid, how, what, bias)
             ok = holds(values[mid])
             run, side = (run + 1 if ok == side else 1), ok
             good, bad = (mid, bad) if ok else (good, mid)
             widths.append(good - bad)
         return good, values.get(good)
 
-    good, v = bisect(0, len(order), measure, "estimate" if confirm else "full",
-                     v if start_estimate is None else start_estimate)
-    if confirm is not None:  # the estimate's answer, measured as the caller judges
-        v = at(good, confirm, "full")
-        if not holds(v) and good < len(order):
-            good, v = bisect(good, len(order), confirm, "full", v)
-    if v is None:  # every region in float was assumed to hold: check it
-        v = at(good, full, "full")
+    if start is None:
+        v = at(0, measure, kind)
+    else:
+        v = start
+        steps.append({"fallback": 0, "value": v, "holds": holds(v), "measure": "full"})
+    n, good, bias = len(order), 0, 0.0
+    if not holds(v) and order:
+        good, v = bisect(0, n, measure, kind, v if start_estimate is None else start_estimate)
+    if confirm is None:
+        if v is None:  # every region in float was assumed to hold: check it
+            v = at(good, measure, kind)
+        return SearchResult(order[:good], v, holds(v), steps)
+    for attempt in range(rounds + 1):
+        vc = at(good, confirm, "full")
+        if holds(vc) or good == n:
+            return SearchResult(order[:good], vc, holds(vc), steps)
+        if attempt == rounds:
+            break
+        bias += (v if v is not None else vc) - vc  # the search's optimism at its answer
+        good, v = bisect(good, n, measure, kind, vc, bias)
+    good, vc2 = bisect(good, n, confirm, "full", vc)  # climb on the fuller measure
+    v = at(good, confirm, "full") if vc2 is None else vc2
     return SearchResult(order[:good], v, holds(v), steps)
