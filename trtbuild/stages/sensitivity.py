@@ -15,7 +15,8 @@ validate stage then checks the written model on all held-out samples.
 from __future__ import annotations
 
 import logging
-from typing import Any
+import time
+from typing import Any, Callable
 
 import numpy as np
 
@@ -44,6 +45,7 @@ SENSITIVITY_SAMPLES = (2, 16)  # samples each region's sensitivity is measured o
 
 
 def run(ctx: Context) -> dict[str, Any]:
+    t0 = time.perf_counter()
     target = ctx.settings.gates.accuracy_target
     model = base_model(ctx)
     qplan = plan(model)
@@ -56,24 +58,31 @@ def run(ctx: Context) -> dict[str, Any]:
     labels = read_labels(labels_dir) if labels_dir else None
     trial = _Trials(ctx, model, qplan, found, names, feeds, labels, batch_axes(model))
     whole, head = trial.whole, trial.head
+    spent = {"data and reference": time.perf_counter() - t0}
+    t = time.perf_counter()
     runs = trial.runs(set(), whole.feeds)
     start = trial.score(whole, runs)
+    spent["start"] = time.perf_counter() - t
     errors, measured_on = dict.fromkeys((r.node for r in found), 0.0), 0
     if target.holds(start):  # only a miss pays for the sensitivity pass and the search
         order = ranking(found, errors)
         result = SearchResult([], start, True, [{"fallback": 0, "value": start,
                                                  "holds": True, "measure": "full"}])
     else:
+        t = time.perf_counter()
         errors, measured_on = _sensitivities(model, qplan, ctx, found, head, trial)
+        spent["sensitivities"] = time.perf_counter() - t
         order = ranking(found, errors)
         guide = Guide([sum(errors[n] for n in order[k:]) for k in range(len(order) + 1)],
                       target.value, trial.score(head, head.ref_runs))
-        full = lambda f: trial.score(whole, trial.runs(f, whole.feeds))  # noqa: E731
+        full = _timed(spent, "full", lambda f: trial.score(whole, trial.runs(f, whole.feeds)))
         if head is whole:
             result = search(order, full, target.holds, start=start, guide=guide)
         else:
-            result = search(order, lambda f: trial.score(head, trial.runs(f, head.feeds)),
-                            target.holds, start=start, confirm=full, guide=guide,
+            estimate = _timed(spent, "estimates",
+                              lambda f: trial.score(head, trial.runs(f, head.feeds)))
+            result = search(order, estimate, target.holds, start=start, confirm=full,
+                            guide=guide,
                             start_estimate=trial.score(head, runs[:len(head.feeds)]))
     fallen = set(result.fallen)
     written = trial.write(fallen) if fallen else {}
@@ -85,6 +94,7 @@ def run(ctx: Context) -> dict[str, Any]:
         "target": str(target), "metric": target.name, "val": label, "samples": len(names),
         "sensitivity_samples": measured_on, "before": result.steps[0]["value"],
         "after": result.value, "met": result.met, "evaluations": len(result.steps),
+        "seconds_in": {k: round(v, 2) for k, v in spent.items()},
         "steps": result.steps, "regions_total": len(found), "fallback_regions": len(fallen),
         "int8_mac_coverage": kept / total, "output": str(ctx.artifacts.int8),
         "model": {k: v for k, v in written.items() if k != "output"},
@@ -123,6 +133,7 @@ class _Trials:
             first = _first_rows(feeds, ESTIMATE_SAMPLES)
             self.head = _Part(first, names[:_count(first)], ref_runs[:len(first)])
         self._last: tuple | None = None  # (fallen, Q/DQ model, float parts, session)
+        self._done: tuple | None = None  # (fallen, feeds, their runs): the last estimate's
 
     def qdq(self, fallen: set[str]) -> Any:
         return insert_qdq(self.model, without(self.qplan, fallen), self.ctx.amaxes,
@@ -142,7 +153,13 @@ class _Trials:
                 self._last = key, qdq, floats, io.session(floats[1])
             else:
                 self._last = key, None, None, io.session(ctx.int8_check)
-        return _runs(self._last[3], feeds)
+        done: list = []  # a confirmation after an estimate runs only the other feeds
+        if self._done and self._done[0] == key and len(self._done[1]) <= len(feeds) and all(
+                a is b for a, b in zip(self._done[1], feeds[:len(self._done[1])])):
+            done = self._done[2]
+        out = done + _runs(self._last[3], feeds[len(done):])
+        self._done = key, feeds, out
+        return out
 
     def write(self, fallen: set[str]) -> dict[str, Any]:
         """Write the model with `fallen` in float (as last measured, when it was)."""
@@ -156,6 +173,18 @@ class _Trials:
         record = compare(_stack(part.ref_runs, self.axes), _stack(runs, self.axes),
                          part.names, self.labels, s.metric_script)
         return gate_value(record, s.accuracy_target)
+
+
+def _timed(spent: dict[str, float], key: str, fn: Callable[[set[str]], float]
+           ) -> Callable[[set[str]], float]:
+    """`fn`, its seconds added to spent[key]."""
+    def timed(fallen: set[str]) -> float:
+        t = time.perf_counter()
+        try:
+            return fn(fallen)
+        finally:
+            spent[key] = spent.get(key, 0.0) + time.perf_counter() - t
+    return timed
 
 
 def _sensitivities(model: Any, qplan: Any, ctx: Context, found: list, part: _Part,
