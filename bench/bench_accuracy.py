@@ -41,7 +41,6 @@ import contextlib
 import importlib.util
 import io as stdio
 import logging
-import math
 import shutil
 import sys
 import tempfile
@@ -62,7 +61,6 @@ from corpus import ENTRIES, normalize, photos, text_crops, text_lines, yolo_inpu
 Feed = dict[str, np.ndarray]
 METRICS = ROOT / "examples" / "metrics" / "ppocr.py"
 YOLO_METRICS = ROOT / "examples" / "metrics" / "yolo.py"
-COMPUTE_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
 # ops a DequantizeLinear may sit behind and still feed a compute node its INT8 values (Cast:
 # trtbuild's FP16-scale DQ cast to FP32 for a layer kept in FP32)
 PASS_THROUGH = ("Reshape", "Transpose", "Flatten", "Squeeze", "Unsqueeze", "Identity", "Cast")
@@ -124,26 +122,16 @@ def _tensor_shapes(model: Any, names: set[str], feed: Feed) -> dict[str, tuple[i
     return shapes
 
 
-def _macs(node: Any, shapes: dict[str, tuple[int, ...]]) -> int:
-    out = shapes[node.output[0]]
-    a, b = shapes[node.input[0]], shapes[node.input[1]]
-    if node.op_type == "Conv":
-        return math.prod(out) * math.prod(b[1:])
-    if node.op_type == "ConvTranspose":
-        return math.prod(a) * math.prod(b[1:])
-    if node.op_type == "MatMul":
-        return math.prod(out) * (a[-1] if a else 1)
-    trans_a = next((at.i for at in node.attribute if at.name == "transA"), 0)
-    return math.prod(out) * (a[0] if trans_a else a[1])  # Gemm
-
-
 def int8_mac_share(model_path: str | Path, feed: Feed | None = None) -> float:
-    """Share of the Conv/ConvTranspose/Gemm/MatMul multiply-accumulates that run in INT8:
-    those of nodes whose data and weight inputs both come from DequantizeLinear (directly or
-    through Reshape/Transpose/Flatten/Squeeze/Unsqueeze/Identity/Cast), over those of all such
-    nodes. Shapes come from one run of `feed` (default: zeros, batch 1; models with other
-    symbolic dimensions need a feed). Nodes inside subgraphs are not counted."""
+    """Share of the Conv/ConvTranspose/Gemm/MatMul/LSTM/GRU/RNN multiply-accumulates that run
+    in INT8: those of nodes whose data and weight inputs both come from DequantizeLinear
+    (directly or through Reshape/Transpose/Flatten/Squeeze/Unsqueeze/Identity/Cast), over
+    those of all such nodes (trtbuild.quant.regions.node_macs). Shapes come from one run of
+    `feed` (default: zeros, batch 1; models with other symbolic dimensions need a feed).
+    Nodes inside subgraphs are not counted."""
     import onnx
+
+    from trtbuild.quant.regions import COMPUTE_OPS, node_macs
 
     model = onnx.load(str(model_path))
     nodes = [n for n in model.graph.node if n.op_type in COMPUTE_OPS and len(n.input) >= 2]
@@ -154,7 +142,7 @@ def int8_mac_share(model_path: str | Path, feed: Feed | None = None) -> float:
     producers = _producers(model)
     total = int8 = 0
     for n in nodes:
-        macs = _macs(n, shapes)
+        macs = node_macs(n, shapes)
         total += macs
         if _from_dq(n.input[0], producers) and _from_dq(n.input[1], producers):
             int8 += macs

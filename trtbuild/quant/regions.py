@@ -43,26 +43,43 @@ def without(qplan: QuantPlan, fallen: set[str]) -> QuantPlan:
                      [(w, axis) for w, axis in qplan.weights if w in read], consumers)
 
 
-def count_macs(model: Any, feed: dict[str, np.ndarray], found: list[Region]) -> None:
+COMPUTE_OPS = ("Conv", "ConvTranspose", "MatMul", "Gemm", "LSTM", "GRU", "RNN")
+GATES = {"LSTM": 4, "GRU": 3, "RNN": 1}  # weight blocks per hidden unit
+
+
+def count_macs(model: Any, feed: dict[str, np.ndarray], found: list[Region]) -> int:
     """Fill each region's MACs for one sample, from the tensor shapes of one real run of
-    the FP32 model (shape inference loses shapes after data-dependent reshapes)."""
+    the FP32 model (shape inference loses shapes after data-dependent reshapes). Returns
+    the MACs of every compute node (COMPUTE_OPS), quantized or not: an LSTM, or a MatMul
+    between two activations (attention scores), counts in the total though no region
+    holds it."""
     from ..calib.stream import observed_model
     from ..data import rows
     from ..onnx import io
 
-    nodes = {n.name: n for n in model.graph.node}
     inits = {i.name: list(i.dims) for i in model.graph.initializer}
-    wanted = list(dict.fromkeys(t for r in found for t in list(nodes[r.node].input[:2])
-                                + [nodes[r.node].output[0]] if t and t not in inits))
+    compute = [n for n in model.graph.node if n.op_type in COMPUTE_OPS]
+    wanted = list(dict.fromkeys(t for n in compute for t in list(n.input[:3]) + [n.output[0]]
+                                if t and t not in inits))
     n = rows(feed)
     one = {k: (a[:1] if np.ndim(a) and len(a) == n else a) for k, a in feed.items()}
     values = io.session(observed_model(model, wanted)).run(wanted, one)
     shapes = {**inits, **{t: list(np.shape(v)) for t, v in zip(wanted, values)}}
+    macs = [node_macs(node, shapes) for node in compute]
+    by_name = {node.name: m for node, m in zip(compute, macs) if node.name}
     for r in found:
-        r.macs = _macs(nodes[r.node], shapes)
+        r.macs = by_name.get(r.node, 0)
+    return sum(macs)
 
 
-def _macs(n: Any, shapes: dict[str, list[int]]) -> int:
+def node_macs(n: Any, shapes: dict[str, Any]) -> int:
+    """Multiply-accumulates of one compute node, from its tensors' shapes (0 if unknown)."""
+    if n.op_type in GATES:  # X (seq, batch, in) or (batch, seq, in); W (dirs, g*H, in)
+        x, w = shapes.get(n.input[0], []), shapes.get(n.input[1], [])
+        if len(x) != 3 or len(w) != 3:
+            return 0
+        hidden = w[1] // GATES[n.op_type]
+        return x[0] * x[1] * w[0] * w[1] * (w[2] + hidden)  # input and recurrent products
     out = shapes.get(n.output[0], [])
     if not out:
         return 0

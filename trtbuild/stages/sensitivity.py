@@ -54,7 +54,7 @@ def run(ctx: Context) -> dict[str, Any]:
     names, feeds = _subset(data, SEARCH_SAMPLES)
     if not feeds:
         raise TrtBuildError(f"{label}: no validation samples for --accuracy-target")
-    count_macs(model, feeds[0], found)
+    all_macs = count_macs(model, feeds[0], found)
     labels = read_labels(labels_dir) if labels_dir else None
     trial = _Trials(ctx, model, qplan, found, names, feeds, labels, batch_axes(model))
     whole, head = trial.whole, trial.head
@@ -87,7 +87,7 @@ def run(ctx: Context) -> dict[str, Any]:
     fallen = set(result.fallen)
     written = trial.write(fallen) if fallen else {}
     high = ctx.settings.calib.high_precision
-    total = sum(r.macs for r in found) or 1
+    total = max(all_macs, sum(r.macs for r in found)) or 1
     kept = sum(r.macs for r in found if r.node not in fallen)
     rank = {n: k for k, n in enumerate(order)}
     record: dict[str, Any] = {
@@ -96,7 +96,8 @@ def run(ctx: Context) -> dict[str, Any]:
         "after": result.value, "met": result.met, "evaluations": len(result.steps),
         "seconds_in": {k: round(v, 2) for k, v in spent.items()},
         "steps": result.steps, "regions_total": len(found), "fallback_regions": len(fallen),
-        "int8_mac_coverage": kept / total, "output": str(ctx.artifacts.int8),
+        "int8_mac_coverage": kept / total,
+        "macs_outside_regions": total - sum(r.macs for r in found), "output": str(ctx.artifacts.int8),
         "model": {k: v for k, v in written.items() if k != "output"},
         "regions": [{"node": r.node, "op_type": r.op_type, "macs": r.macs,
                      "mac_share": r.macs / total, "sensitivity": errors[r.node],
