@@ -127,7 +127,8 @@ def test_target_already_met_costs_no_sensitivity_pass(tmp_path):
     sens = {s["stage"]: s for s in json.loads(proc.stdout)["stages"]}["sensitivity"]
     assert sens["evaluations"] == 1 and sens["fallback_regions"] == 0, sens["steps"]
     assert sens["sensitivity_samples"] == 0
-    assert sens["int8_mac_coverage"] == 1.0
+    # every region in INT8; the classifier head (a Gemm feeding the output) stays float
+    assert sens["macs_outside_regions"] > 0 and 0.99 < sens["int8_mac_coverage"] < 1.0
 
 
 def test_switchable_model_equals_the_qdq_model_for_any_choice(outlier):

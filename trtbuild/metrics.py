@@ -290,8 +290,16 @@ def compare(ref: dict[str, np.ndarray], cand: dict[str, np.ndarray], names: list
 
 
 def stack(batches: list[np.ndarray], axis: int) -> np.ndarray:
-    """Per-batch outputs joined along their batch axis, which then comes first."""
+    """Per-batch outputs joined along their batch axis, which then comes first. Outputs of
+    other lengths (variable-length samples: a longer sentence, a wider text line) are padded
+    with zeros at the end of each other axis, in the reference and the candidate alike:
+    zeros change no cosine and no difference, but dilute means over elements."""
     arrays = [np.asarray(b) for b in batches]
     if arrays[0].ndim == 0:
         return np.stack(arrays)
+    if len({a.shape[:axis] + a.shape[axis + 1:] for a in arrays}) > 1 and \
+            len({a.ndim for a in arrays}) == 1:
+        top = np.max([a.shape for a in arrays], axis=0)
+        arrays = [np.pad(a, [(0, 0) if d == axis else (0, int(top[d]) - a.shape[d])
+                             for d in range(a.ndim)]) for a in arrays]
     return np.moveaxis(np.concatenate(arrays, axis=axis), axis, 0)

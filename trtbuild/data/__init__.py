@@ -168,13 +168,18 @@ class Dataset:
             raise TrtBuildError(f"{self.script}: data loader raised {type(e).__name__}: {e}")
 
     def batches(self) -> Iterator[Batch]:
-        """Samples concatenated along axis 0 into batches of `batch_size` (last one smaller)."""
+        """Samples concatenated along axis 0 into batches of `batch_size` (last one smaller);
+        a sample of other shapes than the batch so far (a longer sentence, a wider text
+        line) starts a new batch."""
         pending: list[Batch] = []
         count = 0
         for _, feed in self.samples():
             if self.batch_size == 1:  # also every model without a stackable batch axis
                 yield feed
                 continue
+            if pending and not joinable(pending[0], feed):
+                yield concat(pending)
+                pending, count = [], 0
             pending.append(feed)
             count += rows(feed)
             if count >= self.batch_size:
@@ -197,6 +202,13 @@ def _size_hint(spec: InputSpec, p: Preprocess) -> str:
 def rows(feed: Batch) -> int:
     """Samples in a feed: the length of axis 0 of its first non-scalar array."""
     return next((len(a) for a in feed.values() if np.ndim(a)), 1)
+
+
+def joinable(a: Batch, b: Batch) -> bool:
+    """Can the two feeds be joined on axis 0: the same inputs, each with the same shape past
+    axis 0?"""
+    return a.keys() == b.keys() and all(
+        np.ndim(a[k]) == np.ndim(b[k]) and np.shape(a[k])[1:] == np.shape(b[k])[1:] for k in a)
 
 
 def concat(feeds: list[Batch]) -> Batch:

@@ -21,7 +21,7 @@ from typing import Any, Callable
 import numpy as np
 
 from ..context import Context
-from ..data import concat, read_labels, rows
+from ..data import concat, joinable, read_labels, rows
 from ..errors import TrtBuildError
 from ..metrics import batch_axes, compare, gate_value, stack
 from ..onnx import io
@@ -209,13 +209,17 @@ def _sensitivities(model: Any, qplan: Any, ctx: Context, found: list, part: _Par
 
 
 def _subset(data: Any, limit: int) -> tuple[list[str], list[dict[str, np.ndarray]]]:
-    """The first `limit` samples (names, one per row) in batches of the data's batch size."""
+    """The first `limit` samples (names, one per row) in batches of the data's batch size
+    (samples of other shapes in batches of their own)."""
     names: list[str] = []
     feeds: list[dict[str, np.ndarray]] = []
     pending: list[dict[str, np.ndarray]] = []
     for origin, feed in data.samples():
         if len(names) >= limit:
             break
+        if pending and not joinable(pending[0], feed):
+            feeds.append(concat(pending))
+            pending = []
         names += [origin] * rows(feed)
         pending.append(feed)
         if sum(rows(f) for f in pending) >= data.batch_size:

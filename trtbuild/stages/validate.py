@@ -16,7 +16,7 @@ from typing import Any, Iterator
 import numpy as np
 
 from ..context import Context
-from ..data import read_labels, rows
+from ..data import joinable, read_labels, rows
 from ..metrics import batch_axes, compare, gate_failures, stack
 
 log = logging.getLogger(__name__)
@@ -95,6 +95,9 @@ class _Loader:
         self.origins = []
         batch: list[tuple[str, dict]] = []
         for origin, feed in self.data.samples():
+            if batch and not joinable(batch[0][1], feed):  # other shapes: a batch of its own
+                yield self._flush(batch)
+                batch = []
             batch.append((origin, feed))
             if len(batch) == self.data.batch_size:
                 yield self._flush(batch)
