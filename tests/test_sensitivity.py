@@ -220,6 +220,19 @@ def test_search_confirms_an_estimate_and_corrects_for_the_gap_when_it_misses():
     assert wild.met and len(wild.fallen) == 7 and wild.steps[-1]["measure"] == "full"
 
 
+def test_a_goal_at_the_metrics_ceiling_climbs_on_full_measures():
+    """top1_agreement>=1.0: an estimate on few samples reads 1.0 early, the full measure
+    0.998; less that gap no estimate can reach 1.0, so the search climbs on full measures
+    (the digits demo went 2 -> 4 of 4 regions in float without this)."""
+    n = 12
+    estimate = lambda f: 1.0 if len(f) >= 1 else 0.99   # noqa: E731
+    confirm = lambda f: 1.0 if len(f) >= 3 else 0.998   # noqa: E731
+    r = search([f"r{k}" for k in range(n)], estimate, lambda v: v >= 1.0, start=0.99,
+               confirm=confirm, guide=Guide([float(n - k) for k in range(n + 1)], 1.0, 1.0))
+    assert r.met and len(r.fallen) == 3
+    assert not any("bias" in s for s in r.steps)
+
+
 def test_unreachable_target_exits_1_and_says_so(tmp_path):
     # FP32 itself labels 98.4% of the first 64 validation digits right: no fallback helps
     from trtbuild.demo import CALIB_DIR, VAL_DIR

@@ -169,11 +169,11 @@ def search(order: list[str], measure: Callable[[set[str]], float],
 
     `confirm`: a fuller measurement, when `measure` is a cheaper estimate of it. The prefix
     found is confirmed with it; when it misses, the search goes on above it on `measure`
-    less the gap seen at that prefix (measure - confirm), up to `rounds` times, and then
-    climbs on `confirm` alone. It never goes below a confirmed miss: where `measure` was
-    pessimistic the answer holds but may not be the smallest. `start_estimate`: what
-    `measure` gives with nothing in float (estimates and the full measure may differ by
-    more than the goal's margin)."""
+    less the gap seen at that prefix (measure - confirm), up to `rounds` times or until the
+    corrected perfect value would miss the goal, and then climbs on `confirm` alone. It
+    never goes below a confirmed miss: where `measure` was pessimistic the answer holds but
+    may not be the smallest. `start_estimate`: what `measure` gives with nothing in float
+    (estimates and the full measure may differ by more than the goal's margin)."""
     steps: list[dict[str, Any]] = []
     kind = "estimate" if confirm else "full"
 
@@ -216,9 +216,9 @@ def search(order: list[str], measure: Callable[[set[str]], float],
         vc = at(good, confirm, "full")
         if holds(vc) or good == n:
             return SearchResult(order[:good], vc, holds(vc), steps)
-        if attempt == rounds:
-            break
         bias += (v if v is not None else vc) - vc  # the search's optimism at its answer
+        if attempt == rounds or (guide and not holds(guide.perfect - bias)):
+            break  # a goal past what a corrected estimate can show (top-1 >= 1.0): climb
         good, v = bisect(good, n, measure, kind, vc, bias)
     good, vc2 = bisect(good, n, confirm, "full", vc)  # climb on the fuller measure
     v = at(good, confirm, "full") if vc2 is None else vc2
