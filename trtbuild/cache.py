@@ -112,8 +112,18 @@ class EngineCache:
         folder.mkdir(parents=True, exist_ok=True)
 
     def get_or_build(self, arch: str, tag: str, key: str,
-                     build: Callable[[], tuple[bytes, dict[str, Any]]]) -> Lookup:
-        """The cached engine for this key, or build() once (under the lock) and store it."""
+                     build: Callable[[], tuple[bytes, dict[str, Any]]],
+                     store: bool = True) -> Lookup:
+        """The cached engine for this key, or build() once (under the lock) and store it.
+        `store=False` (--no-cache): build() here, with the same manifest, stored nowhere."""
+        def built() -> tuple[bytes, dict[str, Any]]:
+            engine, manifest = build()
+            return engine, {**manifest, "key": key, "arch": arch, "builder": tag,
+                            "engine_sha256": hashlib.sha256(engine).hexdigest(),
+                            "engine_bytes": len(engine), "created": time.time()}
+
+        if not store:
+            return Lookup(*built(), False, None)
         entry = self.entry(arch, tag, key)
         with self.lock(entry) as writable:
             found = self.read(entry, expect={"key": key, "arch": arch, "builder": tag},
@@ -122,10 +132,7 @@ class EngineCache:
                 if writable:
                     os.utime(entry)  # recency for prune
                 return Lookup(found[0], found[1], True, entry)
-            engine, manifest = build()
-            manifest = {**manifest, "key": key, "arch": arch, "builder": tag,
-                        "engine_sha256": hashlib.sha256(engine).hexdigest(),
-                        "engine_bytes": len(engine), "created": time.time()}
+            engine, manifest = built()
             if writable:
                 self.sweep(entry.parent)
                 self._write(entry, engine, manifest)

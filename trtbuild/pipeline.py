@@ -199,11 +199,11 @@ def check_data(s: BuildSettings, src: Any) -> Any:
     export stage) and checked against its example inputs. Loader scripts run later."""
     import numpy as np
 
-    from .data import Dataset, _is_script
+    from .data import Dataset, is_script
     from .onnx import source
     from .onnx.inputs import InputSpec
 
-    folders = [d for d in (s.calib.data, s.val) if d and not _is_script(str(d))]
+    folders = [d for d in (s.calib.data, s.val) if d and not is_script(str(d))]
     if not folders:
         return None
     loaded = None

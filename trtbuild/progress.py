@@ -18,9 +18,9 @@ class Bar:
     work (the bar restarts at 0)."""
 
     def __init__(self, progress: Any = None, task: Any = None, description: str = "",
-                 total: int | None = None, plain: bool = False, unit: str = ""):
+                 total: int | None = None, plain: bool = False):
         self._p, self._task, self._plain = progress, task, plain
-        self._description, self._total, self._unit = description, total, unit
+        self._description, self._total, self._unit = description, total, ""
         self._done, self._text = 0, ""
         self._begin = self._last = time.monotonic()
 
@@ -56,14 +56,14 @@ class Bar:
 
 
 @contextlib.contextmanager
-def bar(description: str, total: int | None, unit: str = "") -> Iterator[Bar]:
+def bar(description: str, total: int | None) -> Iterator[Bar]:
     """Yield a Bar: drawn on stderr when it is a TTY, plain lines otherwise."""
     if not sys.stderr.isatty():
-        yield Bar(description=description, total=total, plain=True, unit=unit)
+        yield Bar(description=description, total=total, plain=True)
         return
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
 
     with Progress("[progress.description]{task.description}", BarColumn(), MofNCompleteColumn(),
                   TimeRemainingColumn(), console=Console(stderr=True), transient=True) as p:
-        yield Bar(p, p.add_task(description, total=total), description, total, unit=unit)
+        yield Bar(p, p.add_task(description, total=total), description, total)

@@ -94,19 +94,33 @@ class StageCache:
     def __init__(self, root: Path | None = None):
         self.store = EngineCache(root)
         self._digests: dict[tuple, str] = {}  # one run hashes each file and folder once
+        self._listed: dict[tuple, list[Path]] = {}  # and parses each ONNX file once
 
-    def _digest(self, path: Path) -> str:
+    def _digest(self, path: Path, known: str | None = None) -> str:
+        """sha256 of a file (or folder), once per run for each version of it; `known`: the
+        sha256 it was just verified to have."""
         st = path.stat()
         memo = (str(path), st.st_mtime_ns, st.st_size)
+        if known is not None:
+            self._digests[memo] = known
         if memo not in self._digests:
             self._digests[memo] = (_folder_digest(path, self._digest) if path.is_dir()
                                    else file_sha256(path))
         return self._digests[memo]
 
+    def _model_files(self, path: Path) -> list[Path]:
+        """_model_files, parsed once per run for each version of the file."""
+        st = path.stat()
+        memo = ("files", str(path), st.st_mtime_ns, st.st_size)
+        if memo not in self._listed:
+            self._listed[memo] = _model_files(path)
+        return self._listed[memo]
+
     def key(self, ctx: Context, stage: str) -> tuple[str | None, str]:
         """(key, "") or (None, why this stage is not cached in this run)."""
         spec, s = SPECS[stage], ctx.settings
-        if stage == "export" and _src_files(ctx) is None:
+        src_files = _src_files(ctx) if stage == "export" else None
+        if stage == "export" and src_files is None:
             return None, "torch SRC"
         if stage == "quantize" and s.gates.accuracy_target is not None:
             return None, "the sensitivity search needs the rounded weights"
@@ -128,7 +142,7 @@ class StageCache:
                     for n in spec.sections}
         part("settings", json.dumps({n: _plain(v) for n, v in settings.items()},
                                     sort_keys=True, default=str))
-        files = _src_files(ctx) if stage == "export" else [
+        files = src_files if src_files is not None else [
             getattr(ctx.artifacts, a) for a in spec.reads]
         if stage == "calibrate" and s.calib.cache:  # thresholds it may reuse
             files.append(s.calib.cache)
@@ -136,7 +150,7 @@ class StageCache:
             for path in files:
                 if path is None or not path.is_file():
                     return None, "an input of this stage is missing"
-                for f in _model_files(path):
+                for f in self._model_files(path):
                     part(f"file {f.name}", self._digest(f))
             for name, d in data:
                 part(f"data {name}", self._digest(Path(d)))
@@ -172,6 +186,7 @@ class StageCache:
                 else:
                     with atomic_path(ctx.out / name) as tmp:
                         shutil.copyfile(entry / name, tmp)
+                    self._digest(ctx.out / name, manifest["files"][name]["sha256"])
             if writable:
                 with contextlib.suppress(OSError):
                     os.utime(entry)  # recency for prune
@@ -188,7 +203,7 @@ class StageCache:
         files.update(state)
         sums = {n: {"bytes": len(v) if isinstance(v, bytes) else v.stat().st_size,
                     "sha256": hashlib.sha256(v).hexdigest() if isinstance(v, bytes)
-                    else file_sha256(v)} for n, v in files.items()}
+                    else self._digest(v)} for n, v in files.items()}
         from .report import dumps
 
         plain = json.loads(dumps(record))  # as report.json will hold it
@@ -265,6 +280,7 @@ def _source_digest() -> str:
     return h.hexdigest()
 
 
+@functools.lru_cache(maxsize=1)
 def _versions() -> dict[str, str]:
     from importlib import metadata
 

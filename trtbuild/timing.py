@@ -28,45 +28,51 @@ def stats(times_ms: list[float], batch: int) -> dict[str, float]:
             "throughput_per_s": batch * 1000.0 / mean if mean > 0 else 0.0}
 
 
-def timed_cpu(run: Callable[[], Any], s: BenchSettings) -> list[float]:
-    """Warm-up, then timed runs: each phase ends at its count or its share of s.duration
-    (warm-up a fifth), whichever comes first; at least one timed run."""
+def bounded(warm: Callable[[], Any], once: Callable[[], float], s: BenchSettings
+            ) -> list[float]:
+    """Warm-up, then timed runs (`once` returns one run's milliseconds): each phase ends at
+    its count (s.warmup, s.iterations) or its share of s.duration (warm-up a fifth),
+    whichever comes first; at least one timed run."""
     end = time.perf_counter() + s.duration / 5
     for _ in range(s.warmup):
         if time.perf_counter() >= end:
             break
-        run()
+        warm()
     out: list[float] = []
     end = time.perf_counter() + s.duration
     while len(out) < s.iterations and (not out or time.perf_counter() < end):
-        t = time.perf_counter()
-        run()
-        out.append((time.perf_counter() - t) * 1000.0)
+        out.append(once())
     return out
 
 
+def timed_cpu(run: Callable[[], Any], s: BenchSettings) -> list[float]:
+    def once() -> float:
+        t = time.perf_counter()
+        run()
+        return (time.perf_counter() - t) * 1000.0
+
+    return bounded(run, once, s)
+
+
 def timed_cuda(run: Callable[[Any], Any], s: BenchSettings) -> list[float]:
-    """run(stream) enqueues work on `stream`; timed with CUDA events on that stream, the
-    runs bounded as in timed_cpu."""
+    """run(stream) enqueues work on `stream`; timed with CUDA events on that stream."""
     import torch
 
     stream = torch.cuda.Stream()
-    end = time.perf_counter() + s.duration / 5
-    for _ in range(s.warmup):
-        if time.perf_counter() >= end:
-            break
+
+    def warm() -> None:
         run(stream)
         stream.synchronize()
-    out: list[float] = []
-    deadline = time.perf_counter() + s.duration
-    while len(out) < s.iterations and (not out or time.perf_counter() < deadline):
+
+    def once() -> float:
         start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
         start.record(stream)
         run(stream)
         end.record(stream)
         end.synchronize()
-        out.append(start.elapsed_time(end))
-    return out
+        return start.elapsed_time(end)
+
+    return bounded(warm, once, s)
 
 
 def bench_onnxruntime(model: Path, feeds: dict[str, np.ndarray], s: BenchSettings) -> dict:

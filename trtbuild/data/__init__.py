@@ -42,7 +42,7 @@ class Dataset:
         stackable = all(i.batchable for i in inputs)
         self.inputs, self.max_samples = inputs, max_samples
         self.batch_size = max(1, batch_size) if stackable else 1
-        self.script = str(source) if _is_script(str(source)) else None
+        self.script = str(source) if is_script(str(source)) else None
         self.folder = None if self.script else Path(source)
         self.files: list[Path] = []
         if self.folder is not None:
@@ -168,25 +168,32 @@ class Dataset:
             raise TrtBuildError(f"{self.script}: data loader raised {type(e).__name__}: {e}")
 
     def batches(self) -> Iterator[Batch]:
-        """Samples concatenated along axis 0 into batches of `batch_size` (last one smaller);
-        a sample of other shapes than the batch so far (a longer sentence, a wider text
-        line) starts a new batch."""
-        pending: list[Batch] = []
-        count = 0
-        for _, feed in self.samples():
-            if self.batch_size == 1:  # also every model without a stackable batch axis
-                yield feed
-                continue
-            if pending and not joinable(pending[0], feed):
-                yield concat(pending)
-                pending, count = [], 0
-            pending.append(feed)
-            count += rows(feed)
-            if count >= self.batch_size:
-                yield concat(pending)
-                pending, count = [], 0
-        if pending:
-            yield concat(pending)
+        """Samples concatenated along axis 0 into batches (named_batches)."""
+        for _, batch in named_batches(self):
+            yield batch
+
+
+def named_batches(data: Any, limit: int | None = None) -> Iterator[tuple[list[str], Batch]]:
+    """(each row's sample name, batch) of `data` (a Dataset, or anything with samples() and
+    batch_size): samples concatenated along axis 0 into batches of `batch_size` rows (last
+    one smaller); a sample of other shapes than the batch so far (a longer sentence, a
+    wider text line) starts a new batch. `limit`: no sample is read once that many rows
+    were."""
+    pending: list[Batch] = []
+    names: list[str] = []
+    for origin, feed in data.samples():
+        if limit is not None and len(names) >= limit:
+            break
+        if pending and not joinable(pending[0], feed):
+            yield names, concat(pending)
+            pending, names = [], []
+        pending.append(feed)
+        names += [origin] * rows(feed)
+        if len(names) >= data.batch_size:  # batch_size 1: also every model without a
+            yield names, concat(pending)   # stackable batch axis
+            pending, names = [], []
+    if pending:
+        yield names, concat(pending)
 
 
 def _size_hint(spec: InputSpec, p: Preprocess) -> str:
@@ -217,7 +224,7 @@ def concat(feeds: list[Batch]) -> Batch:
             for k in feeds[0]}
 
 
-def _is_script(text: str) -> bool:
+def is_script(text: str) -> bool:
     target, sep, fn = text.rpartition(":")
     return bool(sep and fn and target.endswith(".py"))
 
@@ -226,7 +233,7 @@ def open_dataset(source: str | Path, model: Any, s: "DataSettings") -> Dataset:
     """Samples for `model` (a ModelProto) from a directory or FILE.py:FN, read with the data
     settings (batch size, sample cap, preprocessing overrides) wherever data is read."""
     pre = None
-    if not _is_script(str(source)) and Path(source).is_dir():
+    if not is_script(str(source)) and Path(source).is_dir():
         pre = Preprocess.from_dir(Path(source), **s.preprocess)
     return Dataset(source, model_inputs(model), s.batch_size, s.max_samples, pre)
 
@@ -234,7 +241,7 @@ def open_dataset(source: str | Path, model: Any, s: "DataSettings") -> Dataset:
 def check_source(source: str, flag: str) -> None:
     """Before any work: a data directory exists and holds samples, or a FILE.py:FN exists.
     Raises TrtBuildError(2) naming the path."""
-    if _is_script(str(source)):
+    if is_script(str(source)):
         path = Path(str(source).rpartition(":")[0])
         if not path.is_file():
             raise TrtBuildError(f"{path}: {flag}: no such data loader script")

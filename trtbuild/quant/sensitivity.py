@@ -177,11 +177,13 @@ def search(order: list[str], measure: Callable[[set[str]], float],
     steps: list[dict[str, Any]] = []
     kind = "estimate" if confirm else "full"
 
-    def at(k: int, how: Callable[[set[str]], float], what: str, bias: float = 0.0) -> float:
-        v = how(set(order[:k])) - bias
+    def note(k: int, v: float, what: str, bias: float = 0.0) -> float:
         step = {"fallback": k, "value": v, "holds": holds(v), "measure": what}
         steps.append({**step, "bias": bias} if bias else step)
         return v
+
+    def at(k: int, how: Callable[[set[str]], float], what: str, bias: float = 0.0) -> float:
+        return note(k, how(set(order[:k])) - bias, what, bias)
 
     def bisect(bad: int, good: int, how: Callable[[set[str]], float], what: str,
                v_bad: float, bias: float = 0.0) -> tuple[int, float | None]:
@@ -200,13 +202,11 @@ def search(order: list[str], measure: Callable[[set[str]], float],
             widths.append(good - bad)
         return good, values.get(good)
 
-    if start is None:
-        v = at(0, measure, kind)
-    else:
-        v = start
-        steps.append({"fallback": 0, "value": v, "holds": holds(v), "measure": "full"})
+    v = at(0, measure, kind) if start is None else note(0, start, "full")
+    if not order or (holds(v) and (confirm is None or start is not None)):
+        return SearchResult([], v, holds(v), steps)  # a start as `confirm` measures it
     n, good, bias = len(order), 0, 0.0
-    if not holds(v) and order:
+    if not holds(v):
         good, v = bisect(0, n, measure, kind, v if start_estimate is None else start_estimate)
     if confirm is None:
         if v is None:  # every region in float was assumed to hold: check it

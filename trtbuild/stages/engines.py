@@ -6,7 +6,6 @@ anything is built."""
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from dataclasses import replace
 from pathlib import Path
@@ -14,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from ..cache import EngineCache, Lookup, cache_key
+from ..cache import EngineCache, cache_key
 from ..config import EngineSettings
 from ..context import Context, Engine
 from ..errors import TrtBuildError
@@ -131,12 +130,8 @@ def _one(ctx: Context, s: EngineSettings, backend: trt_backend.Backend, cache: E
                                "build_seconds": round(result.seconds, 3),
                                "layer_dtypes": result.layer_dtypes}
 
-    if ctx.settings.targets.use_cache:
-        found = cache.get_or_build(arch, backend.tag, key, build)
-    else:  # --no-cache: built here, stored nowhere
-        engine, manifest = build()
-        found = Lookup(engine, {**manifest, "engine_sha256": hashlib.sha256(engine).hexdigest()},
-                       False, None)
+    found = cache.get_or_build(arch, backend.tag, key, build,
+                               store=ctx.settings.targets.use_cache)
     path = ctx.out / "engines" / arch / f"model.{precision}.engine"
     path.parent.mkdir(parents=True, exist_ok=True)
     write_bytes(path, found.engine)

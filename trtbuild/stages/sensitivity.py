@@ -21,7 +21,7 @@ from typing import Any, Callable
 import numpy as np
 
 from ..context import Context
-from ..data import concat, joinable, read_labels, rows
+from ..data import named_batches, read_labels, rows
 from ..errors import TrtBuildError
 from ..metrics import batch_axes, compare, gate_value, stack
 from ..onnx import io
@@ -30,7 +30,6 @@ from ..quant.qdq import insert_qdq, plan
 from ..quant.regions import count_macs, regions, without
 from ..quant.sensitivity import (
     Guide,
-    SearchResult,
     output_error,
     ranking,
     search,
@@ -63,27 +62,25 @@ def run(ctx: Context) -> dict[str, Any]:
     runs = trial.runs(set(), whole.feeds)
     start = trial.score(whole, runs)
     spent["start"] = time.perf_counter() - t
+    miss = not target.holds(start)  # only a miss pays for the sensitivity pass and the search
+    head_start = trial.score(head, runs[:len(head.feeds)]) if miss and head is not whole else None
+    del runs  # all outputs of up to SEARCH_SAMPLES samples
     errors, measured_on = dict.fromkeys((r.node for r in found), 0.0), 0
-    if target.holds(start):  # only a miss pays for the sensitivity pass and the search
-        order = ranking(found, errors)
-        result = SearchResult([], start, True, [{"fallback": 0, "value": start,
-                                                 "holds": True, "measure": "full"}])
-    else:
+    if miss:
         t = time.perf_counter()
-        errors, measured_on = _sensitivities(model, qplan, ctx, found, head, trial)
+        errors, measured_on = _sensitivities(trial, head)
         spent["sensitivities"] = time.perf_counter() - t
-        order = ranking(found, errors)
-        guide = Guide([sum(errors[n] for n in order[k:]) for k in range(len(order) + 1)],
-                      target.value, trial.score(head, head.ref_runs))
-        full = _timed(spent, "full", lambda f: trial.score(whole, trial.runs(f, whole.feeds)))
-        if head is whole:
-            result = search(order, full, target.holds, start=start, guide=guide)
-        else:
-            estimate = _timed(spent, "estimates",
-                              lambda f: trial.score(head, trial.runs(f, head.feeds)))
-            result = search(order, estimate, target.holds, start=start, confirm=full,
-                            guide=guide,
-                            start_estimate=trial.score(head, runs[:len(head.feeds)]))
+    order = ranking(found, errors)
+    guide = Guide([sum(errors[n] for n in order[k:]) for k in range(len(order) + 1)],
+                  target.value, trial.score(head, head.ref_runs)) if miss else None
+    full = _timed(spent, "full", lambda f: trial.score(whole, trial.runs(f, whole.feeds)))
+    if head is whole:
+        result = search(order, full, target.holds, start=start, guide=guide)
+    else:
+        estimate = _timed(spent, "estimates",
+                          lambda f: trial.score(head, trial.runs(f, head.feeds)))
+        result = search(order, estimate, target.holds, start=start, confirm=full, guide=guide,
+                        start_estimate=head_start)
     fallen = set(result.fallen)
     written = trial.write(fallen) if fallen else {}
     high = ctx.settings.calib.high_precision
@@ -97,7 +94,8 @@ def run(ctx: Context) -> dict[str, Any]:
         "seconds_in": {k: round(v, 2) for k, v in spent.items()},
         "steps": result.steps, "regions_total": len(found), "fallback_regions": len(fallen),
         "int8_mac_coverage": kept / total,
-        "macs_outside_regions": total - sum(r.macs for r in found), "output": str(ctx.artifacts.int8),
+        "macs_outside_regions": total - sum(r.macs for r in found),
+        "output": str(ctx.artifacts.int8),
         "model": {k: v for k, v in written.items() if k != "output"},
         "regions": [{"node": r.node, "op_type": r.op_type, "macs": r.macs,
                      "mac_share": r.macs / total, "sensitivity": errors[r.node],
@@ -110,10 +108,17 @@ def run(ctx: Context) -> dict[str, Any]:
 
 
 class _Part:
-    """Held-out feeds, their sample names and FP32 outputs, as run (per feed)."""
+    """Held-out feeds, their sample names and FP32 outputs, as run (per feed); `ref`, those
+    outputs stacked, is kept for a part measured often (the estimates') and otherwise
+    stacked anew at each use (as large as every output on every sample)."""
 
-    def __init__(self, feeds: list[dict[str, np.ndarray]], names: list[str], ref_runs: list):
+    def __init__(self, feeds: list[dict[str, np.ndarray]], names: list[str], ref_runs: list,
+                 axes: dict[str, int], keep: bool = False):
         self.feeds, self.names, self.ref_runs = feeds, names, ref_runs
+        self._axes, self._ref = axes, _stack(ref_runs, axes) if keep else None
+
+    def ref(self) -> dict[str, np.ndarray]:
+        return self._ref if self._ref is not None else _stack(self.ref_runs, self._axes)
 
 
 class _Trials:
@@ -128,11 +133,11 @@ class _Trials:
         # per feed, as run: a feed's outputs need not have one row per input row (an LSTM
         # VAD's state has one per feed, its probabilities one per window)
         ref_runs = _runs(self.fp32, feeds)
-        self.whole = _Part(feeds, names, ref_runs)
+        self.whole = _Part(feeds, names, ref_runs, axes)
         self.head = self.whole
         if len(names) >= 2 * ESTIMATE_SAMPLES:  # estimates on a few, answers on all
             first = _first_rows(feeds, ESTIMATE_SAMPLES)
-            self.head = _Part(first, names[:_count(first)], ref_runs[:len(first)])
+            self.head = _Part(first, names[:_count(first)], ref_runs[:len(first)], axes, True)
         self._last: tuple | None = None  # (fallen, Q/DQ model, float parts, session)
         self._done: tuple | None = None  # (fallen, feeds, their runs): the last estimate's
 
@@ -171,8 +176,8 @@ class _Trials:
     def score(self, part: _Part, runs: list) -> float:
         """The target's value of `runs` (of `part`'s feeds) against the FP32 outputs."""
         s = self.ctx.settings.gates
-        record = compare(_stack(part.ref_runs, self.axes), _stack(runs, self.axes),
-                         part.names, self.labels, s.metric_script)
+        record = compare(part.ref(), _stack(runs, self.axes), part.names, self.labels,
+                         s.metric_script)
         return gate_value(record, s.accuracy_target)
 
 
@@ -188,17 +193,20 @@ def _timed(spent: dict[str, float], key: str, fn: Callable[[set[str]], float]
     return timed
 
 
-def _sensitivities(model: Any, qplan: Any, ctx: Context, found: list, part: _Part,
-                   trial: _Trials) -> tuple[dict[str, float], int]:
-    """Each region alone in INT8, the rest FP32: its output error, on a few samples of the
-    estimate samples (about one pass over them for all regions together), all through one
+def _sensitivities(trial: _Trials, part: _Part) -> tuple[dict[str, float], int]:
+    """Each region alone in INT8, the rest FP32: its output error, on a few of `part`'s
+    samples (about one pass over them for all regions together), all through one
     switchable session. Returns (errors, samples used)."""
-    switch, flags = switchable_model(model, qplan, ctx.amaxes, found, ctx.int8_weights)
+    ctx, found, axes = trial.ctx, trial.found, trial.axes
+    switch, flags = switchable_model(trial.model, trial.qplan, ctx.amaxes, found,
+                                     ctx.int8_weights)
     sess = io.session(switch)
-    axes = trial.axes
     few = _first_rows(part.feeds, int(np.clip(len(part.names) / max(len(found), 1),
                                               *SENSITIVITY_SAMPLES)), exact=trial.free_batch)
-    few_ref = _stack(_runs(trial.fp32, few), axes)
+    if all(a is b for a, b in zip(few, part.feeds)):  # whole feeds: their FP32 outputs known
+        few_ref = _stack(part.ref_runs[:len(few)], axes)
+    else:
+        few_ref = _stack(_runs(trial.fp32, few), axes)
     errors = {}
     with bar("sensitivity", len(found)) as progress:
         for r in found:
@@ -213,20 +221,9 @@ def _subset(data: Any, limit: int) -> tuple[list[str], list[dict[str, np.ndarray
     (samples of other shapes in batches of their own)."""
     names: list[str] = []
     feeds: list[dict[str, np.ndarray]] = []
-    pending: list[dict[str, np.ndarray]] = []
-    for origin, feed in data.samples():
-        if len(names) >= limit:
-            break
-        if pending and not joinable(pending[0], feed):
-            feeds.append(concat(pending))
-            pending = []
-        names += [origin] * rows(feed)
-        pending.append(feed)
-        if sum(rows(f) for f in pending) >= data.batch_size:
-            feeds.append(concat(pending))
-            pending = []
-    if pending:
-        feeds.append(concat(pending))
+    for batch_names, feed in named_batches(data, limit):
+        names += batch_names
+        feeds.append(feed)
     return names, feeds
 
 

@@ -16,7 +16,7 @@ from typing import Any, Iterator
 import numpy as np
 
 from ..context import Context
-from ..data import joinable, read_labels, rows
+from ..data import named_batches, read_labels
 from ..metrics import batch_axes, compare, gate_failures, stack
 
 log = logging.getLogger(__name__)
@@ -93,24 +93,9 @@ class _Loader:
 
     def __iter__(self) -> Iterator[dict[str, np.ndarray]]:
         self.origins = []
-        batch: list[tuple[str, dict]] = []
-        for origin, feed in self.data.samples():
-            if batch and not joinable(batch[0][1], feed):  # other shapes: a batch of its own
-                yield self._flush(batch)
-                batch = []
-            batch.append((origin, feed))
-            if len(batch) == self.data.batch_size:
-                yield self._flush(batch)
-                batch = []
-        if batch:
-            yield self._flush(batch)
-
-    def _flush(self, batch: list) -> dict[str, np.ndarray]:
-        for origin, feed in batch:
-            self.origins += [origin] * rows(feed)
-        if len(batch) == 1:
-            return batch[0][1]
-        return {k: np.concatenate([f[k] for _, f in batch]) for k in batch[0][1]}
+        for names, batch in named_batches(self.data):
+            self.origins += names
+            yield batch
 
 
 def compare_runners(ref_runner: Any, cand_runner: Any, data: Any, precision: str,
