@@ -4,6 +4,7 @@ opened in headless Chromium from a file:// URL, which must log no console messag
 
 from __future__ import annotations
 
+import html
 import json
 import os
 import re
@@ -129,6 +130,8 @@ def test_real_demo_report_and_hand_written_one_load_cleanly_in_chromium(tmp_path
     messages, dom = _console(chromium, out / "report.html")
     assert not messages, messages
     assert data["created"] in dom  # the page is the final report.json, not an earlier one
+    assert data["status"] == "passed" and data["error"] is None
+    assert dom.index('class="banner pass"') < dom.index("<h2>Stages</h2>")
     for heading in ("Stages", "Accuracy per precision", "Latency"):
         assert f"<h2>{heading}</h2>" in dom
     assert sum(f"<td>{s}</td>" in dom for s in stages) == len(stages)
@@ -144,6 +147,47 @@ def test_real_demo_report_and_hand_written_one_load_cleanly_in_chromium(tmp_path
     assert "<h2>Sensitivity and mixed precision</h2>" in dom
     assert len(_svg(dom, "sensitivity-bars")) == len(REGIONS)
     assert len(_svg(dom, "precision-map")) == len(REGIONS)
+
+
+def test_a_failed_gate_and_a_failed_stage_say_so_first(tmp_path):
+    """report.json's status and error; report.html's FAIL banner above the stage table,
+    naming every failed gate (it looked like a passing page, #20)."""
+    out = tmp_path / "gate"
+    proc = run_cli("demo", "--out", out, "--int8", "--target", "onnx",
+                   "--min-cosine", "0.99999999")
+    assert proc.returncode == 1, proc.stderr
+    data = json.loads((out / "report.json").read_text())
+    assert data["status"] == "gate_failed" and " gate failed: " in data["error"]
+    page = (out / "report.html").read_text()
+    banner = html.unescape(page[page.index('class="banner fail"'):page.index("<h2>Stages</h2>")])
+    failures = [f"{s['stage']}: {f}" for s in data["stages"] for f in s.get("gate_failures", [])]
+    assert failures and all(f in banner for f in failures)
+
+    from trtbuild import pipeline
+    from trtbuild.config import build_settings
+    from trtbuild.errors import TrtBuildError
+
+    def broken(ctx):  # stages that pass and fail: our control flow, not real stages
+        raise TrtBuildError("data/7.png: cannot be read")
+
+    (tmp_path / "o").mkdir()
+    ctx = pipeline.new_context(build_settings("demo"), tmp_path / "o", "demo")
+    with pytest.raises(TrtBuildError):
+        pipeline.run_stages(ctx, [("first", lambda ctx: {}), ("calibrate", broken)])
+    data = json.loads((tmp_path / "o" / "report.json").read_text())
+    assert (data["status"], data["error"]) == ("failed", "calibrate: data/7.png: cannot be read")
+    assert "calibrate: data/7.png: cannot be read" in (tmp_path / "o" / "report.html").read_text()
+    # failing before any stage finished: no report at all (bad input leaves OUT empty)
+    (tmp_path / "p").mkdir()
+    ctx = pipeline.new_context(build_settings("demo"), tmp_path / "p", "demo")
+    with pytest.raises(TrtBuildError):
+        pipeline.run_stages(ctx, [("calibrate", broken)])
+    assert not any((tmp_path / "p").iterdir())
+
+
+def test_a_report_without_an_outcome_is_not_shown_as_passing():
+    page = report_html.render({"model": "m", "stages": [{"stage": "export", "seconds": 1}]})
+    assert 'class="banner open"' in page and "PASS" not in page
 
 
 def _chromium() -> str:

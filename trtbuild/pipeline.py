@@ -61,17 +61,21 @@ def run_stages(ctx: Context, stages: list[tuple[str, Stage]],
                         after = _stamps(_files(ctx.out))
                         ctx.stage_cache.save(ctx, name, key, record, sorted(
                             p for p, stamp in after.items() if before.get(p) != stamp))
-            except BaseException:  # what the failed stage wrote is not in the report
+            except BaseException as e:  # what the failed stage wrote is not in the report
                 for path in _files(ctx.out) - before.keys():
                     path.unlink(missing_ok=True)
+                ctx.report.finish("failed", f"{name}: " + (
+                    e.message if isinstance(e, TrtBuildError) else f"{type(e).__name__}: {e}"))
                 raise
         record = ctx.report.add(name, t.seconds, **record)
         log.info("stage %s: done in %.2fs", name, t.seconds)
         if on_stage:
             on_stage(name, record)
         if record.get("gate_failures"):
-            raise TrtBuildError(f"{name} gate failed: " + "; ".join(record["gate_failures"]),
-                                GATE_FAILED, record)
+            message = f"{name} gate failed: " + "; ".join(record["gate_failures"])
+            ctx.report.finish("gate_failed", message)
+            raise TrtBuildError(message, GATE_FAILED, record)
+    ctx.report.finish("passed")
     return ctx
 
 

@@ -20,6 +20,8 @@ class Report:
     path: Path | None            # None: kept in memory only
     model: str = ""
     stages: list[dict[str, Any]] = field(default_factory=list)
+    status: str = "running"      # then passed, gate_failed or failed
+    error: str | None = None     # the one line the CLI printed for a failed run
 
     def add(self, stage: str, seconds: float, **fields: Any) -> dict[str, Any]:
         record = {"stage": stage, "seconds": round(seconds, 4), **fields}
@@ -27,9 +29,18 @@ class Report:
         self.save()
         return record
 
+    def finish(self, status: str, error: str | None = None) -> None:
+        """The run's outcome, at the top of report.json (and report.html's banner); a run
+        that failed before any stage finished writes no report (bad input leaves OUT as it
+        was)."""
+        self.status, self.error = status, error
+        if self.stages:
+            self.save()
+
     def to_dict(self) -> dict[str, Any]:
-        return {"trtbuild": __version__, "model": self.model,
-                "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "stages": self.stages}
+        return {"trtbuild": __version__, "model": self.model, "status": self.status,
+                "error": self.error, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                "stages": self.stages}
 
     def save(self) -> None:
         from .report_html import write_beside  # lazy: report_html reuses summary_line

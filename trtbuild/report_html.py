@@ -43,6 +43,10 @@ td.summary{white-space:pre-wrap;font-family:ui-monospace,monospace;font-size:12p
 .legend span.item{margin-right:1rem}
 svg.chart{width:100%;height:auto;border:1px solid #ddd;background:#fff}
 svg.chart text{font:11px system-ui,sans-serif;fill:#444}
+.banner{margin:1rem 0;padding:.6rem 1rem;font-size:1.2rem;font-weight:700;border-radius:4px}
+.banner ul{margin:.3rem 0 0;font-size:.95rem;font-weight:400}
+.banner.pass{background:#e3f4e8;color:#1b7a3a}.banner.fail{background:#fbe4e7;color:#b00020}
+.banner.open{background:#fff4d6;color:#7a5a00}
 """
 
 
@@ -75,7 +79,7 @@ def render(data: dict[str, Any]) -> str:
     stages = [s for s in data.get("stages") or [] if isinstance(s, dict)]
     by_name = {s.get("stage"): s for s in stages}
     model = str(data.get("model", ""))
-    body = [_header(data), _stage_table(stages)]
+    body = [_header(data), _banner(data, stages), _stage_table(stages)]
     accuracy = [by_name[n] for n in (*ACCURACY_STAGES, "validate_engines") if n in by_name]
     if accuracy:
         body.append(_accuracy(accuracy))
@@ -98,6 +102,25 @@ def _header(data: dict[str, Any]) -> str:
             ("created", data.get("created"))]
     items = "".join(f"<dt>{k}</dt><dd>{_text(v)}</dd>" for k, v in rows)
     return f"<header>\n<h1>trtbuild report</h1>\n<dl class=\"meta\">{items}</dl>\n</header>"
+
+
+def _banner(data: dict[str, Any], stages: list[dict[str, Any]]) -> str:
+    """PASS or FAIL first, with the error and every failed gate (a report written before
+    the run ended, or by an older trtbuild, says so)."""
+    status = data.get("status")
+    failures = [f"{s.get('stage')}: {f}" for s in stages
+                for f in (s.get("gate_failures") or []) if isinstance(f, str)]
+    if status == "passed" and not failures:
+        return "<div class=\"banner pass\" id=\"status\">PASS</div>"
+    if status in ("failed", "gate_failed") or failures:
+        items = list(failures)  # a failed gate's error is these joined
+        if data.get("error") and not (status == "gate_failed" and failures):
+            items.insert(0, str(data["error"]))
+        lines = "".join(f"<li>{escape(x)}</li>" for x in items)
+        return (f"<div class=\"banner fail\" id=\"status\">FAIL"
+                f"{f'<ul>{lines}</ul>' if lines else ''}</div>")
+    return ("<div class=\"banner open\" id=\"status\">NOT FINISHED (the run was still going "
+            "or stopped before it could say)</div>")
 
 
 def _stage_table(stages: list[dict[str, Any]]) -> str:
