@@ -159,3 +159,13 @@ def test_a_reader_that_goes_away_does_not_stop_the_build(tmp_path):
     assert "Traceback" not in err and "internal" not in err and "BrokenPipe" not in err
     report = json.loads((tmp_path / "o" / "report.json").read_text())
     assert [s["stage"] for s in report["stages"]][-1] == "validate"
+
+
+def test_a_mistyped_option_gets_a_suggestion():
+    proc = run_cli("demo", "--calbi", "x", "--accuracy-traget", "a>=1")
+    assert proc.returncode == 2
+    last = proc.stderr.strip().splitlines()[-1]
+    assert "did you mean --calib for --calbi, --accuracy-target for --accuracy-traget?" in last
+    proc = run_cli("demo", "--calbi", "x")
+    assert proc.stderr.strip().endswith("(did you mean --calib?)")
+    assert "did you mean" not in run_cli("demo", "--zzzz").stderr  # nothing close: no guess

@@ -5,8 +5,9 @@ None = "not given")."""
 from __future__ import annotations
 
 import argparse
+import difflib
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from ..config import (
     BENCH_DEFAULTS,
@@ -231,9 +232,37 @@ def pipeline_groups(p: argparse.ArgumentParser) -> None:
     bench_group(p)
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse with "did you mean" for a mistyped option (its subcommands are Parsers too:
+    add_subparsers makes them of the parent's class)."""
+
+    def error(self, message: str) -> NoReturn:  # type: ignore[override]
+        if message.startswith("unrecognized arguments:"):
+            known = sorted(self._options())
+            hints = []
+            for word in message.split(":", 1)[1].split():
+                close = difflib.get_close_matches(word.split("=", 1)[0], known, n=1)
+                if word.startswith("-") and close:
+                    hints.append((close[0], word))
+            if len(hints) == 1:
+                message += f" (did you mean {hints[0][0]}?)"
+            elif hints:
+                message += f" (did you mean {', '.join(f'{a} for {b}' for a, b in hints)}?)"
+        super().error(message)
+
+    def _options(self) -> set[str]:
+        """Every option string of this parser and its subcommands."""
+        found = set(self._option_string_actions)
+        for action in self._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for sub in action.choices.values():
+                    found |= set(sub._option_string_actions)
+        return found
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="trtbuild", description=DESCRIPTION,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = Parser(prog="trtbuild", description=DESCRIPTION,
+                    formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="version", version=f"trtbuild {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
