@@ -156,6 +156,8 @@ def test_a_failed_gate_and_a_failed_stage_say_so_first(tmp_path):
     proc = run_cli("demo", "--out", out, "--int8", "--target", "onnx",
                    "--min-cosine", "0.99999999")
     assert proc.returncode == 1, proc.stderr
+    last = proc.stderr.strip().splitlines()[-1]  # the failure is the last line, with the page
+    assert last.startswith("trtbuild: error: ") and last.endswith(f"(report: {out}/report.html)")
     data = json.loads((out / "report.json").read_text())
     assert data["status"] == "gate_failed" and " gate failed: " in data["error"]
     page = (out / "report.html").read_text()

@@ -1,5 +1,7 @@
 """The one exception type that carries a user-facing message and an exit code."""
 
+from pathlib import Path
+
 OK = 0
 GATE_FAILED = 1         # an accuracy, latency or export-match gate failed
 BAD_INPUT = 2           # a bad file, flag or value: the message names it
@@ -22,3 +24,4 @@ class TrtBuildError(Exception):
         self.message = message
         self.code = code
         self.record = record  # for a failed gate: the measurements that failed it
+        self.report: Path | None = None  # the report.html of the run it ended, when one was written

@@ -66,6 +66,8 @@ def run_stages(ctx: Context, stages: list[tuple[str, Stage]],
                     path.unlink(missing_ok=True)
                 ctx.report.finish("failed", f"{name}: " + (
                     e.message if isinstance(e, TrtBuildError) else f"{type(e).__name__}: {e}"))
+                if isinstance(e, TrtBuildError):
+                    e.report = _written_page(ctx)
                 raise
         record = ctx.report.add(name, t.seconds, **record)
         log.info("stage %s: done in %.2fs", name, t.seconds)
@@ -74,9 +76,19 @@ def run_stages(ctx: Context, stages: list[tuple[str, Stage]],
         if record.get("gate_failures"):
             message = f"{name} gate failed: " + "; ".join(record["gate_failures"])
             ctx.report.finish("gate_failed", message)
-            raise TrtBuildError(message, GATE_FAILED, record)
+            failed = TrtBuildError(message, GATE_FAILED, record)
+            failed.report = _written_page(ctx)
+            raise failed
     ctx.report.finish("passed")
     return ctx
+
+
+def _written_page(ctx: Context) -> Path | None:
+    """report.html of this run, when the report was written (for the error line)."""
+    from .report_html import html_path
+
+    path = ctx.report.path and html_path(ctx.report.path)
+    return path if path is not None and ctx.report.stages and path.is_file() else None
 
 
 def _cached(ctx: Context, name: str) -> tuple[dict[str, Any] | None, str | None]:

@@ -36,7 +36,8 @@ def main(argv: list[str] | None = None) -> int:
     except TrtBuildError as e:
         if args.verbose:
             logging.getLogger("trtbuild").exception("error")
-        print(f"trtbuild: error: {e.message}", file=sys.stderr)
+        where = f" (report: {e.report})" if e.report else ""
+        print(f"trtbuild: error: {e.message}{where}", file=sys.stderr)
         return e.code
     except KeyboardInterrupt:
         print("trtbuild: interrupted", file=sys.stderr)
