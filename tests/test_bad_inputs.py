@@ -264,6 +264,22 @@ def _(tmp):
     return [path, "--int8", "--calib", calib, "--target", "onnx", "--out", tmp / "o"]
 
 
+@case("--cache-dir is a file", 2, "not a directory")
+def _(tmp):
+    (tmp / "afile").write_text("x")
+    return [DIGITS, "--target", "onnx", "--out", tmp / "o", "--cache-dir", tmp / "afile" / "sub"]
+
+
+@case("--cache-dir /dev/null", 2, "/dev/null: not a directory")
+def _(tmp):
+    return [DIGITS, "--target", "onnx", "--out", tmp / "o", "--cache-dir", "/dev/null"]
+
+
+@case("--workspace past the builder's range", 2, "--workspace")
+def _(tmp):
+    return [DIGITS, "--arch", "sm_86", "--out", tmp / "o", "--workspace", "99999999999999"]
+
+
 @pytest.fixture(scope="module", autouse=True)
 def digits_model(digits_onnx):
     os.environ["TRTBUILD_TEST_DIGITS"] = str(digits_onnx / "model.onnx")

@@ -193,6 +193,9 @@ class GateSettings:
             object.__setattr__(self, "metric_script", str(m))
 
 
+MAX_WORKSPACE_MB = 1 << 20  # 1 TiB: beyond any GPU's memory (the builder's size_t overflowed)
+
+
 @dataclass(frozen=True)
 class EngineSettings:
     """Every setting that changes the engine; all of them go into the cache key."""
@@ -212,8 +215,9 @@ class EngineSettings:
         object.__setattr__(self, "profiles", profiles)
         if len({p.name for p in profiles}) != len(profiles):
             raise TrtBuildError("--shapes: an input name is given twice")
-        if not isinstance(self.workspace_mb, int) or self.workspace_mb < 1:
-            raise TrtBuildError(f"--workspace: {self.workspace_mb} MB must be >= 1")
+        if not isinstance(self.workspace_mb, int) or not 1 <= self.workspace_mb <= MAX_WORKSPACE_MB:
+            raise TrtBuildError(f"--workspace: {self.workspace_mb} MB must be between 1 and "
+                                f"{MAX_WORKSPACE_MB} (1 TiB; the builder takes a byte count)")
         if self.opt_level not in range(6):
             raise TrtBuildError(f"--opt-level: {self.opt_level} must be 0-5")
         _choice("hardware-compat", self.hardware_compat, HARDWARE_COMPAT)

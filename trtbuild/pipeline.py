@@ -307,6 +307,22 @@ def check_files(s: BuildSettings) -> None:
                             "fall back to FP16/FP32)")
     for lib in s.engine.plugins:
         check_library(Path(lib))
+    if s.targets.use_cache:
+        check_cache_dir(s.targets.cache_dir)
+
+
+def check_cache_dir(root: Path | None) -> None:
+    """The cache root (--cache-dir or the default) must be a directory or creatable as one:
+    a file or /dev/null there ended in an internal error after the CPU stages."""
+    from .cache import default_root
+
+    path = Path(root) if root is not None else default_root()
+    for p in (path, *path.parents):
+        if p.exists():
+            if not p.is_dir():
+                raise TrtBuildError(f"{p}: not a directory (--cache-dir {path}); give a "
+                                    "directory, or --no-cache")
+            return
 
 
 def check_library(path: Path) -> None:
