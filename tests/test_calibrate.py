@@ -133,3 +133,37 @@ def test_c_kernel_and_numpy_fallback_agree():
         py.observe(b.copy())
     np.testing.assert_array_equal(c.counts, py.counts)
     assert (c.range, c.amax, c.ignored) == (py.range, py.amax, py.ignored) and c.ignored == 3
+
+
+def test_a_failing_histogram_thread_fails_calibration(monkeypatch):
+    """An error in the thread that histograms a batch reaches the caller. It was printed and
+    lost: calibration returned the batches before it (6 samples, amax 2.0 of 6.0) and that
+    value would have gone into calib.cache (issue 19, finding 3)."""
+    from types import SimpleNamespace
+
+    import onnx
+    from onnx import TensorProto, helper
+
+    from trtbuild.calib import stream
+
+    graph = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "relu",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    onnx.checker.check_model(model)
+    feeds = [{"x": np.full((2, 4), k + 1, np.float32)} for k in range(3)]
+    data = SimpleNamespace(inputs=[SimpleNamespace(name="x")], batches=lambda: iter(feeds))
+    whole = stream.calibrate(model, ["y"], data, "max", 99.99)
+    assert (whole.samples, whole.amaxes["y"]) == (6, pytest.approx(3.0, rel=0.02))
+
+    real, seen = Histogram.observe, []
+
+    def fails_third(self, x):
+        seen.append(1)
+        if len(seen) == 3:
+            raise MemoryError("histogram of batch 3")
+        return real(self, x)
+
+    monkeypatch.setattr(Histogram, "observe", fails_third)
+    with pytest.raises(MemoryError, match="batch 3"):
+        stream.calibrate(model, ["y"], data, "max", 99.99)

@@ -183,3 +183,33 @@ def test_ort_contrib_fusions_and_int16_audio_are_undone(tmp_path):
                    "sm_86", "--out", tmp_path / "o", "--cache-dir", tmp_path / "c")
     assert proc.returncode == 0, proc.stderr
     assert "int16 -> int32" in proc.stdout  # the changed engine input is said
+
+
+def test_clean_check_compares_the_model_as_given(tmp_path, monkeypatch):
+    """The check runs the user's file against the cleaned one: a prepare step that breaks
+    the graph (an unfusing that drops the Relu) fails the stage. It compared the already
+    rewritten model with itself and reported a diff of 0.0 (issue 19, finding 1)."""
+    import pytest
+
+    from trtbuild.errors import GATE_FAILED, TrtBuildError
+    from trtbuild.stages import clean as clean_stage
+
+    ort_optimized_vad(tmp_path / "vad.onnx")
+    real = clean_stage.unfuse_contrib
+
+    def drops_relu(model):
+        done = real(model)
+        kept = [n for n in model.graph.node if n.op_type != "Relu"]
+        for n in kept:  # rewire the Relu's consumer to its input
+            n.input[:] = ["h__conv" if i == "h" else i for i in n.input]
+        del model.graph.node[:]
+        model.graph.node.extend(kept)
+        return done
+
+    monkeypatch.setattr(clean_stage, "unfuse_contrib", drops_relu)
+    with pytest.raises(TrtBuildError) as failed:
+        clean(tmp_path / "vad.onnx", tmp_path / "clean.onnx")
+    assert failed.value.code == GATE_FAILED and "changed the outputs" in failed.value.message
+    assert not (tmp_path / "clean.onnx").exists()
+    monkeypatch.setattr(clean_stage, "unfuse_contrib", real)
+    assert clean(tmp_path / "vad.onnx", tmp_path / "clean.onnx").max_abs_diff < 1e-4

@@ -73,22 +73,24 @@ def calibrate(model: Any, tensors: list[str], data: Dataset, method: str, percen
     inputs = {i.name for i in data.inputs}  # graph inputs: max only
     hists = {t: Histogram(max_only=t in inputs) for t in tensors}
     samples = 0
-    # histogramming of batch k overlaps inference of batch k+1 (ORT releases the GIL)
-    worker: threading.Thread | None = None
-    for feed in _prefetched(data.batches()):
-        outs = sess.run(names, feed)
-        if worker:
-            worker.join()
-        worker = threading.Thread(target=_observe, args=(hists, tensors, outs))
-        worker.start()
-        n = rows(feed)
-        if extra:
-            extra[1](dict(zip(names, outs)), n)
-        samples += n
-        if progress:
-            progress(n)
-    if worker:
-        worker.join()
+    # histogramming of batch k overlaps inference of batch k+1 (ORT releases the GIL);
+    # .result() re-raises the histogram thread's error here (a plain Thread printed and lost
+    # it, and the thresholds came from the batches before it)
+    with ThreadPoolExecutor(1) as worker:
+        observing = None
+        for feed in _prefetched(data.batches()):
+            outs = sess.run(names, feed)
+            if observing:
+                observing.result()
+            observing = worker.submit(_observe, hists, tensors, outs)
+            n = rows(feed)
+            if extra:
+                extra[1](dict(zip(names, outs)), n)
+            samples += n
+            if progress:
+                progress(n)
+        if observing:
+            observing.result()
     return result(hists, tensors, inputs, method, percentile, samples)
 
 

@@ -99,7 +99,7 @@ def clean(src: Path, out: Path, passes: list[tuple[str, Pass]] = PASSES,
     YOLOv8 cannot run 1x1 images). Raises TrtBuildError if outputs change."""
     model = io.load(src)
     before = op_counts(model)
-    prepared_model, prepared = prepare(model)
+    prepared_model, prepared = prepare(model)  # a copy: `model` stays as the user gave it
     cleaned, done = clean_model(prepared_model, passes)
     io.check_model(cleaned, out)
     inputs, described = feed(model) if feed else (
@@ -115,9 +115,13 @@ def clean(src: Path, out: Path, passes: list[tuple[str, Pass]] = PASSES,
 
 def prepare(model: Any) -> tuple[Any, list[str]]:
     """Opset >= MIN_OPSET (per-channel DequantizeLinear needs 13) and distinct names for
-    '?' symbolic dims (TensorRT treats equal names as one dimension). Says what it did."""
+    '?' symbolic dims (TensorRT treats equal names as one dimension). Works on a copy, so
+    the clean check compares the model as given with the result. Says what it did."""
     import onnx
 
+    copy = onnx.ModelProto()
+    copy.CopyFrom(model)
+    model = copy
     done = []
     opset = io.opset(model)
     if opset < MIN_OPSET:
