@@ -128,7 +128,7 @@ def validate(reference: str | Path, candidate: str | Path, val: str, precision: 
             logging.getLogger(__name__).warning(
                 "%s: has FP16 tensors, %s; ONNX Runtime's CPU kernels compute them in FP32 "
                 "and cannot show FP16 overflow", candidate, why)
-    ctx = Context(settings, Path(candidate).parent, Report(None, str(candidate)))
+    ctx = Context(settings, Path(candidate).parent, Report(None, str(candidate)), owns_out=False)
     ctx.artifacts.clean = Path(reference)
 
     def check(c: Context) -> dict[str, Any]:
@@ -168,7 +168,7 @@ def bench(model: str | Path, output: str | Path | None = None, *,
     settings = build_settings(str(model), bench=True, **options)
     pipeline.check_files(settings)
     report = Report(check_output_file(Path(output)) if output else None, str(model))
-    ctx = Context(settings, model.parent, report)
+    ctx = Context(settings, model.parent, report, owns_out=False)
     ctx.artifacts.clean = Path(reference) if reference else model
     ctx.clean_model()  # a bad model fails here, before any timing
     models = {model.stem.split(".")[-1]: model} if is_onnx else {}

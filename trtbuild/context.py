@@ -47,6 +47,7 @@ class Context:
     settings: BuildSettings
     out: Path
     report: Report
+    owns_out: bool = True  # False: `out` is the user's folder (validate, bench): never cleaned
     artifacts: Artifacts = field(default_factory=Artifacts)
     amaxes: dict[str, float] = field(default_factory=dict)  # calibrate -> quantize
     moments: Any = None  # calibrate -> quantize: rounding.Moments of GPTQ's layer inputs

@@ -62,7 +62,7 @@ def run_stages(ctx: Context, stages: list[tuple[str, Stage]],
                         ctx.stage_cache.save(ctx, name, key, record, sorted(
                             p for p, stamp in after.items() if before.get(p) != stamp))
             except BaseException as e:  # what the failed stage wrote is not in the report
-                for path in _files(ctx.out) - before.keys():
+                for path in _files(ctx.out) - before.keys() if ctx.owns_out else ():
                     path.unlink(missing_ok=True)
                 ctx.report.finish("failed", f"{name}: " + (
                     e.message if isinstance(e, TrtBuildError) else f"{type(e).__name__}: {e}"))
@@ -73,6 +73,13 @@ def run_stages(ctx: Context, stages: list[tuple[str, Stage]],
         log.info("stage %s: done in %.2fs", name, t.seconds)
         if on_stage:
             on_stage(name, record)
+        if record.get("failed"):  # parts failed, the rest is kept and in the report
+            message = f"{name}: " + "; ".join(
+                f"{f['precision']}@{f['arch']}: {f['error']}" for f in record["failed"])
+            ctx.report.finish("failed", message)
+            failed = TrtBuildError(message, record["failed"][0]["code"], record)
+            failed.report = _written_page(ctx)
+            raise failed
         if record.get("gate_failures"):
             message = f"{name} gate failed: " + "; ".join(record["gate_failures"])
             ctx.report.finish("gate_failed", message)

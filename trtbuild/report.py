@@ -156,8 +156,9 @@ def _build_figures(r: dict[str, Any]) -> str:
         return r["skipped"]
     engines = ", ".join(f"{e['precision']}@{e['arch']}{' (cached)' if e['cache_hit'] else ''}"
                         for e in r["engines"])
-    return f"{r['builder']} {r['trt_version']}: {engines}; {r['built']} built, " \
-           f"{r['cache_hits']} from cache"
+    failed = "".join(f"; {f['precision']}@{f['arch']} FAILED" for f in r.get("failed", []))
+    return f"{r['builder']} {r['trt_version']}: {engines or 'none'}; {r['built']} built, " \
+           f"{r['cache_hits']} from cache{failed}"
 
 
 def bench_figures(r: dict[str, Any]) -> str:

@@ -2,7 +2,8 @@
 cache, into `out/engines/<arch>/model.<precision>.engine`. `native` is resolved to the local
 GPU's compute capability (in the cache key too), and an architecture the builder cannot
 target, or whose engines its runtime would refuse, stops the stage with exit 3 before
-anything is built."""
+anything is built. An engine that fails to build does not stop the others: the record lists
+it under `failed`, keeps the ones that built, and the pipeline then fails the stage."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ import numpy as np
 from ..cache import EngineCache, cache_key
 from ..config import EngineSettings
 from ..context import Context, Engine
-from ..errors import TrtBuildError
+from ..errors import BAD_INPUT, TrtBuildError
 from ..files import write_bytes
 from ..onnx.inputs import model_inputs
 from ..onnx.shapes import Profile
@@ -60,20 +61,31 @@ def run(ctx: Context) -> dict[str, Any]:
     cache = EngineCache(t.cache_dir)
     calib = ctx.artifacts.calib_cache
     calib_bytes = calib.read_bytes() if calib and calib.is_file() else None
-    records = []
+    records, failed = [], []
     with bar("building engines", len(models) * len(archs)) as progress:
         for precision, onnx_path in models.items():
             for arch in archs:
-                r = _one(ctx, settings, backend, cache, onnx_path, precision, arch,
-                         calib_bytes if precision == "int8" else None, progress)
+                try:
+                    r = _one(ctx, settings, backend, cache, onnx_path, precision, arch,
+                             calib_bytes if precision == "int8" else None, progress)
+                except TrtBuildError as e:
+                    if e.code == BAD_INPUT:  # a bad flag fails every engine alike
+                        raise
+                    # the others still build; the pipeline fails the stage after the record
+                    log.warning("%s@%s: %s", precision, arch, e.message)
+                    failed.append({"precision": precision, "arch": arch, "error": e.message,
+                                   "code": e.code})
+                    progress.advance(1)
+                    continue
                 records.append(r)
                 ctx.artifacts.engines.append(Engine(Path(r["path"]), arch, precision,
                                                     backend.name, backend.version))
                 progress.advance(1)
-    return {"builder": backend.name, "trt_version": backend.version, "cache_dir": str(cache.root),
-            "profiles_from": profiles_from, "engines": records,
-            "built": sum(not e["cache_hit"] for e in records),
-            "cache_hits": sum(e["cache_hit"] for e in records)}
+    record = {"builder": backend.name, "trt_version": backend.version,
+              "cache_dir": str(cache.root), "profiles_from": profiles_from, "engines": records,
+              "built": sum(not e["cache_hit"] for e in records),
+              "cache_hits": sum(e["cache_hit"] for e in records)}
+    return {**record, "failed": failed} if failed else record
 
 
 def engine_settings(ctx: Context) -> tuple[EngineSettings, str]:

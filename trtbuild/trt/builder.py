@@ -28,6 +28,7 @@ asks the imported module what it can do:
 from __future__ import annotations
 
 import logging
+import math
 import os
 import sys
 import threading
@@ -136,9 +137,22 @@ def build(backend: Backend, onnx_path: Path, arch: str, settings: EngineSettings
     if engine is None:
         detail = "; ".join(logger.errors[-3:]) or "no error message"
         raise TrtBuildError(f"{onnx_path}: {backend.name} {backend.version} cannot build this "
-                            f"model for {arch}: {detail}", MISSING_CAPABILITY)
+                            f"model for {arch}: {detail}{memory_hint(detail, settings)}",
+                            MISSING_CAPABILITY)
     merged = bytes(cache.serialize()) if cache is not None else None
     return BuildOutput(bytes(engine), seconds, merged, list(monitor.phases), dtypes)
+
+
+def memory_hint(detail: str, settings: EngineSettings) -> str:
+    """What to change when the builder ran out of memory (it names only the bytes asked for)."""
+    text = detail.lower()
+    if "outofmemory" not in text and "out of memory" not in text:
+        return ""
+    largest = max(settings.profiles, key=lambda p: math.prod(p.max), default=None)
+    shapes = (f" (largest now {largest.name}:{'x'.join(map(str, largest.max))})"
+              if largest else "")
+    return (f" -- the builder ran out of memory: lower --workspace (now "
+            f"{settings.workspace_mb} MiB) or the max shapes of --shapes{shapes}")
 
 
 def layer_output_dtypes(network: Any) -> dict[str, int]:

@@ -1,0 +1,110 @@
+"""A failed stage removes only what it created, and only in a directory the run owns
+(issue 19, finding 4)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper
+
+from trtbuild import api
+from trtbuild.errors import TrtBuildError
+
+
+def _relu(path: Path) -> Path:
+    graph = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "relu",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4])])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+    return path
+
+
+def _linear(path: Path) -> Path:
+    """MatMul -> Relu -> MatMul (the first gets Q/DQ; a head feeding an output stays float)."""
+    rng = np.random.default_rng(0)
+    ws = [helper.make_tensor(f"w{k}", TensorProto.FLOAT, [4, 4],
+                             rng.normal(size=16).astype(np.float32)) for k in (1, 2)]
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w1"], ["h"]), helper.make_node("Relu", ["h"], ["r"]),
+         helper.make_node("MatMul", ["r", "w2"], ["y"])],
+        "linear", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4])], ws)
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+    return path
+
+
+def test_failed_validate_keeps_files_beside_the_users_model(tmp_path):
+    """validate runs in the user's model folder: a file that appears there while the
+    stage fails (another process's, here the metric's) is not the run's to delete."""
+    models = tmp_path / "models"
+    models.mkdir()
+    ref, cand = _relu(models / "ref.onnx"), _relu(models / "cand.onnx")
+    val = tmp_path / "val"
+    val.mkdir()
+    np.save(val / "0.npy", np.ones((1, 4), np.float32))
+    users = models / "notes.txt"
+
+    def metric(ref_out, cand_out, names):
+        users.write_text("written while validate ran")
+        raise ValueError("metric broke")
+
+    with pytest.raises(TrtBuildError, match="metric broke"):
+        api.validate(ref, cand, str(val), precision="fp16", metric_script=metric)
+    assert users.read_text() == "written while validate ran"
+    assert sorted(p.name for p in models.iterdir()) == ["cand.onnx", "notes.txt", "ref.onnx"]
+
+
+def test_an_engine_that_fails_does_not_remove_the_engines_that_built(tmp_path, monkeypatch):
+    """fp16 and int8 engines for sm_86 with real TensorRT-RTX builds, the int8 one failed by
+    a fake failure wrapped around the real builder (our control flow under test): the fp16
+    engine stays, report.json lists it and the failure, and the run fails with the
+    builder's exit code. The failed stage removed the FP16 engine it had built (issue 19,
+    finding 12)."""
+    import json
+
+    pytest.importorskip("tensorrt_rtx")
+    from trtbuild.errors import MISSING_CAPABILITY
+    from trtbuild.trt import builder
+
+    real = builder.build
+
+    def int8_fails(backend, onnx_path, arch, *args, **kwargs):
+        if Path(onnx_path).name == "model.int8.onnx":
+            raise TrtBuildError(f"{onnx_path}: fake build failure", MISSING_CAPABILITY)
+        return real(backend, onnx_path, arch, *args, **kwargs)
+
+    monkeypatch.setattr(builder, "build", int8_fails)
+    calib = tmp_path / "calib"
+    calib.mkdir()
+    for k in range(4):
+        np.save(calib / f"{k}.npy", np.random.default_rng(k).normal(size=(2, 4)).astype(np.float32))
+    out = tmp_path / "o"
+    with pytest.raises(TrtBuildError) as failed:
+        api.build(str(_linear(tmp_path / "linear.onnx")), out, fp16=True, int8=True,
+                  calib=str(calib), archs=("sm_86",), cache_dir=tmp_path / "c",
+                  target="engine")
+    assert failed.value.code == MISSING_CAPABILITY
+    assert "int8@sm_86" in failed.value.message and "fake build failure" in failed.value.message
+    assert (out / "engines" / "sm_86" / "model.fp16.engine").stat().st_size > 0
+    assert not (out / "engines" / "sm_86" / "model.int8.engine").exists()
+    report = json.loads((out / "report.json").read_text())
+    build = next(s for s in report["stages"] if s["stage"] == "build")
+    assert [(e["precision"], e["arch"]) for e in build["engines"]] == [("fp16", "sm_86")]
+    assert [(f["precision"], f["code"]) for f in build["failed"]] == [("int8", 3)]
+    assert report["status"] == "failed" and "int8@sm_86" in report["error"]
+
+
+def test_builder_out_of_memory_says_what_to_change():
+    from trtbuild.config import EngineSettings
+    from trtbuild.onnx.shapes import Profile
+    from trtbuild.trt.builder import memory_hint
+
+    s = EngineSettings(workspace_mb=4096, profiles=(
+        Profile("x", (1, 3, 64, 64), (8, 3, 640, 640), (32, 3, 640, 640)),
+        Profile("m", (1, 10), (1, 10), (1, 10))))
+    hint = memory_hint("Error Code 2: OutOfMemory (Requested size was 2147777620 bytes.)", s)
+    assert "--workspace (now 4096 MiB)" in hint and "x:32x3x640x640" in hint
+    assert memory_hint("Error Code 4: Internal Error (no implementation)", s) == ""
