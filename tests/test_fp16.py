@@ -221,3 +221,55 @@ def test_clean_alone_checks_on_inputs_the_model_can_run(tmp_path):
     proc = run_cli("clean", tmp_path / "m.onnx", "-o", tmp_path / "c.onnx")
     assert proc.returncode == 0, proc.stderr
     assert (tmp_path / "c.onnx").is_file()
+
+
+def test_an_output_that_other_nodes_read_stays_in_topological_order():
+    """A graph output also read by later nodes (converted TensorFlow models have these): the
+    FP16 model passes the full ONNX checker and matches FP32 in ONNX Runtime. Its readers
+    read the Cast added at the end, which broke topological order ("Nodes in a graph must be
+    topologically sorted", issue 19 finding 12)."""
+    from onnx import helper
+
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 8])
+    outs = [helper.make_tensor_value_info(n, TensorProto.FLOAT, None) for n in ("y", "z", "m")]
+    two = helper.make_tensor("two", TensorProto.FLOAT, [], [2.0])
+    graph = helper.make_graph(
+        [helper.make_node("Mul", ["x", "two"], ["y"]),
+         helper.make_node("Relu", ["y"], ["z"]),  # FP16, reads the output y
+         helper.make_node("ReduceMean", ["y"], ["m"], keepdims=0)],  # kept FP32, reads y
+        "shared_output", [x], outs, [two])
+    model = onnx.shape_inference.infer_shapes(
+        helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]))
+    half, _ = fp16.convert(model, Fp16Settings())
+    onnx.checker.check_model(half, full_check=True)
+    assert [o.type.tensor_type.elem_type for o in half.graph.output] == [TensorProto.FLOAT] * 3
+    feed = {"x": np.random.default_rng(0).normal(size=(2, 8)).astype(np.float32)}
+    want = onnxio.run(onnxio.session(model), feed, "fp32")
+    got = onnxio.run(onnxio.session(half), feed, "fp16")
+    for a, b in zip(want, got):
+        np.testing.assert_allclose(a, b, rtol=2e-3, atol=2e-3)
+
+
+def test_an_invalid_model_of_ours_is_an_internal_error_not_the_users(tmp_path, digits_onnx,
+                                                                     monkeypatch):
+    """The user's model passed the checker at export, so an FP16 model that fails it is
+    trtbuild's bug: INTERNAL_ERROR naming the file, not exit 2 as if the input were bad."""
+    from trtbuild import api
+    from trtbuild.errors import INTERNAL_ERROR, TrtBuildError
+
+    real = fp16.convert
+
+    def unsorted(model, *args, **kwargs):
+        m, record = real(model, *args, **kwargs)
+        nodes = list(m.graph.node)[::-1]
+        del m.graph.node[:]
+        m.graph.node.extend(nodes)
+        return m, record
+
+    monkeypatch.setattr(fp16, "convert", unsorted)
+    with pytest.raises(TrtBuildError) as failed:
+        api.build(str(digits_onnx / "model.onnx"), tmp_path / "o", fp16=True, target="onnx",
+                  cache=False)
+    assert failed.value.code == INTERNAL_ERROR
+    assert "model.fp16.onnx" in failed.value.message and "trtbuild made" in failed.value.message
+    assert not (tmp_path / "o" / "model.fp16.onnx").exists()

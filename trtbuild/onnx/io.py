@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import MISSING_CAPABILITY, TrtBuildError
+from ..errors import INTERNAL_ERROR, MISSING_CAPABILITY, TrtBuildError
 
 
 def load(path: str | Path, check: bool = True) -> Any:
@@ -36,14 +36,20 @@ def load(path: str | Path, check: bool = True) -> Any:
     return model
 
 
-def check_model(model: Any, where: str | Path) -> None:
-    """onnx.checker on a ModelProto or a file path; raises TrtBuildError naming `where`."""
+def check_model(model: Any, where: str | Path, ours: bool = False) -> None:
+    """onnx.checker on a ModelProto or a file path; raises TrtBuildError naming `where`:
+    exit 2 for the user's model, INTERNAL_ERROR for one trtbuild is about to write
+    (`ours`: the user's model passed the checker, so that is a trtbuild bug)."""
     import onnx
 
     try:
         onnx.checker.check_model(model, full_check=False)
     except Exception as e:
-        raise TrtBuildError(f"{where}: ONNX checker failed: {str(e).splitlines()[0]}")
+        first = str(e).splitlines()[0]
+        if ours:
+            raise TrtBuildError(f"{where}: internal error: trtbuild made an invalid model "
+                                f"(ONNX checker: {first}); please report it", INTERNAL_ERROR)
+        raise TrtBuildError(f"{where}: ONNX checker failed: {first}")
 
 
 PROTO_LIMIT = 1_800_000_000  # protobuf files stop at 2 GiB; above this, weights go external

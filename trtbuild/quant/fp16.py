@@ -75,13 +75,17 @@ def convert(model: Any, s: Fp16Settings = Fp16Settings(),
         rebuilt.extend(new_nodes)  # casts feed this node: they go first
         new_nodes.clear()
         rebuilt.append(node)
-    # graph outputs keep their names and (unless fp16_io) FP32
-    for node in list(rebuilt):
+    # graph outputs keep their names and (unless fp16_io) FP32; nodes that also read an
+    # output read its FP16 tensor (reading the Cast added last broke topological order)
+    renamed = {}
+    for node in rebuilt:
         for k, name in enumerate(node.output):
             if name in outputs and tensor_half(name) and not s.io:
-                node.output[k] = f"{name}_fp16_out"
-                rebuilt.append(helper.make_node("Cast", [node.output[k]], [name],
-                                                name=f"{name}_to_fp32", to=TensorProto.FLOAT))
+                node.output[k] = renamed[name] = f"{name}_fp16_out"
+    for node in rebuilt if renamed else ():
+        node.input[:] = [renamed.get(i, i) for i in node.input]
+    rebuilt += [helper.make_node("Cast", [half_name], [name], name=f"{name}_to_fp32",
+                                 to=TensorProto.FLOAT) for name, half_name in renamed.items()]
     if s.io:
         for vi in list(g.input) + list(g.output):
             if vi.type.tensor_type.elem_type == TensorProto.FLOAT:

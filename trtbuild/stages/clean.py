@@ -101,7 +101,7 @@ def clean(src: Path, out: Path, passes: list[tuple[str, Pass]] = PASSES,
     before = op_counts(model)
     prepared_model, prepared = prepare(model)  # a copy: `model` stays as the user gave it
     cleaned, done = clean_model(prepared_model, passes)
-    io.check_model(cleaned, out)
+    io.check_model(cleaned, out, ours=True)
     inputs, described = feed(model) if feed else (
         random_feed(model, batch=2, seed=1, dim=DEFAULT_DIM),
         f"random inputs, symbolic dims = {DEFAULT_DIM} (batch 2)")

@@ -25,7 +25,7 @@ def run(ctx: Context) -> dict[str, Any]:
     keep_at = frozenset(keeps)
     model, info = fp16.convert(folded, s, keep_at)
     out = ctx.out / "model.fp16.onnx"
-    io.check_model(model, out)
+    io.check_model(model, out, ours=True)
     io.save(model, out)
     ctx.artifacts.fp16 = out
     nodes = folded.graph.node

@@ -79,7 +79,7 @@ def write_int8(ctx: Context, qdq: Any, parts: tuple | None = None) -> dict[str, 
     if "high_precision_note" in record:
         log.warning("%s: float parts stay FP32: %s", out, record["high_precision_note"])
     ctx.int8_check = None if check is qdq else check.SerializeToString()
-    io.check_model(model, out)
+    io.check_model(model, out, ours=True)
     io.save(model, out)
     ctx.artifacts.int8 = out
     return {"output": str(out), **record}
