@@ -87,7 +87,7 @@ def test_cli_no_cache_and_prune_cover_the_stage_entries(model, tmp_path):
     proc = run_cli(*args, "--out", tmp_path / "c", check=True)
     assert proc.stdout.count("(reused from the cache)") == 5  # export .. validate (calib data)
     listing = run_cli("cache", "ls", "--cache-dir", cache, check=True).stdout
-    assert "stages/calibrate/" in listing and "stages/quantize/" in listing
+    assert "stage calibrate" in listing and "stage quantize" in listing
     run_cli("cache", "prune", "--max-size-mb", "0", "--cache-dir", cache, check=True)
     assert not [e for d in (cache / "stages").iterdir() for e in d.iterdir() if e.is_dir()]
 

@@ -185,6 +185,27 @@ def bench(model: str | Path, output: str | Path | None = None, *,
     return record
 
 
+def inspect(target: str | Path, cache_dir: str | Path | None = None) -> dict[str, Any]:
+    """What an engine file or a cache entry (its key, or a unique prefix of 8+ hex digits)
+    is: builder and version, target arch, compatibility, precision, I/O with profile
+    shapes, size, source model and its ONNX sha256, trtbuild version (engine_info)."""
+    from .engine_info import describe
+
+    return describe(str(target), Path(cache_dir) if cache_dir else None)
+
+
+def cache_list(cache_dir: str | Path | None = None, arch: str | None = None,
+               model: str | None = None) -> list[dict[str, Any]]:
+    """The cache's entries (cache.EngineCache.listing), newest first; `arch` keeps that
+    architecture's engines, `model` the entries whose source contains it."""
+    from .cache import EngineCache
+
+    rows = EngineCache(Path(cache_dir) if cache_dir else None).listing()
+    rows = [r for r in rows if (arch is None or r["arch"] == arch)
+            and (model is None or model in (r["source"] or ""))]
+    return sorted(rows, key=lambda r: -(r["created"] or 0))
+
+
 def release(manifest: str | Path, out: str | Path | None = None, *,
             baseline: str | Path | None = None, workers: int | None = None,
             on_job: Any = None, ray: str | None = None) -> dict[str, Any]:

@@ -271,13 +271,22 @@ class EngineCache:
                       and e.name != "timing.cache")
 
     def listing(self) -> list[dict[str, Any]]:
-        """One row per entry: its path under the root, precision, size, creation time."""
+        """One row per entry, from its manifest (the engine is not read): path under the
+        root, key, kind (engine | stage), source model, precision (a stage entry: the
+        stage), arch, builder, size, creation time, and what is wrong with it if anything.
+        Entries from before the manifest named its source have source None."""
         rows = []
         for e in self.entries():
             problem, m = self.manifest(e)
             files = _stage_files(m) or {}
-            rows.append({"entry": str(e.relative_to(self.root)),
+            stage = "files" in m
+            tag = e.parent.name
+            rows.append({"entry": str(e.relative_to(self.root)), "key": e.name,
+                         "kind": "stage" if stage or e.parent.parent.name == "stages"
+                         else "engine", "source": m.get("source"),
                          "precision": m.get("precision") or m.get("stage"),
+                         "arch": None if stage else e.parent.parent.name,
+                         "builder": None if stage else builder_name(tag, m.get("builder_version")),
                          "bytes": m.get("engine_bytes") or sum(f[0] for f in files.values()),
                          "created": m.get("created"), "problem": problem})
         return rows
@@ -323,6 +332,12 @@ class EngineCache:
                 shutil.rmtree(entry, ignore_errors=True)
             elif entry.is_symlink() or entry.exists():
                 entry.unlink()
+
+
+def builder_name(tag: str, version: str | None = None) -> str:
+    """'tensorrt-rtx 1.7.1.116' from a cache tag ('trt-rtx-1.7.1') and the full version."""
+    name = "tensorrt-rtx" if tag.startswith("trt-rtx-") else "tensorrt"
+    return f"{name} {version or tag.rsplit('-', 1)[-1]}"
 
 
 def _stage_files(manifest: dict) -> dict[str, tuple[int, str]] | None:

@@ -207,7 +207,8 @@ class StageCache:
         from .report import dumps
 
         plain = json.loads(dumps(record))  # as report.json will hold it
-        manifest = {"key": key, "stage": stage, "created": time.time(), "files": sums,
+        manifest = {"key": key, "stage": stage, "source": ctx.settings.src,
+                    "created": time.time(), "files": sums,
                     "state": sorted(state), "record": _moved(plain, str(ctx.out), OUT)}
         entry = self.store.entry(STAGES, stage, key)
         try:

@@ -345,10 +345,26 @@ def build_parser() -> argparse.ArgumentParser:
     common(p)
 
     p = sub.add_parser("cache", help="the engine cache: ls | verify | prune")
-    p.add_argument("action", choices=("ls", "verify", "prune"))
+    p.add_argument("action", choices=("ls", "verify", "prune"),
+                   help="ls: one row per entry (model, precision, arch, builder, size, age) "
+                        "and the total; verify: re-hash every entry, quarantine damaged ones "
+                        "(exit 1 if any); prune: remove old entries")
     p.add_argument("--cache-dir", type=Path, metavar="DIR")
+    p.add_argument("--arch", metavar="SM", help="ls: only engines for this arch (sm_86)")
+    p.add_argument("--model", metavar="TEXT", help="ls: only entries whose source model "
+                                                    "contains TEXT")
     p.add_argument("--max-age-days", type=float, help="prune: remove entries older than this")
     p.add_argument("--max-size-mb", type=float, help="prune: then the oldest until under this")
+    common(p)
+
+    p = sub.add_parser("inspect", help="what an engine is: builder and version, target "
+                       "arch, precision, I/O and profile shapes, source model, from its cache "
+                       "record (no GPU needed)")
+    p.add_argument("target", metavar="ENGINE_OR_KEY",
+                   help="an engine file (OUT/engines/sm_86/model.int8.engine, or any file "
+                        "whose sha256 a cache entry or report.json records) or a cache key "
+                        "(8+ leading hex digits)")
+    p.add_argument("--cache-dir", type=Path, metavar="DIR")
     common(p)
 
     p = sub.add_parser("help", help="this help, or `trtbuild help COMMAND` for one command")

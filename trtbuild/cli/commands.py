@@ -172,10 +172,13 @@ def cmd_cache(args: argparse.Namespace) -> int:
 
     cache = EngineCache(args.cache_dir)
     if args.action == "ls":
-        rows = cache.listing()
-        emit(args, {"entries": rows}, [f"{r['entry']}  {r['precision']}  {r['bytes']} bytes"
-                                       for r in rows] or [f"{cache.root}: empty"])
+        rows = api.cache_list(args.cache_dir, args.arch, args.model)
+        total = sum(r["bytes"] or 0 for r in rows)
+        emit(args, {"root": str(cache.root), "entries": rows, "total_bytes": total},
+             cache_rows(rows, cache.root))
         return 0
+    if args.arch or args.model:
+        raise TrtBuildError(f"cache {args.action}: --arch and --model filter `cache ls` only")
     if args.action == "verify":
         results = cache.verify()
         bad = [(str(e), p) for e, p in results if p]
@@ -187,6 +190,50 @@ def cmd_cache(args: argparse.Namespace) -> int:
         raise TrtBuildError("cache prune needs --max-age-days and/or --max-size-mb")
     removed = cache.prune(args.max_age_days, args.max_size_mb)
     emit(args, {"removed": [str(r) for r in removed]}, [f"removed {len(removed)} entries"])
+    return 0
+
+
+def cache_rows(rows: list[dict[str, Any]], root: Any) -> list[str]:
+    """`cache ls` as a table: source model, precision (or stage), arch, builder, size, age,
+    key prefix; then the total."""
+    import time
+
+    if not rows:
+        return [f"{root}: no entries"]
+    now = time.time()
+    table = [("MODEL", "PRECISION", "ARCH", "BUILDER", "SIZE", "AGE", "KEY")]
+    for r in rows:
+        kind = r["precision"] if r["kind"] == "engine" else f"stage {r['precision']}"
+        table.append((r["source"] or "?", str(kind) + (" DAMAGED" if r["problem"] else ""),
+                      r["arch"] or "-", r["builder"] or "-", _size(r["bytes"] or 0),
+                      _age(now - r["created"]) if r["created"] else "?", r["key"][:12]))
+    widths = [max(len(row[k]) for row in table) for k in range(len(table[0]))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in table]
+    engines = sum(r["kind"] == "engine" for r in rows)
+    return lines + [f"{len(rows)} entries ({engines} engines, {len(rows) - engines} stage "
+                    f"outputs), {_size(sum(r['bytes'] or 0 for r in rows))} in {root}"]
+
+
+def _size(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1000 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    return ""
+
+
+def _age(seconds: float) -> str:
+    for unit, span in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= span:
+            return f"{seconds / span:.0f}{unit}"
+    return f"{max(seconds, 0):.0f}s"
+
+
+def cmd_inspect(args: argparse.Namespace) -> int:
+    from ..engine_info import lines
+
+    info = api.inspect(args.target, args.cache_dir)
+    emit(args, info, lines(info))
     return 0
 
 
@@ -243,5 +290,5 @@ def _release_summary(journal: dict, out: Any) -> list[str]:
 COMMANDS: dict[str, Command] = {
     "build": cmd_build, "demo": cmd_demo, "export": cmd_export, "clean": cmd_clean,
     "calibrate": cmd_calibrate, "validate": cmd_validate, "bench": cmd_bench,
-    "info": cmd_info, "cache": cmd_cache, "release": cmd_release,
+    "info": cmd_info, "cache": cmd_cache, "inspect": cmd_inspect, "release": cmd_release,
 }

@@ -7,6 +7,7 @@ it under `failed`, keeps the ones that built, and the pipeline then fails the st
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from dataclasses import replace
 from pathlib import Path
@@ -24,6 +25,7 @@ from ..onnx.shapes import Profile
 from ..progress import Bar, bar
 from ..trt import backend as trt_backend
 from ..trt.gpu import gpu_info
+from ..version import __version__
 
 log = logging.getLogger(__name__)
 
@@ -115,6 +117,7 @@ def _one(ctx: Context, s: EngineSettings, backend: trt_backend.Backend, cache: E
     from ..trt import builder
 
     onnx_bytes = onnx_path.read_bytes()
+    onnx_sha = hashlib.sha256(onnx_bytes).hexdigest()
     settings = replace(s, fp16_flag=s.fp16_flag and precision == "fp16")
     key_fields = {**settings.key_fields(), "precision": precision}
     key = cache_key(onnx_bytes, calib, key_fields, arch, backend.tag)
@@ -135,6 +138,8 @@ def _one(ctx: Context, s: EngineSettings, backend: trt_backend.Backend, cache: E
             write_bytes(timing_path, result.timing_cache)
         gpu = gpu_info() or {}
         return result.engine, {"precision": precision, "builder_version": backend.version,
+                               "source": ctx.settings.src, "onnx_sha256": onnx_sha,
+                               "trtbuild_version": __version__, "io": result.io,
                                "gpu": gpu.get("name"),
                                "compute_capability": gpu.get("compute_capability"),
                                "driver": gpu.get("driver"), "cuda": gpu.get("cuda"),
@@ -156,4 +161,7 @@ def _one(ctx: Context, s: EngineSettings, backend: trt_backend.Backend, cache: E
             "bytes": len(found.engine),
             "sha256": found.manifest["engine_sha256"],
             "build_seconds": found.manifest.get("build_seconds"),
-            "layer_dtypes": found.manifest.get("layer_dtypes")}
+            "layer_dtypes": found.manifest.get("layer_dtypes"), "io": found.manifest.get("io"),
+            "hardware_compat": settings.hardware_compat,
+            "version_compatible": settings.version_compatible, "onnx_sha256": onnx_sha,
+            "trtbuild_version": found.manifest.get("trtbuild_version")}

@@ -55,6 +55,7 @@ class BuildOutput:
     timing_cache: bytes | None = None
     phases: list[str] = field(default_factory=list)
     layer_dtypes: dict[str, int] = field(default_factory=dict)
+    io: list[dict[str, Any]] = field(default_factory=list)  # network_io(): the engine's I/O
 
 
 def _progress_monitor(trt: Any, on_phase: Callable[[str], None]) -> Any:
@@ -124,7 +125,7 @@ def build(backend: Backend, onnx_path: Path, arch: str, settings: EngineSettings
     if calibrator is not None:  # TensorRT <= 10 implicit INT8 (calibrator.py)
         config.set_flag(trt.BuilderFlag.INT8)
         config.int8_calibrator = calibrator
-    _add_profiles(builder, network, config, settings.profiles)
+    shapes = _add_profiles(builder, network, config, settings.profiles)
     cache = _timing_cache(backend, config, timing_cache)
     monitor = _progress_monitor(trt, on_phase)
     config.progress_monitor = monitor
@@ -140,7 +141,8 @@ def build(backend: Backend, onnx_path: Path, arch: str, settings: EngineSettings
                             f"model for {arch}: {detail}{memory_hint(detail, settings)}",
                             MISSING_CAPABILITY)
     merged = bytes(cache.serialize()) if cache is not None else None
-    return BuildOutput(bytes(engine), seconds, merged, list(monitor.phases), dtypes)
+    return BuildOutput(bytes(engine), seconds, merged, list(monitor.phases), dtypes,
+                       network_io(network, shapes))
 
 
 def memory_hint(detail: str, settings: EngineSettings) -> str:
@@ -153,6 +155,24 @@ def memory_hint(detail: str, settings: EngineSettings) -> str:
               if largest else "")
     return (f" -- the builder ran out of memory: lower --workspace (now "
             f"{settings.workspace_mb} MiB) or the max shapes of --shapes{shapes}")
+
+
+DTYPES = {"float": "float32", "half": "float16", "bf16": "bfloat16"}  # numpy's names
+
+
+def network_io(network: Any, profile: dict[str, Profile]) -> list[dict[str, Any]]:
+    """The engine's inputs and outputs as the network defines them (INetworkDefinition
+    .num_inputs / get_input(i) / num_outputs / get_output(i); ITensor .name .dtype .shape,
+    -1 for a dynamic dim) with the optimization profile's min/opt/max of each input."""
+    def tensor(t: Any, mode: str) -> dict[str, Any]:
+        dtype = str(t.dtype).split(".")[-1].lower()
+        found = {"name": t.name, "mode": mode, "dtype": DTYPES.get(dtype, dtype),
+                 "shape": list(t.shape)}
+        p = profile.get(t.name)
+        return {**found, "profile": [list(p.min), list(p.opt), list(p.max)]} if p else found
+
+    return ([tensor(network.get_input(i), "input") for i in range(network.num_inputs)]
+            + [tensor(network.get_output(i), "output") for i in range(network.num_outputs)])
 
 
 def layer_output_dtypes(network: Any) -> dict[str, int]:
@@ -197,16 +217,18 @@ def _target(backend: Backend, config: Any, arch: str, settings: EngineSettings) 
         config.set_compute_capability(cc, 0)
 
 
-def _add_profiles(builder: Any, network: Any, config: Any, profiles: tuple[Profile, ...]) -> None:
+def _add_profiles(builder: Any, network: Any, config: Any,
+                  profiles: tuple[Profile, ...]) -> dict[str, Profile]:
     """One optimization profile: given shapes, else a default for every dynamic input
-    (static dims kept; a dynamic batch gets 1/8/32; other dynamic dims fail clearly)."""
+    (static dims kept; a dynamic batch gets 1/8/32; other dynamic dims fail clearly).
+    Returns the profile set, by input name."""
     given = {p.name: p for p in profiles}
     names = [network.get_input(i).name for i in range(network.num_inputs)]
     unknown = set(given) - set(names)
     if unknown:
         raise TrtBuildError(f"--shapes: no model input named {sorted(unknown)} (inputs: {names})")
     profile = builder.create_optimization_profile()
-    needed = False
+    chosen: dict[str, Profile] = {}
     for i in range(network.num_inputs):
         t = network.get_input(i)
         dims = tuple(t.shape)
@@ -220,9 +242,10 @@ def _add_profiles(builder: Any, network: Any, config: Any, profiles: tuple[Profi
         if p is None:
             continue
         profile.set_shape(t.name, p.min, p.opt, p.max)
-        needed = True
-    if needed:
+        chosen[t.name] = p
+    if chosen:
         config.add_optimization_profile(profile)
+    return chosen
 
 
 def _timing_cache(backend: Backend, config: Any, data: bytes | None) -> Any:

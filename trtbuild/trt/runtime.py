@@ -98,3 +98,39 @@ def time_engine(engine: Engine, shapes: dict[str, tuple], s: BenchSettings) -> d
     times = timed_cuda(lambda stream: context.execute_async_v3(stream.cuda_stream), s)
     return {"runner": engine.builder, "device": (gpu_info() or {}).get("name", "cuda"),
             **stats(times, next(iter(shapes.values()))[0])}
+
+
+def engine_io(path: Path) -> dict[str, Any]:
+    """Builder, I/O and compatibility read from the engine itself (needs a GPU): each
+    installed runtime tries `Runtime.deserialize_cuda_engine`; from the one that loads it,
+    `ICudaEngine.num_io_tensors`, `get_tensor_name(i)`, `get_tensor_mode`,
+    `get_tensor_dtype`, `get_tensor_shape`, `get_tensor_profile_shape(name, 0)` (inputs),
+    and `hardware_compatibility_level`. Raises EngineRefused when none loads it."""
+    from .backend import installed_backends
+
+    data = path.read_bytes()
+    tried = []
+    for name, found in installed_backends().items():
+        if not found.get("version"):
+            continue
+        backend = load_backend(name)
+        logger = make_logger(backend.trt)
+        engine = backend.trt.Runtime(logger).deserialize_cuda_engine(data)
+        if engine is None:
+            tried.append(f"{name}: {'; '.join(logger.errors[-1:]) or 'refused'}")
+            continue
+        io = []
+        for i in range(engine.num_io_tensors):
+            t = engine.get_tensor_name(i)
+            mode = "input" if engine.get_tensor_mode(t) == backend.trt.TensorIOMode.INPUT \
+                else "output"
+            entry = {"name": t, "mode": mode,
+                     "dtype": str(engine.get_tensor_dtype(t)).split(".")[-1].lower(),
+                     "shape": list(engine.get_tensor_shape(t))}
+            if mode == "input" and engine.num_optimization_profiles:
+                entry["profile"] = [list(s) for s in engine.get_tensor_profile_shape(t, 0)]
+            io.append(entry)
+        return {"builder": f"{name} {backend.version}", "io": io,
+                "hardware_compat": str(engine.hardware_compatibility_level).split(".")[-1]}
+    raise EngineRefused(f"{path}: no installed runtime loads it ({'; '.join(tried)})")
+
