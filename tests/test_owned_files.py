@@ -95,6 +95,9 @@ def test_an_engine_that_fails_does_not_remove_the_engines_that_built(tmp_path, m
     assert [(e["precision"], e["arch"]) for e in build["engines"]] == [("fp16", "sm_86")]
     assert [(f["precision"], f["code"]) for f in build["failed"]] == [("int8", 3)]
     assert report["status"] == "failed" and "int8@sm_86" in report["error"]
+    page = (out / "report.html").read_text()
+    engines = page.split('<section id="engines">', 1)[1].split("</section>", 1)[0]
+    assert "model.fp16.engine" in engines and "FAILED: " in engines
 
 
 def test_builder_out_of_memory_says_what_to_change():

@@ -65,11 +65,13 @@ def test_hand_written_report_renders_every_section_escaped():
     assert "conv_2&lt;b&gt;" in page and "gemm_&amp;_head" in page
     for ident in ("stages", "accuracy", "sensitivity", "latency"):
         assert f'<section id="{ident}">' in page
-    # accuracy: the known metrics first, then the new ones generically; n/a for a null
+    # accuracy: the known metrics as columns, any other on a line below; n/a for a null
     head = re.search(r'id="accuracy">.*?<thead>(.*?)</thead>', page, re.S).group(1)
-    assert head.index("cosine_mean") < head.index("max_abs_err") < head.index("new_metric") \
-        < head.index("psnr_db")
-    assert "0.99999993" in page and "41.5" in page and "map50 0.71" in page and "n/a" in page
+    assert head.index("cosine mean") < head.index("top-1 agree") < head.index("max abs err")
+    assert "logits: mean_abs_err 0.01, psnr_db 41.5" in page and "logits: new_metric n/a" in page
+    assert "0.9999999<" in page and "map50 0.71" in page  # 4 digits, but never "1"
+    # below a sane floor: marked though no gate asked (the engine's cosine_mean 0.97)
+    assert '<td class="num bad" title="below 0.99">0.97</td>' in page
     assert "refused: needs sm_89" in page and "cosine 0.98 &lt; 0.99" in page
     assert "regressed" in page and "+100.0%" in page
 
@@ -138,6 +140,13 @@ def test_real_demo_report_and_hand_written_one_load_cleanly_in_chromium(tmp_path
     bench = next(s for s in data["stages"] if s["stage"] == "bench")
     latency = dom.split('<section id="latency">', 1)[1]
     assert latency.count("<tr>") == len(bench["runs"]) + 1  # + the header row
+    assert len(_svg(dom, "latency-bars")) == len(bench["runs"])
+    build = next((s for s in data["stages"] if s["stage"] == "build"), None)
+    if build and build.get("engines"):  # TensorRT-RTX installed: the engines, one row each
+        engines = dom.split('<section id="engines">', 1)[1].split("</section>", 1)[0]
+        assert engines.count("<tr>") == len(build["engines"]) + 1
+        assert all(html.escape(e["path"]) in engines for e in build["engines"])
+    assert _overflow(chromium, out / "report.html") == (True, [])  # 1000 px, no sideways scroll
 
     hand = tmp_path / "hand" / "report.html"
     hand.parent.mkdir()
@@ -215,6 +224,30 @@ def _console(chromium: str, page: Path) -> tuple[list[str], str]:
     messages = [ln for ln in proc.stderr.splitlines()
                 if re.search(r":CONSOLE[:(]", ln) or "Uncaught" in ln]
     return messages, proc.stdout
+
+
+def _overflow(chromium: str, page: Path, width: int = 1000) -> tuple[bool, list[str]]:
+    """(the page fits `width` px, ids of sections whose tables scroll sideways), measured
+    in a wrapper page that frames the report (the report itself runs no script)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        wrapper = Path(tmp) / "frame.html"
+        wrapper.write_text(
+            f'<!DOCTYPE html><body style="margin:0"><iframe id="f" src="{page.resolve().as_uri()}"'
+            f' style="width:{width}px;height:800px;border:0"></iframe><script>'
+            "addEventListener('load', () => { const d = document.getElementById('f')"
+            ".contentDocument; const wide = [...d.querySelectorAll('div.scroll')].filter("
+            "x => x.scrollWidth > x.clientWidth).map(x => x.closest('section') ? "
+            "x.closest('section').id : 'stages'); document.body.dataset.page = "
+            "d.documentElement.scrollWidth; document.body.dataset.wide = wide.join(','); });"
+            "</script></body>")
+        proc = subprocess.run(
+            [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
+             f"--user-data-dir={tmp}/profile", "--allow-file-access-from-files",
+             "--virtual-time-budget=3000", "--dump-dom", wrapper.as_uri()],
+            capture_output=True, text=True, timeout=60)
+    found = dict(re.findall(r'data-(page|wide)="([^"]*)"', proc.stdout))
+    assert "page" in found, proc.stdout[-2000:] + proc.stderr[-2000:]
+    return int(found["page"]) <= width, [w for w in found["wide"].split(",") if w]
 
 
 def _svg(page: str, ident: str) -> list[tuple[str, dict[str, str]]]:

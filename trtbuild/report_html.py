@@ -22,7 +22,12 @@ log = logging.getLogger(__name__)
 PRECISIONS = ("int8", "fp16", "fp32")  # the ones with a colour; anything else is grey
 ACCURACY_STAGES = ("fp16", "validate")
 # metrics shown first, in this order; any other numeric key follows, sorted
-KNOWN_METRICS = ("cosine_mean", "cosine_min", "top1_agreement", "max_abs_err", "mean_abs_err")
+KNOWN_METRICS = ("cosine_mean", "cosine_min", "top1_agreement", "channel_cosine_min",
+                 "max_abs_err")  # columns; any other metric goes in "more"
+# below these an output is marked even when no gate asked (a collapsed channel or class
+# hides behind a mean cosine of 0.9999: resnet18 INT8's channel_cosine_min was 0.634)
+SANE = {"cosine_mean": 0.99, "cosine_min": 0.95, "top1_agreement": 0.95,
+        "channel_cosine_min": 0.9}
 REGRESSED = "<span class=\"bad\">regressed</span>"
 KNOWN_RUN_KEYS = ("runner", "device", "model", "arch", "shape", "batch", "p50_ms", "p90_ms",
                   "p99_ms", "mean_ms", "min_ms", "throughput_per_s", "iterations")
@@ -36,7 +41,8 @@ div.scroll{overflow-x:auto}table{border-collapse:collapse;margin:.5rem 0}
 th,td{border:1px solid #ddd;padding:.2rem .5rem;text-align:left;vertical-align:top}
 th{background:#f3f3f3}td.num{text-align:right;font-variant-numeric:tabular-nums}
 td.summary{white-space:pre-wrap;font-family:ui-monospace,monospace;font-size:12px}
-.bad{color:#b00020;font-weight:600}.ok{color:#1b7a3a}
+.bad{color:#b00020;font-weight:600}.ok{color:#1b7a3a}.warn{color:#a15c00}
+td.path{word-break:break-all;font-size:12px}td.more{font-size:12px;color:#555}small.src{word-break:break-all}
 .prec-int8{fill:#1b9e77;background:#1b9e77}.prec-fp16{fill:#d95f02;background:#d95f02}
 .prec-fp32{fill:#7570b3;background:#7570b3}.prec-other{fill:#999;background:#999}
 .swatch{display:inline-block;width:.8rem;height:.8rem;margin-right:.3rem;vertical-align:-1px}
@@ -80,6 +86,8 @@ def render(data: dict[str, Any]) -> str:
     by_name = {s.get("stage"): s for s in stages}
     model = str(data.get("model", ""))
     body = [_header(data), _banner(data, stages), _stage_table(stages)]
+    if "build" in by_name:
+        body.append(_engines(by_name["build"]))
     accuracy = [by_name[n] for n in (*ACCURACY_STAGES, "validate_engines") if n in by_name]
     if accuracy:
         body.append(_accuracy(accuracy))
@@ -142,6 +150,39 @@ def _summary(record: dict[str, Any]) -> str:
     return "\n".join(ln.removeprefix("    ") for ln in parts[2].split("\n")) if len(parts) > 2 else ""
 
 
+# engines ------------------------------------------------------------------------------
+
+def _engines(r: dict[str, Any]) -> str:
+    """One row per engine built (or taken from the cache), then one per engine that failed."""
+    if "skipped" in r:
+        return _section("engines", "Engines", f"<p>{_text(r['skipped'])}</p>")
+    rows = []
+    for e in r.get("engines") or []:
+        if not isinstance(e, dict):
+            continue
+        size = e.get("bytes")
+        rows.append(
+            f"<tr><td>{_precision(e.get('precision'))}</td><td>{_text(e.get('arch'))}</td>"
+            f"<td>{_text(e.get('builder'))} {_text(e.get('builder_version'))}</td>"
+            f"<td class=\"num\">{_mb(size)}</td>"
+            f"<td>{'cache' if e.get('cache_hit') else 'built'}</td>"
+            f"<td class=\"path\">{_text(e.get('path'))}</td>"
+            f"<td><code title=\"{_text(e.get('key'))}\">{_text(str(e.get('key') or '')[:12])}"
+            "</code></td></tr>")
+    for f in r.get("failed") or []:
+        if isinstance(f, dict):
+            rows.append(f"<tr><td>{_precision(f.get('precision'))}</td><td>{_text(f.get('arch'))}"
+                        f"</td><td colspan=\"5\" class=\"bad\">FAILED: {_text(f.get('error'))}"
+                        "</td></tr>")
+    table = _table(["precision", "arch", "builder", "size", "from", "path", "cache key"], rows)
+    note = "<p>The engine itself: <code>trtbuild inspect PATH</code> (no GPU needed).</p>"
+    return _section("engines", "Engines", table + note)
+
+
+def _mb(n: Any) -> str:
+    return f"{n / 1e6:.3g} MB" if _is_num(n) else ""
+
+
 # accuracy -----------------------------------------------------------------------------
 
 def _accuracy(records: list[dict[str, Any]]) -> str:
@@ -149,33 +190,65 @@ def _accuracy(records: list[dict[str, Any]]) -> str:
     entries, notes = [], []
     for r in records:
         if r.get("stage") != "validate_engines":
-            entries.append((f"{r['stage']} (ONNX Runtime, CPU)", r))
+            data = str(r.get("val") or "")
+            on = ("<br><span class=\"warn\">on random inputs: nothing about real data is "
+                  "checked</span>" if data.startswith("random") else
+                  f"<br><small class=\"src\">on {_text(data)}</small>" if data else "")
+            entries.append((f"{_text(r['stage'])} <small>(ONNX Runtime, CPU)</small>{on}", r))
         elif "skipped" in r:
             notes.append(f"<p>engines: not checked: {_text(r['skipped'])}</p>")
         else:
             for e in r.get("engines") or []:
                 if isinstance(e, dict):
                     where = Path(str(e.get("engine", "?")))
-                    entries.append((f"engine {where.parent.name}/{where.name}", e))
-    metrics = _metric_keys(e for _, e in entries)
-    head = ["checked", "precision", "samples", "output", *metrics, "label accuracy", "scores",
+                    entries.append((_text(f"engine {where.parent.name}/{where.name}"), e))
+    found = _metric_keys(e for _, e in entries)
+    metrics = [k for k in found if k in KNOWN_METRICS]
+    head = ["checked", "precision", "samples", "output", *(_header_name(k) for k in metrics),
             "gates"]
     rows = []
     for what, e in entries:
-        lead = f"<td>{_text(what)}</td><td>{_precision(e.get('precision'))}</td>" \
+        lead = f"<td>{what}</td><td>{_precision(e.get('precision'))}</td>" \
                f"<td class=\"num\">{_num(e.get('samples'))}</td>"
         if "refused" in e:
             rows.append(f"<tr>{lead}<td colspan=\"{len(head) - 3}\" class=\"bad\">refused: "
                         f"{_text(e['refused'])}</td></tr>")
             continue
         outputs = e.get("outputs") if isinstance(e.get("outputs"), dict) else {}
-        tail = f"<td>{_label_accuracy(e.get('label_accuracy'))}</td>" \
-               f"<td>{_scores(e.get('scores'))}</td><td>{_gates(e.get('gate_failures'))}</td>"
+        gates = f"<td>{_gates(e.get('gate_failures'))}</td>"
         for name, m in outputs.items() or [("", {})]:
             m = m if isinstance(m, dict) else {}
-            cells = "".join(f"<td class=\"num\">{_num(m.get(k))}</td>" for k in metrics)
-            rows.append(f"<tr>{lead}<td>{_text(name)}</td>{cells}{tail}</tr>")
+            cells = "".join(_metric_cell(k, m[k]) if k in m else "<td></td>" for k in metrics)
+            rows.append(f"<tr>{lead}<td>{_text(name)}</td>{cells}{gates}</tr>")
+            more = [f"{_text(k)} {_num(m[k])}" for k in found if k not in KNOWN_METRICS
+                    and k in m]
+            if more:  # a second, full-width line: the page never scrolls sideways
+                rows.append(f"<tr><td colspan=\"{len(head)}\" class=\"more\">{_text(name)}: "
+                            + ", ".join(more) + "</td></tr>")
+        task = [x for x in (_label_accuracy(e.get("label_accuracy")),
+                            _scores(e.get("scores"))) if x]
+        if task:
+            rows.append(f"<tr><td colspan=\"{len(head)}\" class=\"more\">"
+                        + "; ".join(task) + "</td></tr>")
+    marks = ", ".join(f"{k} &lt; {v}" for k, v in SANE.items())
+    notes.append(f"<p>Marked red even when no gate asked: {marks}.</p>")
     return _section("accuracy", "Accuracy per precision", _table(head, rows) + "".join(notes))
+
+
+HEADERS = {"cosine_mean": "cosine mean", "cosine_min": "cosine min",
+           "top1_agreement": "top-1 agree", "throughput_per_s": "per second"}
+
+
+def _header_name(key: str) -> str:
+    """A column title that can wrap: 'p50 ms', not 'p50_ms'."""
+    return HEADERS.get(key, key.replace("_", " "))
+
+
+def _metric_cell(key: str, v: Any) -> str:
+    floor = SANE.get(key)
+    low = floor is not None and (v is None or (_is_num(v) and v < floor))
+    mark = f" bad\" title=\"below {floor}" if low else ""
+    return f"<td class=\"num{mark}\">{_num(v)}</td>"
 
 
 def _metric_keys(entries: Any) -> list[str]:
@@ -191,14 +264,14 @@ def _metric_keys(entries: Any) -> list[str]:
 def _label_accuracy(acc: Any) -> str:
     if not isinstance(acc, dict):
         return ""
-    return (f"{_num(acc.get('reference'))} &rarr; {_num(acc.get('candidate'))} "
+    return (f"label accuracy {_num(acc.get('reference'))} &rarr; {_num(acc.get('candidate'))} "
             f"({_num(acc.get('delta_points'), '+.2f')} points)")
 
 
 def _scores(scores: Any) -> str:
     if not isinstance(scores, dict):
         return ""
-    return "<br>".join(f"{_text(k)} {_num(v)}" for k, v in scores.items())
+    return ", ".join(f"{_text(k)} {_num(v)}" for k, v in scores.items())
 
 
 def _gates(failures: Any) -> str:
@@ -235,9 +308,10 @@ def _sensitivity(r: dict[str, Any]) -> str:
     return _section("sensitivity", "Sensitivity and mixed precision", body)
 
 
-def _bars(regions: list[dict[str, Any]], width: int = 800, height: int = 220) -> str:
-    """Vertical bars, one per region in graph order; <title> gives each a hover label."""
-    pad_l, pad_b, pad_t = 48, 6, 10
+def _bars(regions: list[dict[str, Any]], width: int = 800, height: int = 240) -> str:
+    """Vertical bars, one per region in graph order, each numbered under it (the table
+    below names them; <title> gives a hover label); labelled axes."""
+    pad_l, pad_b, pad_t = 64, 30, 10
     values = [g.get("sensitivity") if _is_num(g.get("sensitivity")) else 0.0 for g in regions]
     top = max([abs(v) for v in values] + [0.0]) or 1.0
     plot_w, plot_h = width - pad_l - 4, height - pad_t - pad_b
@@ -247,10 +321,18 @@ def _bars(regions: list[dict[str, Any]], width: int = 800, height: int = 220) ->
              f"<line x1=\"{pad_l}\" y1=\"{pad_t + plot_h}\" x2=\"{width - 4}\" "
              f"y2=\"{pad_t + plot_h}\" stroke=\"#888\"/>",
              f"<text x=\"{pad_l - 4}\" y=\"{pad_t + 8}\" text-anchor=\"end\">{top:.3g}</text>",
-             f"<text x=\"{pad_l - 4}\" y=\"{pad_t + plot_h}\" text-anchor=\"end\">0</text>"]
+             f"<text x=\"{pad_l - 4}\" y=\"{pad_t + plot_h}\" text-anchor=\"end\">0</text>",
+             f"<text transform=\"translate(14 {pad_t + plot_h / 2:.1f}) rotate(-90)\" "
+             "text-anchor=\"middle\">metric drop in INT8</text>",
+             f"<text x=\"{pad_l + plot_w / 2:.1f}\" y=\"{height - 4}\" "
+             "text-anchor=\"middle\">region # (graph order; names in the table)</text>"]
+    every = max(1, round(len(regions) / 25))  # at most ~25 numbers under the axis
     for i, (g, v) in enumerate(zip(regions, values)):
         h = plot_h * min(max(v, 0.0), top) / top  # negative sensitivity: no bar, still a slot
         x = pad_l + i * step + step * 0.1
+        if i % every == 0:
+            parts.append(f"<text x=\"{x + step * 0.4:.2f}\" y=\"{pad_t + plot_h + 12}\" "
+                         f"text-anchor=\"middle\">{i}</text>")
         parts.append(f"<rect class=\"{_prec_class(g.get('precision'))}\" x=\"{x:.2f}\" "
                      f"y=\"{pad_t + plot_h - h:.2f}\" width=\"{max(step * 0.8, 0.5):.2f}\" "
                      f"height=\"{h:.2f}\"><title>{_region_label(g)}</title></rect>")
@@ -292,7 +374,9 @@ def _latency(r: dict[str, Any]) -> str:
     rows = ["<tr>" + "".join(f"<td class=\"num\">{_num(x.get(k))}</td>" if _is_num(x.get(k))
                              else f"<td>{_text(x.get(k, ''))}</td>" for k in keys) + "</tr>"
             for x in runs]
-    body = _table(keys, rows) if runs else "<p>no runs</p>"
+    body = (_latency_chart(runs, r.get("comparison"))
+            + _table([_header_name(k) for k in keys], rows) if runs
+            else "<p>no runs</p>")
     refused = r.get("refused") if isinstance(r.get("refused"), dict) else {}
     body += "".join(f"<p class=\"bad\">{_text(p)}: refused: {_text(why)}</p>"
                     for p, why in refused.items())
@@ -311,6 +395,54 @@ def _latency(r: dict[str, Any]) -> str:
                        rows)
     body += _gates(r["gate_failures"]) if r.get("gate_failures") else ""
     return _section("latency", "Latency", body)
+
+
+def _latency_chart(runs: list[dict[str, Any]], comparison: Any, width: int = 800) -> str:
+    """One horizontal bar per run (p50, coloured by precision), a whisker to p99, and the
+    baseline's p50 as a black tick when a baseline was given."""
+    timed = [x for x in runs if _is_num(x.get("p50_ms"))]
+    if not timed:
+        return ""
+    base = {(c.get("runner"), c.get("model"), c.get("shape")): c.get("baseline_p50_ms")
+            for c in comparison or [] if isinstance(c, dict)}
+    top = max(max(x["p50_ms"], x.get("p99_ms") if _is_num(x.get("p99_ms")) else 0,
+                  base.get((x.get("runner"), x.get("model"), x.get("shape"))) or 0)
+              for x in timed) or 1.0
+    pad_l, pad_r, row, pad_t = 260, 20, 22, 8
+    plot_w = width - pad_l - pad_r
+    height = pad_t + row * len(timed) + 36
+    axis_y = pad_t + row * len(timed)
+    parts = [f"<line x1=\"{pad_l}\" y1=\"{pad_t}\" x2=\"{pad_l}\" y2=\"{axis_y}\" "
+             "stroke=\"#888\"/>",
+             f"<line x1=\"{pad_l}\" y1=\"{axis_y}\" x2=\"{width - pad_r}\" y2=\"{axis_y}\" "
+             "stroke=\"#888\"/>",
+             f"<text x=\"{pad_l}\" y=\"{axis_y + 14}\" text-anchor=\"middle\">0</text>",
+             f"<text x=\"{width - pad_r}\" y=\"{axis_y + 14}\" text-anchor=\"end\">"
+             f"{top:.3g}</text>",
+             f"<text x=\"{pad_l + plot_w / 2:.1f}\" y=\"{axis_y + 30}\" "
+             "text-anchor=\"middle\">latency, ms (bar p50, whisker to p99, black tick: "
+             "baseline p50)</text>"]
+    for i, x in enumerate(timed):
+        y = pad_t + i * row
+        label = f"{x.get('runner', '')} {x.get('model', '')} {x.get('shape', '')}".strip()
+        w = plot_w * x["p50_ms"] / top
+        parts.append(f"<text x=\"{pad_l - 6}\" y=\"{y + row * 0.65:.1f}\" "
+                     f"text-anchor=\"end\">{escape(label[:44])}</text>")
+        parts.append(f"<rect class=\"{_prec_class(x.get('model'))}\" x=\"{pad_l}\" "
+                     f"y=\"{y + 4}\" width=\"{max(w, 0.5):.2f}\" height=\"{row - 8}\">"
+                     f"<title>{escape(label)}: p50 {_plain(x['p50_ms'])} ms</title></rect>")
+        if _is_num(x.get("p99_ms")):
+            x99 = pad_l + plot_w * x["p99_ms"] / top
+            parts.append(f"<line x1=\"{pad_l + w:.2f}\" y1=\"{y + row / 2}\" "
+                         f"x2=\"{x99:.2f}\" y2=\"{y + row / 2}\" stroke=\"#444\"/>")
+        old = base.get((x.get("runner"), x.get("model"), x.get("shape")))
+        if _is_num(old):
+            xb = pad_l + plot_w * old / top
+            parts.append(f"<line x1=\"{xb:.2f}\" y1=\"{y + 2}\" x2=\"{xb:.2f}\" "
+                         f"y2=\"{y + row - 2}\" stroke=\"#000\" stroke-width=\"2\"/>")
+    return (f"<svg class=\"chart\" id=\"latency-bars\" xmlns=\"http://www.w3.org/2000/svg\" "
+            f"viewBox=\"0 0 {width} {height}\" role=\"img\" aria-label=\"latency per "
+            f"precision and shape\">{''.join(parts)}</svg>\n")
 
 
 # small pieces -----------------------------------------------------------------------------
@@ -334,14 +466,21 @@ def _plain(v: Any) -> str:
     return f"{v:.6g}" if isinstance(v, float) else str(v)
 
 
-def _num(v: Any, fmt: str = ".6g") -> str:
-    """Numbers as text (6 significant digits); None (a NaN in report.json) as n/a."""
+def _num(v: Any, fmt: str = ".4g") -> str:
+    """Numbers as text (4 significant digits); None (a NaN in report.json) as n/a. A value
+    that rounds to an integer it is not (0.99999 -> 1) keeps its digits: a cosine of 1
+    would claim an exact match."""
     if v is None:
         return "n/a"
     if isinstance(v, float):
-        text = format(v, fmt)
-        if fmt == ".6g" and float(text) != v and float(text).is_integer():  # not 1 for 0.9999999
-            text = format(v, ".10g")
+        if fmt != ".4g":
+            return escape(format(v, fmt))
+        if abs(v) >= 1e4:  # throughputs: whole numbers, not 4.768e+04
+            return f"{v:.0f}"
+        for digits in range(4, 11):  # 0.99999992 is not 1
+            text = format(v, f".{digits}g")
+            if float(text) == v or not float(text).is_integer():
+                break
         return escape(text)
     return _text(v)
 
