@@ -112,6 +112,7 @@ def validate(reference: str | Path, candidate: str | Path, val: str, precision: 
         raise TrtBuildError(f"--precision: '{precision}' is not one of {', '.join(PRECISIONS)}")
     if not val:
         raise TrtBuildError("validate needs --val DIR (or a data loader script)")
+    options, inherited = _build_preprocess(Path(candidate), str(val), options)
     settings = build_settings(str(candidate), val=str(val), **options)
     pipeline.check_files(settings)
     io.load(reference)
@@ -138,7 +139,34 @@ def validate(reference: str | Path, candidate: str | Path, val: str, precision: 
         return record
 
     pipeline.run_stages(ctx, [("validate", check)])
-    return ctx.report.stages[-1]
+    record = ctx.report.stages[-1]
+    if inherited:
+        record["preprocess_from"] = str(inherited)
+    return record
+
+
+def _build_preprocess(model: Path, data: str, options: dict[str, Any]
+                      ) -> tuple[dict[str, Any], Path | None]:
+    """The preprocessing recorded by the build that wrote `model` (report.json in its
+    folder, or two folders up for OUT/engines/<arch>/model.x.engine), under the flags
+    given now; not when the data folder has its own preprocess.json (it says how its
+    files are read). Returns (options, the report it came from or None)."""
+    import json
+
+    from .data import is_script
+
+    if is_script(data) or (Path(data) / "preprocess.json").is_file():
+        return options, None
+    for report in (model.parent / "report.json", model.parent.parent.parent / "report.json"):
+        try:
+            recorded = json.loads(report.read_text()).get("preprocess")
+        except (OSError, UnicodeDecodeError, ValueError, AttributeError):
+            continue
+        if isinstance(recorded, dict) and recorded:
+            given = {k: v for k, v in (options.get("preprocess") or {}).items() if v is not None}
+            logging.getLogger(__name__).info("preprocessing from %s: %s", report, recorded)
+            return {**options, "preprocess": {**recorded, **given}}, report
+    return options, None
 
 
 def bench(model: str | Path, output: str | Path | None = None, *,

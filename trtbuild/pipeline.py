@@ -43,7 +43,8 @@ def stages_for(s: BuildSettings) -> list[tuple[str, Stage]]:
 
 
 def new_context(settings: BuildSettings, out: Path, model: str) -> Context:
-    return Context(settings, out, Report(out / "report.json", model=model))
+    report = Report(out / "report.json", model=model, preprocess=given_preprocess(settings))
+    return Context(settings, out, report)
 
 
 def run_stages(ctx: Context, stages: list[tuple[str, Stage]],
@@ -190,6 +191,18 @@ def run(settings: BuildSettings, on_stage: OnStage | None = None) -> Context:
         ctx.stage_cache = stage_cache(settings)
         return run_stages(ctx, stages_for(settings), on_stage)
     return in_out_dir(out, work, keep)
+
+
+def given_preprocess(s: BuildSettings) -> dict[str, Any]:
+    """The preprocessing of the run's image data (the calibration folder's preprocess.json,
+    else the validation folder's, with the flags on top), recorded in report.json so that
+    `trtbuild validate` and `bench` on its models need no flags repeated."""
+    from .data import is_script
+    from .data.images import given_spec
+
+    folders = [Path(d) for d in (s.calib.data, s.val) if d and not is_script(str(d))]
+    spec = next((f for f in folders if (f / "preprocess.json").is_file()), None)
+    return given_spec(spec, s.data.preprocess)
 
 
 def stage_cache(s: BuildSettings) -> Any:

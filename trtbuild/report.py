@@ -22,6 +22,7 @@ class Report:
     stages: list[dict[str, Any]] = field(default_factory=list)
     status: str = "running"      # then passed, gate_failed or failed
     error: str | None = None     # the one line the CLI printed for a failed run
+    preprocess: dict[str, Any] = field(default_factory=dict)  # how image samples were read
 
     def add(self, stage: str, seconds: float, **fields: Any) -> dict[str, Any]:
         record = {"stage": stage, "seconds": round(seconds, 4), **fields}
@@ -40,6 +41,7 @@ class Report:
     def to_dict(self) -> dict[str, Any]:
         return {"trtbuild": __version__, "model": self.model, "status": self.status,
                 "error": self.error, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                **({"preprocess": self.preprocess} if self.preprocess else {}),
                 "stages": self.stages}
 
     def save(self) -> None:

@@ -299,7 +299,9 @@ def build_parser() -> argparse.ArgumentParser:
     common(p)
 
     p = sub.add_parser("validate", help="accuracy of CANDIDATE.onnx against REFERENCE.onnx "
-                       "on --val data (Polygraphy, ONNX Runtime on the CPU)")
+                       "on --val data (Polygraphy, ONNX Runtime on the CPU); images are read "
+                       "as the build that wrote CANDIDATE read them (its report.json), unless "
+                       "the --val folder has a preprocess.json; flags override either")
     p.add_argument("reference", type=Path, metavar="REFERENCE.onnx")
     p.add_argument("candidate", type=Path, metavar="CANDIDATE.onnx")
     p.add_argument("--precision", choices=PRECISIONS, default="int8",

@@ -84,6 +84,14 @@ TYPES = {"resize": int, "crop": int, "grayscale": bool, "scale": float, "mean": 
 CHOICES = {"layout": LAYOUTS, "dtype": ("float32", "float16")}
 
 
+def given_spec(folder: Path | None, overrides: dict[str, Any]) -> dict[str, Any]:
+    """The preprocessing a run was given: `folder`'s preprocess.json (if any) with the
+    non-None `overrides` (flags) on top; what report.json records for later commands."""
+    spec = Path(folder) / "preprocess.json" if folder else None
+    values = _read_spec(spec) if spec and spec.is_file() else {}
+    return {**values, **{k: v for k, v in overrides.items() if v is not None}}
+
+
 def _read_spec(spec: Path) -> dict[str, Any]:
     try:
         values = json.loads(spec.read_bytes().decode("utf-8"))
