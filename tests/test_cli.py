@@ -169,3 +169,18 @@ def test_a_mistyped_option_gets_a_suggestion():
     proc = run_cli("demo", "--calbi", "x")
     assert proc.stderr.strip().endswith("(did you mean --calib?)")
     assert "did you mean" not in run_cli("demo", "--zzzz").stderr  # nothing close: no guess
+
+
+def test_quiet_prints_only_a_failures_line(tmp_path):
+    """--quiet: nothing on success; on a failed gate, its one line and nothing else (no
+    progress, stage lines or warnings)."""
+    from trtbuild.demo import CALIB_DIR
+    ok = run_cli("trtbuild.demo.digits:digits_cnn", "--int8", "--calib", CALIB_DIR,
+                 "--target", "onnx", "--out", tmp_path / "a", "--quiet")
+    assert (ok.returncode, ok.stdout, ok.stderr) == (0, "", "")
+    failed = run_cli("trtbuild.demo.digits:digits_cnn", "--int8", "--calib", CALIB_DIR,
+                     "--target", "onnx", "--out", tmp_path / "b", "-q",
+                     "--min-cosine", "0.99999999")
+    assert failed.returncode == 1 and failed.stdout == ""
+    assert len(failed.stderr.splitlines()) == 1
+    assert failed.stderr.startswith("trtbuild: error: ") and "gate failed" in failed.stderr

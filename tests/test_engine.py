@@ -27,7 +27,13 @@ def digits_engines(tmp_path_factory):
     args = ["trtbuild.demo.digits:digits_cnn", "--fp32", "--fp16", "--int8", "--calib", CALIB_DIR,
             "--val", VAL_DIR, "--builder", "tensorrt-rtx", "--arch", "sm_86,sm_89",
             "--cache-dir", tmp / "cache", "--json"]
-    first = _stages(run_cli(*args, "--out", tmp / "a"))
+    proc = run_cli(*args, "--out", tmp / "a")
+    first = _stages(proc)
+    # the end of the run names every engine file (the summary is on stderr with --json)
+    assert sorted(line.split()[-1] for line in proc.stderr.splitlines()
+                  if line.startswith("  engine ")) == sorted(
+        str(tmp / "a" / "engines" / a / f"model.{p}.engine")
+        for p in ("fp32", "fp16", "int8") for a in ("sm_86", "sm_89"))
     second = _stages(run_cli(*args, "--out", tmp / "b"))
     return tmp, first, second
 

@@ -12,6 +12,9 @@ from typing import Any, Iterator
 PLAIN_EVERY = 10.0
 
 
+QUIET = False  # --quiet: no progress at all (set once by the CLI)
+
+
 class Bar:
     """`advance(n)` moves the bar; `note(text)` shows what is happening now (e.g. the
     TensorRT build phase); `start(description, total, unit)` begins a new phase of the same
@@ -57,7 +60,11 @@ class Bar:
 
 @contextlib.contextmanager
 def bar(description: str, total: int | None) -> Iterator[Bar]:
-    """Yield a Bar: drawn on stderr when it is a TTY, plain lines otherwise."""
+    """Yield a Bar: drawn on stderr when it is a TTY, plain lines otherwise, nothing under
+    --quiet (QUIET)."""
+    if QUIET:
+        yield Bar(description=description, total=total)
+        return
     if not sys.stderr.isatty():
         yield Bar(description=description, total=total, plain=True)
         return

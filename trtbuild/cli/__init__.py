@@ -27,7 +27,7 @@ def main(argv: list[str] | None = None) -> int:
             return BAD_INPUT
         (subparsers[topic] if topic else parser).print_help()
         return 0
-    _logging(args.verbose)
+    _logging(args.verbose, args.quiet)
     signal.signal(signal.SIGTERM, _terminate)
     from .commands import COMMANDS
 
@@ -54,8 +54,13 @@ def _terminate(signum: int, frame: Any) -> None:
     raise KeyboardInterrupt  # unwinds like Ctrl-C: temp files are removed on the way out
 
 
-def _logging(verbose: bool) -> None:
-    logging.basicConfig(level=logging.DEBUG if verbose else logging.WARNING,
+def _logging(verbose: bool, quiet: bool = False) -> None:
+    if quiet and not verbose:
+        from .. import progress
+
+        progress.QUIET = True
+    level = logging.DEBUG if verbose else logging.ERROR if quiet else logging.WARNING
+    logging.basicConfig(level=level,
                         format="trtbuild: %(levelname)s: %(message)s" if not verbose
                         else "%(levelname)s %(name)s: %(message)s")
     if not verbose:  # third-party loggers stay quiet unless -v

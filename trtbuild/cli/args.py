@@ -45,6 +45,9 @@ exit codes: 0 ok, 1 an accuracy/latency gate failed, 2 bad input, 3 missing capa
 
 def common(p: argparse.ArgumentParser) -> None:
     p.add_argument("-v", "--verbose", action="store_true", help="debug logs and tracebacks")
+    p.add_argument("-q", "--quiet", action="store_true",
+                   help="print nothing but a failure's one line (and --json's output): no "
+                        "progress, stage lines or warnings")
     p.add_argument("--json", action="store_true",
                    help="print the result as JSON on stdout (the human summary goes to stderr)")
 

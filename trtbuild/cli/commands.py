@@ -18,7 +18,7 @@ Command = Callable[[argparse.Namespace], int]
 def emit(args: argparse.Namespace, data: dict[str, Any], summary: list[str]) -> None:
     """JSON on stdout with --json (summary then on stderr), else the summary on stdout."""
     stream = sys.stderr if args.json else sys.stdout
-    for line in summary:
+    for line in [] if getattr(args, "quiet", False) else summary:
         _say(line, stream)
     if args.json:
         _say(dumps(data), sys.stdout)
@@ -43,11 +43,14 @@ def _run_summary(args: argparse.Namespace, title: str, run: Callable) -> int:
     from ..errors import INTERNAL_ERROR, INTERRUPTED, TrtBuildError, internal_error
 
     stream = sys.stderr if args.json else sys.stdout
+    quiet = getattr(args, "quiet", False)
     done: list[dict[str, Any]] = []
-    _say(title, stream)
+    if not quiet:
+        _say(title, stream)
 
     def on_stage(name: str, record: dict[str, Any]) -> None:
-        _say(summary_line(name, record), stream)
+        if not quiet:
+            _say(summary_line(name, record), stream)
         done.append({"stage": name, **record})
 
     def failed(code: int, message: str) -> None:
@@ -65,8 +68,9 @@ def _run_summary(args: argparse.Namespace, title: str, run: Callable) -> int:
         failed(INTERNAL_ERROR, internal_error(e))
         raise
     report = result.out / "report.json"
+    engines = [f"  {'engine':<16}          {e.path}" for e in result.engines]
     emit(args, result.report,
-         [f"  {'report':<16}          {report}, {report.with_suffix('.html')}"])
+         [*engines, f"  {'report':<16}          {report}, {report.with_suffix('.html')}"])
     return 0
 
 
