@@ -93,6 +93,67 @@ def text_crops(n: int, height: int, width: int, seed: int = 0) -> tuple[list[np.
     return inputs, texts
 
 
+FONT_DIRS = (Path("/usr/share/fonts/truetype/liberation"), Path("/usr/share/fonts/truetype/dejavu"))
+# Generators of text lines independent of text_crops (which calibration uses): other fonts,
+# texts, sizes and paper. "dev" may be looked at while developing; "final" only for the
+# final table (bench/bench_accuracy.py).
+OTHER_TEXT = {
+    "dev": {"fonts": "Liberation*.ttf", "sizes": (22, 60), "paper": (150, 256),
+            "ink": (0, 110), "noise": 12.0, "blur": 0.0},
+    "final": {"fonts": "DejaVu*.ttf", "sizes": (18, 64), "paper": (120, 256),
+              "ink": (0, 90), "noise": 6.0, "blur": 0.8},
+}
+CHARS = ("0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
+         "!#$%&()*+,-./:;<=>?@[]_")
+WORDS_OTHER = ["shipping", "Order #4471", "qty 3", "VAT 19%", "Berlin", "2025/07/01",
+               "(555) 013-2200", "Model X-200", "subtotal:", "rev. B", "ACME GmbH", "N/A",
+               "www.example.org", "42.00 USD", "lot 7731-K", "Seite 2", "zip 10115"]
+
+
+def fonts_for(generator: str) -> list[Path]:
+    """The TrueType files a generator of OTHER_TEXT draws with (none on a machine without
+    the Liberation/DejaVu packages: the caller says so)."""
+    pattern = OTHER_TEXT[generator]["fonts"]
+    return sorted(p for d in FONT_DIRS if d.is_dir() for p in d.glob(pattern))
+
+
+def other_text_crops(n: int, height: int, width: int, generator: str, seed: int = 0
+                     ) -> tuple[list[np.ndarray], list[str]]:
+    """Like text_crops (the recognizer's input and the strings), drawn by another generator
+    of OTHER_TEXT: its fonts, sizes, paper shades with pixel noise and blur, and texts that
+    mix WORDS_OTHER with random strings of CHARS (1-14 characters)."""
+    from PIL import Image, ImageDraw, ImageFilter, ImageFont
+
+    spec, fonts = OTHER_TEXT[generator], fonts_for(generator)
+    if not fonts:
+        raise FileNotFoundError(f"no {spec['fonts']} fonts in {FONT_DIRS}")
+    rng = np.random.default_rng(seed)
+    inputs, texts = [], []
+    for _ in range(n):
+        if rng.random() < 0.5:
+            text = " ".join(rng.choice(WORDS_OTHER, size=int(rng.integers(1, 3))))
+        else:
+            text = "".join(rng.choice(list(CHARS), size=int(rng.integers(1, 15))))
+        font = ImageFont.truetype(str(fonts[int(rng.integers(len(fonts)))]),
+                                  size=int(rng.integers(*spec["sizes"])))
+        left, top, right, bottom = font.getbbox(text)
+        pad = int(rng.integers(1, 10))
+        paper = tuple(int(v) for v in rng.integers(*spec["paper"], 3))
+        im = Image.new("RGB", (right - left + 2 * pad, bottom - top + 2 * pad), paper)
+        ImageDraw.Draw(im).text((pad - left, pad - top), text, font=font,
+                                fill=tuple(int(v) for v in rng.integers(*spec["ink"], 3)))
+        if spec["blur"]:
+            im = im.filter(ImageFilter.GaussianBlur(float(rng.uniform(0, spec["blur"]))))
+        pixels = np.asarray(im, np.float32) + rng.normal(0, spec["noise"], (im.height, im.width, 1))
+        im = Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8))
+        w = min(width, int(np.ceil(height * im.width / im.height)))
+        x = np.zeros((1, 3, height, width), np.float32)
+        x[..., :w] = normalize(np.asarray(im.resize((w, height), Image.BILINEAR)))
+        inputs.append(x)
+        texts.append(text)
+    return inputs, texts
+
+
 def normalize(img: np.ndarray, mean: float = 0.5, std: float = 0.5) -> np.ndarray:
     """uint8 HWC -> float32 1xCxHxW, (x/255 - mean) / std (PP-OCR's preprocessing)."""
     x = (img.astype(np.float32) / 255.0 - mean) / std
