@@ -58,3 +58,18 @@ def test_outputs_of_other_lengths_are_padded_alike():
     # a batch axis other than 0 (sequence-first outputs): padded on the others only
     seq_first = [np.moveaxis(a, 0, 1) for a in ref]  # (6, 1, n)
     assert stack(seq_first, 1).shape == (3, 6, 40)
+
+
+def test_named_batches_stops_at_the_limit_across_batches():
+    """`limit` counts every row read, not the rows of the batch being filled (it read the
+    whole set: bias correction took 64 samples for 16)."""
+    from types import SimpleNamespace
+
+    from trtbuild.data import named_batches
+
+    feeds = [(f"{k}.npy", {"x": np.full((1, 3), k, np.float32)}) for k in range(10)]
+    data = SimpleNamespace(batch_size=4, samples=lambda: iter(feeds))
+    got = list(named_batches(data, limit=6))
+    assert [len(names) for names, _ in got] == [4, 2]
+    assert np.concatenate([b["x"] for _, b in got])[:, 0].tolist() == [0, 1, 2, 3, 4, 5]
+    assert sum(len(n) for n, _ in named_batches(data)) == 10

@@ -101,9 +101,11 @@ class CalibSettings:
     percentile: float = 99.99
     high_precision: str = "fp16"      # what INT8 leaves in float (ModelOpt's default too)
     weight_rounding: str = "gptq"     # measured best: see README "quantize"
+    bias_correction: str = "off"      # on: empirical bias correction (quant/bias.py)
 
     def __post_init__(self) -> None:
         _choice("calib-method", self.method, CALIB_METHODS)
+        _choice("bias-correction", self.bias_correction, ("on", "off"))
         _choice("high-precision", self.high_precision, ("fp16", "fp32"))
         _choice("weight-rounding", self.weight_rounding, ("gptq", "nearest"))
         _finite("percentile", self.percentile, 50.0, 100.0)
@@ -330,6 +332,7 @@ OPTIONS: dict[str, tuple[str, str]] = {
     "calib_method": ("calib", "method"), "percentile": ("calib", "percentile"),
     "high_precision": ("calib", "high_precision"),
     "weight_rounding": ("calib", "weight_rounding"),
+    "bias_correction": ("calib", "bias_correction"),
     "fp16_io": ("fp16_options", "io"), "fp16_mode": ("fp16_options", "mode"),
     "fp16_keep": ("fp16_options", "keep"),
     "min_top1_agreement": ("gates", "min_top1_agreement"), "min_cosine": ("gates", "min_cosine"),

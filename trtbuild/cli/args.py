@@ -27,6 +27,7 @@ from ..config import (
     TARGETS,
     TOP_LEVEL,
 )
+from ..quant.bias import BIAS_SAMPLES
 from ..trt.backend import DEFAULT_RTX_ARCHS, RTX_ARCHS
 from ..version import __version__
 
@@ -106,6 +107,12 @@ def calib_group(p: argparse.ArgumentParser) -> None:
                         "errors are compensated within the layer against its calibration "
                         "inputs (GPTQ), so its output error is least; nearest: each weight to "
                         "its nearest step")
+    g.add_argument("--bias-correction", choices=("on", "off"),
+                   help="empirical bias correction (default "
+                        f"{CALIB_DEFAULTS.bias_correction}): each Conv/Gemm bias, in graph "
+                        "order, absorbs the shift quantization causes in its output's mean "
+                        f"on the first {BIAS_SAMPLES} calibration samples; the graph keeps its "
+                        "shape")
     g.add_argument("--percentile", type=float,
                    help=f"for --calib-method percentile (default {CALIB_DEFAULTS.percentile})")
 

@@ -181,9 +181,11 @@ def named_batches(data: Any, limit: int | None = None) -> Iterator[tuple[list[st
     were."""
     pending: list[Batch] = []
     names: list[str] = []
+    taken = 0
     for origin, feed in data.samples():
-        if limit is not None and len(names) >= limit:
+        if limit is not None and taken >= limit:
             break
+        taken += rows(feed)
         if pending and not joinable(pending[0], feed):
             yield names, concat(pending)
             pending, names = [], []

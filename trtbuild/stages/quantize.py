@@ -23,8 +23,11 @@ def run(ctx: Context) -> dict[str, Any]:
     qplan = plan(model)
     rounding = _round_weights(ctx, model, qplan)
     qmodel = insert_qdq(model, qplan, ctx.amaxes, ctx.int8_weights)
-    record = write_int8(ctx, qmodel)
+    parts = with_float_parts(ctx, qmodel)
+    corrected = _correct_biases(ctx, parts)
+    record = write_int8(ctx, qmodel, parts)
     record["weight_rounding"] = rounding
+    record["bias_correction"] = corrected
     ops = [n.op_type for n in qmodel.graph.node]
     record.update(quantized_activations=ops.count("QuantizeLinear"),
                   quantized_weights=len(qplan.weights),
@@ -68,6 +71,31 @@ def _round_weights(ctx: Context, model: Any, qplan: Any) -> dict[str, Any]:
                                                   ctx.moments)
     ctx.moments = None  # large (fcn_resnet50: hundreds of MB), and used
     return {"method": "gptq", **summary}
+
+
+def _correct_biases(ctx: Context, parts: tuple) -> dict[str, Any]:
+    """--bias-correction on: the biases of the written model and of its CPU check, corrected
+    in place (quant/bias.py) on the first BIAS_SAMPLES calibration samples."""
+    if ctx.settings.calib.bias_correction != "on":
+        return {"applied": False}
+    source = ctx.settings.calib.data
+    if not source:
+        return {"applied": False, "note": "no calibration data (--calib-cache only)"}
+    import time
+
+    from ..data import named_batches, rows
+    from ..quant.bias import BIAS_SAMPLES, apply, corrections
+
+    model, check, _ = parts
+    start = time.perf_counter()
+    feeds = [feed for _, feed in named_batches(ctx.dataset(source), BIAS_SAMPLES)]
+    with bar("bias correction", None) as progress:
+        new = corrections(check, ctx.clean_model(), feeds, io.session,
+                          on_step=lambda k: progress.advance(1))
+    for graph in {id(m): m for m in (model, check)}.values():
+        apply(graph, new)
+    return {"applied": True, "biases": len(new), "samples": sum(rows(f) for f in feeds),
+            "seconds": round(time.perf_counter() - start, 2)}
 
 
 def write_int8(ctx: Context, qdq: Any, parts: tuple | None = None) -> dict[str, Any]:

@@ -1,0 +1,150 @@
+"""Empirical bias correction (Nagel et al., "Data-Free Quantization", 2019, section 4.2;
+AIMET's empirical bias correction): quantization shifts the mean of a layer's output, and the
+shift adds up layer after layer. For each Conv/ConvTranspose/Gemm with a constant bias, in
+graph order, the bias absorbs the shift seen on calibration data:
+
+    b_k  <-  b_k + E[y_k(FP32 model)] - E[y_k(quantized model, biases 1..k-1 corrected)]
+
+with E the mean over samples and every axis but the channel axis (1 for Conv, the last for
+Gemm). Sequential, because correcting layer k changes what every later layer sees; all
+layers at once over-corrects (on PP-OCRv4 rec it destroyed the output). The graph keeps its
+shape: only bias values change.
+
+`corrections` is a pure function of the two models and the samples: the biases of the
+candidate become inputs of one ONNX Runtime session (no session per layer), and each step
+fetches only that layer's output (ONNX Runtime then runs only the nodes it needs).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable, Iterable
+
+import numpy as np
+
+TARGET_OPS = ("Conv", "ConvTranspose", "Gemm")
+BIAS_SAMPLES = 16  # calibration samples the means are taken over (PP-OCRv4 rec: 8 did 0.775,
+                   # 16 0.80, 32 0.785 on lines of another generator; cost grows with it)
+
+
+@dataclass(frozen=True)
+class Target:
+    node: str       # node name (the same in the FP32 model and the quantized one)
+    output: str     # its output tensor in the model targets() read
+    bias: str       # its bias initializer there
+    axis: int       # channel axis of the output
+
+
+def targets(model: Any) -> list[Target]:
+    """Conv/ConvTranspose/Gemm nodes of `model` with a 1-D initializer bias, in graph
+    order (Gemm only without transA/transB effects on the bias: C of shape (N,))."""
+    from onnx import helper
+
+    inits = {i.name: i for i in model.graph.initializer}
+    uses: dict[str, int] = {}
+    for n in model.graph.node:
+        for i in n.input:
+            uses[i] = uses.get(i, 0) + 1
+    found = []
+    for n in model.graph.node:
+        if n.op_type not in TARGET_OPS or len(n.input) < 3 or n.input[2] not in inits:
+            continue
+        if uses[n.input[2]] > 1:  # a bias shared by layers cannot absorb one layer's shift
+            continue
+        if len(inits[n.input[2]].dims) != 1:
+            continue
+        if n.op_type == "Gemm":
+            attrs = {a.name: helper.get_attribute_value(a) for a in n.attribute}
+            if attrs.get("beta", 1.0) != 1.0:
+                continue
+        found.append(Target(n.name, n.output[0], n.input[2],
+                            -1 if n.op_type == "Gemm" else 1))
+    return found
+
+
+def channel_means(x: np.ndarray, axis: int) -> tuple[np.ndarray, int]:
+    """(sum over every axis but `axis`, count of values per channel)."""
+    x = np.moveaxis(np.asarray(x, np.float64), axis, -1)
+    flat = x.reshape(-1, x.shape[-1])
+    return flat.sum(axis=0), flat.shape[0]
+
+
+def _means(run: Callable[[list[str], dict], list], names: list[str], axes: list[int],
+           feeds: Iterable[dict]) -> list[np.ndarray]:
+    sums: list = [None] * len(names)
+    counts = [0] * len(names)
+    for feed in feeds:
+        for k, (x, axis) in enumerate(zip(run(names, feed), axes)):
+            s, c = channel_means(x, axis)
+            sums[k] = s if sums[k] is None else sums[k] + s
+            counts[k] += c
+    return [s / c for s, c in zip(sums, counts)]
+
+
+def corrections(candidate: Any, reference: Any, feeds: list[dict],
+                session: Callable[[bytes], Any],
+                on_step: Callable[[int], None] | None = None) -> dict[str, np.ndarray]:
+    """{node name: its new bias (float64)} after sequential correction.
+    `candidate`: the quantized model as the engine computes it (FP16 parts emulated);
+    `reference`: the FP32 model, its nodes named as the candidate's (the conversions keep
+    node names, not always tensor names); `session(bytes)`: an ONNX Runtime session for a
+    serialized model."""
+    import onnx
+    from onnx import numpy_helper
+
+    outputs = {n.name: n.output[0] for n in reference.graph.node if n.name}
+    found = [t for t in targets(candidate) if t.node in outputs]
+    if not found:
+        return {}
+    ref_sess = session(_observing(reference, [outputs[t.node] for t in found]))
+    want = _means(ref_sess.run, [outputs[t.node] for t in found], [t.axis for t in found],
+                  feeds)
+
+    cand = onnx.ModelProto()
+    cand.CopyFrom(candidate)
+    inits = {i.name: i for i in cand.graph.initializer}
+    biases = {t.bias: numpy_helper.to_array(inits[t.bias]).copy() for t in found}
+    kept = [i for i in cand.graph.initializer if i.name not in biases]
+    del cand.graph.initializer[:]
+    cand.graph.initializer.extend(kept)
+    for name, value in biases.items():  # biases become inputs: one session for every step
+        cand.graph.input.append(onnx.helper.make_tensor_value_info(
+            name, onnx.helper.np_dtype_to_tensor_dtype(value.dtype), list(value.shape)))
+    cand = _observing(cand, [t.output for t in found])
+    sess = session(cand)
+    for k, (t, w) in enumerate(zip(found, want)):
+        got = _means(lambda names, feed: sess.run(names, {**feed, **biases}), [t.output],
+                     [t.axis], feeds)[0]
+        b = biases[t.bias]
+        biases[t.bias] = (b.astype(np.float64) + (w - got)).astype(b.dtype)
+        if on_step:
+            on_step(k + 1)
+    return {t.node: biases[t.bias].astype(np.float64) for t in found}
+
+
+def apply(model: Any, new: dict[str, np.ndarray]) -> int:
+    """Write corrections() into `model` (the written FP16/FP32 graph or its check): each named
+    node's bias initializer, in its own dtype. Returns how many changed."""
+    from onnx import numpy_helper
+
+    inits = {i.name: i for i in model.graph.initializer}
+    done = 0
+    for n in model.graph.node:
+        if n.name in new and len(n.input) > 2 and n.input[2] in inits:
+            old = inits[n.input[2]]
+            dtype = numpy_helper.to_array(old).dtype
+            old.CopyFrom(numpy_helper.from_array(new[n.name].astype(dtype), old.name))
+            done += 1
+    return done
+
+
+def _observing(model: Any, names: list[str]) -> bytes:
+    """`model` serialized with `names` (float32 tensors) as its only outputs."""
+    import onnx
+
+    m = onnx.ModelProto()
+    m.CopyFrom(model)
+    del m.graph.output[:]
+    m.graph.output.extend(onnx.helper.make_tensor_value_info(n, onnx.TensorProto.FLOAT, None)
+                          for n in names)
+    return m.SerializeToString()
