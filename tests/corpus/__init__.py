@@ -42,6 +42,39 @@ def photos(n: int, size: int, seed: int = 0) -> list[np.ndarray]:
     return out
 
 
+# photos independent of photos() (which calibration uses): other scikit-image pictures,
+# randomly cropped, flipped, and shifted in brightness and contrast. "dev" may be looked at
+# while developing; "final" only for the final table (bench/bench_accuracy.py).
+OTHER_PHOTOS = {
+    "dev": ["immunohistochemistry", "camera", "coins", "moon", "clock", "stereo_motorcycle"],
+    "final": ["retina", "grass", "brick", "page", "text", "horse", "colorwheel", "gravel"],
+}
+
+
+def other_photos(n: int, size: int, generator: str, seed: int = 0) -> list[np.ndarray]:
+    """n RGB crops (size x size, uint8) from OTHER_PHOTOS[generator], with random flips and
+    brightness/contrast (grey pictures as RGB)."""
+    from PIL import Image
+    from skimage import data
+
+    names = OTHER_PHOTOS[generator]
+    rng = np.random.default_rng(seed)
+    out = []
+    for k in range(n):
+        img = getattr(data, names[k % len(names)])()
+        img = img[0] if isinstance(img, tuple) else img
+        img = np.stack([img] * 3, -1) if img.ndim == 2 else img[..., :3]
+        h, w = img.shape[:2]
+        s = int(min(h, w) * rng.uniform(0.4, 1.0))
+        y, x = rng.integers(0, h - s + 1), rng.integers(0, w - s + 1)
+        crop = np.asarray(Image.fromarray(img[y:y + s, x:x + s]).resize((size, size),
+                                                                        Image.BILINEAR), np.float32)
+        crop = crop[:, ::-1] if rng.random() < 0.5 else crop
+        crop = (crop - 128) * rng.uniform(0.7, 1.3) + 128 + rng.uniform(-30, 30)
+        out.append(np.clip(crop, 0, 255).astype(np.uint8))
+    return out
+
+
 def yolo_input(rgb: np.ndarray) -> np.ndarray:
     """An RGB uint8 image as Ultralytics' YOLOv8 exports take it: (1, 3, H, W), /255."""
     return (rgb.transpose(2, 0, 1)[None] / 255.0).astype(np.float32)
