@@ -63,6 +63,7 @@ def other_photos(n: int, size: int, generator: str, seed: int = 0) -> list[np.nd
     for k in range(n):
         img = getattr(data, names[k % len(names)])()
         img = img[0] if isinstance(img, tuple) else img
+        img = img.astype(np.uint8) * 255 if img.dtype == bool else img  # horse: a mask
         img = np.stack([img] * 3, -1) if img.ndim == 2 else img[..., :3]
         h, w = img.shape[:2]
         s = int(min(h, w) * rng.uniform(0.4, 1.0))

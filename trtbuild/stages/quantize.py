@@ -25,7 +25,7 @@ def run(ctx: Context) -> dict[str, Any]:
     rounding = _round_weights(ctx, model, qplan)
     qmodel = insert_qdq(model, qplan, ctx.amaxes, ctx.int8_weights)
     parts = with_float_parts(ctx, qmodel)
-    corrected = _correct_biases(ctx, parts)
+    corrected = correct_biases(ctx, parts)
     record = write_int8(ctx, qmodel, parts)
     record["weight_rounding"] = rounding
     record["bias_correction"] = corrected
@@ -74,9 +74,9 @@ def _round_weights(ctx: Context, model: Any, qplan: Any) -> dict[str, Any]:
     return {"method": "gptq", **summary}
 
 
-def _correct_biases(ctx: Context, parts: tuple) -> dict[str, Any]:
-    """--bias-correction on: the biases of the written model and of its CPU check, corrected
-    in place (quant/bias.py) on the first BIAS_SAMPLES calibration samples."""
+def correct_biases(ctx: Context, parts: tuple) -> dict[str, Any]:
+    """--bias-correction on: the biases of the model to write and of its CPU check (`parts`
+    of with_float_parts), corrected in place (quant/bias.py); the record's entry."""
     if ctx.settings.calib.bias_correction != "on":
         return {"applied": False}
     source = ctx.settings.calib.data

@@ -35,7 +35,7 @@ from ..quant.sensitivity import (
     search,
     switchable_model,
 )
-from .quantize import base_model, with_float_parts, write_int8
+from .quantize import base_model, correct_biases, with_float_parts, write_int8
 
 log = logging.getLogger(__name__)
 SEARCH_SAMPLES = 1000     # held-out samples the search's answers are measured on
@@ -150,10 +150,12 @@ class _Trials:
         float parts FP16-emulated unless --high-precision fp32 (on PP-OCRv4 rec
         strings_equal moved by 0.035 between the two), in a new session (kept for the next
         call with the same choice). With nothing in float that is the quantize stage's
-        model, already converted."""
+        model, already converted, unless its biases were corrected: the search measures
+        every choice alike, uncorrected, and the answer is corrected when written."""
         ctx, key = self.ctx, frozenset(fallen)
         if self._last is None or self._last[0] != key:
-            if fallen or ctx.int8_check is None:
+            corrected = ctx.settings.calib.bias_correction == "on"
+            if fallen or ctx.int8_check is None or corrected:
                 qdq = self.qdq(fallen)
                 floats = with_float_parts(ctx, qdq)
                 self._last = key, qdq, floats, io.session(floats[1])
@@ -170,8 +172,12 @@ class _Trials:
     def write(self, fallen: set[str]) -> dict[str, Any]:
         """Write the model with `fallen` in float (as last measured, when it was)."""
         if self._last and self._last[0] == frozenset(fallen) and self._last[1] is not None:
-            return write_int8(self.ctx, self._last[1], self._last[2])
-        return write_int8(self.ctx, self.qdq(fallen))
+            qdq, parts = self._last[1], self._last[2]
+        else:
+            qdq = self.qdq(fallen)
+            parts = with_float_parts(self.ctx, qdq)
+        corrected = correct_biases(self.ctx, parts)  # measured above without it
+        return {**write_int8(self.ctx, qdq, parts), "bias_correction": corrected}
 
     def score(self, part: _Part, runs: list) -> float:
         """The target's value of `runs` (of `part`'s feeds) against the FP32 outputs."""
