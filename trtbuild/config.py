@@ -101,7 +101,7 @@ class CalibSettings:
     percentile: float = 99.99
     high_precision: str = "fp16"      # what INT8 leaves in float (ModelOpt's default too)
     weight_rounding: str = "gptq"     # measured best: see README "quantize"
-    bias_correction: str = "on"       # measured: see README "quantize" (quant/bias.py)
+    bias_correction: str = "off"      # on: quant/bias.py; measured in README "quantize"
 
     def __post_init__(self) -> None:
         _choice("calib-method", self.method, CALIB_METHODS)
