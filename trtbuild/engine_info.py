@@ -49,7 +49,7 @@ def _entry_for_key(prefix: str, cache: EngineCache) -> Path:
     return found[0]
 
 
-def _cache_entry(entry: Path, cache: EngineCache, sha: str | None = None) -> dict[str, Any]:
+def _cache_entry(entry: Path, cache: EngineCache) -> dict[str, Any]:
     problem, m = cache.manifest(entry)
     if problem:
         raise TrtBuildError(f"{entry}: unusable cache entry: {problem}")
@@ -81,7 +81,7 @@ def _engine_file(path: Path, cache: EngineCache) -> dict[str, Any]:
     if not stat.S_ISREG(st.st_mode):
         raise TrtBuildError(f"{path}: not a regular file")
     sha = file_sha256(path)
-    found = _in_cache(sha, cache) or _in_report(path, sha, cache)
+    found = _in_cache(sha, cache) or _in_report(path, sha)
     if found is not None:
         return {**found, "engine": str(path), "bytes": st.st_size, "sha256": sha}
     from .trt import runtime
@@ -110,9 +110,9 @@ def _in_cache(sha: str, cache: EngineCache) -> dict[str, Any] | None:
     return None
 
 
-def _in_report(path: Path, sha: str, cache: EngineCache) -> dict[str, Any] | None:
+def _in_report(path: Path, sha: str) -> dict[str, Any] | None:
     """The engine record of the build that wrote this file (its report.json, up to
-    REPORT_LEVELS folders above), with the cache manifest's fields when it names one."""
+    REPORT_LEVELS folders above)."""
     for folder in list(path.resolve().parents)[:REPORT_LEVELS]:
         report = folder / "report.json"
         if not report.is_file() or report.stat().st_size > 64 * MAX_MANIFEST:
@@ -173,4 +173,3 @@ def lines(info: dict[str, Any]) -> list[str]:
     out.append(f"record:       {info['record_kind']}"
                + (f" {info['record']}" if info.get("record") else "") + verified)
     return out
-

@@ -1,7 +1,7 @@
 """Empirical bias correction (Nagel et al., "Data-Free Quantization", 2019, section 4.2;
 AIMET's empirical bias correction): quantization shifts the mean of a layer's output, and the
 shift adds up layer after layer. For each Conv/ConvTranspose/Gemm with a constant bias, in
-graph order (the first BIAS_LAYERS), the bias absorbs the shift seen on calibration data:
+graph order, the bias absorbs the shift seen on calibration data:
 
     b_k  <-  b_k + E[y_k(FP32 model)] - E[y_k(quantized model, biases 1..k-1 corrected)]
 
@@ -11,8 +11,9 @@ layers at once over-corrects (on PP-OCRv4 rec it destroyed the output). The grap
 shape: only bias values change.
 
 `corrections` is a pure function of the two models and the samples: the biases of the
-candidate become inputs of one ONNX Runtime session (no session per layer), and each step
-fetches only that layer's output (ONNX Runtime then runs only the nodes it needs).
+candidate become inputs of one ONNX Runtime session (no session per layer); each step is one
+pass of the whole model over the samples (ONNX Runtime runs every node whatever is fetched),
+so the cost is one inference pass over BIAS_SAMPLES per layer.
 """
 
 from __future__ import annotations
@@ -25,9 +26,9 @@ import numpy as np
 TARGET_OPS = ("Conv", "ConvTranspose", "Gemm")
 BIAS_SAMPLES = 16  # calibration samples the means are taken over (PP-OCRv4 rec: 8 did 0.775,
                    # 16 0.80, 32 0.785 on lines of another generator; cost grows with it)
-# At most this many layers, the first in graph order (one pass over BIAS_SAMPLES each).
-# Fewer was not better: PP-OCRv4 rec gained 8-10 points with all 32, and anywhere from -11
-# to +10 with its first 2, 4, 8 or 16, on lines of other generators (bench/results).
+# At most this many layers, the first in graph order: a bound on the cost (one pass each).
+# Fewer was not better: PP-OCRv4 rec moved by -11 to +10 points with its first 2, 4, 8 or
+# 16 of 32 layers on lines of other generators, depending on the calibration draw.
 BIAS_LAYERS = 200
 
 
@@ -40,8 +41,8 @@ class Target:
 
 
 def targets(model: Any) -> list[Target]:
-    """Conv/ConvTranspose/Gemm nodes of `model` with a 1-D initializer bias, in graph
-    order (Gemm only without transA/transB effects on the bias: C of shape (N,))."""
+    """Conv/ConvTranspose/Gemm nodes of `model` with a 1-D initializer bias of their own,
+    in graph order (a Gemm only with beta 1: its C is added as it is)."""
     from onnx import helper
 
     inits = {i.name: i for i in model.graph.initializer}
@@ -87,7 +88,7 @@ def _means(run: Callable[[list[str], dict], list], names: list[str], axes: list[
 
 @dataclass
 class Corrected:
-    biases: dict[str, np.ndarray]  # node name -> new bias (float64), the kept layers only
+    biases: dict[str, np.ndarray]  # node name -> new bias (float64)
     errors: list[float]            # output error after correcting 0, 1, ... layers
     kept: int                      # layers corrected
 
