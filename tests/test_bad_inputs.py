@@ -280,6 +280,11 @@ def _(tmp):
     return [DIGITS, "--arch", "sm_86", "--out", tmp / "o", "--workspace", "99999999999999"]
 
 
+@case("--out not UTF-8", 2, "not a UTF-8 path")
+def _(tmp):  # a byte 0xff in the name: torch's exporter failed on it after loading the model
+    return [DIGITS, "--target", "onnx", "--out", tmp / os.fsdecode(b"o\xff")]
+
+
 @pytest.fixture(scope="module", autouse=True)
 def digits_model(digits_onnx):
     os.environ["TRTBUILD_TEST_DIGITS"] = str(digits_onnx / "model.onnx")

@@ -88,6 +88,18 @@ def file_sha256(path: Path) -> str:
     return h.hexdigest()
 
 
+def check_utf8(path: Path, flag: str) -> Path:
+    """A path trtbuild writes to must be UTF-8: ONNX's exporter and TensorRT take paths as
+    UTF-8 strings (a byte like 0xff in --out failed deep in torch.onnx.export)."""
+    try:
+        str(path).encode("utf-8")
+    except UnicodeEncodeError:
+        shown = os.fsencode(str(path)).decode("utf-8", "backslashreplace")
+        raise TrtBuildError(f"{shown}: {flag} is not a UTF-8 path (ONNX and TensorRT need "
+                            "one); rename it")
+    return path
+
+
 def check_output_file(path: Path) -> Path:
     """An output file path the user named: its directory must exist, and whatever is there
     now must be a regular file (never replace a device, a directory or a socket)."""

@@ -16,7 +16,7 @@ from typing import Any, Callable
 from .config import BuildSettings
 from .context import Context
 from .errors import GATE_FAILED, TrtBuildError
-from .files import ensure_dir
+from .files import check_utf8, ensure_dir
 from .report import Report, Timer
 from .stages import bench, calibrate, clean, engines, export, fp16, quantize, sensitivity, validate
 
@@ -161,6 +161,7 @@ def in_out_dir(out: Path, work: Callable[[Path], Context],
                keep: tuple[Path, ...] = ()) -> Context:
     """Create `out` (clearing an earlier run's artifacts), run `work(out)`; on bad input
     remove `out` again if this run created it and left it empty."""
+    check_utf8(out, "--out")
     created = not out.exists()
     ensure_dir(out)
     clear_previous(out, keep)
@@ -336,7 +337,7 @@ def check_cache_dir(root: Path | None) -> None:
     a file or /dev/null there ended in an internal error after the CPU stages."""
     from .cache import default_root
 
-    path = Path(root) if root is not None else default_root()
+    path = check_utf8(Path(root) if root is not None else default_root(), "--cache-dir")
     for p in (path, *path.parents):
         if p.exists():
             if not p.is_dir():
