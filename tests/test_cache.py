@@ -178,3 +178,34 @@ def test_timing_cache_file_is_read_and_merged(tmp_path, monkeypatch):
         assert ctx.artifacts.engines[0].builder == "tensorrt"
     assert seen == [None, b"+t"]
     assert (tmp_path / "c" / "ampere+" / "trt-10.13.0" / "timing.cache").read_bytes() == b"+t+t"
+
+
+def test_renames_are_made_durable_with_a_directory_fsync(tmp_path, monkeypatch):
+    """After os.replace, the folder holding the new name is fsynced (issue 19, finding 10):
+    atomic writes into OUT, and a cache entry (its own folder, then the tag folder)."""
+    import os
+    import stat
+
+    from trtbuild.files import write_bytes
+
+    synced: list[tuple[int, int]] = []  # (device, inode) of each directory fsynced
+    real = os.fsync
+
+    def record(fd):
+        st = os.fstat(fd)
+        if stat.S_ISDIR(st.st_mode):
+            synced.append((st.st_dev, st.st_ino))
+        return real(fd)
+
+    def ident(p):
+        st = os.stat(p)
+        return st.st_dev, st.st_ino
+
+    monkeypatch.setattr(os, "fsync", record)
+    write_bytes(tmp_path / "report.json", b"{}")
+    assert ident(tmp_path) in synced
+    synced.clear()
+    cache = EngineCache(tmp_path / "c")
+    found = cache.get_or_build("sm_86", "trt-rtx-1.7.1", "k" * 64, fake_build()[0])
+    assert found.path is not None and ident(found.path) in synced
+    assert ident(found.path.parent) in synced

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from .files import file_sha256, stale_temp_files
+from .files import file_sha256, fsync_dir, stale_temp_files
 
 log = logging.getLogger(__name__)
 ENGINE, MANIFEST = "engine.plan", "manifest.json"
@@ -245,7 +245,9 @@ class EngineCache:
                 self.quarantine(entry, "expected an entry directory")
             elif entry.exists():
                 shutil.rmtree(entry)  # a stale entry the caller found unusable
+            fsync_dir(tmp)  # the entry's own names, then its name in the tag folder
             os.replace(tmp, entry)
+            fsync_dir(entry.parent)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
 
