@@ -107,6 +107,7 @@ def engine_io(path: Path) -> dict[str, Any]:
     `get_tensor_dtype`, `get_tensor_shape`, `get_tensor_profile_shape(name, 0)` (inputs),
     and `hardware_compatibility_level`. Raises EngineRefused when none loads it."""
     from .backend import installed_backends
+    from .builder import DTYPES
 
     data = path.read_bytes()
     tried = []
@@ -124,8 +125,8 @@ def engine_io(path: Path) -> dict[str, Any]:
             t = engine.get_tensor_name(i)
             mode = "input" if engine.get_tensor_mode(t) == backend.trt.TensorIOMode.INPUT \
                 else "output"
-            entry = {"name": t, "mode": mode,
-                     "dtype": str(engine.get_tensor_dtype(t)).split(".")[-1].lower(),
+            dtype = str(engine.get_tensor_dtype(t)).split(".")[-1].lower()
+            entry = {"name": t, "mode": mode, "dtype": DTYPES.get(dtype, dtype),
                      "shape": list(engine.get_tensor_shape(t))}
             if mode == "input" and engine.num_optimization_profiles:
                 entry["profile"] = [list(s) for s in engine.get_tensor_profile_shape(t, 0)]
