@@ -7,6 +7,7 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
+from trtbuild.calib.stream import observed_model
 from trtbuild.onnx import io
 from trtbuild.quant import bias
 
@@ -46,7 +47,7 @@ def models():
 
 def _means(model, feeds) -> list[np.ndarray]:
     names = [n.output[0] for n in model.graph.node if n.op_type == "Conv"]
-    sess = io.session(bias._observing(model, names))
+    sess = io.session(observed_model(model, names))
     outs = [sess.run(names, f) for f in feeds]
     return [np.concatenate([o[k] for o in outs]).mean(axis=(0, 2, 3)) for k in range(len(names))]
 

@@ -56,16 +56,17 @@ def _cache_entry(entry: Path, cache: EngineCache) -> dict[str, Any]:
     if "files" in m:
         raise TrtBuildError(f"{entry}: a cached {m.get('stage')} stage, not an engine")
     problem = cache.problem(entry)  # re-hashes the engine
-    fields = _fields(m, entry.parent.parent.name, entry.parent.name)
+    fields = _fields(m, entry.parent.parent.name,
+                     builder_name(entry.parent.name, m.get("builder_version")))
     return {**fields, "engine": str(entry / ENGINE), "record": str(entry / "manifest.json"),
             "record_kind": "cache manifest", "verified": problem is None,
             **({"problem": problem} if problem else {})}
 
 
-def _fields(m: dict[str, Any], arch: str, tag: str) -> dict[str, Any]:
+def _fields(m: dict[str, Any], arch: str, builder: str) -> dict[str, Any]:
     settings = m.get("settings") or {}
     created = m.get("created")
-    return {"builder": builder_name(tag, m.get("builder_version")),
+    return {"builder": builder,
             "arch": m.get("arch", arch), "precision": m.get("precision"),
             "hardware_compat": settings.get("hardware_compat"),
             "version_compatible": settings.get("version_compatible"),
@@ -126,15 +127,13 @@ def _in_report(path: Path, sha: str) -> dict[str, Any] | None:
                   for e in s.get("engines") or [] if isinstance(e, dict)):
             if e.get("sha256") != sha:
                 continue
-            tag = (Path(e["cache_entry"]).parent.name if e.get("cache_entry")
-                   else ("trt-rtx-" if e.get("builder") == "tensorrt-rtx" else "trt-")
-                   + ".".join(str(e.get("builder_version", "")).split(".")[:3]))
             m = {"arch": e.get("arch"), "precision": e.get("precision"), "key": e.get("key"),
-                 "builder_version": e.get("builder_version"), "io": e.get("io"),
+                 "io": e.get("io"),
                  "engine_bytes": e.get("bytes"), "engine_sha256": sha,
                  "onnx_sha256": e.get("onnx_sha256"), "trtbuild_version": e.get("trtbuild_version"),
                  "settings": {k: e.get(k) for k in ("hardware_compat", "version_compatible")}}
-            return {**_fields(m, e.get("arch"), tag), "source": model,
+            builder = f"{e.get('builder')} {e.get('builder_version')}"
+            return {**_fields(m, e.get("arch"), builder), "source": model,
                     "record": str(report), "record_kind": "report.json"}
     return None
 

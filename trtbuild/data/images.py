@@ -36,8 +36,7 @@ class Preprocess:
     def from_dir(cls, folder: Path, **overrides: Any) -> "Preprocess":
         """`preprocess.json` in `folder` (if any), then non-None `overrides` on top."""
         spec = folder / "preprocess.json"
-        values = _read_spec(spec) if spec.is_file() else {}
-        values.update({k: v for k, v in overrides.items() if v is not None})
+        values = given_spec(folder, overrides)
         where = spec if spec.is_file() else "preprocess flags"
         for key, value in values.items():
             _check_value(where, key, value)

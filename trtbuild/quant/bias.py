@@ -19,7 +19,7 @@ so the cost is one inference pass over BIAS_SAMPLES per layer.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable
+from typing import Any, Callable
 
 import numpy as np
 
@@ -74,12 +74,12 @@ def channel_means(x: np.ndarray, axis: int) -> tuple[np.ndarray, int]:
     return flat.sum(axis=0), flat.shape[0]
 
 
-def _means(run: Callable[[list[str], dict], list], names: list[str], axes: list[int],
-           feeds: Iterable[dict]) -> list[np.ndarray]:
-    sums: list = [None] * len(names)
-    counts = [0] * len(names)
-    for feed in feeds:
-        for k, (x, axis) in enumerate(zip(run(names, feed), axes)):
+def _means(runs: list[list[np.ndarray]], axes: list[int]) -> list[np.ndarray]:
+    """Per output k, its channel means over every run (one run: the outputs of one feed)."""
+    sums: list = [None] * len(axes)
+    counts = [0] * len(axes)
+    for outs in runs:
+        for k, (x, axis) in enumerate(zip(outs, axes)):
             s, c = channel_means(x, axis)
             sums[k] = s if sums[k] is None else sums[k] + s
             counts[k] += c
@@ -107,19 +107,20 @@ def corrections(candidate: Any, reference: Any, feeds: list[dict],
     import onnx
     from onnx import numpy_helper
 
+    from ..calib.stream import observed_model
+
     outputs = {n.name: n.output[0] for n in reference.graph.node if n.name}
     found = [t for t in targets(candidate) if t.node in outputs][:layers]
     if not found:
         return Corrected({}, [], 0)
     finals = [o.name for o in reference.graph.output]
-    ref_sess = session(_observing(reference, [outputs[t.node] for t in found] + finals))
-    ref_runs = [ref_sess.run([outputs[t.node] for t in found] + finals, f) for f in feeds]
-    want = _means(lambda names, feed: ref_runs[_index(feeds, feed)][:len(found)],
-                  [outputs[t.node] for t in found], [t.axis for t in found], feeds)
+    names = [outputs[t.node] for t in found] + finals
+    ref_sess = session(observed_model(reference, names).SerializeToString())
+    ref_runs = [ref_sess.run(names, f) for f in feeds]
+    want = _means([r[:len(found)] for r in ref_runs], [t.axis for t in found])
     ref_finals = [r[len(found):] for r in ref_runs]
 
-    cand = onnx.ModelProto()
-    cand.CopyFrom(candidate)
+    cand = observed_model(candidate, [t.output for t in found] + finals)  # a copy to edit
     inits = {i.name: i for i in cand.graph.initializer}
     biases = {t.bias: numpy_helper.to_array(inits[t.bias]).copy() for t in found}
     kept_inits = [i for i in cand.graph.initializer if i.name not in biases]
@@ -128,17 +129,17 @@ def corrections(candidate: Any, reference: Any, feeds: list[dict],
     for name, value in biases.items():  # biases become inputs: one session for every step
         cand.graph.input.append(onnx.helper.make_tensor_value_info(
             name, onnx.helper.np_dtype_to_tensor_dtype(value.dtype), list(value.shape)))
-    sess = session(_observing(cand, [t.output for t in found] + finals))
+    sess = session(cand.SerializeToString())
     errors: list[float] = []
 
-    def step(names: list[str]) -> list[np.ndarray]:
-        runs = [sess.run(names + finals, {**feed, **biases}) for feed in feeds]
-        errors.append(_error(ref_finals, [r[len(names):] for r in runs]))
-        return _means(lambda _, feed: runs[_index(feeds, feed)][:len(names)], names,
-                      [t.axis for t in found if t.output in names], feeds)
+    def step(part: list[Target]) -> list[np.ndarray]:
+        runs = [sess.run([t.output for t in part] + finals, {**feed, **biases})
+                for feed in feeds]
+        errors.append(_error(ref_finals, [r[len(part):] for r in runs]))
+        return _means([r[:len(part)] for r in runs], [t.axis for t in part])
 
     for t, w in zip(found, want):  # one at a time: in pairs, PP-OCRv4 rec lost 3-6 points,
-        got = step([t.output])[0]  # in threes all
+        got = step([t])[0]         # in threes all
         b = biases[t.bias]
         biases[t.bias] = (b.astype(np.float64) + (w - got)).astype(b.dtype)
         if on_step:
@@ -149,10 +150,6 @@ def corrections(candidate: Any, reference: Any, feeds: list[dict],
     # samples does not rank prefixes by task); the errors are recorded to show the trend
     return Corrected({t.node: biases[t.bias].astype(np.float64) for t in found}, errors,
                      len(found))
-
-
-def _index(feeds: list[dict], feed: dict) -> int:
-    return next(k for k, f in enumerate(feeds) if f is feed)
 
 
 def _error(ref: list[list], cand: list[list]) -> float:
@@ -181,15 +178,3 @@ def apply(model: Any, new: dict[str, np.ndarray]) -> int:
             old.CopyFrom(numpy_helper.from_array(new[n.name].astype(dtype), old.name))
             done += 1
     return done
-
-
-def _observing(model: Any, names: list[str]) -> bytes:
-    """`model` serialized with `names` (float32 tensors) as its only outputs."""
-    import onnx
-
-    m = onnx.ModelProto()
-    m.CopyFrom(model)
-    del m.graph.output[:]
-    m.graph.output.extend(onnx.helper.make_tensor_value_info(n, onnx.TensorProto.FLOAT, None)
-                          for n in names)
-    return m.SerializeToString()
