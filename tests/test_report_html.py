@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import html
 import json
+import math
 import os
 import re
 import shutil
@@ -89,6 +90,19 @@ def test_sensitivity_chart_and_precision_map():
     assert [w / sum(widths) for w in widths] == pytest.approx([0.4, 0.3, 0.2, 0.1], abs=1e-3)
     assert "<dt>INT8 MAC coverage</dt><dd>50.0%</dd>" in page
     assert "<dt>evaluations</dt><dd>12</dd>" in page
+
+
+def test_accuracy_chart_distance_from_reference_on_a_log_axis():
+    page = report_html.render(HAND_WRITTEN)
+    bars = _svg(page, "accuracy-bars")
+    # validate's logits: cosine_min 0.98 (ok), top1_agreement 0.9 (below 0.95: red); the
+    # engine's row has no charted metric (cosine_mean only)
+    assert [c for c, _ in bars] == ["bar-ok", "bar-bad"]
+    w = [float(a["width"]) for _, a in bars]
+    # 1 - 0.98 = 2e-2 and 1 - 0.9 = 1e-1 on a log axis from 1e-6 to 1 (480 px wide)
+    assert w == pytest.approx([480 * (6 + math.log10(0.02)) / 6, 480 * 5 / 6], abs=0.05)
+    svg = re.search(r'<svg[^>]*id="accuracy-bars".*?</svg>', page, re.S).group(0)
+    assert "validate int8 logits: cosine min" in svg and svg.count("stroke-dasharray") == 2
 
 
 def test_missing_and_odd_keys_never_raise():

@@ -9,7 +9,9 @@ numeric metrics are shown generically and a record that cannot be summarised sho
 from __future__ import annotations
 
 import logging
+import math
 import os
+import re
 import stat
 from html import escape
 from pathlib import Path
@@ -45,6 +47,7 @@ td.summary{white-space:pre-wrap;font-family:ui-monospace,monospace;font-size:12p
 td.path{word-break:break-all;font-size:12px}td.more{font-size:12px;color:#555}small.src{word-break:break-all}
 .prec-int8{fill:#1b9e77;background:#1b9e77}.prec-fp16{fill:#d95f02;background:#d95f02}
 .prec-fp32{fill:#7570b3;background:#7570b3}.prec-other{fill:#999;background:#999}
+.bar-ok{fill:#4a90c0}.bar-bad{fill:#b00020}
 .swatch{display:inline-block;width:.8rem;height:.8rem;margin-right:.3rem;vertical-align:-1px}
 .legend span.item{margin-right:1rem}
 svg.chart{width:100%;height:auto;border:1px solid #ddd;background:#fff}
@@ -232,7 +235,63 @@ def _accuracy(records: list[dict[str, Any]]) -> str:
                         + "; ".join(task) + "</td></tr>")
     marks = ", ".join(f"{k} &lt; {v}" for k, v in SANE.items())
     notes.append(f"<p>Marked red even when no gate asked: {marks}.</p>")
-    return _section("accuracy", "Accuracy per precision", _table(head, rows) + "".join(notes))
+    return _section("accuracy", "Accuracy per precision",
+                    _accuracy_chart(entries) + _table(head, rows) + "".join(notes))
+
+
+CHARTED = ("cosine_min", "top1_agreement", "channel_cosine_min")  # worst-case agreements
+
+
+def _accuracy_chart(entries: list, width: int = 800) -> str:
+    """One bar per checked model (or engine), output and agreement metric: its distance from
+    perfect agreement (1 - metric) on a log axis, so 0.9999 and 0.99 look as different as
+    they are; red past the metric's SANE floor (dashed)."""
+    bars = []
+    for what, e in entries:
+        outputs = e.get("outputs") if isinstance(e.get("outputs"), dict) else {}
+        for name, m in outputs.items():
+            for k in CHARTED:
+                v = m.get(k) if isinstance(m, dict) else None
+                if _is_num(v):
+                    label = re.sub("<[^>]+>.*", "", what).strip()
+                    if label != e.get("precision"):   # "fp16", not "fp16 fp16"
+                        label = f"{label} {e.get('precision', '')}"
+                    bars.append((f"{label} {name}: {_header_name(k)}", k, float(v)))
+    if not bars:
+        return ""
+    lo, hi = -6, 0                                 # 1 - metric from 1e-6 to 1
+    pad_l, pad_r, row, pad_t = 300, 20, 20, 8
+    plot_w = width - pad_l - pad_r
+    axis_y = pad_t + row * len(bars)
+
+    def at(gap: float) -> float:
+        g = min(max(gap, 10.0 ** lo), 10.0 ** hi)
+        return pad_l + plot_w * (math.log10(g) - lo) / (hi - lo)
+
+    parts = [f"<line x1=\"{pad_l}\" y1=\"{pad_t}\" x2=\"{pad_l}\" y2=\"{axis_y}\" "
+             "stroke=\"#888\"/>",
+             f"<line x1=\"{pad_l}\" y1=\"{axis_y}\" x2=\"{width - pad_r}\" y2=\"{axis_y}\" "
+             "stroke=\"#888\"/>",
+             f"<text x=\"{pad_l + plot_w / 2:.1f}\" y=\"{axis_y + 30}\" text-anchor=\"middle\">"
+             "1 - metric (log; shorter is closer to the reference; dashed: sane floor)</text>"]
+    parts += [f"<text x=\"{at(10.0 ** e):.1f}\" y=\"{axis_y + 14}\" text-anchor=\"middle\">"
+              f"{'1' if e == 0 else f'1e{e}'}</text>" for e in range(lo, hi + 1)]
+    for i, (label, key, v) in enumerate(bars):
+        y = pad_t + i * row
+        floor = SANE.get(key)
+        bad = floor is not None and v < floor
+        parts.append(f"<text x=\"{pad_l - 6}\" y=\"{y + row * 0.68:.1f}\" "
+                     f"text-anchor=\"end\">{escape(label[-50:])}</text>")
+        parts.append(f"<rect class=\"{'bar-bad' if bad else 'bar-ok'}\" x=\"{pad_l}\" y=\"{y + 4}\" "
+                     f"width=\"{max(at(1 - v) - pad_l, 0.5):.2f}\" height=\"{row - 8}\">"
+                     f"<title>{escape(label)} {_plain(v)}</title></rect>")
+        if floor is not None:
+            xf = at(1 - floor)
+            parts.append(f"<line x1=\"{xf:.2f}\" y1=\"{y + 1}\" x2=\"{xf:.2f}\" "
+                         f"y2=\"{y + row - 1}\" stroke=\"#c00\" stroke-dasharray=\"3,2\"/>")
+    return (f"<svg class=\"chart\" id=\"accuracy-bars\" xmlns=\"http://www.w3.org/2000/svg\" "
+            f"viewBox=\"0 0 {width} {axis_y + 36}\" role=\"img\" aria-label=\"agreement with "
+            f"the reference per precision and output\">{''.join(parts)}</svg>\n")
 
 
 HEADERS = {"cosine_mean": "cosine mean", "cosine_min": "cosine min",

@@ -88,7 +88,10 @@ def calib_group(p: argparse.ArgumentParser) -> None:
                    "sample or a batch on axis 0) or .npz (arrays keyed by input name)")
     g.add_argument("--data-loader-script", metavar="FILE.py:FN",
                    help="instead of --calib: FN() yields {input_name: array} dicts (Polygraphy's "
-                        "convention)")
+                        "convention); FILE.py:FN(key=value, ...) passes literal arguments, and FN "
+                        "gets the model's inputs as inputs= when it takes them. Ready loaders for "
+                        "image folders, COCO sets, JSONL text, audio and video: calib/README.md. "
+                        "Runs the script's code")
     g.add_argument("--calib-cache", type=Path, metavar="FILE",
                    help="reuse a TensorRT calibration cache; recalibrates (and says why) when it "
                         "lacks a tensor of this model")

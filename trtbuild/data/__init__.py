@@ -15,6 +15,7 @@ import numpy as np
 
 from ..errors import TrtBuildError
 from ..onnx.inputs import InputSpec, model_inputs
+from . import loader
 from .arrays import Header, load_npy, npy_header, npz_arrays, npz_headers
 from .images import Preprocess, open_image
 from .labels import read_labels
@@ -141,15 +142,10 @@ class Dataset:
         return out
 
     def _script_samples(self) -> Iterator[tuple[str, Batch]]:
-        from ..onnx.source import import_target
-
-        target, _, fn_name = self.script.rpartition(":")
-        fn = getattr(import_target(target), fn_name, None)
-        if not callable(fn):
-            raise TrtBuildError(f"{self.script}: {target} has no callable '{fn_name}'")
+        call = loader.parse(self.script)
         cap = self.max_samples or LOADER_CAP
         try:
-            for k, item in enumerate(fn()):
+            for k, item in enumerate(loader.items(call, self.inputs)):
                 if k >= cap:
                     if self.max_samples:
                         return
@@ -227,8 +223,8 @@ def concat(feeds: list[Batch]) -> Batch:
 
 
 def is_script(text: str) -> bool:
-    target, sep, fn = text.rpartition(":")
-    return bool(sep and fn and target.endswith(".py"))
+    """Does `text` name a loader, FILE.py:FN or FILE.py:FN(key=value, ...)?"""
+    return loader.SPEC.fullmatch(str(text).strip()) is not None
 
 
 def open_dataset(source: str | Path, model: Any, s: "DataSettings") -> Dataset:
@@ -244,7 +240,7 @@ def check_source(source: str, flag: str) -> None:
     """Before any work: a data directory exists and holds samples, or a FILE.py:FN exists.
     Raises TrtBuildError(2) naming the path."""
     if is_script(str(source)):
-        path = Path(str(source).rpartition(":")[0])
+        path = Path(loader.parse(str(source)).path)
         if not path.is_file():
             raise TrtBuildError(f"{path}: {flag}: no such data loader script")
         return

@@ -49,11 +49,14 @@ class Preprocess:
 
         with open_image(path) as im:
             try:
-                im = im.convert("L" if self.grayscale else "RGB")
-                im = self._geometry(im)
-                x = np.asarray(im, dtype=np.float32)
+                return self.from_image(im)
             except (OSError, ValueError, SyntaxError) as e:
                 raise TrtBuildError(f"{path}: cannot decode image ({e})")
+
+    def from_image(self, im: Any) -> np.ndarray:
+        """A decoded PIL image through the same steps."""
+        im = self._geometry(im.convert("L" if self.grayscale else "RGB"))
+        x = np.asarray(im, dtype=np.float32)
         x = x[..., None] if x.ndim == 2 else x
         x = x * np.float32(self.scale)
         if self.mean:

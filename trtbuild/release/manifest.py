@@ -364,11 +364,18 @@ def _resolve(key: str, value: Any, base: Path) -> Any:
         return [_path(v, base) for v in value] if isinstance(value, list) else _path(value, base)
     if key in ("calib_cache", "baseline", "cache_dir"):  # Path, as the CLI gives them
         return Path(_path(value, base))
-    if key in ("calib", "val", "metric_script", "src"):
+    if key in ("calib", "val"):
+        from ..data import loader
+
+        call = loader.parse(value)
+        if call is not None:  # FILE.py:FN(...): the file is relative, the arguments are not
+            return f"{_path(call.path, base)}:{call.text.strip()[len(call.path) + 1:]}"
+        return _path(value, base)
+    if key in ("metric_script", "src"):
         target, sep, fn = value.rpartition(":")
         if sep and fn and target.endswith(".py"):  # FILE.py:FN
             return f"{_path(target, base)}:{fn}"
-        if key in ("calib", "val") or (key == "src" and value.endswith(".onnx")):
+        if key == "src" and value.endswith(".onnx"):
             return _path(value, base)
     return value
 
