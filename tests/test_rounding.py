@@ -265,3 +265,41 @@ def test_calibration_pass_statistics_round_as_quantize_own_pass(tmp_path, monkey
     assert fused["layer_inputs"] == "calibration pass" and own["layer_inputs"] == "own pass"
     assert fused["layers"] == own["layers"] > 0
     assert fused_model.read_bytes() == own_model.read_bytes()
+
+
+@pytest.mark.parametrize("case", ["strided", "grouped", "split", "matmul"])
+def test_second_moments_equal_an_explicit_im2col(case, monkeypatch):
+    """Moments.add's H (after _by_channel), on every output position, equals X X^T of the
+    layer input unfolded as the weights lay out (torch's unfold: channel, then kernel row and
+    column), block by block: the gather's order and padding change nothing."""
+    import torch
+
+    monkeypatch.setattr(rounding, "MAX_K", 24 if case == "split" else 1152)  # 60: 3 x 24
+    rng = np.random.default_rng(3)
+    if case == "matmul":
+        w = rng.normal(0, 1, (20, 6)).astype(np.float32)
+        node = helper.make_node("MatMul", ["x", "w"], ["y"])
+        x = rng.normal(0, 1, (2, 5, 20)).astype(np.float32)
+        cols = torch.from_numpy(x.reshape(-1, 20)).T[None]
+        g, k = 1, 20
+    else:
+        groups = 2 if case == "grouped" else 1
+        w = rng.normal(0, 1, (4, 10 // groups, 3, 2)).astype(np.float32)
+        node = helper.make_node("Conv", ["x", "w"], ["y"], pads=[1, 0, 2, 1], strides=[2, 1],
+                                dilations=[1, 2], group=groups)
+        x = rng.normal(0, 1, (3, 10, 9, 8)).astype(np.float32)
+        xp = torch.nn.functional.pad(torch.from_numpy(x), (0, 1, 1, 2))
+        un = torch.nn.functional.unfold(xp, (3, 2), dilation=(1, 2), stride=(2, 1))
+        g, k = groups, 10 // groups * 6
+        cols = un.permute(1, 0, 2).reshape(groups, k, -1)   # (groups, K, positions)
+    layer = rounding.Layer("w", 0, node, "x")
+    size = rounding._block_size(k, rounding._taps(layer, w))
+    h = sum(torch.matmul(c.mT, c) for c in rounding._columns(
+        torch.from_numpy(x), w, node, 10 ** 6, size))
+    got = rounding._by_channel(h, rounding._taps(layer, w)).numpy()
+    nb = -(-k // size)
+    padded = torch.nn.functional.pad(cols, (0, 0, 0, nb * size - k)).reshape(g * nb, size, -1)
+    want = torch.matmul(padded, padded.mT).numpy()
+    assert got.shape == want.shape == (g * nb, size, size)
+    assert nb == (3 if case == "split" else 1)  # split: the last block padded by 2 channels
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-3)

@@ -32,15 +32,21 @@ H_FLOPS = 6e9
 # and, above that, H no costlier than FORWARD times the layer's own products on those rows
 # (H: K x block per vector; the layer: K x rows per output position): fcn_resnet50's
 # 2048-channel 3x3 head at every output pixel cost 2.25x its layer (quantize 63 -> 47 s);
-# never under one vector per weight of a row (resnet18's 512-channel 3x3 convs kept GPTQ)
-FORWARD = 1.0
+# at 1.0 its statistics cost 21 s against its 14 s calibration pass, at 0.25 9-12 s with
+# the same estimated error on held-out rows (median ratio to nearest 0.018 -> 0.019);
+# never under one vector per weight of a Hessian block (each block is rounded on its own)
+FORWARD = 0.25
 CHUNK = 1 << 23       # floats of layer input columns gathered at once (32 MB)
 DAMP = 0.01           # GPTQ's dampening, a share of H's mean diagonal
-# input vectors per weight of a row below which GPTQ fits the calibration rows rather than
-# the data and nearest rounding is kept: a Gemm on a flattened image with 32 for 4608 got
-# worse on held-out data; PP-OCRv4 rec's 1x3 convs at 0.44 gain (strings 0.94 -> 0.955)
+# input vectors per weight of a Hessian block below which GPTQ fits the calibration rows
+# rather than the data and nearest rounding is kept: a Gemm on a flattened image with 32
+# for 4608 got worse on held-out data; PP-OCRv4 rec's 1x3 convs at 0.44 gain (strings
+# 0.94 -> 0.955)
 MIN_COLUMNS = 0.25
-BLOCK = 128           # columns rounded between two matrix-product updates of the rest
+# columns rounded between two matrix-product updates of the rest: the column-by-column
+# spread inside a block costs rows x BLOCK / 2 per column (fcn_resnet50's rounding 4.5 s at
+# 128, 3.6 s at 32, the same weights but for float32 ties)
+BLOCK = 32
 # Longest run of input columns one Hessian block covers. A wider row (resnet's 3x3x512
 # convs: 4608; fcn_resnet50's head: 18432) is cut into equal blocks of whole input channels
 # and GPTQ spreads errors within each block only: H costs K x MAX_K per input column instead
@@ -174,15 +180,14 @@ class Moments:
                 g, r, k = _as_rows(w, layer.node).shape
                 size = _block_size(k, _taps(layer, w))
                 own = r * _positions(values[layer.source].shape, n, w, layer.node) / size
-                total = max(min(COLUMNS_PER_K * k, max(FORWARD * own * MAX_SAMPLES, k)),
+                total = max(min(COLUMNS_PER_K * k, max(FORWARD * own * MAX_SAMPLES, size)),
                             H_FLOPS / (2 * g * k * size))
                 limit = min(n * MAX_COLUMNS, int(-(-total * n // MAX_SAMPLES)))
                 x = torch.from_numpy(np.asarray(values[layer.source])).to(self.dev)
-                for cols in _columns(x, w, layer.node, limit):
-                    blocks = _blocked(cols, size)
-                    h = torch.matmul(blocks, blocks.mT)
+                for cols in _columns(x, w, layer.node, limit, size):
+                    h = torch.matmul(cols.mT, cols)    # in (tap, channel) order: _by_channel
                     self.stats[key] = self.stats[key].add_(h) if key in self.stats else h
-                    self.seen[key] = self.seen.get(key, 0) + cols.shape[2]
+                    self.seen[key] = self.seen.get(key, 0) + cols.shape[1]
         return used
 
     def round(self, progress: Any = None) -> tuple[dict[str, tuple[np.ndarray, np.ndarray]],
@@ -197,14 +202,14 @@ class Moments:
             for layer in self.layers:
                 w = self.inits[layer.weight]
                 key = _window(layer, w)
-                if key not in self.stats or self.seen[key] < MIN_COLUMNS * _as_rows(
-                        w, layer.node).shape[2]:
+                if key not in self.stats or self.seen[key] < MIN_COLUMNS * self.stats[
+                        key].shape[-1]:
                     # e.g. a Gemm on a flattened image: fewer samples than weights per row
                     per_layer[layer.weight] = "nearest (too few input vectors)"
                 else:
                     try:
-                        q, scale, ratio, blocks = _round_layer(w, layer, self.stats[key],
-                                                               self.dev)
+                        h = _by_channel(self.stats[key], _taps(layer, w))
+                        q, scale, ratio, blocks = _round_layer(w, layer, h, self.dev)
                     except ValueError:  # H cannot be factorised even damped
                         q, scale, ratio, blocks = None, None, 1.0, 1
                     if ratio < 1:  # the estimate on calibration data decides, per layer
@@ -247,10 +252,11 @@ def gptq(w: np.ndarray, h: Any, scale: np.ndarray, dev: str = "cpu") -> np.ndarr
     group with its input second moment h (groups, K, K; numpy or torch), in float32 torch on
     `dev`. Columns in order; the error of column k, e = (w_k - q_k s) / U_kk, is spread over
     the later columns j as w_j -= e U_kj, U the upper Cholesky factor of H^-1 (H^-1 = U^T U,
-    H = h + DAMP mean(diag h) I, dead inputs' diagonal set to 1), H^-1 from one Cholesky
-    factorisation of H (torch.cholesky_inverse). Within a block of BLOCK columns the spread
-    is column by column; onto the columns after the block it is one matrix product (the
-    paper's lazy batch updates: same result, BLAS-bound). Tested equal to a float64 loop."""
+    H = h + DAMP mean(diag h) I, dead inputs' diagonal set to 1), U from one Cholesky
+    factorisation of H reversed and one triangular inverse (_upper_inverse_factor). Within
+    a block of BLOCK columns the spread is column by column; onto the columns after the
+    block it is one matrix product (the paper's lazy batch updates: same result,
+    BLAS-bound). Tested equal to a float64 loop."""
     import torch
 
     with torch.inference_mode():
@@ -282,17 +288,22 @@ def gptq(w: np.ndarray, h: Any, scale: np.ndarray, dev: str = "cpu") -> np.ndarr
 
 
 def _upper_inverse_factor(h: Any, damp: Any) -> Any:
-    """U with U^T U = (h + damp I)^-1, per group; the damping grows tenfold for a group
-    whose float32 factorisation fails (an almost singular H)."""
+    """U with U^T U = (h + damp I)^-1, per group, from one Cholesky factorisation and one
+    triangular inverse (the paper's route, Cholesky of H, its inverse, then Cholesky of
+    H^-1, costs three): with J the order-reversing permutation, J H J = L L^T gives
+    H = V V^T with V = J L J upper triangular, so H^-1 = V^-T V^-1 and U = V^-1 (upper,
+    positive diagonal: the same factor). The damping grows tenfold for a group whose
+    float32 factorisation fails (an almost singular H)."""
     import torch
 
     eye = torch.eye(h.shape[-1], dtype=h.dtype, device=h.device)
+    flipped = h.flip(-1, -2)
     for _ in range(6):
-        lower, info = torch.linalg.cholesky_ex(h + damp[:, None, None] * eye)
+        lower, info = torch.linalg.cholesky_ex(flipped + damp[:, None, None] * eye)
         if not bool(info.any()):
-            inv = torch.cholesky_inverse(lower)
-            u, info = torch.linalg.cholesky_ex(inv, upper=True)
-            if not bool(info.any()):
+            v = lower.flip(-1, -2)
+            u = torch.linalg.solve_triangular(v, eye.expand_as(v), upper=True)
+            if bool(torch.isfinite(u).all()):
                 return u
         damp = damp * 10
     raise ValueError("GPTQ: the layer input's second moment cannot be factorised")
@@ -326,21 +337,29 @@ def _conv_attrs(node: Any, spatial: int) -> tuple[int, list[int], list[int], lis
             list(a.get("strides", [1] * spatial)), list(a.get("dilations", [1] * spatial)))
 
 
-def _columns(x: Any, w: np.ndarray, node: Any, limit: int) -> Iterator[Any]:
-    """The layer input (a torch tensor) as (groups, K, p) chunks of at most CHUNK floats:
-    K per output row, over all chunks P positions evenly strided down to at most `limit`.
-    A conv's columns are gathered at the kept positions only (never a whole batch's
-    im2col), in the weights' (channel, kernel row, kernel column) order."""
+def _columns(x: Any, w: np.ndarray, node: Any, limit: int, size: int) -> Iterator[Any]:
+    """The layer input (a torch tensor) as (groups * blocks, p, size) chunks of at most
+    CHUNK floats: per kept output position (over all chunks P positions evenly strided down
+    to at most `limit`) the inputs each block of `size` columns of a row multiplies, a conv's
+    gathered at the kept positions only (never a whole batch's im2col). A conv's columns
+    come in (kernel tap, channel) order, as the gathered pixels lie in memory (putting them
+    in the weights' (channel, tap) order here moved every value with a stride: 5 of
+    fcn_resnet50's 23 s); _by_channel reorders H, size x size per block, instead. Channels
+    are zero-padded to whole blocks."""
     import torch
     import torch.nn.functional as F
 
     x = x.float()
     if node.op_type != "Conv":
         flat = x.reshape(-1, x.shape[-1])
+        k = flat.shape[1]
+        nb = -(-k // size)
         kept = flat[::max(1, -(-len(flat) // limit))]
-        per = max(1, CHUNK // flat.shape[1])
+        if nb * size != k:
+            kept = F.pad(kept, (0, nb * size - k))
+        per = max(1, CHUNK // (nb * size))
         for s0 in range(0, len(kept), per):
-            yield kept[s0:s0 + per].T[None]
+            yield kept[s0:s0 + per].reshape(-1, nb, size).transpose(0, 1)
         return
     if w.ndim == 3:                                  # 1-D conv as 2-D with height 1
         x, w = x[:, :, None], w[:, :, None]
@@ -349,6 +368,9 @@ def _columns(x: Any, w: np.ndarray, node: Any, limit: int) -> Iterator[Any]:
     else:
         g, p, st, dil = _conv_attrs(node, 2)
     cg, kh, kw = w.shape[1:]
+    taps = kh * kw
+    cb = size // taps                                # channels per block
+    nb = -(-cg // cb)
     xp = F.pad(x, (p[1], p[3], p[0], p[2]))
     n, c, hp, wp = xp.shape
     oh = (hp - dil[0] * (kh - 1) - 1) // st[0] + 1
@@ -357,13 +379,30 @@ def _columns(x: Any, w: np.ndarray, node: Any, limit: int) -> Iterator[Any]:
     keep = torch.arange(0, n * oh * ow, max(1, -(-n * oh * ow // limit)), device=x.device)
     img, pos = keep // (oh * ow), keep % (oh * ow)
     corner = (img * hp + (pos // ow) * st[0]) * wp + (pos % ow) * st[1]
-    taps = torch.tensor([i * dil[0] * wp + j * dil[1] for i in range(kh) for j in range(kw)],
-                        device=x.device)
-    per = max(1, CHUNK // (c * kh * kw))
+    offsets = torch.tensor([i * dil[0] * wp + j * dil[1] for i in range(kh) for j in range(kw)],
+                           device=x.device)
+    per = max(1, CHUNK // (c * taps))
     for s0 in range(0, len(keep), per):
-        rows = pixels.index_select(0, (corner[s0:s0 + per, None] + taps).reshape(-1))
-        # contiguous: a batched product over strided depthwise columns runs at half speed
-        yield rows.reshape(-1, kh * kw, c).permute(2, 1, 0).reshape(g, cg * kh * kw, -1).contiguous()
+        rows = pixels.index_select(0, (corner[s0:s0 + per, None] + offsets).reshape(-1))
+        rows = rows.reshape(-1, taps, g, cg)
+        if nb * cb != cg:
+            rows = F.pad(rows, (0, nb * cb - cg))
+        # (p, taps, g, nb, cb) -> (g, nb, p, taps, cb): runs of cb channels move whole
+        yield rows.reshape(-1, taps, g, nb, cb).permute(2, 3, 0, 1, 4).reshape(
+            g * nb, -1, taps * cb)
+
+
+def _by_channel(h: Any, taps: int) -> Any:
+    """H of (blocks, size, size) from _columns' (tap, channel) order into the weights'
+    (channel, tap) order."""
+    import torch
+
+    if taps == 1:
+        return h
+    cb = h.shape[-1] // taps
+    j = torch.arange(h.shape[-1], device=h.device)
+    order = (j % taps) * cb + j // taps              # (channel, tap) position -> its index
+    return h.index_select(-1, order).index_select(-2, order)
 
 
 def _positions(shape: tuple[int, ...], rows: int, w: np.ndarray, node: Any) -> float:
@@ -392,17 +431,6 @@ def _block_size(k: int, taps: int) -> int:
         return k
     size = -(-k // -(-k // MAX_K))
     return -(-size // taps) * taps
-
-
-def _blocked(cols: Any, size: int) -> Any:
-    """(groups, K, P) -> (groups * blocks, size, P), K zero-padded to whole blocks."""
-    import torch.nn.functional as F
-
-    g, k, p = cols.shape
-    nb = -(-k // size)
-    if nb * size != k:
-        cols = F.pad(cols, (0, 0, 0, nb * size - k))
-    return cols.reshape(g * nb, size, p)
 
 
 def _blocked_rows(w: np.ndarray, size: int) -> np.ndarray:
