@@ -186,6 +186,38 @@ def test_rerun_redoes_nothing(first: tuple) -> None:
     assert strip(again) == strip(data)
 
 
+def test_resume_rehashes_every_file_it_reuses(first: tuple, tmp_path: Path) -> None:
+    """Resume reuses a job only while its files are inside OUT and hash to what it recorded:
+    an engine overwritten with random bytes of its size, a garbage model.int8.onnx (its
+    model's prepare job and engines run again), and a journal entry pointing at an identical
+    copy outside OUT are all redone; the rest is reused. (At 2daa95f all were 'ok, done by
+    an earlier run'.)"""
+    from trtbuild.files import file_sha256
+
+    manifest, out, data, _ = first
+    jobs = data["jobs"]
+    forged = out / "tiny" / "engines" / "sm_86" / "model.fp16.engine"
+    assert Path(jobs["tiny/fp16/sm_86"]["record"]["engine"]["path"]) == forged.resolve()
+    forged.write_bytes(np.random.default_rng(0).bytes(forged.stat().st_size))
+    (out / "digits" / "model.int8.onnx").write_bytes(b"not a model")
+    outside = tmp_path / "elsewhere.engine"
+    moved = jobs["tiny/int8/sm_89"]["record"]["engine"]["path"]
+    outside.write_bytes(Path(moved).read_bytes())  # same bytes, same sha256
+    edited = json.loads((out / "release.json").read_text())
+    edited["jobs"]["tiny/int8/sm_89"]["record"]["engine"]["path"] = str(outside)
+    (out / "release.json").write_text(json.dumps(edited))
+    proc = run_cli("release", manifest, "--out", out, "--workers", "2")
+    assert proc.returncode == 0, proc.stderr
+    again = journal(out)
+    redone = {k for k, j in again["jobs"].items() if not j["reused"]}
+    assert redone == {"digits/prepare", "tiny/fp16/sm_86", "tiny/int8/sm_89",
+                      *(k for k in ENGINE_KEYS if k.startswith("digits/"))}, redone
+    for key in ENGINE_KEYS:
+        engine = again["jobs"][key]["record"]["engine"]
+        assert Path(engine["path"]).resolve().is_relative_to(out.resolve())
+        assert file_sha256(Path(engine["path"])) == engine["sha256"]
+
+
 def test_kill_9_then_resume(first: tuple, tmp_path: Path) -> None:
     manifest, _, data, _ = first
     out = tmp_path / "out"

@@ -86,10 +86,13 @@ def engine_settings(entry: ModelEntry, out: Path, precision: str, arch: str) -> 
 
 def _prepare(entry: ModelEntry, out: Path) -> dict[str, Any]:
     from .. import pipeline
+    from ..files import file_sha256
 
     ctx = pipeline.run(prepare_settings(entry, out))
     a = ctx.artifacts
-    return {"artifacts": {k: str(getattr(a, k)) if getattr(a, k) else None for k in PREPARED}}
+    paths = {k: str(getattr(a, k)) if getattr(a, k) else None for k in PREPARED}
+    # resume reuses the files only while they hash to this
+    return {"artifacts": paths, "sha256": {p: file_sha256(Path(p)) for p in paths.values() if p}}
 
 
 def _engine(entry: ModelEntry, out: Path, precision: str, arch: str,

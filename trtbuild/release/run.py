@@ -131,26 +131,33 @@ def _resume(m: Manifest, path: Path, notice: Notice) -> dict[str, Any]:
     for key, j in new["jobs"].items():
         before = old["jobs"].get(key)
         if (j["model"] not in redo and before and before.get("status") == "ok"
-                and _files_there(before)):
+                and _files_there(before, out)):
             new["jobs"][key] = {**before, "reused": True}
         elif j["kind"] == "prepare":
             redo.add(j["model"])
     return new
 
 
-def _files_there(job: dict[str, Any]) -> bool:
-    """The job's output files exist (an engine at its recorded size); False for a record of
-    another shape (a hand-edited journal: the job is redone)."""
+def _files_there(job: dict[str, Any], out: Path) -> bool:
+    """The job's output files are inside OUT (symlinks resolved) and hash to the sha256 the
+    job recorded: an engine overwritten with other bytes of its size, two engines swapped,
+    a model.int8.onnx replaced or a journal pointing elsewhere all mean the job is redone.
+    False for a record of another shape (a hand-edited journal)."""
+    from ..files import file_sha256
+
     try:
         record = job["record"]
         if not isinstance(job.get("seconds"), (int, float)):
             return False
         if job.get("kind") == "prepare":
-            paths = [p for p in record["artifacts"].values() if p]
-            return bool(paths) and all(Path(p).is_file() for p in paths)
-        e = record["engine"]
-        p = Path(e["path"])
-        return p.is_file() and p.stat().st_size == e["bytes"]
+            hashes = record["sha256"]
+            wanted = [(p, hashes[p]) for p in record["artifacts"].values() if p]
+        else:
+            wanted = [(record["engine"]["path"], record["engine"]["sha256"])]
+        root = out.resolve()
+        return bool(wanted) and all(
+            Path(p).resolve().is_relative_to(root) and Path(p).is_file()
+            and file_sha256(Path(p)) == h for p, h in wanted)
     except (KeyError, TypeError, AttributeError, OSError):
         return False
 
