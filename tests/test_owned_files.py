@@ -111,3 +111,44 @@ def test_builder_out_of_memory_says_what_to_change():
     hint = memory_hint("Error Code 2: OutOfMemory (Requested size was 2147777620 bytes.)", s)
     assert "--workspace (now 4096 MiB)" in hint and "x:32x3x640x640" in hint
     assert memory_hint("Error Code 4: Internal Error (no implementation)", s) == ""
+
+
+def test_a_link_inside_out_is_refused_before_anything_is_removed(tmp_path):
+    """A symbolic link planted inside --out (OUT/engines/sm_86 -> a user's folder) made the
+    stale-artifact cleanup delete the user's model.fp16.engine there (issue 19, finding 11);
+    now the build stops first with one line naming the link, and the user's files stay."""
+    from conftest import run_cli
+
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / "model.fp16.engine").write_bytes(b"the user's engine")
+    out = tmp_path / "out"
+    (out / "engines").mkdir(parents=True)
+    (out / "engines" / "sm_86").symlink_to(elsewhere, target_is_directory=True)
+    proc = run_cli(_relu(tmp_path / "relu.onnx"), "--out", out, "--target", "onnx")
+    assert proc.returncode == 2, proc.stderr
+    last = proc.stderr.strip().splitlines()[-1]
+    assert "engines/sm_86: a symbolic link inside the output directory" in last, last
+    assert (elsewhere / "model.fp16.engine").read_bytes() == b"the user's engine"
+    (out / "engines" / "sm_86").unlink()
+    (out / "report.json").symlink_to(elsewhere / "model.fp16.engine")
+    proc = run_cli(_relu(tmp_path / "relu.onnx"), "--out", out, "--target", "onnx")
+    assert proc.returncode == 2 and "report.json: a symbolic link" in proc.stderr
+
+
+def test_a_release_refuses_a_link_anywhere_in_its_out(tmp_path):
+    from conftest import run_cli
+    from test_release import write_manifest
+
+    manifest = write_manifest(tmp_path)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / "keep.txt").write_text("mine")
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "digits").symlink_to(elsewhere, target_is_directory=True)
+    proc = run_cli("release", manifest, "--out", out)
+    assert proc.returncode == 2, proc.stderr
+    assert "digits: a symbolic link inside the output directory" in proc.stderr
+    assert sorted(p.name for p in elsewhere.iterdir()) == ["keep.txt"]
+    assert not (out / "release.json").exists()

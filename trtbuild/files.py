@@ -129,3 +129,29 @@ def check_output_file(path: Path) -> Path:
     if not path.parent.is_dir():
         raise TrtBuildError(f"{path.parent}: output directory does not exist")
     return path
+
+
+def refuse_links(out: Path, names: tuple[str, ...] = (), deep: bool = False) -> None:
+    """No write, rename or delete of trtbuild's may follow a symbolic link out of `out`:
+    raises TrtBuildError(2) naming the first link found among `out`'s `names`, its
+    engines/ folder and the arch folders in it, or (`deep`: a release's own OUT) anywhere
+    under `out` (links are not followed while looking)."""
+    from .errors import TrtBuildError
+
+    found = [out / n for n in names if (out / n).is_symlink()]
+    engines = out / "engines"
+    if engines.is_symlink():
+        found.append(engines)
+    elif engines.is_dir():
+        found += [p for p in sorted(engines.iterdir()) if p.is_symlink()]
+    if deep and out.is_dir() and not found:
+        for root, dirs, files in os.walk(out):  # followlinks=False: a linked dir is listed
+            found += [Path(root) / n for n in sorted(dirs + files)
+                      if (Path(root) / n).is_symlink()]
+            if found:
+                break
+    if found:
+        link = found[0]
+        raise TrtBuildError(f"{link}: a symbolic link inside the output directory (to "
+                            f"{os.readlink(link)}); trtbuild writes and removes files only "
+                            "inside it: remove the link or choose another --out")

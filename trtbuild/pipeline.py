@@ -16,7 +16,7 @@ from typing import Any, Callable
 from .config import BuildSettings
 from .context import Context
 from .errors import GATE_FAILED, TrtBuildError
-from .files import check_utf8, ensure_dir
+from .files import check_utf8, ensure_dir, refuse_links
 from .report import Report, Timer
 from .stages import bench, calibrate, clean, engines, export, fp16, quantize, sensitivity, validate
 
@@ -164,6 +164,7 @@ def in_out_dir(out: Path, work: Callable[[Path], Context],
     check_utf8(out, "--out")
     created = not out.exists()
     ensure_dir(out)
+    refuse_links(out, ARTIFACTS)
     clear_previous(out, keep)
     try:
         return work(out)

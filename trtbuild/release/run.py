@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from ..errors import GATE_FAILED, INTERNAL_ERROR, TrtBuildError
-from ..files import ensure_dir, stale_temp_files
+from ..files import ensure_dir, refuse_links, stale_temp_files
 from . import jobs as worker
 from . import journal as jn
 from .html import write_html
@@ -69,6 +69,11 @@ def release(manifest: str | Path, out: str | Path | None = None,
     out = ensure_dir(Path(out) if out else default_out(m.path)).resolve()
     path = out / "release.json"
     models = ensure_dir(m.shared_dir).resolve() if m.shared_dir else out
+    refuse_links(out, deep=True)
+    if models != out:  # shared_dir: this release's model folders only
+        refuse_links(models, tuple(e.name for e in m.models))
+        for entry in m.models:
+            refuse_links(models / entry.name, deep=True)
     with _locked(out):
         journal = _resume(m, path, notice)
         _sweep_temp_files(out)
