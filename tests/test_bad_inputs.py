@@ -243,6 +243,18 @@ def _(tmp):
     return ["export", DIGITS, "-o", tmp / "special"]
 
 
+@case("release manifest a FIFO", 2, "not a regular file")
+def _(tmp):
+    os.mkfifo(tmp / "release.toml")  # reading it blocked the check forever
+    return ["release", tmp / "release.toml", "--out", tmp / "o"]
+
+
+@case("release manifest of 2 MB", 2, "a manifest is at most")
+def _(tmp):
+    (tmp / "release.toml").write_text("#" * (2 << 20))
+    return ["release", tmp / "release.toml", "--out", tmp / "o"]
+
+
 @case("torchvision name with ../", 2, "no such torchvision model")
 def _(tmp):
     return ["torchvision:../../escape/leaf", "--out", tmp / "o"]
@@ -307,7 +319,7 @@ def classify(proc, code: int, needle: str, out: Path) -> str:
 def _disagrees(out: Path) -> bool:
     """Files in `out` that report.json does not list, or temp files."""
     files = {p for p in out.rglob("*") if p.is_file()}
-    if any(".tmp-" in p.name for p in files):
+    if any("trtbuild-tmp-" in p.name for p in files):
         return True
     report = out / "report.json"
     listed = {report, report.with_suffix(".html")}
@@ -345,8 +357,10 @@ def test_rerun_into_the_same_out_leaves_nothing_stale(tmp_path):
     out = tmp_path / "o"
     run_cli(DIGITS, "--int8", "--calib", calib, "--target", "onnx", "--out", out, check=True)
     assert (out / "model.int8.onnx").is_file() and (out / "calib.cache").is_file()
-    (out / "model.onnx.tmp-999999").write_text("left by a killed run")
+    (out / "model.onnx.trtbuild-tmp-999999").write_text("left by a killed run")
+    (out / "notes.tmp-999999").write_text("a user's file that only looks like a temp")
     run_cli(DIGITS, "--fp16", "--target", "onnx", "--out", out, check=True)
+    (out / "notes.tmp-999999").unlink()  # kept: not one of trtbuild's temp names
     assert not _disagrees(out), sorted(p.name for p in out.iterdir())
     assert not (out / "model.int8.onnx").exists() and (out / "model.fp16.onnx").is_file()
 
@@ -364,7 +378,7 @@ def test_a_loader_without_end_is_bounded(tmp_path):
 
 # --- the engine cache in states that used to crash every later build ---------------------
 def _break_cache(cache: Path, how: str) -> None:
-    entry = next(p for p in cache.glob("sm_*/*/*") if p.is_dir() and ".tmp-" not in p.name)
+    entry = next(p for p in cache.glob("sm_*/*/*") if p.is_dir() and "trtbuild-tmp-" not in p.name)
     if how == "manifest []":
         (entry / "manifest.json").write_text("[]")
     elif how == "manifest not UTF-8":
@@ -421,10 +435,10 @@ def test_prune_sweeps_temp_dirs_of_killed_builds(tmp_path):
     from trtbuild.cache import EngineCache
 
     tag = tmp_path / "c" / "sm_86" / "trt-rtx-1.7.1"
-    (tag / "abc.tmp-999999").mkdir(parents=True)
-    (tag / "abc.tmp-999999" / "engine.plan").write_bytes(b"x" * 100)
+    (tag / "abc.trtbuild-tmp-999999").mkdir(parents=True)
+    (tag / "abc.trtbuild-tmp-999999" / "engine.plan").write_bytes(b"x" * 100)
     EngineCache(tmp_path / "c").prune(max_age_days=365)
-    assert not (tag / "abc.tmp-999999").exists()
+    assert not (tag / "abc.trtbuild-tmp-999999").exists()
 
 
 # --- signals and kills ------------------------------------------------------------------
@@ -449,7 +463,7 @@ def test_sigterm_is_one_line_and_leaves_no_temp_files(tmp_path):
     report = json.loads(out)  # --json: what ran before the signal, and why it stopped
     assert report["error"] == {"exit_code": 130, "message": "interrupted"}
     assert [s["stage"] for s in report["stages"]][:2] == ["export", "clean"]
-    assert not [x for x in (tmp_path / "o").rglob("*") if ".tmp-" in x.name]
+    assert not [x for x in (tmp_path / "o").rglob("*") if "trtbuild-tmp-" in x.name]
 
 
 def test_kill_9_loop_then_rerun_leaves_nothing_torn(tmp_path):
@@ -468,7 +482,7 @@ def test_kill_9_loop_then_rerun_leaves_nothing_torn(tmp_path):
     assert not _disagrees(out)
     for name in ("model.onnx", "model.clean.onnx", "model.fp16.onnx", "model.int8.onnx"):
         onnx.checker.check_model(onnx.load(str(out / name)))
-    assert not [x for x in (tmp_path / "c").rglob("*") if ".tmp-" in x.name]
+    assert not [x for x in (tmp_path / "c").rglob("*") if "trtbuild-tmp-" in x.name]
     assert run_cli("cache", "verify", "--cache-dir", tmp_path / "c").returncode == 0
 
 

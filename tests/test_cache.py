@@ -64,7 +64,7 @@ def test_layout_and_hit(tmp_path):
     assert sorted(p.name for p in entry.iterdir()) == [ENGINE, MANIFEST]
     manifest = json.loads((entry / MANIFEST).read_text())
     assert manifest["engine_bytes"] == 1024 and manifest["arch"] == "sm_89"
-    assert not list(tmp_path.rglob("*.tmp-*"))  # no temp left behind
+    assert not list(tmp_path.rglob("*.trtbuild-tmp-*"))  # no temp left behind
 
 
 @pytest.mark.parametrize("damage", ["truncate", "flip", "foreign", "extra_file", "bad_json"])

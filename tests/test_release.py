@@ -93,7 +93,7 @@ def journal(out: Path) -> dict:
 
 
 def temp_files(out: Path) -> list[Path]:
-    return [p for p in out.rglob("*") if ".tmp-" in p.name]
+    return [p for p in out.rglob("*") if "trtbuild-tmp-" in p.name]
 
 
 def kill_9_when(args: list, ready: Callable[[], bool], seconds: float = 120) -> None:
@@ -466,3 +466,26 @@ gates = ["cosine_mean>=0.95"]
         record = jobs[key]["record"]
         assert jobs[key]["status"] == "ok" and record["engine"]["bytes"] > 0, (key, record)
         assert Path(record["engine"]["path"]).is_file()
+
+
+def test_a_baseline_of_another_shape_is_compared_field_by_field() -> None:
+    """A --baseline release.json whose jobs hold other shapes (a record that is a string,
+    an engine entry that is a list) raised AttributeError after every job had run; the
+    comparison now treats such fields as absent."""
+    from trtbuild.release import journal as jn
+
+    ours = {"jobs": {k: {"kind": "engine", "status": "ok", "record": {
+        "engine": {"bytes": 100}, "accuracy": {"cosine_mean": 0.99}}}
+        for k in ("a/fp16/sm_86", "b/fp16/sm_86", "c/fp16/sm_86")}}
+    odd = {"jobs": {"a/fp16/sm_86": {"status": "ok", "record": "not a table"},
+                    "b/fp16/sm_86": {"status": "ok", "record": {"engine": [1, 2],
+                                                                 "accuracy": 5}},
+                    "c/fp16/sm_86": {"status": "ok", "record": {
+                        "engine": {"bytes": 80}, "accuracy": {"cosine_mean": 0.98}}}}}
+    jn.compare(ours, odd)
+    vs = {k: j["vs_baseline"] for k, j in ours["jobs"].items()}
+    assert vs["a/fp16/sm_86"] == vs["b/fp16/sm_86"] == {"latency": "not measured"}
+    assert vs["c/fp16/sm_86"]["engine_bytes_change"] == 20
+    assert abs(vs["c/fp16/sm_86"]["cosine_mean_change"] - 0.01) < 1e-9
+    jn.compare(ours, {"jobs": ["not", "a", "table"]})
+    assert all(j["vs_baseline"] == {"new": True} for j in ours["jobs"].values())

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from .files import file_sha256, fsync_dir, stale_temp_files
+from .files import TMP_TAG, file_sha256, fsync_dir, stale_temp_files, tmp_name
 
 log = logging.getLogger(__name__)
 ENGINE, MANIFEST = "engine.plan", "manifest.json"
@@ -229,7 +229,7 @@ class EngineCache:
                     manifest: dict[str, Any]) -> None:
         """Write `files` (contents, or files to copy) and the manifest into a temp directory
         and rename it to `entry` (the caller holds the entry's lock)."""
-        tmp = entry.with_name(f"{entry.name}.tmp-{os.getpid()}")
+        tmp = tmp_name(entry)
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
         try:
@@ -269,7 +269,7 @@ class EngineCache:
         """Every entry (arch/tag/key; symlinks and other wrong types included, so that
         verify can quarantine them), quarantine, lock and temp files excluded."""
         return sorted(e for t in self.tag_dirs() for e in t.iterdir()
-                      if not e.name.startswith(".") and ".tmp-" not in e.name
+                      if not e.name.startswith(".") and TMP_TAG not in e.name
                       and e.name != "timing.cache")
 
     def listing(self) -> list[dict[str, Any]]:

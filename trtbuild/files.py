@@ -9,18 +9,22 @@ from typing import Iterator
 
 from .errors import TrtBuildError
 
+# trtbuild's own temp names: a user's `notes.tmp-123` is never taken for one and swept
+TMP_TAG = ".trtbuild-tmp-"
+
 
 def tmp_name(path: Path) -> Path:
-    return path.with_name(f"{path.name}.tmp-{os.getpid()}")
+    return path.with_name(f"{path.name}{TMP_TAG}{os.getpid()}")
 
 
 def stale_temp_files(folder: Path, recursive: bool = False) -> list[Path]:
-    """`*.tmp-<pid>` entries in `folder` (or anywhere under it) whose process is gone
-    (killed mid-write)."""
+    """`*.trtbuild-tmp-<pid>` entries in `folder` (or anywhere under it) whose process is
+    gone (killed mid-write)."""
     out = []
-    found = (folder.rglob if recursive else folder.glob)("*.tmp-*") if folder.is_dir() else []
+    found = (folder.rglob if recursive else folder.glob)(f"*{TMP_TAG}*") if folder.is_dir() \
+        else []
     for p in found:
-        pid = p.name.rsplit(".tmp-", 1)[1]
+        pid = p.name.rsplit(TMP_TAG, 1)[1]
         if pid.isdigit() and not pid_alive(int(pid)):
             out.append(p)
     return out

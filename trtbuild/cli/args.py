@@ -40,6 +40,10 @@ pipeline: export -> clean -> calibrate -> quantize -> build -> cache -> validate
 SRC is one of: model.onnx | path/to/file.py:factory | package.module:factory |
 torchvision:NAME. A factory returns a torch.nn.Module or (module, example_inputs).
 
+Options that run code: a FILE.py:FN or module:FN SRC, --data-loader-script,
+--metric-script (and a release manifest's src, calib, val and metric_script keys) import
+and call Python; --plugins loads shared libraries into the builder. Give only files you trust.
+
 exit codes: 0 ok, 1 an accuracy/latency gate failed, 2 bad input, 3 missing capability,
 4 internal error (a bug, or a crash in a library trtbuild drives), 130 interrupted."""
 
@@ -138,7 +142,8 @@ def gate_group(p: argparse.ArgumentParser, with_val: bool = True) -> None:
     g.add_argument("--metric-script", metavar="FILE.py:FN",
                    help="task metric: FN(reference, candidate, names) -> {score: value}, "
                         "given {output: array} (batch axis first, all samples) and the "
-                        "sample names; the scores go to report.json and --gate")
+                        "sample names; the scores go to report.json and --gate. Runs the "
+                        "script's code")
 
 
 def fp16_group(p: argparse.ArgumentParser) -> None:
@@ -177,7 +182,8 @@ def engine_group(p: argparse.ArgumentParser) -> None:
     g.add_argument("--version-compatible", action="store_true", default=None,
                    help="engines that newer TensorRT runtimes can load")
     g.add_argument("--plugins", nargs="+", metavar="LIB.so|DIR",
-                   help="plugin libraries to load (a directory: its *.so files); none by default")
+                   help="plugin libraries to load (a directory: its *.so files); none by "
+                        "default. Their code runs in the builder's process")
     cache_flags(g)
     g.add_argument("--calibrator", choices=CALIBRATORS,
                    help="INT8 engines: qdq (default) builds the Q/DQ model; trt (TensorRT <= 10 "

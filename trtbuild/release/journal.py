@@ -111,23 +111,27 @@ def compare(journal: dict[str, Any], baseline: dict[str, Any]) -> None:
     for key, j in journal["jobs"].items():
         if j["kind"] != "engine":
             continue
-        old = old_jobs.get(key)
+        old = old_jobs.get(key) if isinstance(old_jobs, dict) else None
         if not isinstance(old, dict) or old.get("status") != "ok":
             j["vs_baseline"] = {"new": True}
             continue
-        old_record = old.get("record") or {}
-        new_b = (j["record"].get("engine") or {}).get("bytes")
-        old_b = (old_record.get("engine") or {}).get("bytes")
+        old_record = _table(old.get("record"))  # a baseline of another shape: fields absent
+        new_b = _table(j["record"].get("engine")).get("bytes")
+        old_b = _table(old_record.get("engine")).get("bytes")
         cmp: dict[str, Any] = {"latency": "not measured"}
         if isinstance(new_b, int) and isinstance(old_b, int):
             cmp.update(engine_bytes=old_b, engine_bytes_change=new_b - old_b,
                        engine_bytes_change_pct=round(100 * (new_b - old_b) / old_b, 2)
                        if old_b else None)
-        new_c = (j["record"].get("accuracy") or {}).get("cosine_mean")
-        old_c = (old_record.get("accuracy") or {}).get("cosine_mean")
+        new_c = _table(j["record"].get("accuracy")).get("cosine_mean")
+        old_c = _table(old_record.get("accuracy")).get("cosine_mean")
         if isinstance(new_c, (int, float)) and isinstance(old_c, (int, float)):
             cmp.update(cosine_mean=old_c, cosine_mean_change=new_c - old_c)
         j["vs_baseline"] = cmp
+
+
+def _table(value: Any) -> dict[str, Any]:
+    return value if isinstance(value, dict) else {}
 
 
 def _now() -> str:

@@ -100,11 +100,22 @@ class Manifest:
         return [Job(m.name, p, a) for m in self.models for p in m.precisions for a in m.archs]
 
 
+MAX_MANIFEST_BYTES = 1 << 20
+
+
 def load(path: str | Path) -> Manifest:
     """Read and check the manifest at `path`. Raises TrtBuildError (exit 2): one line when
     the file cannot be read, else 'PATH: N problems:' and one line per problem."""
+    import stat
+
     path = Path(path)
     try:
+        st = path.stat()
+        if not stat.S_ISREG(st.st_mode):  # a FIFO hung the check, /dev/zero filled memory
+            raise TrtBuildError(f"{path}: not a regular file; give a manifest .toml file")
+        if st.st_size > MAX_MANIFEST_BYTES:
+            raise TrtBuildError(f"{path}: {st.st_size} bytes; a manifest is at most "
+                                f"{MAX_MANIFEST_BYTES} bytes")
         text = path.read_bytes().decode("utf-8")
     except FileNotFoundError:
         raise TrtBuildError(f"{path}: no such manifest file")

@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from ..errors import MISSING_CAPABILITY, TrtBuildError
-from ..files import pid_alive, write_bytes
+from ..files import TMP_TAG, pid_alive, write_bytes
 from . import jobs
 from .manifest import Manifest
 from .run import died
@@ -224,7 +224,7 @@ def _in_scratch(fn: Callable, args: tuple, inputs: dict[str, Any]) -> tuple[dict
         files = {}
         for p in sorted(scratch.rglob("*")):
             rel = str(p.relative_to(scratch))
-            if p.is_file() and rel not in inputs and ".tmp-" not in p.name:
+            if p.is_file() and rel not in inputs and TMP_TAG not in p.name:
                 files[rel] = _moved(p, str(scratch), out)
         return _swap(job, str(scratch), out), files
 

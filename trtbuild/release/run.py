@@ -136,7 +136,7 @@ def _resume(m: Manifest, path: Path, notice: Notice) -> dict[str, Any]:
     for key, j in new["jobs"].items():
         before = old["jobs"].get(key)
         if (j["model"] not in redo and before and before.get("status") == "ok"
-                and _files_there(before, out)):
+                and set(j) <= set(before) and _files_there(before, out)):
             new["jobs"][key] = {**before, "reused": True}
         elif j["kind"] == "prepare":
             redo.add(j["model"])
@@ -363,7 +363,8 @@ def _locked(out: Path) -> Iterator[None]:
 
 
 def _sweep_temp_files(out: Path) -> None:
-    """Temp files (`*.tmp-PID`) that killed processes left anywhere under OUT."""
+    """trtbuild's temp files (`*.trtbuild-tmp-PID`) that killed processes left anywhere
+    under OUT."""
     for p in stale_temp_files(out, recursive=True):
         if p.is_file() and not p.is_symlink():
             p.unlink()
