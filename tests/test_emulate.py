@@ -1,6 +1,7 @@
-"""Emulating a written FP16-typed model (trtbuild.quant.emulate): the same numbers as the
-emulation trtbuild builds from the FP32 graph, and the overflow ONNX Runtime's FP16 kernels
-miss, seen from the written file alone (`trtbuild validate`)."""
+"""Emulating a written FP16-typed model (trtbuild.quant.emulate, the one emulator): the same
+numbers as an emulation built another way, from the FP32 graph and the FP16 decisions; the
+overflow ONNX Runtime's FP16 kernels miss, seen from the written file alone (`trtbuild
+validate`); the build's checks run the graph they write, so a conversion bug shows."""
 
 from __future__ import annotations
 
@@ -16,6 +17,57 @@ from trtbuild.onnx import io
 from trtbuild.quant import fp16
 from trtbuild.quant.emulate import emulate_typed, has_fp16
 from trtbuild.stages.clean import clean_model
+
+
+def _from_fp32_graph(model, s=Fp16Settings(), keep_at=frozenset()):
+    """The emulation built from the FP32 graph and the FP16 decisions, as trtbuild did
+    before the build's checks ran the written graph (a reference made another way: the
+    emulation of convert's graph must compute the same)."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    m = onnx.ModelProto()
+    m.CopyFrom(model)
+    g = m.graph
+    floats = io.float_tensors(m)
+    half = fp16.half_nodes(g, floats, s, keep_at)
+    used_by_half = {i for n, h in zip(g.node, half) if h for i in n.input}
+    for init in g.initializer:
+        if init.name in used_by_half and init.data_type == TensorProto.FLOAT:
+            big = np.finfo(np.float16).max
+            arr = np.clip(numpy_helper.to_array(init), -big, big).astype(np.float16).astype(np.float32)
+            init.CopyFrom(numpy_helper.from_array(arr, init.name))
+    producer_half = {o: h for n, h in zip(g.node, half) for o in n.output}
+    inits = {i.name for i in g.initializer}
+    rounded: dict[str, str] = {}  # FP32 tensor -> its FP16 round trip (the boundary Cast)
+    rebuilt = []
+    for node, h in zip(g.node, half):
+        if h:  # inputs from FP32 nodes or graph inputs are cast to FP16 on the way in
+            for k, name in enumerate(node.input):
+                if name in floats and name not in inits and not producer_half.get(name) \
+                        and node.op_type not in fp16.TYPE_AGNOSTIC \
+                        and k not in fp16.FLOAT32_INPUTS.get(node.op_type, set()):
+                    if name not in rounded:
+                        rounded[name] = f"{name}_tofp16"
+                        rebuilt += [helper.make_node("Cast", [name], [f"{name}_tofp16_h"],
+                                                     to=TensorProto.FLOAT16),
+                                    helper.make_node("Cast", [f"{name}_tofp16_h"],
+                                                     [rounded[name]], to=TensorProto.FLOAT)]
+                    node.input[k] = rounded[name]
+        rebuilt.append(node)
+        if not h:
+            continue
+        for k, name in enumerate(node.output):
+            if name not in floats:
+                continue
+            raw = f"{name}_prefp16"
+            node.output[k] = raw
+            rebuilt += [helper.make_node("Cast", [raw], [f"{raw}_h"], to=TensorProto.FLOAT16),
+                        helper.make_node("Cast", [f"{raw}_h"], [name], to=TensorProto.FLOAT)]
+    del g.node[:]
+    g.node.extend(rebuilt)
+    del g.value_info[:]
+    return m
 
 
 def _run(model, feed):
@@ -36,7 +88,7 @@ def test_typed_emulation_equals_the_one_built_from_the_fp32_graph(encoder_onnx):
     feed = {i.name: np.random.default_rng(0).standard_normal(
         [d.dim_value or 2 for d in i.type.tensor_type.shape.dim]).astype(np.float32)
         for i in encoder.graph.input}
-    want = _run(fp16.emulated(encoder, s), feed)
+    want = _run(_from_fp32_graph(encoder, s), feed)
     got = _run(typed, feed)
     for w, g in zip(want, got):
         assert np.abs(w - _run(encoder, feed)[0]).max() > 0  # FP16 rounding shows
@@ -81,4 +133,40 @@ def test_fp16_graph_inputs_feeding_an_fp32_node(tmp_path):
     rounded = {"x": x.astype(np.float16).astype(np.float32)}
     np.testing.assert_array_equal(_run(typed, {"x": x})[0], _run(typed, rounded)[0])
     np.testing.assert_allclose(_run(typed, rounded)[0],
-                               _run(fp16.emulated(model, s), rounded)[0], rtol=1e-6)
+                               _run(_from_fp32_graph(model, s), rounded)[0], rtol=1e-6)
+
+
+def test_the_builds_checks_run_the_graph_they_write(tmp_path, monkeypatch):
+    """A bug in fp16.convert (one weight written 1.5x too large) shows in the build's FP16
+    and INT8 checks, which emulate the graphs written; the checks built from the FP32 graph
+    and the keep list (before) reported the same agreement as with a correct conversion."""
+    import trtbuild
+    from trtbuild.demo import CALIB_DIR, VAL_DIR
+
+    def cosines(out):
+        report = json.loads((out / "report.json").read_text())
+        return {s["stage"]: s["outputs"]["output"]["cosine_min"] for s in report["stages"]
+                if s["stage"] in ("fp16", "validate")}
+
+    options = dict(fp16=True, int8=True, calib=CALIB_DIR, val=VAL_DIR, target="onnx",
+                   cache=False)
+    trtbuild.build("trtbuild.demo.digits:digits_cnn", tmp_path / "ok", **options)
+    good = cosines(tmp_path / "ok")
+    convert = fp16.convert
+
+    def broken(model, *args, **kwargs):
+        half, info = convert(model, *args, **kwargs)
+        from onnx import numpy_helper
+
+        # the first FP16 weight of more than one value (INT8 graph: a bias or a scale)
+        w = next(i for i in half.graph.initializer
+                 if i.data_type == onnx.TensorProto.FLOAT16 and np.prod(i.dims) > 1)
+        w.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(w) * np.float16(1.5), w.name))
+        return half, info
+
+    monkeypatch.setattr(fp16, "convert", broken)
+    trtbuild.build("trtbuild.demo.digits:digits_cnn", tmp_path / "bug", **options)
+    bad = cosines(tmp_path / "bug")
+    assert min(good.values()) > 0.999 and set(good) == set(bad) == {"fp16", "validate"}
+    assert bad["fp16"] < good["fp16"] - 1e-4 and bad["validate"] < good["validate"] - 1e-4, (
+        good, bad)

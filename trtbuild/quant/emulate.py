@@ -3,10 +3,12 @@ Runtime's CPU kernels: every float16 tensor (node outputs, Casts into FP16, grap
 rounded through Cast(fp16)->Cast(fp32), so values past 65504 become inf and small ones lose
 their bits as on the GPU; float16 weights and constants widened exactly.
 
-fp16.emulated builds the same thing from the FP32 graph and the FP16 decisions; this one
-reads any written model (trtbuild's, or one from another tool), so `trtbuild validate
-model.int8.onnx` checks what an engine computes rather than ONNX Runtime's FP16 kernels,
-which compute in FP32 between casts.
+The one emulator: the build's FP16 and INT8 checks run it on the very graph they write
+(model.fp16.onnx, model.int8.onnx), `trtbuild validate` on any written model (trtbuild's, or
+one from another tool), so every check sees what an engine computes rather than ONNX
+Runtime's FP16 kernels, which compute in FP32 between casts. Control-flow nodes (If, Loop,
+Scan) are kept as they are where neither they nor their bodies touch a float16 tensor
+(trtbuild's FP16 graphs keep them FP32).
 """
 
 from __future__ import annotations
@@ -32,17 +34,22 @@ def has_fp16(model: Any) -> bool:
 
 def emulate_typed(model: Any) -> Any:
     """The FP32 emulation of `model` (a ModelProto with float16 tensors). Raises
-    ValueError where it cannot emulate: control flow (If/Loop/Scan bodies are not rewritten)
-    or a tensor whose type shape inference cannot tell."""
+    ValueError where it cannot emulate: control flow that touches float16 (If/Loop/Scan
+    bodies are not rewritten) or a tensor whose type shape inference cannot tell."""
     import onnx
     from onnx import TensorProto, helper, numpy_helper
 
     f16, f32 = TensorProto.FLOAT16, TensorProto.FLOAT
-    if any(a.type in (a.GRAPH, a.GRAPHS) for n in model.graph.node for a in n.attribute):
-        raise ValueError("control flow (If/Loop/Scan) is not emulated")
     m = onnx.shape_inference.infer_shapes(model)
     g = m.graph
     types = {v.name: v.type.tensor_type.elem_type for v in [*g.value_info, *g.input, *g.output]}
+    for node in g.node:
+        bodies = [b for a in node.attribute for b in ([a.g] if a.type == a.GRAPH else a.graphs)
+                  if a.type in (a.GRAPH, a.GRAPHS)]
+        if bodies and (any(types.get(t) == f16 for t in [*node.input, *node.output])
+                       or any(has_fp16(onnx.helper.make_model(b)) for b in bodies)):
+            raise ValueError(f"control flow ({node.op_type}) over float16 tensors is not "
+                             "emulated")
     for init in g.initializer:
         types[init.name] = init.data_type
         if init.data_type == f16:

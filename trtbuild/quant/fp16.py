@@ -137,54 +137,11 @@ def _runs_half(node: Any, floats: set[str], s: Fp16Settings) -> bool:
 
 def emulated(model: Any, s: Fp16Settings = Fp16Settings(),
              keep_at: frozenset[int] = frozenset()) -> Any:
-    """What an FP16 engine computes, in FP32 ONNX Runtime: weights rounded to float16 as the
-    FP16 graph stores them, and every half node's float outputs, and its float inputs from
-    FP32 nodes or graph inputs (the Casts into FP16), round-tripped through
-    Cast(fp16)->Cast(fp32), so values past 65504 become inf as on the GPU. ONNX Runtime's own
-    FP16 run cannot be trusted for this: its CPU provider computes many FP16 nodes in FP32
-    and drops the casts between them (an (x*x)/1000 with x = 300 gives 90 there, inf on a
-    GPU)."""
-    import onnx
-    from onnx import TensorProto, helper, numpy_helper
+    """What an FP16 engine computes for `model` converted with these decisions, in FP32
+    ONNX Runtime: emulate.emulate_typed (the one emulator) of convert's graph. ONNX
+    Runtime's own FP16 run cannot be trusted for this: its CPU provider computes many FP16
+    nodes in FP32 and drops the casts between them (an (x*x)/1000 with x = 300 gives 90
+    there, inf on a GPU)."""
+    from .emulate import emulate_typed
 
-    m = onnx.ModelProto()
-    m.CopyFrom(model)
-    g = m.graph
-    floats = io.float_tensors(m)
-    half = half_nodes(g, floats, s, keep_at)
-    used_by_half = {i for n, h in zip(g.node, half) if h for i in n.input}
-    for init in g.initializer:
-        if init.name in used_by_half and init.data_type == TensorProto.FLOAT:
-            arr = _to_half(numpy_helper.to_array(init)).astype(np.float32)
-            init.CopyFrom(numpy_helper.from_array(arr, init.name))
-    producer_half = {o: h for n, h in zip(g.node, half) for o in n.output}
-    inits = {i.name for i in g.initializer}
-    rounded: dict[str, str] = {}  # FP32 tensor -> its FP16 round trip (the boundary Cast)
-    rebuilt = []
-    for node, h in zip(g.node, half):
-        if h:  # inputs from FP32 nodes or graph inputs are cast to FP16 on the way in
-            for k, name in enumerate(node.input):
-                if name in floats and name not in inits and not producer_half.get(name) \
-                        and node.op_type not in TYPE_AGNOSTIC \
-                        and k not in FLOAT32_INPUTS.get(node.op_type, set()):
-                    if name not in rounded:
-                        rounded[name] = f"{name}_tofp16"
-                        rebuilt += [helper.make_node("Cast", [name], [f"{name}_tofp16_h"],
-                                                     to=TensorProto.FLOAT16),
-                                    helper.make_node("Cast", [f"{name}_tofp16_h"],
-                                                     [rounded[name]], to=TensorProto.FLOAT)]
-                    node.input[k] = rounded[name]
-        rebuilt.append(node)
-        if not h:
-            continue
-        for k, name in enumerate(node.output):
-            if name not in floats:
-                continue
-            raw = f"{name}_prefp16"
-            node.output[k] = raw
-            rebuilt += [helper.make_node("Cast", [raw], [f"{raw}_h"], to=TensorProto.FLOAT16),
-                        helper.make_node("Cast", [f"{raw}_h"], [name], to=TensorProto.FLOAT)]
-    del g.node[:]
-    g.node.extend(rebuilt)
-    del g.value_info[:]
-    return m
+    return emulate_typed(convert(model, s, keep_at)[0])

@@ -13,27 +13,31 @@ from typing import Any
 import numpy as np
 
 from ..config import Fp16Settings
+from ..errors import MISSING_CAPABILITY, TrtBuildError
 from . import fp16
+from .emulate import emulate_typed
 from .fp16_range import FP16_MAX, FP16_TINY, range_keeps
 
 
 def to_fp16(qdq: Any, s: Fp16Settings, feeds: list[dict[str, np.ndarray]],
-            known: dict[str, str | None] | None = None, build: bool = True
-            ) -> tuple[Any, Any, dict[str, Any]]:
-    """(FP16 graph to build, FP32 emulation of it for the CPU check, record fields).
-    `known`: ranges measured before, reused and added to (fp16_range.range_keeps);
-    `build=False`: the emulation alone (None for the graph)."""
+            known: dict[str, str | None] | None = None) -> tuple[Any, Any, dict[str, Any]]:
+    """(FP16 graph to build, FP32 emulation of that graph for the CPU check, record fields).
+    `known`: ranges measured before, reused and added to (fp16_range.range_keeps)."""
     import onnx
 
     qdq = onnx.shape_inference.infer_shapes(at_opset(qdq, FP16_QDQ_OPSET))
     keeps = {**range_keeps(qdq, s, feeds, known), **_scale_keeps(qdq)}
     keeps = _keep_dq_consumers(qdq, keeps)
     keep_at = frozenset(keeps)
-    model, info = fp16.convert(qdq, s, keep_at) if build else (None, {})
+    model, info = fp16.convert(qdq, s, keep_at)
     nodes = qdq.graph.node
     info["auto_fp32"] = [{"node": nodes[k].name or f"#{k}", "op": nodes[k].op_type,
                           "reason": why} for k, why in sorted(keeps.items())]
-    return model, fp16.emulated(qdq, s, keep_at), info
+    try:
+        emulation = emulate_typed(model)
+    except ValueError as e:  # control flow over FP16: the written graph cannot be checked
+        raise TrtBuildError(f"cannot emulate the FP16 parts ({e})", MISSING_CAPABILITY)
+    return model, emulation, info
 
 
 FP16_QDQ_OPSET = 19  # QuantizeLinear/DequantizeLinear take float16 scales from opset 19
@@ -44,7 +48,6 @@ def at_opset(model: Any, version: int) -> Any:
     TrtBuildError(3) when the converter cannot (the caller may fall back to FP32)."""
     from onnx import version_converter
 
-    from ..errors import MISSING_CAPABILITY, TrtBuildError
     from ..onnx import io
 
     if io.opset(model) >= version:

@@ -12,6 +12,7 @@ from typing import Any
 from ..context import Context
 from ..onnx import io
 from ..quant import fp16
+from ..quant.emulate import emulate_typed
 from ..quant.fp16_range import fold_batchnorm, range_keeps
 from . import validate
 
@@ -33,7 +34,8 @@ def run(ctx: Context) -> dict[str, Any]:
             for k, why in sorted(keeps.items())]
     if auto:
         log.info("%s: %d nodes kept in FP32 by measured range", out, len(auto))
-    record = validate.check(ctx, fp16.emulated(folded, s, keep_at).SerializeToString(), "fp16")
+    # the check runs what was written: the FP16 graph's own emulation (one emulator)
+    record = validate.check(ctx, emulate_typed(model).SerializeToString(), "fp16")
     record.update(info, output=str(out), batchnorm_folded=n_folded, auto_fp32=auto,
                   cpu_check="FP16 emulation (FP16 tensors and weights rounded, overflow to "
                             "inf) in ONNX Runtime, FP32 kernels")

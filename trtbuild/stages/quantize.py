@@ -116,12 +116,10 @@ def write_int8(ctx: Context, qdq: Any, parts: tuple | None = None) -> dict[str, 
     return {"output": str(out), **record}
 
 
-def with_float_parts(ctx: Context, qdq: Any, build: bool = True
-                     ) -> tuple[Any, Any, dict[str, Any]]:
+def with_float_parts(ctx: Context, qdq: Any) -> tuple[Any, Any, dict[str, Any]]:
     """(the model to write, what the CPU check runs for it, record fields) for a Q/DQ model:
-    its float parts in FP16 with the FP16 emulation as the check (--high-precision fp16),
-    else FP32 and the model itself, also when FP16 conversion is not possible.
-    `build=False`: only the check is wanted (the FP16 graph may be None)."""
+    its float parts in FP16 with that graph's emulation as the check (--high-precision
+    fp16), else FP32 and the model itself, also when FP16 conversion is not possible."""
     record: dict[str, Any] = {"high_precision": ctx.settings.calib.high_precision}
     if ctx.settings.calib.high_precision != "fp16":
         return qdq, qdq, record
@@ -129,7 +127,7 @@ def with_float_parts(ctx: Context, qdq: Any, build: bool = True
 
     try:
         model, emulation, info = to_fp16(qdq, ctx.settings.fp16_options, ctx.probe_feeds(),
-                                         ctx.fp16_ranges, build)
+                                         ctx.fp16_ranges)
     except TrtBuildError as e:
         if e.code != MISSING_CAPABILITY:
             raise
