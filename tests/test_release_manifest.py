@@ -193,7 +193,7 @@ def test_syntax_error_is_one_problem_with_its_line(tmp_path):
 
 def test_unreadable_manifest_is_one_line(tmp_path):
     for path, says in ((tmp_path / "nope.toml", "no such manifest file"),
-                       (tmp_path, "cannot read the manifest")):
+                       (tmp_path, "not a regular file")):
         with pytest.raises(TrtBuildError) as info:
             load(path)
         assert info.value.code == BAD_INPUT
@@ -277,17 +277,23 @@ src = "torchvision:resnet18"
 src = "torchvision:resnet18"
 [models.r.v2]
 src = "torchvision:resnet18"
+[models."release.json"]
+src = "torchvision:resnet18"
+[models."mmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmm"]
+src = "torchvision:resnet18"
 """)
+    rule = ("use up to 100 letters, digits, _ . - , no leading dot, and not release.json or "
+            "release.html (it names the model's output directory)")
     assert problems(path) == [
         "[defaults] 'src' belongs in each [models.NAME] table",
-        "[models.\"my model\"] 'my model' is not a model name: use letters, digits, _ . - and "
-        "no leading dot (it names the model's output directory)",
-        "[models.\"..\"] '..' is not a model name: use letters, digits, _ . - and no leading "
-        "dot (it names the model's output directory)",
+        f"[models.\"my model\"] 'my model' is not a model name: {rule}",
+        f"[models.\"..\"] '..' is not a model name: {rule}",
         "[models.r] unknown key 'v2' (a model name with a dot needs quotes: "
         "[models.\"r.v2\"])",
         "[models.r] src: missing (a .onnx file, FILE.py:FN, package.module:FN or "
         "torchvision:NAME)",
+        f"[models.\"release.json\"] 'release.json' is not a model name: {rule}",
+        f"[models.{'m' * 101}] '{'m' * 101}' is not a model name: {rule}",
         "[models.resnet] differs from [models.ResNet] only in case (their output directories "
         "would collide)",
     ]

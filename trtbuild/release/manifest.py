@@ -48,8 +48,11 @@ CALIB_KEYS = ("calib", "calib_cache")
 # merge), so it pays only on sets large enough to keep several machines busy.
 RELEASE_KEYS = {"shared_dir": "a string", "calib_shard_samples": "an integer"}
 CALIB_SHARD_SAMPLES = 2048
-# A model's name becomes a directory name: no separators, no leading dot.
-MODEL_NAME = re.compile(r"(?!\.)[A-Za-z0-9_.-]+")
+# A model's name becomes a directory name: no separators, no leading dot, short enough for
+# any file system (a 300-character name failed with ENAMETOOLONG after workers started), and
+# not the name of a file the release writes into OUT
+MODEL_NAME = re.compile(r"(?!\.)[A-Za-z0-9_.-]{1,100}")
+RESERVED = {"release.json", "release.html", ".release.lock"}
 
 
 @dataclass(frozen=True)
@@ -199,9 +202,10 @@ class _Checker:
               bad_defaults: set[str]) -> ModelEntry | None:
         table = _table_name(name)
         before = len(self.problems)
-        if not MODEL_NAME.fullmatch(name):
-            self.add(table, None, f"'{name}' is not a model name: use letters, digits, _ . - "
-                     "and no leading dot (it names the model's output directory)")
+        if not MODEL_NAME.fullmatch(name) or name.lower() in RESERVED:
+            self.add(table, None, f"'{name[:120]}' is not a model name: use up to 100 letters, "
+                     "digits, _ . - , no leading dot, and not release.json or release.html (it "
+                     "names the model's output directory)")
         if not isinstance(raw, dict):
             self.add("models", name, f"expected a table [{table}], got {_describe(raw)}")
             return None
