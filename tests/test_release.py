@@ -489,3 +489,23 @@ def test_a_baseline_of_another_shape_is_compared_field_by_field() -> None:
     assert abs(vs["c/fp16/sm_86"]["cosine_mean_change"] - 0.01) < 1e-9
     jn.compare(ours, {"jobs": ["not", "a", "table"]})
     assert all(j["vs_baseline"] == {"new": True} for j in ours["jobs"].values())
+
+
+@pytest.mark.parametrize("src,arch,code,says", [
+    ("nosuchpkg.models:make", "sm_86", 2, "cannot import module 'nosuchpkg'"),
+    ("torchvision:resnet19", "sm_86", 2, "no such torchvision model"),
+    ("trtbuild.demo.digits:digits_cnn", "sm_99", 3, "sm_99")])
+def test_a_model_that_cannot_build_stops_the_release_before_any_job(
+        tmp_path: Path, src: str, arch: str, code: int, says: str) -> None:
+    """A src that cannot be imported or an arch the builder cannot target passed the
+    manifest check and failed in every job after the workers started; now the release
+    stops first, as a plain build does, naming the model."""
+    pytest.importorskip("tensorrt_rtx")
+    path = tmp_path / "release.toml"
+    path.write_text(f'[defaults]\nprecisions = ["fp16"]\narchs = ["{arch}"]\n'
+                    f'[models.m]\nsrc = "{src}"\n')
+    proc = run_cli("release", path, "--out", tmp_path / "out")
+    assert proc.returncode == code, proc.stderr
+    last = proc.stderr.strip().splitlines()[-1]
+    assert "[models.m]" in last and says in last, last
+    assert not (tmp_path / "out").exists()

@@ -47,6 +47,29 @@ def parse(text: str) -> Source:
     return Source(text, "torch", safe_name(factory))
 
 
+def check_findable(src: Source) -> None:
+    """Without running any of its code: a torch SRC's module can be found (a module:FN's
+    top-level package by importlib.util.find_spec, a torchvision NAME in its model list).
+    Raises TrtBuildError(2) naming SRC; a FILE.py's existence parse() checked."""
+    import importlib.util
+
+    if src.kind != "torch":
+        return
+    target, _, factory = src.text.rpartition(":")
+    if target == "torchvision":
+        import torchvision
+
+        if factory not in torchvision.models.list_models():
+            raise TrtBuildError(f"{src.text}: no such torchvision model")
+    elif not target.endswith(".py"):
+        try:
+            found = importlib.util.find_spec(target.split(".")[0])
+        except (ImportError, ValueError):
+            found = None
+        if found is None:
+            raise TrtBuildError(f"{src.text}: cannot import module {target.split('.')[0]!r}")
+
+
 def safe_name(name: str) -> str:
     """`name` usable as one directory name: no separators, no leading dot."""
     cleaned = re.sub(r"[^A-Za-z0-9_.+-]", "_", name).lstrip(".")

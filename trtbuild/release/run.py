@@ -66,6 +66,7 @@ def release(manifest: str | Path, out: str | Path | None = None,
         if not baseline.is_file():
             raise TrtBuildError(f"{baseline}: no such baseline release.json")
         base = jn.read(baseline, "baseline")
+    _check_models(m)
     out = ensure_dir(Path(out) if out else default_out(m.path)).resolve()
     path = out / "release.json"
     models = ensure_dir(m.shared_dir).resolve() if m.shared_dir else out
@@ -106,6 +107,21 @@ def release(manifest: str | Path, out: str | Path | None = None,
     if message:
         raise TrtBuildError(message, GATE_FAILED, journal)
     return journal
+
+
+def _check_models(m: Manifest) -> None:
+    """What a plain build checks up front, for every model before any worker starts: its
+    SRC can be found (exit 2) and its builder targets every arch (exit 3). A release used to
+    learn either from each job's failure."""
+    from ..onnx import source
+    from ..pipeline import check_targets
+
+    for entry in m.models:
+        try:
+            source.check_findable(source.parse(entry.src))
+            check_targets(entry.settings)
+        except TrtBuildError as e:
+            raise TrtBuildError(f"{m.path}: [models.{entry.name}] {e.message}", e.code)
 
 
 def failure_message(journal: dict[str, Any], path: Path) -> str | None:
