@@ -52,7 +52,7 @@ class Context:
     amaxes: dict[str, float] = field(default_factory=dict)  # calibrate -> quantize
     moments: Any = None  # calibrate -> quantize: rounding.Moments of GPTQ's layer inputs
     int8_weights: dict = field(default_factory=dict)  # quantize -> sensitivity: {name: (q, scale)}
-    int8_check: bytes | None = None  # what the CPU check runs for the INT8 model (FP16 emulated)
+    int8_check: Any = None  # what the INT8 CPU check runs: bytes (a ModelProto past 2 GiB)
     fp16_ranges: dict = field(default_factory=dict)  # INT8 float parts: {tensor: why not FP16}
     torch_module: Any = None                                # torch SRCs: the eager baseline
     source: Any = None  # the loaded onnx.source.Source when the pre-checks loaded it

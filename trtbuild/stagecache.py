@@ -82,7 +82,9 @@ SPECS = {
     "quantize": Spec(("calib", "data", "fp16_options", "export", "profiles"),
                      ("clean", "calib_cache"),
                      _restore_quantize,
-                     lambda ctx: {"check.onnx": ctx.int8_check} if ctx.int8_check else {}),
+                     # a check past 2 GiB is not stored (bytes only): a hit checks the file
+                     lambda ctx: {"check.onnx": ctx.int8_check}
+                     if isinstance(ctx.int8_check, bytes) else {}),
     "validate": Spec(("data", "gates", "export", "profiles"), ("clean", "int8"),
                      lambda ctx, state: None),
 }

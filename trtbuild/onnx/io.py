@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
+import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 
@@ -43,7 +45,11 @@ def check_model(model: Any, where: str | Path, ours: bool = False) -> None:
     import onnx
 
     try:
-        onnx.checker.check_model(model, full_check=False)
+        if is_large(model):  # the checker serializes a ModelProto: by path past 2 GiB
+            with on_disk(model) as path:
+                onnx.checker.check_model(str(path), full_check=False)
+        else:
+            onnx.checker.check_model(model, full_check=False)
     except Exception as e:
         first = str(e).splitlines()[0]
         if ours:
@@ -59,6 +65,7 @@ def save(model: Any, path: str | Path) -> None:
     """Save atomically. Models over PROTO_LIMIT keep their weights in `<name>.data` beside
     the file (written first; the .onnx that points at it is renamed into place last)."""
     import onnx
+    from onnx.external_data_helper import load_external_data_for_model
 
     from ..files import atomic_path
 
@@ -68,8 +75,50 @@ def save(model: Any, path: str | Path) -> None:
             onnx.save_model(model, str(tmp), save_as_external_data=True,
                             all_tensors_to_one_file=True, location=f"{path.name}.data",
                             size_threshold=1024)
+            # saving moved the weights out of `model` into the file: read them back, so the
+            # caller's model stays whole
+            load_external_data_for_model(model, str(path.parent))
         else:
             onnx.save(model, str(tmp))
+
+
+def is_large(model: Any) -> bool:
+    """A ModelProto too large to serialize in one piece (over PROTO_LIMIT)?"""
+    return not isinstance(model, (str, Path, bytes)) and model.ByteSize() > PROTO_LIMIT
+
+
+@contextlib.contextmanager
+def on_disk(model: Any) -> Iterator[Path]:
+    """`model` saved in a temporary folder (weights as external data when large), for the
+    tools that take a large model only by path; the folder is removed after."""
+    with tempfile.TemporaryDirectory(prefix="trtbuild-model-") as folder:
+        path = Path(folder) / "model.onnx"
+        save(model, path)
+        yield path
+
+
+def infer_shapes(model: Any, **kwargs: Any) -> Any:
+    """onnx.shape_inference.infer_shapes, also past 2 GiB: a large model's weights (which
+    shape inference reads only as types and dims) are set aside while it runs, and the
+    value_info it found is put into `model` itself (returned)."""
+    import onnx
+
+    if not is_large(model):
+        return onnx.shape_inference.infer_shapes(model, **kwargs)
+    held = {}
+    for t in model.graph.initializer:
+        if len(t.raw_data) > 1 << 20:
+            held[t.name] = t.raw_data
+            t.ClearField("raw_data")
+    try:
+        found = onnx.shape_inference.infer_shapes(model, **kwargs)
+    finally:
+        for t in model.graph.initializer:
+            if t.name in held:
+                t.raw_data = held[t.name]
+    del model.graph.value_info[:]
+    model.graph.value_info.extend(found.graph.value_info)
+    return model
 
 
 def uses_external_data(path: str | Path) -> bool:
@@ -93,8 +142,11 @@ def session(model: Any, threads: int = 0, where: str | Path | None = None) -> An
     opts.log_severity_level = ort_severity()
     if threads:
         opts.intra_op_num_threads = threads
-    data = model if isinstance(model, (str, Path, bytes)) else model.SerializeToString()
     try:
+        if is_large(model):  # ONNX Runtime reads the weights in while the session is made
+            with on_disk(model) as path:
+                return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+        data = model if isinstance(model, (str, Path, bytes)) else model.SerializeToString()
         return ort.InferenceSession(str(data) if isinstance(data, Path) else data, opts,
                                     providers=["CPUExecutionProvider"])
     except Exception as e:  # noqa: BLE001 - ORT raises its own pybind exception types

@@ -14,11 +14,12 @@ def toposort(graph: Any) -> Any:
 
 def infer_shapes(graph: Any) -> Any:
     """Re-run ONNX shape inference so later folding sees the shapes earlier passes fixed."""
-    import onnx
     import onnx_graphsurgeon as gs
+
+    from ..onnx import io
 
     for t in graph.tensors().values():  # drop stale intermediate shapes; inference redoes them
         if isinstance(t, gs.Variable) and t not in graph.inputs and t not in graph.outputs:
             t.shape = None
-    model = onnx.shape_inference.infer_shapes(gs.export_onnx(graph), data_prop=True)
+    model = io.infer_shapes(gs.export_onnx(graph), data_prop=True)
     return gs.import_onnx(model)

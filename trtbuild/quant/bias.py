@@ -115,7 +115,7 @@ def corrections(candidate: Any, reference: Any, feeds: list[dict],
         return Corrected({}, [], 0)
     finals = [o.name for o in reference.graph.output]
     names = [outputs[t.node] for t in found] + finals
-    ref_sess = session(observed_model(reference, names).SerializeToString())
+    ref_sess = session(observed_model(reference, names))
     ref_runs = [ref_sess.run(names, f) for f in feeds]
     want = _means([r[:len(found)] for r in ref_runs], [t.axis for t in found])
     ref_finals = [r[len(found):] for r in ref_runs]
@@ -129,7 +129,7 @@ def corrections(candidate: Any, reference: Any, feeds: list[dict],
     for name, value in biases.items():  # biases become inputs: one session for every step
         cand.graph.input.append(onnx.helper.make_tensor_value_info(
             name, onnx.helper.np_dtype_to_tensor_dtype(value.dtype), list(value.shape)))
-    sess = session(cand.SerializeToString())
+    sess = session(cand)
     errors: list[float] = []
 
     def step(part: list[Target]) -> list[np.ndarray]:

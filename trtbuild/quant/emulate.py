@@ -40,7 +40,9 @@ def emulate_typed(model: Any) -> Any:
     from onnx import TensorProto, helper, numpy_helper
 
     f16, f32 = TensorProto.FLOAT16, TensorProto.FLOAT
-    m = onnx.shape_inference.infer_shapes(model)
+    from ..onnx import io
+
+    m = io.infer_shapes(model)
     g = m.graph
     types = {v.name: v.type.tensor_type.elem_type for v in [*g.value_info, *g.input, *g.output]}
     for node in g.node:

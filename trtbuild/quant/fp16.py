@@ -95,7 +95,7 @@ def convert(model: Any, s: Fp16Settings = Fp16Settings(),
     g.initializer.extend(half_inits.values())
     io.drop_unused_initializers(g)
     del g.value_info[:]
-    m = onnx.shape_inference.infer_shapes(m)
+    m = io.infer_shapes(m)
     n_half = sum(half)
     return m, {"fp16_nodes": n_half, "fp32_nodes": len(half) - n_half,
                "fp32_ops": sorted({n.op_type for n, h in zip(model.graph.node, half) if not h

@@ -23,9 +23,10 @@ def to_fp16(qdq: Any, s: Fp16Settings, feeds: list[dict[str, np.ndarray]],
             known: dict[str, str | None] | None = None) -> tuple[Any, Any, dict[str, Any]]:
     """(FP16 graph to build, FP32 emulation of that graph for the CPU check, record fields).
     `known`: ranges measured before, reused and added to (fp16_range.range_keeps)."""
-    import onnx
 
-    qdq = onnx.shape_inference.infer_shapes(at_opset(qdq, FP16_QDQ_OPSET))
+    from ..onnx import io
+
+    qdq = io.infer_shapes(at_opset(qdq, FP16_QDQ_OPSET))
     keeps = {**range_keeps(qdq, s, feeds, known), **_scale_keeps(qdq)}
     keeps = _keep_dq_consumers(qdq, keeps)
     keep_at = frozenset(keeps)

@@ -76,7 +76,6 @@ def op_counts(model: Any) -> dict[str, int]:
 def clean_model(model: Any, passes: list[tuple[str, Pass]] = PASSES) -> tuple[Any, list[dict]]:
     """Run `passes` in order on a ModelProto; returns the cleaned, shape-inferred model
     (with the source's metadata_props)."""
-    import onnx
     import onnx_graphsurgeon as gs
 
     graph = gs.import_onnx(model)
@@ -89,7 +88,7 @@ def clean_model(model: Any, passes: list[tuple[str, Pass]] = PASSES) -> tuple[An
     out = gs.export_onnx(graph)
     out.ir_version = model.ir_version
     io.copy_metadata(model, out)
-    return onnx.shape_inference.infer_shapes(out), done
+    return io.infer_shapes(out), done
 
 
 def clean(src: Path, out: Path, passes: list[tuple[str, Pass]] = PASSES,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import shutil
+import tempfile
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -101,25 +102,30 @@ def _export_torch(src: Source, out: Path, s: ExportSettings) -> ExportResult:
     out_names = ["output"] if len(reference) == 1 else [f"output_{i}" for i in range(len(reference))]
     axes = {n: {0: "batch"} for n in names + out_names} if s.dynamic_batch else None
     static_note = None
-    with atomic_path(out) as tmp:
+    # a private folder: past 2 GiB torch writes one external file per weight beside the
+    # model; io.save below writes OUT's model.onnx (+ model.onnx.data) once it checked out
+    with tempfile.TemporaryDirectory(prefix=".trtbuild-export-", dir=out.parent) as folder:
+        tmp = Path(folder) / "model.onnx"
         _torch_export(src, examples, tmp, names, out_names, axes, s.opset)
         if axes and not _runs_at_batch_2(tmp):
             # the module hard-codes its traced batch (e.g. SSD splits the batch into images)
             static_note = "the traced graph does not run at batch 2: exported with static batch"
             log.warning("%s: %s", src.text, static_note)
+            for f in Path(folder).iterdir():
+                f.unlink()
             _torch_export(src, examples, tmp, names, out_names, None, s.opset)
         model = onnx.load(str(tmp))
-        io.check_model(model, src.text)
-        model = onnx.shape_inference.infer_shapes(model)
-        onnx.save(model, str(tmp))
-        loose = io.data_dependent_outputs(model)
-        abs_err, rel_err, problems = _compare(model, names, examples, reference, loose)
-        scale = max((float(np.max(np.abs(r))) for n, r in zip(model_outputs(model), reference)
-                     if n not in loose and r.size), default=0.0)
-        if problems or abs_err > s.atol + s.rtol * scale:
-            detail = "; ".join(problems) or f"max abs error {abs_err:.3g} (rel {rel_err:.3g})"
-            raise TrtBuildError(f"{src.text}: exported ONNX differs from PyTorch: {detail}",
-                                GATE_FAILED)
+    io.check_model(model, src.text)
+    model = io.infer_shapes(model)
+    loose = io.data_dependent_outputs(model)
+    abs_err, rel_err, problems = _compare(model, names, examples, reference, loose)
+    scale = max((float(np.max(np.abs(r))) for n, r in zip(model_outputs(model), reference)
+                 if n not in loose and r.size), default=0.0)
+    if problems or abs_err > s.atol + s.rtol * scale:
+        detail = "; ".join(problems) or f"max abs error {abs_err:.3g} (rel {rel_err:.3g})"
+        raise TrtBuildError(f"{src.text}: exported ONNX differs from PyTorch: {detail}",
+                            GATE_FAILED)
+    io.save(model, out)  # atomic; past 2 GiB with model.onnx.data beside it
     result = ExportResult(out, _io_shapes(model), model_outputs(model), abs_err, rel_err, s.opset)
     result.static_batch = static_note
     result.data_dependent = {n: f"after {op}: compared by dtype and rank only (selection and "

@@ -35,7 +35,7 @@ def run(ctx: Context) -> dict[str, Any]:
     if auto:
         log.info("%s: %d nodes kept in FP32 by measured range", out, len(auto))
     # the check runs what was written: the FP16 graph's own emulation (one emulator)
-    record = validate.check(ctx, emulate_typed(model).SerializeToString(), "fp16")
+    record = validate.check(ctx, emulate_typed(model), "fp16")
     record.update(info, output=str(out), batchnorm_folded=n_folded, auto_fp32=auto,
                   cpu_check="FP16 emulation (FP16 tensors and weights rounded, overflow to "
                             "inf) in ONNX Runtime, FP32 kernels")

@@ -43,11 +43,10 @@ def base_model(ctx: Context) -> Any:
         return ctx.qdq_base
     model = ctx.clean_model()
     if ctx.settings.calib.high_precision == "fp16":
-        import onnx
 
         from ..quant.mixed import FP16_QDQ_OPSET, at_opset
         try:
-            model = onnx.shape_inference.infer_shapes(at_opset(model, FP16_QDQ_OPSET))
+            model = io.infer_shapes(at_opset(model, FP16_QDQ_OPSET))
         except TrtBuildError:  # with_float_parts says so, and keeps FP32
             pass
     ctx.qdq_base = model
@@ -109,7 +108,9 @@ def write_int8(ctx: Context, qdq: Any, parts: tuple | None = None) -> dict[str, 
     model, check, record = parts or with_float_parts(ctx, qdq)
     if "high_precision_note" in record:
         log.warning("%s: float parts stay FP32: %s", out, record["high_precision_note"])
-    ctx.int8_check = None if check is qdq else check.SerializeToString()
+    # bytes, or past 2 GiB the ModelProto itself (io.session and validate.check take both)
+    ctx.int8_check = None if check is qdq else (check if io.is_large(check)
+                                                 else check.SerializeToString())
     io.check_model(model, out, ours=True)
     io.save(model, out)
     ctx.artifacts.int8 = out

@@ -34,9 +34,16 @@ def run(ctx: Context, precision: str = "int8") -> dict[str, Any]:
     return check(ctx, ctx.artifacts.precision_models()[precision], precision)
 
 
-def check(ctx: Context, candidate: Path | bytes, precision: str) -> dict[str, Any]:
-    """`candidate` (an ONNX file, or a serialized model) vs the reference on the evaluation
-    data, with gates."""
+def check(ctx: Context, candidate: Any, precision: str) -> dict[str, Any]:
+    """`candidate` (an ONNX file, a serialized model or a ModelProto) vs the reference on
+    the evaluation data, with gates."""
+    from ..onnx import io
+
+    if not isinstance(candidate, (str, Path, bytes)):
+        if not io.is_large(candidate):
+            return check(ctx, candidate.SerializeToString(), precision)
+        with io.on_disk(candidate) as path:  # past 2 GiB: by path, weights beside it
+            return check(ctx, path, precision)
     from ..thirdparty import polygraphy
 
     polygraphy()

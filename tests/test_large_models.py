@@ -1,0 +1,53 @@
+"""Models past protobuf's 2 GiB (issue 21, part 1), run small: with io.PROTO_LIMIT lowered
+every model counts as large, so each stage takes the path a 2.5 GB ViT-H takes (weights as
+external data, checker, shape inference and ONNX Runtime sessions by path) on the digits
+demo, and must give the numbers the in-memory path gives."""
+
+from __future__ import annotations
+
+import json
+
+import onnx
+import pytest
+
+import trtbuild
+from trtbuild.demo import CALIB_DIR, VAL_DIR
+from trtbuild.onnx import io
+
+OPTIONS = dict(fp16=True, int8=True, calib=CALIB_DIR, val=VAL_DIR, cache=False,
+               archs="sm_86")
+
+
+def _metrics(out):
+    report = json.loads((out / "report.json").read_text())
+    return {s["stage"]: s["outputs"]["output"]["cosine_min"] for s in report["stages"]
+            if s["stage"] in ("fp16", "validate")}
+
+
+def test_every_stage_past_the_protobuf_limit_gives_the_same_numbers(tmp_path, monkeypatch):
+    target = "engine" if _has_rtx() else "onnx"
+    trtbuild.build("trtbuild.demo.digits:digits_cnn", tmp_path / "small", target=target,
+                   **OPTIONS)
+    monkeypatch.setattr(io, "PROTO_LIMIT", 2000)   # the demo's weights: about 100 kB
+    model = onnx.load(str(tmp_path / "small" / "model.clean.onnx"))
+    assert io.is_large(model)
+    inferred = io.infer_shapes(onnx.load(str(tmp_path / "small" / "model.onnx")))
+    assert len(inferred.graph.value_info) > 0 and io.is_large(inferred)  # weights put back
+    trtbuild.build("trtbuild.demo.digits:digits_cnn", tmp_path / "large", target=target,
+                   **OPTIONS)
+    large = tmp_path / "large"
+    for name in ("model.onnx", "model.clean.onnx", "model.fp16.onnx", "model.int8.onnx"):
+        assert (large / f"{name}.data").is_file(), name   # weights beside each artifact
+        assert io.uses_external_data(large / name)
+    assert _metrics(large) == pytest.approx(_metrics(tmp_path / "small"), abs=1e-6)
+    if target == "engine":  # TensorRT-RTX parsed the external-data files
+        assert sorted(p.name for p in (large / "engines" / "sm_86").iterdir()) == [
+            "model.fp16.engine", "model.int8.engine"]
+
+
+def _has_rtx() -> bool:
+    try:
+        import tensorrt_rtx  # noqa: F401
+    except ImportError:
+        return False
+    return True
