@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import resource
 from pathlib import Path
 from typing import Any, Callable
 
@@ -70,6 +71,9 @@ def run_stages(ctx: Context, stages: list[tuple[str, Stage]],
                 if isinstance(e, TrtBuildError):
                     e.report = _written_page(ctx)
                 raise
+        # the process's peak so far: with each stage's, where memory went (large models)
+        record.setdefault("peak_rss_mb", round(
+            resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1))
         record = ctx.report.add(name, t.seconds, **record)
         log.info("stage %s: done in %.2fs", name, t.seconds)
         if on_stage:
