@@ -71,7 +71,7 @@ def save(model: Any, path: str | Path) -> None:
 
     path = Path(path)
     with atomic_path(path) as tmp:
-        if model.ByteSize() > PROTO_LIMIT:
+        if is_large(model):
             onnx.save_model(model, str(tmp), save_as_external_data=True,
                             all_tensors_to_one_file=True, location=f"{path.name}.data",
                             size_threshold=1024)
@@ -83,8 +83,16 @@ def save(model: Any, path: str | Path) -> None:
 
 
 def is_large(model: Any) -> bool:
-    """A ModelProto too large to serialize in one piece (over PROTO_LIMIT)?"""
-    return not isinstance(model, (str, Path, bytes)) and model.ByteSize() > PROTO_LIMIT
+    """A ModelProto too large to serialize in one piece (over PROTO_LIMIT)? Past 2 GiB
+    protobuf cannot even count its bytes (ByteSize raises EncodeError)."""
+    from google.protobuf.message import EncodeError
+
+    if isinstance(model, (str, Path, bytes)):
+        return False
+    try:
+        return model.ByteSize() > PROTO_LIMIT
+    except EncodeError:
+        return True
 
 
 @contextlib.contextmanager
