@@ -359,8 +359,11 @@ def test_rerun_into_the_same_out_leaves_nothing_stale(tmp_path):
     assert (out / "model.int8.onnx").is_file() and (out / "calib.cache").is_file()
     (out / "model.onnx.trtbuild-tmp-999999").write_text("left by a killed run")
     (out / "notes.tmp-999999").write_text("a user's file that only looks like a temp")
+    (out / ".trtbuild-work-999999-x1").mkdir()  # a large export's staging, killed
+    (out / ".trtbuild-work-999999-x1" / "model.onnx").write_bytes(b"x" * 1000)
     run_cli(DIGITS, "--fp16", "--target", "onnx", "--out", out, check=True)
     (out / "notes.tmp-999999").unlink()  # kept: not one of trtbuild's temp names
+    assert not (out / ".trtbuild-work-999999-x1").exists()
     assert not _disagrees(out), sorted(p.name for p in out.iterdir())
     assert not (out / "model.int8.onnx").exists() and (out / "model.fp16.onnx").is_file()
 

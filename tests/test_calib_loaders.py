@@ -64,6 +64,9 @@ def test_loader_call_parsing():
     for bad in ("a.py:fn(1)", "a.py:fn(x=open('f'))", "a.py:fn(**d)", "a.py:fn(x=)"):
         with pytest.raises(TrtBuildError, match="key=value with Python literal"):
             loader.parse(bad)
+    from trtbuild.data import check_source
+    with pytest.raises(TrtBuildError, match="not a loader call"):  # its ')' missing
+        check_source("calib/images.py:load(folder='a'", "--data-loader-script")
 
 
 def test_images_fit_the_input_and_balance_classes(tmp_path):

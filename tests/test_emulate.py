@@ -170,3 +170,25 @@ def test_the_builds_checks_run_the_graph_they_write(tmp_path, monkeypatch):
     assert min(good.values()) > 0.999 and set(good) == set(bad) == {"fp16", "validate"}
     assert bad["fp16"] < good["fp16"] - 1e-4 and bad["validate"] < good["validate"] - 1e-4, (
         good, bad)
+
+
+def test_an_op_shape_inference_cannot_type_is_checked_unemulated(tmp_path):
+    """A com.microsoft Gelu between Relus: shape inference cannot type its output, so the
+    FP16 graph cannot be emulated; the fp16 stage checks the written file on ONNX Runtime's
+    kernels and says so (the first one-emulator version ended in an internal error)."""
+    from onnx import TensorProto, helper
+
+    nodes = [helper.make_node("Relu", ["x"], ["a"]),
+             helper.make_node("Gelu", ["a"], ["b"], domain="com.microsoft"),
+             helper.make_node("Relu", ["b"], ["y"])]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info(
+        "x", TensorProto.FLOAT, ["N", 8])], [helper.make_tensor_value_info(
+            "y", TensorProto.FLOAT, ["N", 8])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17),
+                                                    helper.make_opsetid("com.microsoft", 1)])
+    onnx.save(model, str(tmp_path / "gelu.onnx"))
+    proc = run_cli(tmp_path / "gelu.onnx", "--fp16", "--target", "onnx", "--out",
+                   tmp_path / "o", "--json")
+    assert proc.returncode == 0, proc.stderr
+    fp16_record = next(s for s in json.loads(proc.stdout)["stages"] if s["stage"] == "fp16")
+    assert fp16_record["cpu_check"].startswith("not emulated (")

@@ -65,3 +65,23 @@ def test_a_model_protobuf_cannot_measure_counts_as_large():
 
     assert io.is_large(Unmeasurable())
     assert not io.is_large(b"bytes") and not io.is_large("model.onnx")
+
+
+def test_saving_twice_replaces_the_weights_file(tmp_path, monkeypatch):
+    """onnx appends external data to an existing file: a second save of the same large
+    model (the sensitivity search rewrites model.int8.onnx) doubled model.onnx.data."""
+    import numpy as np
+
+    monkeypatch.setattr(io, "PROTO_LIMIT", 2000)
+    out = tmp_path / "small"
+    trtbuild.build("trtbuild.demo.digits:digits_cnn", out, target="onnx", cache=False)
+    model = onnx.load(str(out / "model.onnx"))
+    for _ in range(2):
+        io.save(model, tmp_path / "m.onnx")
+        size = (tmp_path / "m.onnx.data").stat().st_size
+    assert size == (out / "model.onnx.data").stat().st_size
+    again = onnx.load(str(tmp_path / "m.onnx"))
+    from onnx import numpy_helper
+    for a, b in zip(model.graph.initializer, again.graph.initializer):
+        np.testing.assert_array_equal(numpy_helper.to_array(a), numpy_helper.to_array(b))
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".trtbuild")]

@@ -103,6 +103,11 @@ def test_accuracy_chart_distance_from_reference_on_a_log_axis():
     assert w == pytest.approx([480 * (6 + math.log10(0.02)) / 6, 480 * 5 / 6], abs=0.05)
     svg = re.search(r'<svg[^>]*id="accuracy-bars".*?</svg>', page, re.S).group(0)
     assert "validate int8 logits: cosine min" in svg and svg.count("stroke-dasharray") == 2
+    # a NaN (null in report.json) is the worst case: a full red bar, not none
+    nan = {"stages": [{"stage": "validate", "precision": "int8",
+                       "outputs": {"y": {"cosine_min": None}}}]}
+    [(cls, attrs)] = _svg(report_html.render(nan), "accuracy-bars")
+    assert cls == "bar-bad" and float(attrs["width"]) == pytest.approx(480)
 
 
 def test_missing_and_odd_keys_never_raise():

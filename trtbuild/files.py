@@ -17,6 +17,21 @@ def tmp_name(path: Path) -> Path:
     return path.with_name(f"{path.name}{TMP_TAG}{os.getpid()}")
 
 
+# folders trtbuild stages large files in beside OUT's (`.trtbuild-work-<pid>-XXXX`)
+WORK_DIR = ".trtbuild-work-"
+
+
+def stale_work_dirs(folder: Path) -> list[Path]:
+    """Staging folders in `folder` whose process is gone (a kill -9 during a large export
+    left gigabytes there)."""
+    found = []
+    for p in folder.glob(f"{WORK_DIR}*") if folder.is_dir() else []:
+        pid = p.name[len(WORK_DIR):].split("-", 1)[0]
+        if p.is_dir() and not p.is_symlink() and pid.isdigit() and not pid_alive(int(pid)):
+            found.append(p)
+    return found
+
+
 def stale_temp_files(folder: Path, recursive: bool = False) -> list[Path]:
     """`*.trtbuild-tmp-<pid>` entries in `folder` (or anywhere under it) whose process is
     gone (killed mid-write)."""

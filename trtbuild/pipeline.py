@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 import logging
 import resource
+import shutil
 from pathlib import Path
 from typing import Any, Callable
 
@@ -130,7 +131,7 @@ def clear_previous(out: Path, keep: tuple[Path, ...] = ()) -> list[str]:
     """Remove what an earlier run left in `out` (trtbuild's own artifact names, engines, and
     temp files of processes that are gone), so the directory and report.json agree. Files in
     `keep` (the run's own inputs) are never touched. Returns what was removed."""
-    from .files import stale_temp_files
+    from .files import stale_temp_files, stale_work_dirs
 
     kept = {p.resolve() for p in keep}
     found = [out / n for n in ARTIFACTS] + sorted((out / "engines").glob("*/model.*.engine"))
@@ -140,6 +141,9 @@ def clear_previous(out: Path, keep: tuple[Path, ...] = ()) -> list[str]:
         if path.is_file() and not path.is_symlink() and path.resolve() not in kept:
             path.unlink()
             removed.append(path.name)
+    for folder in stale_work_dirs(out):
+        shutil.rmtree(folder, ignore_errors=True)
+        removed.append(folder.name)
     for arch in sorted((out / "engines").glob("*")) if (out / "engines").is_dir() else []:
         if arch.is_dir() and not any(arch.iterdir()):
             arch.rmdir()

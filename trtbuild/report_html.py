@@ -13,7 +13,7 @@ import math
 import os
 import re
 import stat
-from html import escape
+from html import escape, unescape
 from pathlib import Path
 from typing import Any
 
@@ -251,12 +251,16 @@ def _accuracy_chart(entries: list, width: int = 800) -> str:
         outputs = e.get("outputs") if isinstance(e.get("outputs"), dict) else {}
         for name, m in outputs.items():
             for k in CHARTED:
-                v = m.get(k) if isinstance(m, dict) else None
-                if _is_num(v):
-                    label = re.sub("<[^>]+>.*", "", what).strip()
-                    if label != e.get("precision"):   # "fp16", not "fp16 fp16"
-                        label = f"{label} {e.get('precision', '')}"
-                    bars.append((f"{label} {name}: {_header_name(k)}", k, float(v)))
+                if not isinstance(m, dict) or k not in m:
+                    continue
+                v = m[k]  # None: a NaN in report.json, the worst case: a full red bar
+                v = float(v) if _is_num(v) else float("-inf") if v is None else None
+                if v is None:
+                    continue
+                label = unescape(re.sub("<[^>]+>.*", "", what).strip())
+                if label != e.get("precision"):   # "fp16", not "fp16 fp16"
+                    label = f"{label} {e.get('precision', '')}"
+                bars.append((f"{label} {name}: {_header_name(k)}", k, v))
     if not bars:
         return ""
     lo, hi = -6, 0                                 # 1 - metric from 1e-6 to 1
@@ -284,7 +288,8 @@ def _accuracy_chart(entries: list, width: int = 800) -> str:
                      f"text-anchor=\"end\">{escape(label[-50:])}</text>")
         parts.append(f"<rect class=\"{'bar-bad' if bad else 'bar-ok'}\" x=\"{pad_l}\" y=\"{y + 4}\" "
                      f"width=\"{max(at(1 - v) - pad_l, 0.5):.2f}\" height=\"{row - 8}\">"
-                     f"<title>{escape(label)} {_plain(v)}</title></rect>")
+                     f"<title>{escape(label)} {_plain(v) if math.isfinite(v) else 'NaN'}"
+                     "</title></rect>")
         if floor is not None:
             xf = at(1 - floor)
             parts.append(f"<line x1=\"{xf:.2f}\" y1=\"{y + 1}\" x2=\"{xf:.2f}\" "

@@ -245,6 +245,9 @@ def check_source(source: str, flag: str) -> None:
             raise TrtBuildError(f"{path}: {flag}: no such data loader script")
         return
     folder = Path(source)
+    if not folder.is_dir() and ".py:" in str(source):  # e.g. a call missing its ')'
+        raise TrtBuildError(f"{source}: {flag}: not a loader call; give FILE.py:FN or "
+                            "FILE.py:FN(key=value, ...)")
     if not folder.is_dir():
         raise TrtBuildError(f"{folder}: {flag}: no such data directory")
     if not any(p.suffix.lower() in IMAGE_EXTS | ARRAY_EXTS for p in folder.iterdir()):

@@ -64,22 +64,34 @@ PROTO_LIMIT = 1_800_000_000  # protobuf files stop at 2 GiB; above this, weights
 def save(model: Any, path: str | Path) -> None:
     """Save atomically. Models over PROTO_LIMIT keep their weights in `<name>.data` beside
     the file (written first; the .onnx that points at it is renamed into place last)."""
+    import os
+
     import onnx
     from onnx.external_data_helper import load_external_data_for_model
 
-    from ..files import atomic_path
+    from ..files import WORK_DIR, atomic_path
 
     path = Path(path)
     with atomic_path(path) as tmp:
-        if is_large(model):
-            onnx.save_model(model, str(tmp), save_as_external_data=True,
-                            all_tensors_to_one_file=True, location=f"{path.name}.data",
+        if not is_large(model):
+            onnx.save(model, str(tmp))
+            return
+        data = path.with_name(f"{path.name}.data")
+        # staged in a folder of its own: onnx appends to an existing .data file (a second
+        # save grew it); the new .data replaces the old one, then the .onnx is renamed last
+        with tempfile.TemporaryDirectory(prefix=f"{WORK_DIR}{os.getpid()}-",
+                                         dir=path.parent) as folder:
+            staged = Path(folder) / path.name
+            onnx.save_model(model, str(staged), save_as_external_data=True,
+                            all_tensors_to_one_file=True, location=data.name,
                             size_threshold=1024)
             # saving moved the weights out of `model` into the file: read them back, so the
             # caller's model stays whole
-            load_external_data_for_model(model, str(path.parent))
-        else:
-            onnx.save(model, str(tmp))
+            load_external_data_for_model(model, folder)
+            with open(Path(folder) / data.name, "rb") as f:
+                os.fsync(f.fileno())
+            os.replace(Path(folder) / data.name, data)
+            os.replace(staged, tmp)
 
 
 def is_large(model: Any) -> bool:

@@ -57,8 +57,11 @@ def check_findable(src: Source) -> None:
         return
     target, _, factory = src.text.rpartition(":")
     if target == "torchvision":
-        import torchvision
-
+        try:
+            import torchvision
+        except ImportError:
+            raise TrtBuildError("torchvision is not installed: pip install torchvision",
+                                MISSING_CAPABILITY)
         if factory not in torchvision.models.list_models():
             raise TrtBuildError(f"{src.text}: no such torchvision model")
     elif not target.endswith(".py"):

@@ -42,6 +42,10 @@ def emulate_typed(model: Any) -> Any:
     f16, f32 = TensorProto.FLOAT16, TensorProto.FLOAT
     from ..onnx import io
 
+    if io.is_large(model):  # io.infer_shapes types a large model in place: work on a copy
+        copy = onnx.ModelProto()
+        copy.CopyFrom(model)
+        model = copy
     m = io.infer_shapes(model)
     g = m.graph
     types = {v.name: v.type.tensor_type.elem_type for v in [*g.value_info, *g.input, *g.output]}

@@ -91,8 +91,9 @@ def _prepare(entry: ModelEntry, out: Path) -> dict[str, Any]:
     ctx = pipeline.run(prepare_settings(entry, out))
     a = ctx.artifacts
     paths = {k: str(getattr(a, k)) if getattr(a, k) else None for k in PREPARED}
-    # resume reuses the files only while they hash to this
-    return {"artifacts": paths, "sha256": {p: file_sha256(Path(p)) for p in paths.values() if p}}
+    # resume reuses the files only while they hash to this (keyed by artifact: a Ray
+    # worker's scratch paths are rewritten to OUT's in values only)
+    return {"artifacts": paths, "sha256": {k: file_sha256(Path(p)) for k, p in paths.items() if p}}
 
 
 def _engine(entry: ModelEntry, out: Path, precision: str, arch: str,

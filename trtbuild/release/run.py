@@ -66,7 +66,7 @@ def release(manifest: str | Path, out: str | Path | None = None,
         if not baseline.is_file():
             raise TrtBuildError(f"{baseline}: no such baseline release.json")
         base = jn.read(baseline, "baseline")
-    _check_models(m)
+    _check_models(m, archs=ray is None)
     out = ensure_dir(Path(out) if out else default_out(m.path)).resolve()
     path = out / "release.json"
     models = ensure_dir(m.shared_dir).resolve() if m.shared_dir else out
@@ -109,17 +109,19 @@ def release(manifest: str | Path, out: str | Path | None = None,
     return journal
 
 
-def _check_models(m: Manifest) -> None:
+def _check_models(m: Manifest, archs: bool) -> None:
     """What a plain build checks up front, for every model before any worker starts: its
-    SRC can be found (exit 2) and its builder targets every arch (exit 3). A release used to
-    learn either from each job's failure."""
+    SRC can be found (exit 2) and, with `archs` (the local pool: the workers share this
+    machine's builder; Ray workers may have another), its builder targets every arch
+    (exit 3). A release used to learn either from each job's failure."""
     from ..onnx import source
     from ..pipeline import check_targets
 
     for entry in m.models:
         try:
             source.check_findable(source.parse(entry.src))
-            check_targets(entry.settings)
+            if archs:
+                check_targets(entry.settings)
         except TrtBuildError as e:
             raise TrtBuildError(f"{m.path}: [models.{entry.name}] {e.message}", e.code)
 
@@ -140,6 +142,7 @@ def _resume(m: Manifest, path: Path, notice: Notice) -> dict[str, Any]:
     """The journal to go on with: the previous one's finished jobs whose files are still
     there are kept (reused); everything else starts over."""
     out = path.parent
+    roots = (out, Path(m.shared_dir)) if m.shared_dir else (out,)  # where jobs write
     new = jn.fresh(m, out, 0, None)
     old = jn.read(path)
     if old is None:
@@ -152,18 +155,19 @@ def _resume(m: Manifest, path: Path, notice: Notice) -> dict[str, Any]:
     for key, j in new["jobs"].items():
         before = old["jobs"].get(key)
         if (j["model"] not in redo and before and before.get("status") == "ok"
-                and set(j) <= set(before) and _files_there(before, out)):
+                and set(j) <= set(before) and _files_there(before, roots)):
             new["jobs"][key] = {**before, "reused": True}
         elif j["kind"] == "prepare":
             redo.add(j["model"])
     return new
 
 
-def _files_there(job: dict[str, Any], out: Path) -> bool:
-    """The job's output files are inside OUT (symlinks resolved) and hash to the sha256 the
-    job recorded: an engine overwritten with other bytes of its size, two engines swapped,
-    a model.int8.onnx replaced or a journal pointing elsewhere all mean the job is redone.
-    False for a record of another shape (a hand-edited journal)."""
+def _files_there(job: dict[str, Any], roots: tuple[Path, ...]) -> bool:
+    """The job's output files are inside OUT or the shared_dir (`roots`; symlinks
+    resolved) and hash to the sha256 the job recorded: an engine overwritten with other
+    bytes of its size, two engines swapped, a model.int8.onnx replaced or a journal pointing
+    elsewhere all mean the job is redone. False for a record of another shape (a
+    hand-edited journal)."""
     from ..files import file_sha256
 
     try:
@@ -172,12 +176,12 @@ def _files_there(job: dict[str, Any], out: Path) -> bool:
             return False
         if job.get("kind") == "prepare":
             hashes = record["sha256"]
-            wanted = [(p, hashes[p]) for p in record["artifacts"].values() if p]
+            wanted = [(p, hashes[k]) for k, p in record["artifacts"].items() if p]
         else:
             wanted = [(record["engine"]["path"], record["engine"]["sha256"])]
-        root = out.resolve()
+        inside = [r.resolve() for r in roots]
         return bool(wanted) and all(
-            Path(p).resolve().is_relative_to(root) and Path(p).is_file()
+            any(Path(p).resolve().is_relative_to(r) for r in inside) and Path(p).is_file()
             and file_sha256(Path(p)) == h for p, h in wanted)
     except (KeyError, TypeError, AttributeError, OSError):
         return False

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import shutil
 import tempfile
 import warnings
@@ -15,7 +16,7 @@ import numpy as np
 from ..config import DEFAULT_OPSET, ExportSettings
 from ..context import Context
 from ..errors import GATE_FAILED, TrtBuildError
-from ..files import atomic_path
+from ..files import WORK_DIR, atomic_path
 from ..onnx import io, source
 from ..onnx.inputs import model_inputs, model_outputs, random_feed
 from ..onnx.source import Source
@@ -104,7 +105,7 @@ def _export_torch(src: Source, out: Path, s: ExportSettings) -> ExportResult:
     static_note = None
     # a private folder: past 2 GiB torch writes one external file per weight beside the
     # model; io.save below writes OUT's model.onnx (+ model.onnx.data) once it checked out
-    with tempfile.TemporaryDirectory(prefix=".trtbuild-export-", dir=out.parent) as folder:
+    with tempfile.TemporaryDirectory(prefix=f"{WORK_DIR}{os.getpid()}-", dir=out.parent) as folder:
         tmp = Path(folder) / "model.onnx"
         _torch_export(src, examples, tmp, names, out_names, axes, s.opset)
         if axes and not _runs_at_batch_2(tmp):

@@ -35,8 +35,13 @@ def run(ctx: Context) -> dict[str, Any]:
     if auto:
         log.info("%s: %d nodes kept in FP32 by measured range", out, len(auto))
     # the check runs what was written: the FP16 graph's own emulation (one emulator)
-    record = validate.check(ctx, emulate_typed(model), "fp16")
+    try:
+        check, how = emulate_typed(model), None
+    except ValueError as e:  # an op shape inference cannot type: the file on ORT's kernels
+        check, how = out, f"not emulated ({e}): ONNX Runtime's FP16 kernels, FP32 between casts"
+        log.warning("%s: %s", out, how)
+    record = validate.check(ctx, check, "fp16")
     record.update(info, output=str(out), batchnorm_folded=n_folded, auto_fp32=auto,
-                  cpu_check="FP16 emulation (FP16 tensors and weights rounded, overflow to "
-                            "inf) in ONNX Runtime, FP32 kernels")
+                  cpu_check=how or "FP16 emulation (FP16 tensors and weights rounded, overflow "
+                                   "to inf) in ONNX Runtime, FP32 kernels")
     return record

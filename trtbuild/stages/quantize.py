@@ -109,8 +109,8 @@ def write_int8(ctx: Context, qdq: Any, parts: tuple | None = None) -> dict[str, 
     if "high_precision_note" in record:
         log.warning("%s: float parts stay FP32: %s", out, record["high_precision_note"])
     # bytes, or past 2 GiB the ModelProto itself (io.session and validate.check take both)
-    ctx.int8_check = None if check is qdq else (check if io.is_large(check)
-                                                 else check.SerializeToString())
+    ctx.int8_check = None if check is qdq or check is model else (
+        check if io.is_large(check) else check.SerializeToString())
     io.check_model(model, out, ours=True)
     io.save(model, out)
     ctx.artifacts.int8 = out
@@ -136,4 +136,8 @@ def with_float_parts(ctx: Context, qdq: Any) -> tuple[Any, Any, dict[str, Any]]:
         return qdq, qdq, record
     record.update(fp16_nodes=info.get("fp16_nodes"), fp32_nodes=info.get("fp32_nodes"),
                   auto_fp32=info["auto_fp32"])
+    if "not_emulated" in info:  # validate runs the written file on ONNX Runtime's kernels
+        record["not_emulated"] = info["not_emulated"]
+        log.warning("INT8 model's FP16 parts not emulated (%s): checked on ONNX Runtime's "
+                    "FP16 kernels", info["not_emulated"])
     return model, emulation, record
