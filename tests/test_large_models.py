@@ -40,6 +40,13 @@ def test_every_stage_past_the_protobuf_limit_gives_the_same_numbers(tmp_path, mo
         assert (large / f"{name}.data").is_file(), name   # weights beside each artifact
         assert io.uses_external_data(large / name)
     assert _metrics(large) == pytest.approx(_metrics(tmp_path / "small"), abs=1e-6)
+    # the written graphs are the same graphs (not, say, their FP32 emulation)
+    from trtbuild.quant.emulate import has_fp16
+    for name in ("model.fp16.onnx", "model.int8.onnx"):
+        written = [onnx.load(str(d / name)) for d in (tmp_path / "small", large)]
+        assert [n.op_type for n in written[0].graph.node] == \
+            [n.op_type for n in written[1].graph.node], name
+        assert has_fp16(written[1]), name
     if target == "engine":  # TensorRT-RTX parsed the external-data files
         assert sorted(p.name for p in (large / "engines" / "sm_86").iterdir()) == [
             "model.fp16.engine", "model.int8.engine"]
