@@ -77,7 +77,7 @@ def test_local_ray_runtime_equals_the_pool_and_resumes(pool: tuple, tmp_path: Pa
     assert all(j["status"] == "ok" and not j["reused"] for j in data["jobs"].values())
     # the files came back to the driver's directory, their records name the driver's paths
     model = out / "digits"
-    assert not list(out.rglob("*.tmp-*"))
+    assert not list(out.rglob("*.trtbuild-tmp-*"))
     for path in (model / "report.json", model / "report.html", out / "release.json"):
         assert "trtbuild-ray-" not in path.read_text() and str(model) in path.read_text()
     for key in KEYS[:2]:
@@ -112,7 +112,7 @@ def test_kill_9_of_the_ray_driver_then_resume(pool: tuple, tmp_path: Path) -> No
     jobs = journal(out)["jobs"]
     assert all(j["status"] == "ok" for j in jobs.values())
     assert {k for k, j in jobs.items() if j["reused"]} == done
-    assert not list(out.rglob("*.tmp-*"))
+    assert not list(out.rglob("*.trtbuild-tmp-*"))
     assert not dead_scratch()  # the killed workers' scratch, removed by the rerun's jobs
 
 
@@ -157,7 +157,8 @@ def test_joined_cluster_writes_into_the_shared_dir(pool: tuple, cluster: str,
     # temp files of a killed writer: this release's are swept, another release's stay
     gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
                           capture_output=True, text=True, check=True).stdout.strip()
-    mine, theirs = shared / "digits" / "old" / f"x.tmp-{gone}", shared / "other" / f"y.tmp-{gone}"
+    mine = shared / "digits" / "old" / f"x.trtbuild-tmp-{gone}"
+    theirs = shared / "other" / f"y.trtbuild-tmp-{gone}"
     for path in (mine, theirs):
         path.parent.mkdir(parents=True)
         path.write_text("half")
