@@ -52,6 +52,7 @@ BLOCK = 32
 # and GPTQ spreads errors within each block only: H costs K x MAX_K per input column instead
 # of K^2, and its factorisation (K / MAX_K) MAX_K^3 instead of K^3.
 MAX_K = 1152
+SHORT = 64            # Hessian blocks this narrow are gathered then transposed (Moments.add)
 
 
 @dataclass
@@ -185,9 +186,16 @@ class Moments:
                 limit = min(n * MAX_COLUMNS, int(-(-total * n // MAX_SAMPLES)))
                 x = torch.from_numpy(np.asarray(values[layer.source])).to(self.dev)
                 for cols in _columns(x, w, layer.node, limit, size):
-                    h = torch.matmul(cols.mT, cols)    # in (tap, channel) order: _by_channel
+                    # in (tap, channel) order: _by_channel. Short rows (depthwise: 9) as
+                    # (size, positions): a product over rows of 9 floats ran at half speed
+                    # (PP-OCRv4 rec's statistics 3.6 -> 4.7 s)
+                    if size < SHORT:
+                        cols = cols.transpose(1, 2).contiguous()
+                        h = torch.matmul(cols, cols.mT)
+                    else:
+                        h = torch.matmul(cols.mT, cols)
                     self.stats[key] = self.stats[key].add_(h) if key in self.stats else h
-                    self.seen[key] = self.seen.get(key, 0) + cols.shape[1]
+                    self.seen[key] = self.seen.get(key, 0) + cols.shape[2 if size < SHORT else 1]
         return used
 
     def round(self, progress: Any = None) -> tuple[dict[str, tuple[np.ndarray, np.ndarray]],
