@@ -469,6 +469,7 @@ def test_sigterm_is_one_line_and_leaves_no_temp_files(tmp_path):
     assert not [x for x in (tmp_path / "o").rglob("*") if "trtbuild-tmp-" in x.name]
 
 
+@pytest.mark.slow  # over ~12 s on 2 cores
 def test_kill_9_loop_then_rerun_leaves_nothing_torn(tmp_path):
     pytest.importorskip("tensorrt_rtx")
     calib = _calib(tmp_path, 32)

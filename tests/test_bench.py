@@ -65,6 +65,7 @@ def test_bad_baseline(tmp_path, digits_onnx):
     assert proc.returncode == 2 and "no bench results" in proc.stderr
 
 
+@pytest.mark.slow  # over ~12 s on 2 cores
 def test_bench_release_quick_reports_both_ratios():
     """bench/bench_release.py (#11) runs end to end: the sequential trtbuild runs, the
     release on the pool and on a local Ray runtime, and prints both ratios as JSON (the

@@ -424,6 +424,7 @@ def test_one_driver_per_output_directory(tmp_path: Path) -> None:
     assert not (out / "release.json").exists()
 
 
+@pytest.mark.slow  # over ~12 s on 2 cores
 def test_three_model_manifest_with_real_models(tmp_path: Path) -> None:
     """The issue's manifest: the digits demo, a torchvision model (random weights) and an
     ONNX model from the real-model corpus (PP-OCR's text-direction classifier, as rapidocr

@@ -18,6 +18,8 @@ from conftest import REPO, SESSION_CACHE, run_cli
 from test_release import a_job, kill_9_when
 
 pytest.importorskip("ray")
+# a Ray runtime per test module and cluster: about a minute in all, left to the full run
+pytestmark = pytest.mark.slow
 
 DATA = REPO / "trtbuild" / "demo" / "data"
 KEYS = ["digits/fp16/sm_86", "digits/int8/sm_86", "digits/prepare"]
