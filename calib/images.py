@@ -14,7 +14,7 @@ balanced over classes. `limit=N` stops after N images.
 from pathlib import Path
 
 from trtbuild.data.images import open_image
-from trtbuild.data.labels import read_labels
+from trtbuild.data.labels import read_labels, read_labels_file
 from trtbuild.data.loader import complete, fit_image, image_input, preprocessing
 
 EXTS = {".png", ".jpg", ".jpeg", ".bmp"}
@@ -28,7 +28,7 @@ def load(folder, inputs=None, labels=None, per_class=0, limit=0, extra=None, **p
     spec = image_input(inputs)
     files = sorted(p for p in folder.iterdir() if p.suffix.lower() in EXTS)
     if per_class:
-        table = _csv(Path(labels)) if labels else read_labels(folder)
+        table = read_labels_file(Path(labels)) if labels else read_labels(folder)
         if table is None:
             raise FileNotFoundError(f"{folder}: per_class needs a labels.csv")
         taken = {}
@@ -47,10 +47,3 @@ def load(folder, inputs=None, labels=None, per_class=0, limit=0, extra=None, **p
         name = spec.name if spec is not None else (inputs[0].name if inputs else "input")
         yield complete({name: x[None]}, inputs, extra)
 
-
-def _csv(path):
-    import csv
-
-    with open(path, newline="", encoding="utf-8") as f:
-        return {r[0].strip(): int(r[1]) for r in csv.reader(f)
-                if len(r) >= 2 and r[1].strip().lstrip("-").isdigit()}

@@ -11,8 +11,11 @@ from ..errors import TrtBuildError
 def read_labels(folder: Path) -> dict[str, int] | None:
     """labels.csv (`file,label`, header optional) in a validation directory, if present."""
     path = Path(folder) / "labels.csv"
-    if not path.is_file():
-        return None
+    return read_labels_file(path) if path.is_file() else None
+
+
+def read_labels_file(path: Path) -> dict[str, int]:
+    """A `file,label` CSV (header optional) at `path`: {file: label}."""
     labels = {}
     try:
         with open(path, newline="", encoding="utf-8") as f:

@@ -57,13 +57,7 @@ def check_findable(src: Source) -> None:
         return
     target, _, factory = src.text.rpartition(":")
     if target == "torchvision":
-        try:
-            import torchvision
-        except ImportError:
-            raise TrtBuildError("torchvision is not installed: pip install torchvision",
-                                MISSING_CAPABILITY)
-        if factory not in torchvision.models.list_models():
-            raise TrtBuildError(f"{src.text}: no such torchvision model")
+        _torchvision_models(factory)
     elif not target.endswith(".py"):
         try:
             found = importlib.util.find_spec(target.split(".")[0])
@@ -129,19 +123,25 @@ def _call_factory(text: str, fn: Any) -> tuple[Any, Any]:
     return module, examples
 
 
-def _torchvision(name: str) -> Any:
+def _torchvision_models(name: str) -> Any:
+    """torchvision.models, once `name` is one of them (exit 3 without torchvision, 2 for
+    another name)."""
     try:
         import torchvision
     except ImportError:
         raise TrtBuildError("torchvision is not installed: pip install torchvision",
                             MISSING_CAPABILITY)
+    if name not in torchvision.models.list_models():
+        raise TrtBuildError(f"torchvision:{name}: no such torchvision model")
+    return torchvision.models
+
+
+def _torchvision(name: str) -> Any:
     import inspect
 
     import torch
 
-    if name not in torchvision.models.list_models():
-        raise TrtBuildError(f"torchvision:{name}: no such torchvision model")
-    builder = torchvision.models.get_model_builder(name)
+    builder = _torchvision_models(name).get_model_builder(name)
     kwargs: dict[str, Any] = {"weights": None}
     if "weights_backbone" in inspect.signature(builder).parameters:
         kwargs["weights_backbone"] = None  # else segmentation/detection models download
