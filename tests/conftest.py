@@ -92,3 +92,19 @@ def encoder_onnx(tmp_path_factory: pytest.TempPathFactory) -> str:
                       output_names=["y"], dynamic_axes={"x": {0: "b"}, "y": {0: "b"}},
                       opset_version=17, dynamo=False)
     return path
+
+
+def pytest_addoption(parser):
+    parser.addoption("--run-slow", action="store_true",
+                     help="also run the tests marked slow (the README's test command and CI do)")
+
+
+def pytest_collection_modifyitems(config, items):
+    """Tests marked slow run only with --run-slow or when -m names markers itself: the
+    default `pytest -q` is the fast layer."""
+    if config.getoption("--run-slow") or config.option.markexpr:
+        return
+    slow = [item for item in items if "slow" in item.keywords]
+    if slow:
+        config.hook.pytest_deselected(items=slow)
+        items[:] = [item for item in items if "slow" not in item.keywords]

@@ -451,6 +451,7 @@ def _start(args, tmp_path):
                             stderr=subprocess.PIPE, text=True, env=env, cwd=tmp_path)
 
 
+@pytest.mark.slow  # about 9 s
 def test_sigterm_is_one_line_and_leaves_no_temp_files(tmp_path):
     (tmp_path / "slow.py").write_text(  # a loader that takes 50 s: the signal lands in it
         "import time, numpy as np\ndef data():\n    for _ in range(100):\n"

@@ -66,6 +66,7 @@ def test_second_run_is_all_cache_hits(digits_engines):
         {e["sha256"] for e in first["build"]["engines"]}
 
 
+@pytest.mark.slow  # about 9 s
 def test_resnet18_int8_and_dynamic_profile(tmp_path):
     # Q/DQ placement must build in TensorRT (catches e.g. INT32 bias DQs); explicit profile
     proc = run_cli("torchvision:resnet18", "--int8", "--calib", tmp_path / "calib",
@@ -179,6 +180,7 @@ def test_fp16_flag_mode_needs_a_builder_with_the_flag(tmp_path):
     assert proc.returncode == 3 and "no FP16 builder flag" in proc.stderr
 
 
+@pytest.mark.slow  # about 9 s
 def test_mobilenet_v3_small_int8_and_fp16(tmp_path):
     import numpy as np
 

@@ -78,6 +78,7 @@ def test_a_damaged_entry_is_quarantined_and_recomputed(model, tmp_path, caplog):
     assert [p for p in (cache / "quarantine").iterdir() if p.suffix != ".reason"]
 
 
+@pytest.mark.slow  # about 9 s
 def test_cli_no_cache_and_prune_cover_the_stage_entries(model, tmp_path):
     cache = tmp_path / "cache"
     args = ["build", model, "--int8", "--calib", CALIB_DIR, "--max-samples", "32",
@@ -126,3 +127,35 @@ def test_keys_follow_what_the_stage_reads(model, tmp_path):
     data[-1] ^= 1
     weights.write_bytes(bytes(data))
     assert key("clean", src=external, calib=CALIB_DIR) != before
+
+
+def test_torch_is_imported_early_on_a_first_build_and_never_on_a_rerun(model, tmp_path):
+    """GPTQ's torch import (1.1-1.4 s) runs in a thread from the first stage that is not
+    served from the cache (under way or done when export ends); a rerun of an unchanged
+    ONNX build never imports torch."""
+    import subprocess
+    import sys
+
+    from conftest import REPO
+
+    code = f"""
+import sys, threading
+from trtbuild import pipeline
+from trtbuild.config import build_settings
+seen = []
+def on_stage(name, record):
+    if name == "export":
+        seen.append("torch" in sys.modules or any(
+            t.name == "trtbuild-import-torch" for t in threading.enumerate()))
+s = build_settings(sys.argv[1], out=sys.argv[2], int8=True, calib={str(CALIB_DIR)!r},
+                   val={str(VAL_DIR)!r}, max_samples=64, target="onnx", cache_dir=sys.argv[3])
+pipeline.run(s, on_stage)
+print(seen[0], "torch" in sys.modules)
+"""
+
+    def imported(out: str) -> str:
+        return subprocess.run([sys.executable, "-c", code, str(model), str(tmp_path / out),
+                               str(tmp_path / "cache")], capture_output=True, text=True,
+                              check=True, cwd=REPO).stdout.strip()
+    assert imported("a") == "True True"
+    assert imported("b") == "False False"

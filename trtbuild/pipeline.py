@@ -12,6 +12,7 @@ import functools
 import logging
 import resource
 import shutil
+import threading
 from pathlib import Path
 from typing import Any, Callable
 
@@ -50,8 +51,10 @@ def new_context(settings: BuildSettings, out: Path, model: str) -> Context:
 
 
 def run_stages(ctx: Context, stages: list[tuple[str, Stage]],
-               on_stage: OnStage | None = None) -> Context:
-    """Run `stages` on `ctx` in order. Raises TrtBuildError (bad input, failed gate)."""
+               on_stage: OnStage | None = None,
+               on_work: Callable[[], None] | None = None) -> Context:
+    """Run `stages` on `ctx` in order (`on_work()` before the first one that is not served
+    from the stage cache). Raises TrtBuildError (bad input, failed gate)."""
     for name, stage in stages:
         log.info("stage %s: start", name)
         before = _stamps(_files(ctx.out))
@@ -59,6 +62,8 @@ def run_stages(ctx: Context, stages: list[tuple[str, Stage]],
             try:
                 record, key = _cached(ctx, name)
                 if record is None:
+                    if on_work:
+                        on_work()
                     record = stage(ctx)
                     if key:  # what it wrote: new files, and files it rewrote
                         after = _stamps(_files(ctx.out))
@@ -195,12 +200,47 @@ def run(settings: BuildSettings, on_stage: OnStage | None = None) -> Context:
     out = settings.out_dir(src.name)
     keep = tuple(p for p in (src.path, settings.calib.cache) if p is not None)
 
+    torch_import = TorchImport(settings)
+
     def work(o: Path) -> Context:
         ctx = new_context(settings, o, settings.src)
         ctx.source = loaded
         ctx.stage_cache = stage_cache(settings)
-        return run_stages(ctx, stages_for(settings), on_stage)
-    return in_out_dir(out, work, keep)
+        return run_stages(ctx, stages_for(settings), on_stage, torch_import.start)
+    try:
+        return in_out_dir(out, work, keep)
+    finally:
+        torch_import.join()  # never exit (or fail) while a thread is inside an import
+
+
+class TorchImport:
+    """GPTQ needs torch (1.1-1.4 s to import) from the calibrate stage on: import it in a
+    thread while the stages before it run, started when the first stage actually runs (a
+    rerun served from the stage cache never imports it). A failed import is left for the
+    stage that needs torch to report."""
+
+    def __init__(self, s: BuildSettings):
+        import sys
+
+        self.wanted = s.int8 and s.calib.weight_rounding == "gptq" and "torch" not in sys.modules
+        self.thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        if self.wanted and self.thread is None:
+            self.thread = threading.Thread(target=_import_torch, name="trtbuild-import-torch",
+                                           daemon=True)
+            self.thread.start()
+
+    def join(self) -> None:
+        if self.thread is not None:
+            self.thread.join()
+
+
+def _import_torch() -> None:
+    try:
+        import torch  # noqa: F401
+    except BaseException:  # noqa: BLE001 - the stage that needs torch imports it and says
+        pass
 
 
 def given_preprocess(s: BuildSettings) -> dict[str, Any]:
