@@ -1,15 +1,19 @@
-"""Every settings dataclass and every default, each defined once.
+"""Every settings dataclass and every option, each declared once.
 
-The public API (`trtbuild.build(...)`) and the CLI (one argument group per section) both
-produce keyword options; `build_settings` routes each option to its section through
-`OPTIONS`, and each section checks its own values (bad values raise TrtBuildError(2)).
-Strings are accepted where the CLI would give them ('input:1x3x8x8', '5%').
+An option is a field of a settings dataclass declared with `option(...)`: its type (the
+annotation), default, CLI flag and help, API name (= CLI dest = manifest key) and, for the
+manifest, how a path in it resolves. The CLI parser (`cli/args.py`), `OPTIONS` (API name ->
+section and field) and the release manifest's key checks are made from these fields. The
+public API (`trtbuild.build(...)`) and the CLI both produce keyword options;
+`build_settings` routes each to its section, and each section checks its own values (bad
+values raise TrtBuildError(2)). Strings are accepted where the CLI would give them
+('input:1x3x8x8', '5%').
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import MISSING, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +29,6 @@ LAYOUTS = ("NCHW", "NHWC")
 BUILDERS = ("auto", "tensorrt", "tensorrt-rtx")
 TARGETS = ("auto", "onnx", "engine")
 HARDWARE_COMPAT = ("none", "ampere+", "same-cc")
-PREPROCESS_KEYS = ("resize", "crop", "grayscale", "scale", "mean", "std", "layout", "dtype")
 # Reductions inside normalisation/softmax, and math whose range overflows FP16.
 KEEP_FP32_OPS = frozenset({
     "LayerNormalization", "Softmax", "LogSoftmax", "ReduceMean", "ReduceSum", "ReduceL2",
@@ -33,6 +36,34 @@ KEEP_FP32_OPS = frozenset({
     "RandomUniform", "RandomNormalLike", "RandomUniformLike", "ConstantOfShape", "Constant",
     "EyeLike", "NonMaxSuppression", "TopK", "CumSum", "Einsum",
 })
+
+
+@dataclass(frozen=True)
+class Flag:
+    """How an option is given on the command line: its flags, help (`{default}` is the
+    field's default) and other argparse keywords; its API name when not the first flag's
+    (`--calib-method` -> calib_method); `path`: how a manifest resolves a value given
+    relative to it (path, data: a directory or FILE.py:FN(...), script: FILE.py:FN, paths)."""
+
+    flags: tuple[str, ...]
+    help: str | None = None
+    name: str | None = None
+    path: str | None = None
+    kwargs: dict = field(default_factory=dict)
+
+    @property
+    def api_name(self) -> str:
+        return self.name or self.flags[0].lstrip("-").replace("-", "_")
+
+
+def option(default: Any = MISSING, *flags: str, help: str | None = None,
+           name: str | None = None, path: str | None = None, factory: Any = None,
+           **kwargs: Any) -> Any:
+    """A settings field that is an option (see Flag; `factory` for a mutable default)."""
+    meta = {"option": Flag(flags, help, name, path, kwargs)}
+    if factory is not None:
+        return field(default_factory=factory, metadata=meta)
+    return field(default=default, metadata=meta)
 
 
 def _many(value: Any) -> tuple:
@@ -57,9 +88,14 @@ def _choice(name: str, value: str, allowed: tuple[str, ...]) -> None:
 
 @dataclass(frozen=True)
 class ExportSettings:
-    inputs: tuple[tuple[str, Shape], ...] = ()  # --input NAME:SHAPE, in the model's order
-    dynamic_batch: bool = True
-    opset: int = DEFAULT_OPSET
+    inputs: tuple[tuple[str, Shape], ...] = option(
+        (), "--input", name="inputs", action="append", metavar="NAME:SHAPE",
+        help="input name and example shape, e.g. input:1x3x224x224 (repeatable, in the "
+             "model's input order); random example data of that shape is used")
+    dynamic_batch: bool = option(
+        True, "--dynamic-batch", action="boolean",
+        help="make the first axis of every input and output symbolic (default: on)")
+    opset: int = option(DEFAULT_OPSET, "--opset", help="ONNX opset (default {default})")
     atol: float = 1e-4
     rtol: float = 1e-3
 
@@ -73,13 +109,36 @@ class ExportSettings:
             raise TrtBuildError(f"--opset: {self.opset} is outside the supported 7-25")
 
 
+# DataSettings.preprocess (a manifest's preprocess table): keys over DIR/preprocess.json,
+# a flag each (checked by data.images.Preprocess)
+PREPROCESS: dict[str, Flag] = {
+    "resize": Flag(("--resize",), "resize the shorter side to PX", kwargs={"type": int,
+                                                                         "metavar": "PX"}),
+    "crop": Flag(("--crop",), "center crop PX x PX", kwargs={"type": int, "metavar": "PX"}),
+    "grayscale": Flag(("--grayscale",), kwargs={"action": "boolean"}),
+    "scale": Flag(("--scale",), "multiply pixel values (default 1/255)", kwargs={"type": float}),
+    "mean": Flag(("--mean",), "per-channel mean, after scaling", kwargs={"type": float,
+                                                                        "nargs": "+"}),
+    "std": Flag(("--std",), "per-channel std, after scaling", kwargs={"type": float,
+                                                                     "nargs": "+"}),
+    "layout": Flag(("--layout",), kwargs={"choices": LAYOUTS}),
+    "dtype": Flag(("--dtype",), kwargs={"choices": ("float32", "float16")}),
+}
+PREPROCESS_KEYS = tuple(PREPROCESS)
+
+
 @dataclass(frozen=True)
 class DataSettings:
     """How samples are read, wherever calibration (--calib) or validation (--val) data is."""
 
-    batch_size: int = 16
-    max_samples: int = 0              # 0 = all
-    preprocess: dict = field(default_factory=dict)  # overrides of DIR/preprocess.json
+    batch_size: int = option(16, "--calib-batch-size", metavar="N",
+                             help="samples per ONNX Runtime run (default {default})")
+    max_samples: int = option(
+        0, "--max-samples", metavar="N",
+        help="calibrate on at most N samples (default: all); --val is always read whole "
+             "(without --val, the capped calibration data is judged)")
+    # overrides of DIR/preprocess.json: a table of PREPROCESS keys (a flag each)
+    preprocess: dict = option(name="preprocess", factory=dict)
 
     def __post_init__(self) -> None:
         if not isinstance(self.batch_size, int) or self.batch_size < 1:
@@ -95,13 +154,41 @@ class DataSettings:
 
 @dataclass(frozen=True)
 class CalibSettings:
-    data: str | None = None           # directory, or FILE.py:FN yielding {input: array}
-    cache: Path | None = None         # reuse a TensorRT calibration cache
-    method: str = "auto"              # measured best: see README "calibrate"
-    percentile: float = 99.99
-    high_precision: str = "fp16"      # what INT8 leaves in float (ModelOpt's default too)
-    weight_rounding: str = "gptq"     # measured best: see README "quantize"
-    bias_correction: str = "off"      # on: quant/bias.py; measured in README "quantize"
+    data: str | None = option(
+        None, "--calib", metavar="DIR", path="data",
+        help="calibration samples: images (.png .jpg .jpeg .bmp, preprocessed per "
+             "DIR/preprocess.json and the flags below), .npy (one sample or a batch on axis "
+             "0) or .npz (arrays keyed by input name)")
+    cache: Path | None = option(
+        None, "--calib-cache", metavar="FILE", path="path",
+        help="reuse a TensorRT calibration cache; recalibrates (and says why) when it lacks "
+             "a tensor of this model")
+    method: str = option(  # measured best: see README "calibrate"
+        "auto", "--calib-method", choices=CALIB_METHODS,
+        help="threshold method (default {default}). entropy: TensorRT EntropyCalibration2; "
+             "max; percentile; mse: least quantization error; auto: per tensor, whichever "
+             "of these quantizes it with the least error (report.json records each "
+             "tensor's method and amax)")
+    percentile: float = option(99.99, "--percentile",
+                               help="for --calib-method percentile (default {default})")
+    high_precision: str = option(  # what INT8 leaves in float (ModelOpt's default too)
+        "fp16", "--high-precision", choices=("fp16", "fp32"),
+        help="precision of the layers INT8 leaves in float, in the same graph (default "
+             "fp16, FP32 kept where FP16 cannot hold the values; fp32: INT8 Q/DQ + FP32 "
+             "only)")
+    weight_rounding: str = option(  # measured best: see README "quantize"
+        "gptq", "--weight-rounding", choices=("gptq", "nearest"),
+        help="how INT8 weights round onto their per-channel grid (default {default}). "
+             "gptq: each layer's rounding errors are compensated within the layer against "
+             "its calibration inputs (GPTQ), so its output error is least; nearest: each "
+             "weight to its nearest step")
+    bias_correction: str = option(  # on: quant/bias.py; measured in README "quantize"
+        "off", "--bias-correction", choices=("on", "off"),
+        help="empirical bias correction (default {default}): every Conv/Gemm bias in graph "
+             "order, one after the other, absorbs the shift INT8 causes in its output's "
+             "mean on the first {bias_samples} calibration samples (one inference pass per "
+             "layer; the graph keeps its shape). Measured on PP-OCRv4 rec and YOLOv8n: "
+             "better on data of other generators in most runs, worse in some (README)")
 
     def __post_init__(self) -> None:
         _choice("calib-method", self.method, CALIB_METHODS)
@@ -117,9 +204,12 @@ class CalibSettings:
 
 @dataclass(frozen=True)
 class Fp16Settings:
-    keep: tuple[str, ...] = ()        # --fp16-keep: more op types or node names in FP32
-    io: bool = False                  # FP16 graph inputs and outputs too
-    mode: str = "graph"               # flag: TensorRT <= 10 BuilderFlag.FP16 on the FP32 graph
+    keep: tuple[str, ...] = option((), "--fp16-keep", metavar="OP_OR_NODE,...",
+                                   help="more op types or node names to keep in FP32")
+    io: bool = option(False, "--fp16-io", help="FP16 graph inputs and outputs too")
+    mode: str = option("graph", "--fp16-mode", choices=FP16_MODES,
+                       help="graph (default); flag: TensorRT <= 10 only, BuilderFlag.FP16 on "
+                            "the FP32 graph")
 
     def __post_init__(self) -> None:
         _choice("fp16-mode", self.mode, FP16_MODES)
@@ -174,11 +264,28 @@ def parse_gate(text: Any, flag: str = "gate") -> Gate:
 
 @dataclass(frozen=True)
 class GateSettings:
-    min_top1_agreement: float | None = None
-    min_cosine: float | None = None
-    gates: tuple[Gate, ...] = ()      # --gate NAME>=X, repeatable
-    metric_script: Any = None         # FILE.py:FN, or (API) a callable: task scores
-    accuracy_target: Gate | None = None  # --accuracy-target: mixed-precision search goal
+    min_top1_agreement: float | None = option(None, "--min-top1-agreement", metavar="F",
+                                              help="e.g. 0.99")
+    min_cosine: float | None = option(
+        None, "--min-cosine", metavar="F",
+        help="e.g. 0.98: per output, the mean per-sample cosine and the per-channel cosine "
+             "(worst axis); outputs with one value per sample: correlation")
+    gates: tuple[Gate, ...] = option(
+        (), "--gate", name="gates", action="append", metavar="NAME>=X",
+        help="any metric of the validation record or score of --metric-script (e.g. "
+             "strings_equal>=0.95, output.max_abs_err<=0.1, label_accuracy>=0.99); also > < "
+             "<=; repeatable")
+    metric_script: Any = option(  # FILE.py:FN, or (API) a callable: task scores
+        None, "--metric-script", metavar="FILE.py:FN", path="script",
+        help="task metric: FN(reference, candidate, names) -> {{score: value}}, given "
+             "{{output: array}} (batch axis first, all samples) and the sample names; the "
+             "scores go to report.json and --gate. Runs the script's code")
+    accuracy_target: Gate | None = option(  # the mixed-precision search's goal
+        None, "--accuracy-target", metavar="NAME>=X",
+        help="with --int8: when the INT8 model misses this (a --gate expression, e.g. "
+             "cosine_mean>=0.99 or strings_equal>=0.95), measure each quantized region's "
+             "cost on --val and return the fewest regions to FP16/FP32 until it holds; also "
+             "a gate")
 
     def __post_init__(self) -> None:
         _finite("min-top1-agreement", self.min_top1_agreement)
@@ -202,14 +309,28 @@ MAX_WORKSPACE_MB = 1 << 20  # 1 TiB: beyond any GPU's memory (the builder's size
 class EngineSettings:
     """Every setting that changes the engine; all of them go into the cache key."""
 
-    profiles: tuple[Profile, ...] = ()
-    workspace_mb: int = 2048
-    opt_level: int = 3
-    hardware_compat: str = "none"
-    version_compatible: bool = False
+    profiles: tuple[Profile, ...] = option(
+        (), "--shapes", action="append", metavar="NAME:MIN,OPT,MAX",
+        help="optimization profile, e.g. input:1x3x224x224,8x3x224x224,32x3x224x224 "
+             "(default: static shapes, or batch 1/8/32 for a dynamic batch)")
+    workspace_mb: int = option(2048, "--workspace", name="workspace_mb", metavar="MB",
+                               help="builder workspace limit (default {default})")
+    opt_level: int = option(3, "--opt-level", metavar="0-5",
+                            help="builder optimization level (default {default})")
+    hardware_compat: str = option("none", "--hardware-compat", choices=HARDWARE_COMPAT,
+                                  help="default none")
+    version_compatible: bool = option(False, "--version-compatible",
+                                      help="engines that newer TensorRT runtimes can load")
     fp16_flag: bool = False  # TensorRT <= 10 only: weakly typed network + BuilderFlag.FP16
-    calibrator: str = "qdq"  # "trt": TensorRT <= 10 IInt8EntropyCalibrator2 on the FP32 graph
-    plugins: tuple[str, ...] = ()
+    calibrator: str = option(  # trt: TensorRT <= 10 IInt8EntropyCalibrator2, FP32 graph
+        "qdq", "--calibrator", choices=CALIBRATORS,
+        help="INT8 engines: qdq (default) builds the Q/DQ model; trt (TensorRT <= 10 only) "
+             "lets IInt8EntropyCalibrator2 calibrate the FP32 graph from the same --calib "
+             "data")
+    plugins: tuple[str, ...] = option(
+        (), "--plugins", nargs="+", metavar="LIB.so|DIR", path="paths",
+        help="plugin libraries to load (a directory: its *.so files); none by default. "
+             "Their code runs in the builder's process")
 
     def __post_init__(self) -> None:
         profiles = tuple(parse_profile_spec(p) if isinstance(p, str) else p
@@ -241,11 +362,27 @@ class EngineSettings:
 class TargetSettings:
     """Which builder, which architectures, and where engines are cached."""
 
-    target: str = "auto"              # auto: engines if a builder is installed; engine: required
-    builder: str = "auto"
-    archs: tuple[str, ...] = ()
-    cache_dir: Path | None = None
-    use_cache: bool = True            # --no-cache: recompute stages, rebuild engines
+    target: str = option(
+        "auto", "--target", choices=TARGETS,
+        help="auto (default): build engines when a builder is installed, else stop after "
+             "the CPU stages and say why (exit 0); engine: a missing builder is exit 3; "
+             "onnx: never build engines")
+    builder: str = option("auto", "--builder", choices=BUILDERS,
+                          help="auto (default): the first importable of tensorrt, "
+                               "tensorrt_rtx")
+    archs: tuple[str, ...] = option(
+        (), "--arch", name="archs", metavar="sm_86,sm_89",
+        help="target architectures, one engine each. TensorRT-RTX: any of {rtx_archs} (no "
+             "GPU needed; default {default_rtx_archs}); TensorRT: the local GPU (default) or "
+             "ampere+. native = this machine's GPU")
+    cache_dir: Path | None = option(
+        None, "--cache-dir", metavar="DIR", path="path",
+        help="the cache of engines and of the CPU stages' outputs (default: "
+             "$XDG_CACHE_HOME/trtbuild/engines)")
+    use_cache: bool = option(  # --no-cache: recompute stages, rebuild engines
+        True, "--no-cache", name="cache", action="store_false",
+        help="recompute every stage and build every engine; read and store nothing in the "
+             "cache")
 
     def __post_init__(self) -> None:
         _choice("target", self.target, TARGETS)
@@ -261,12 +398,25 @@ class TargetSettings:
 
 @dataclass(frozen=True)
 class BenchSettings:
-    enabled: bool = False
-    warmup: int = 5
-    iterations: int = 50
-    duration: float = 3.0             # seconds per model and shape at most (trtexec: 3 s)
-    baseline: Path | None = None
-    max_regression: float = 0.05      # 0.05 = 5%
+    enabled: bool = option(
+        False, "--bench", name="bench",
+        help="measure latency: engines on this GPU (CUDA events), else the ONNX models with "
+             "ONNX Runtime on the CPU; plus PyTorch eager")
+    warmup: int = option(5, "--warmup", metavar="N", help="default {default}")
+    iterations: int = option(50, "--iterations", metavar="N",
+                             help="timed runs per model and shape, at most (default {default})")
+    duration: float = option(  # seconds per model and shape at most (trtexec: 3 s)
+        3.0, "--duration", metavar="S",
+        help="seconds of timed runs per model and shape, at most: timing stops at "
+             "--iterations runs or S seconds, whichever comes first, after at least one "
+             "run; warm-up stops at --warmup runs or S/5 s (default {default:g})")
+    baseline: Path | None = option(
+        None, "--baseline", metavar="OLD_report.json", path="path",
+        help="compare p50 latencies with an earlier report's bench results")
+    max_regression: float = option(  # 0.05 = 5%; the CLI and a manifest may say "5%"
+        0.05, "--max-regression", metavar="PCT", type=str,
+        help="with --baseline: exit 1 when a p50 latency grew by more (default "
+             "{default:.0%})")
 
     def __post_init__(self) -> None:
         if not isinstance(self.iterations, int) or self.iterations < 1:
@@ -304,11 +454,19 @@ class BuildSettings:
     """Everything `build` needs: the precisions, the data, and one section per stage."""
 
     src: str
-    out: Path | None = None
-    fp32: bool = False                # also an FP32 engine (the default without fp16/int8)
-    fp16: bool = False
-    int8: bool = False
-    val: str | None = None            # held-out data for every accuracy check
+    out: Path | None = option(None, "--out",
+                              help="output directory (default: trtbuild-out/<model>/)")
+    fp32: bool = option(False, "--fp32", help="also build an FP32 engine (the default when "
+                        "neither --fp16 nor --int8 is given)")
+    fp16: bool = option(False, "--fp16",
+                        help="convert the graph to FP16 (FP32 kept for LayerNorm/Softmax/"
+                             "reductions and Exp/Log/Pow) and check its accuracy on the CPU")
+    int8: bool = option(False, "--int8", help="calibrate and quantize (Q/DQ ONNX + TensorRT "
+                        "calibration cache), then check accuracy on the CPU")
+    val: str | None = option(  # held-out data for every accuracy check
+        None, "--val", metavar="DIR", path="data",
+        help="held-out validation samples (same formats as --calib; DIR/labels.csv "
+             "`file,label` adds label accuracy)")
     export: ExportSettings = ExportSettings()
     data: DataSettings = DataSettings()
     calib: CalibSettings = CalibSettings()
@@ -322,35 +480,40 @@ class BuildSettings:
         return Path(self.out) if self.out else Path("trtbuild-out") / name
 
 
-# API keyword (= CLI option dest) -> (BuildSettings section, field). One name, one meaning.
-OPTIONS: dict[str, tuple[str, str]] = {
-    "inputs": ("export", "inputs"), "dynamic_batch": ("export", "dynamic_batch"),
-    "opset": ("export", "opset"),
-    "calib_batch_size": ("data", "batch_size"), "max_samples": ("data", "max_samples"),
-    "preprocess": ("data", "preprocess"),
-    "calib": ("calib", "data"), "calib_cache": ("calib", "cache"),
-    "calib_method": ("calib", "method"), "percentile": ("calib", "percentile"),
-    "high_precision": ("calib", "high_precision"),
-    "weight_rounding": ("calib", "weight_rounding"),
-    "bias_correction": ("calib", "bias_correction"),
-    "fp16_io": ("fp16_options", "io"), "fp16_mode": ("fp16_options", "mode"),
-    "fp16_keep": ("fp16_options", "keep"),
-    "min_top1_agreement": ("gates", "min_top1_agreement"), "min_cosine": ("gates", "min_cosine"),
-    "gates": ("gates", "gates"), "metric_script": ("gates", "metric_script"),
-    "accuracy_target": ("gates", "accuracy_target"),
-    "shapes": ("engine", "profiles"), "workspace_mb": ("engine", "workspace_mb"),
-    "opt_level": ("engine", "opt_level"), "hardware_compat": ("engine", "hardware_compat"),
-    "version_compatible": ("engine", "version_compatible"), "plugins": ("engine", "plugins"),
-    "calibrator": ("engine", "calibrator"),
-    "target": ("targets", "target"), "builder": ("targets", "builder"),
-    "archs": ("targets", "archs"), "cache_dir": ("targets", "cache_dir"),
-    "cache": ("targets", "use_cache"),
-    "bench": ("bench", "enabled"), "warmup": ("bench", "warmup"),
-    "iterations": ("bench", "iterations"), "duration": ("bench", "duration"),
-    "baseline": ("bench", "baseline"),
-    "max_regression": ("bench", "max_regression"),
-}
-TOP_LEVEL = {f.name for f in fields(BuildSettings)} - {"src"} - {s for s, _ in OPTIONS.values()}
+@dataclass(frozen=True)
+class Declared:
+    """Where an option lives: BuildSettings section (None: a top-level field) and field,
+    the field's annotation (its type) and default, and how it is given (Flag)."""
+
+    section: str | None
+    field: str
+    annotation: str
+    default: Any
+    flag: Flag
+
+
+def _declared() -> dict[str, Declared]:
+    """API name -> Declared, for every field declared with option()."""
+    found: dict[str, Declared] = {}
+
+    def add(section: str | None, cls: type, holder: Any) -> None:
+        for f in fields(cls):
+            if "option" in f.metadata:
+                found[f.metadata["option"].api_name] = Declared(
+                    section, f.name, str(f.type), getattr(holder, f.name), f.metadata["option"])
+    base = BuildSettings("-")
+    add(None, BuildSettings, base)
+    for top in fields(BuildSettings):
+        if top.name != "src" and "option" not in top.metadata:
+            add(top.name, type(top.default), top.default)
+    return found
+
+
+FLAGS = _declared()
+# API keyword (= CLI option dest = manifest key) -> (BuildSettings section, field)
+OPTIONS: dict[str, tuple[str, str]] = {k: (d.section, d.field) for k, d in FLAGS.items()
+                                       if d.section}
+TOP_LEVEL = {k for k, d in FLAGS.items() if d.section is None}
 
 
 def split_options(options: dict[str, Any]) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
@@ -384,6 +547,3 @@ def build_settings(src: str, **options: Any) -> BuildSettings:
         s = replace(s, engine=replace(s.engine, fp16_flag=s.fp16))
     return s
 
-# The defaults, for help texts (each still defined once, above).
-EXPORT_DEFAULTS, DATA_DEFAULTS, CALIB_DEFAULTS = ExportSettings(), DataSettings(), CalibSettings()
-ENGINE_DEFAULTS, BENCH_DEFAULTS = EngineSettings(), BenchSettings()

@@ -24,11 +24,11 @@ import difflib
 import json
 import re
 import tomllib
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable
 
-from ..config import OPTIONS, PRECISIONS, TOP_LEVEL, BuildSettings, build_settings
+from ..config import FLAGS, OPTIONS, PRECISIONS, TOP_LEVEL, BuildSettings, build_settings
 from ..errors import TrtBuildError
 
 # Build options a release sets itself: fp32/fp16/int8 per job (from `precisions`), `out`.
@@ -41,8 +41,9 @@ DEFAULT_KEYS = SETTING_KEYS | {"precisions"}
 MODEL_KEYS = DEFAULT_KEYS | {"src"}
 # Meaningful with INT8 only: a model without int8 ignores them when they come from [defaults].
 INT8_ONLY = ("calib", "calib_cache", "accuracy_target")
-# Options naming files that check_files can check one at a time (calibration ones with int8).
-FILE_KEYS = ("calib", "calib_cache", "val", "baseline", "metric_script", "plugins")
+# Options naming files (declared with a path kind) that check_files can check one at a time
+# (calibration ones with int8).
+FILE_KEYS = tuple(k for k, d in FLAGS.items() if d.flag.path)
 CALIB_KEYS = ("calib", "calib_cache")
 # [release]: keys about how the release runs. Sharding costs a second inference pass (calib.
 # merge), so it pays only on sets large enough to keep several machines busy.
@@ -340,13 +341,7 @@ def _kind(key: str) -> str | None:
     """What TOML value `key` takes ('a boolean', ...); None: left to build_settings."""
     if key in KIND_OVERRIDES:
         return KIND_OVERRIDES[key]
-    top = {f.name: f for f in fields(BuildSettings)}
-    if key in OPTIONS:
-        section, name = OPTIONS[key]
-        field_type = {f.name: f.type for f in fields(type(top[section].default))}[name]
-    else:
-        field_type = top[key].type
-    annotation = str(field_type).removesuffix(" | None")
+    annotation = FLAGS[key].annotation.removesuffix(" | None")
     return STRINGS if annotation.startswith("tuple[") else KINDS.get(annotation)
 
 
@@ -375,18 +370,21 @@ def _describe(value: Any) -> str:
 # --- paths: relative to the manifest's directory, whatever the current directory
 
 def _resolve(key: str, value: Any, base: Path) -> Any:
-    if key == "plugins":
+    """`value` with the paths in it made absolute, as the option's declared path kind says
+    (trtbuild.config.Flag.path; src: a script or an .onnx file)."""
+    kind = "script" if key == "src" else FLAGS[key].flag.path if key in FLAGS else None
+    if kind == "paths":
         return [_path(v, base) for v in value] if isinstance(value, list) else _path(value, base)
-    if key in ("calib_cache", "baseline", "cache_dir"):  # Path, as the CLI gives them
+    if kind == "path":  # Path, as the CLI gives them
         return Path(_path(value, base))
-    if key in ("calib", "val"):
+    if kind == "data":
         from ..data import loader
 
         call = loader.parse(value)
         if call is not None:  # FILE.py:FN(...): the file is relative, the arguments are not
             return f"{_path(call.path, base)}:{call.text.strip()[len(call.path) + 1:]}"
         return _path(value, base)
-    if key in ("metric_script", "src"):
+    if kind == "script":
         target, sep, fn = value.rpartition(":")
         if sep and fn and target.endswith(".py"):  # FILE.py:FN
             return f"{_path(target, base)}:{fn}"
