@@ -35,8 +35,9 @@ def main() -> None:
     import trtbuild
     from trtbuild.config import Fp16Settings
     from trtbuild.onnx import io
+    from trtbuild.passes import fold_batchnorm
     from trtbuild.quant import fp16
-    from trtbuild.quant.fp16_range import fold_batchnorm, range_keeps
+    from trtbuild.quant.fp16_range import range_keeps
 
     source = next(e for e in ENTRIES if e.name == "ppocr_det").locate()
     with tempfile.TemporaryDirectory() as d:

@@ -256,8 +256,9 @@ def check_model(name: str, build: Any, shape: tuple, note: str, dev: str,
     import torch
 
     from trtbuild.config import Fp16Settings
+    from trtbuild.passes import fold_batchnorm
     from trtbuild.quant import fp16
-    from trtbuild.quant.fp16_range import fold_batchnorm, range_keeps
+    from trtbuild.quant.fp16_range import range_keeps
 
     t0 = time.perf_counter()
     module = build()

@@ -130,7 +130,7 @@ def test_batchnorm_folding_removes_an_fp16_range_problem():
     """PP-OCRv4 det's case: a BatchNormalization with running_var ~1e8 after a Conv."""
     from onnx import helper, numpy_helper
 
-    from trtbuild.quant.fp16_range import fold_batchnorm
+    from trtbuild.passes import fold_batchnorm
 
     rng = np.random.default_rng(0)
     inits = [numpy_helper.from_array(rng.standard_normal((4, 3, 3, 3)).astype(np.float32), "w"),

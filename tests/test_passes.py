@@ -191,25 +191,27 @@ def test_clean_check_compares_the_model_as_given(tmp_path, monkeypatch):
     rewritten model with itself and reported a diff of 0.0 (issue 19, finding 1)."""
     import pytest
 
+    from trtbuild import passes
     from trtbuild.errors import GATE_FAILED, TrtBuildError
+    from trtbuild.passes import unfuse_contrib as real
     from trtbuild.stages import clean as clean_stage
 
     ort_optimized_vad(tmp_path / "vad.onnx")
-    real = clean_stage.unfuse_contrib
 
     def drops_relu(model):
-        done = real(model)
+        model, done = real(model)
         kept = [n for n in model.graph.node if n.op_type != "Relu"]
         for n in kept:  # rewire the Relu's consumer to its input
             n.input[:] = ["h__conv" if i == "h" else i for i in n.input]
         del model.graph.node[:]
         model.graph.node.extend(kept)
-        return done
+        return model, done
 
-    monkeypatch.setattr(clean_stage, "unfuse_contrib", drops_relu)
+    broken = [(name, drops_relu if step is real else step) for name, step in passes.PREPARE]
+    monkeypatch.setattr(clean_stage, "PREPARE", broken)
     with pytest.raises(TrtBuildError) as failed:
         clean(tmp_path / "vad.onnx", tmp_path / "clean.onnx")
     assert failed.value.code == GATE_FAILED and "changed the outputs" in failed.value.message
     assert not (tmp_path / "clean.onnx").exists()
-    monkeypatch.setattr(clean_stage, "unfuse_contrib", real)
+    monkeypatch.undo()
     assert clean(tmp_path / "vad.onnx", tmp_path / "clean.onnx").max_abs_diff < 1e-4

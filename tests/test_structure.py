@@ -187,3 +187,56 @@ def test_non_editable_install_runs_the_demo(tmp_path):
     assert str(target) not in trtbuild.__file__
     assert (tmp_path / "d" / "model.int8.onnx").is_file()
     assert "label accuracy" in proc.stdout
+
+
+def _imports() -> tuple[dict[str, set[str]], list[tuple[str, str]]]:
+    """{trtbuild module: the trtbuild modules it imports, at any depth in its code} and
+    (module, name) for every private name one module imports from another."""
+    import ast
+
+    root = REPO / "trtbuild"
+    mods = {}
+    for path in root.rglob("*.py"):
+        parts = list(path.relative_to(REPO).with_suffix("").parts)
+        mods[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = path
+    edges: dict[str, set[str]] = {}
+    private = []
+    for mod, path in mods.items():
+        package = mod.split(".") if path.name == "__init__.py" else mod.split(".")[:-1]
+        deps = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom):
+                base = package[:len(package) - node.level + 1] if node.level else []
+                target = ".".join(base + ([node.module] if node.module else []))
+                for alias in node.names:
+                    full = f"{target}.{alias.name}"
+                    deps.add(full if full in mods else target)
+                    module = full in mods or any(  # a private module (_hist.c built) is fine
+                        REPO.joinpath(*full.split(".")).parent.glob(f"{alias.name}.*.so"))
+                    if alias.name.startswith("_") and not alias.name.startswith("__") and \
+                            not module:
+                        private.append((mod, f"{target}.{alias.name}"))
+            elif isinstance(node, ast.Import):
+                deps |= {a.name for a in node.names}
+        edges[mod] = {d for d in deps if d in mods and d != mod}
+    return edges, private
+
+
+def test_no_import_cycles_and_no_private_names_across_modules():
+    """Issue 19: report <-> report_html and release.run <-> release.ray_backend were cycles,
+    and release/html.py used report_html's private helpers. Lazy imports inside functions
+    count too: a cycle there is still two modules that need each other."""
+    edges, private = _imports()
+    assert private == []
+    seen: dict[str, int] = {}  # 1: on the current path, 2: done
+
+    def visit(mod: str, path: list[str]) -> None:
+        seen[mod] = 1
+        for dep in sorted(edges[mod]):
+            assert seen.get(dep) != 1, " -> ".join(path[path.index(dep):] + [mod, dep])
+            if dep not in seen:
+                visit(dep, path + [mod])
+        seen[mod] = 2
+    for mod in sorted(edges):
+        if mod not in seen:
+            visit(mod, [])

@@ -203,8 +203,9 @@ def run(settings: BuildSettings, on_stage: OnStage | None = None) -> Context:
     torch_import = TorchImport(settings)
 
     def work(o: Path) -> Context:
+        nonlocal loaded
         ctx = new_context(settings, o, settings.src)
-        ctx.source = loaded
+        ctx.source, loaded = loaded, None  # the export stage lets go of it
         ctx.stage_cache = stage_cache(settings)
         return run_stages(ctx, stages_for(settings), on_stage, torch_import.start)
     try:

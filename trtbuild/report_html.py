@@ -111,7 +111,7 @@ def render(data: dict[str, Any]) -> str:
 def _header(data: dict[str, Any]) -> str:
     rows = [("model", data.get("model")), ("trtbuild", data.get("trtbuild")),
             ("created", data.get("created"))]
-    items = "".join(f"<dt>{k}</dt><dd>{_text(v)}</dd>" for k, v in rows)
+    items = "".join(f"<dt>{k}</dt><dd>{escaped(v)}</dd>" for k, v in rows)
     return f"<header>\n<h1>trtbuild report</h1>\n<dl class=\"meta\">{items}</dl>\n</header>"
 
 
@@ -135,14 +135,14 @@ def _banner(data: dict[str, Any], stages: list[dict[str, Any]]) -> str:
 
 
 def _stage_table(stages: list[dict[str, Any]]) -> str:
-    rows = [f"<tr><td>{_text(s.get('stage'))}</td><td class=\"num\">{_num(s.get('seconds'))}"
+    rows = [f"<tr><td>{escaped(s.get('stage'))}</td><td class=\"num\">{num_text(s.get('seconds'))}"
             f"</td><td class=\"summary\">{escape(_summary(s))}</td></tr>" for s in stages]
-    return _section("stages", "Stages", _table(["stage", "seconds", "summary"], rows))
+    return section_html("stages", "Stages", table_html(["stage", "seconds", "summary"], rows))
 
 
 def _summary(record: dict[str, Any]) -> str:
     """summary_line's figures without its own stage and seconds columns."""
-    from .report import summary_line
+    from .summary import summary_line
 
     try:
         line = summary_line(str(record.get("stage")), record)
@@ -158,28 +158,28 @@ def _summary(record: dict[str, Any]) -> str:
 def _engines(r: dict[str, Any]) -> str:
     """One row per engine built (or taken from the cache), then one per engine that failed."""
     if "skipped" in r:
-        return _section("engines", "Engines", f"<p>{_text(r['skipped'])}</p>")
+        return section_html("engines", "Engines", f"<p>{escaped(r['skipped'])}</p>")
     rows = []
     for e in r.get("engines") or []:
         if not isinstance(e, dict):
             continue
         size = e.get("bytes")
         rows.append(
-            f"<tr><td>{_precision(e.get('precision'))}</td><td>{_text(e.get('arch'))}</td>"
-            f"<td>{_text(e.get('builder'))} {_text(e.get('builder_version'))}</td>"
+            f"<tr><td>{precision_swatch(e.get('precision'))}</td><td>{escaped(e.get('arch'))}</td>"
+            f"<td>{escaped(e.get('builder'))} {escaped(e.get('builder_version'))}</td>"
             f"<td class=\"num\">{_mb(size)}</td>"
             f"<td>{'cache' if e.get('cache_hit') else 'built'}</td>"
-            f"<td class=\"path\">{_text(e.get('path'))}</td>"
-            f"<td><code title=\"{_text(e.get('key'))}\">{_text(str(e.get('key') or '')[:12])}"
+            f"<td class=\"path\">{escaped(e.get('path'))}</td>"
+            f"<td><code title=\"{escaped(e.get('key'))}\">{escaped(str(e.get('key') or '')[:12])}"
             "</code></td></tr>")
     for f in r.get("failed") or []:
         if isinstance(f, dict):
-            rows.append(f"<tr><td>{_precision(f.get('precision'))}</td><td>{_text(f.get('arch'))}"
-                        f"</td><td colspan=\"5\" class=\"bad\">FAILED: {_text(f.get('error'))}"
+            rows.append(f"<tr><td>{precision_swatch(f.get('precision'))}</td><td>{escaped(f.get('arch'))}"
+                        f"</td><td colspan=\"5\" class=\"bad\">FAILED: {escaped(f.get('error'))}"
                         "</td></tr>")
-    table = _table(["precision", "arch", "builder", "size", "from", "path", "cache key"], rows)
+    table = table_html(["precision", "arch", "builder", "size", "from", "path", "cache key"], rows)
     note = "<p>The engine itself: <code>trtbuild inspect PATH</code> (no GPU needed).</p>"
-    return _section("engines", "Engines", table + note)
+    return section_html("engines", "Engines", table + note)
 
 
 def _mb(n: Any) -> str:
@@ -196,37 +196,37 @@ def _accuracy(records: list[dict[str, Any]]) -> str:
             data = str(r.get("val") or "")
             on = ("<br><span class=\"warn\">on random inputs: nothing about real data is "
                   "checked</span>" if data.startswith("random") else
-                  f"<br><small class=\"src\">on {_text(data)}</small>" if data else "")
-            entries.append((f"{_text(r['stage'])} <small>(ONNX Runtime, CPU)</small>{on}", r))
+                  f"<br><small class=\"src\">on {escaped(data)}</small>" if data else "")
+            entries.append((f"{escaped(r['stage'])} <small>(ONNX Runtime, CPU)</small>{on}", r))
         elif "skipped" in r:
-            notes.append(f"<p>engines: not checked: {_text(r['skipped'])}</p>")
+            notes.append(f"<p>engines: not checked: {escaped(r['skipped'])}</p>")
         else:
             for e in r.get("engines") or []:
                 if isinstance(e, dict):
                     where = Path(str(e.get("engine", "?")))
-                    entries.append((_text(f"engine {where.parent.name}/{where.name}"), e))
+                    entries.append((escaped(f"engine {where.parent.name}/{where.name}"), e))
     found = _metric_keys(e for _, e in entries)
     metrics = [k for k in found if k in KNOWN_METRICS]
     head = ["checked", "precision", "samples", "output", *(_header_name(k) for k in metrics),
             "gates"]
     rows = []
     for what, e in entries:
-        lead = f"<td>{what}</td><td>{_precision(e.get('precision'))}</td>" \
-               f"<td class=\"num\">{_num(e.get('samples'))}</td>"
+        lead = f"<td>{what}</td><td>{precision_swatch(e.get('precision'))}</td>" \
+               f"<td class=\"num\">{num_text(e.get('samples'))}</td>"
         if "refused" in e:
             rows.append(f"<tr>{lead}<td colspan=\"{len(head) - 3}\" class=\"bad\">refused: "
-                        f"{_text(e['refused'])}</td></tr>")
+                        f"{escaped(e['refused'])}</td></tr>")
             continue
         outputs = e.get("outputs") if isinstance(e.get("outputs"), dict) else {}
         gates = f"<td>{_gates(e.get('gate_failures'))}</td>"
         for name, m in outputs.items() or [("", {})]:
             m = m if isinstance(m, dict) else {}
             cells = "".join(_metric_cell(k, m[k]) if k in m else "<td></td>" for k in metrics)
-            rows.append(f"<tr>{lead}<td>{_text(name)}</td>{cells}{gates}</tr>")
-            more = [f"{_text(k)} {_num(m[k])}" for k in found if k not in KNOWN_METRICS
+            rows.append(f"<tr>{lead}<td>{escaped(name)}</td>{cells}{gates}</tr>")
+            more = [f"{escaped(k)} {num_text(m[k])}" for k in found if k not in KNOWN_METRICS
                     and k in m]
             if more:  # a second, full-width line: the page never scrolls sideways
-                rows.append(f"<tr><td colspan=\"{len(head)}\" class=\"more\">{_text(name)}: "
+                rows.append(f"<tr><td colspan=\"{len(head)}\" class=\"more\">{escaped(name)}: "
                             + ", ".join(more) + "</td></tr>")
         task = [x for x in (_label_accuracy(e.get("label_accuracy")),
                             _scores(e.get("scores"))) if x]
@@ -235,8 +235,8 @@ def _accuracy(records: list[dict[str, Any]]) -> str:
                         + "; ".join(task) + "</td></tr>")
     marks = ", ".join(f"{k} &lt; {v}" for k, v in SANE.items())
     notes.append(f"<p>Marked red even when no gate asked: {marks}.</p>")
-    return _section("accuracy", "Accuracy per precision",
-                    _accuracy_chart(entries) + _table(head, rows) + "".join(notes))
+    return section_html("accuracy", "Accuracy per precision",
+                    _accuracy_chart(entries) + table_html(head, rows) + "".join(notes))
 
 
 CHARTED = ("cosine_min", "top1_agreement", "channel_cosine_min")  # worst-case agreements
@@ -312,7 +312,7 @@ def _metric_cell(key: str, v: Any) -> str:
     floor = SANE.get(key)
     low = floor is not None and (v is None or (_is_num(v) and v < floor))
     mark = f" bad\" title=\"below {floor}" if low else ""
-    return f"<td class=\"num{mark}\">{_num(v)}</td>"
+    return f"<td class=\"num{mark}\">{num_text(v)}</td>"
 
 
 def _metric_keys(entries: Any) -> list[str]:
@@ -328,31 +328,31 @@ def _metric_keys(entries: Any) -> list[str]:
 def _label_accuracy(acc: Any) -> str:
     if not isinstance(acc, dict):
         return ""
-    return (f"label accuracy {_num(acc.get('reference'))} &rarr; {_num(acc.get('candidate'))} "
-            f"({_num(acc.get('delta_points'), '+.2f')} points)")
+    return (f"label accuracy {num_text(acc.get('reference'))} &rarr; {num_text(acc.get('candidate'))} "
+            f"({num_text(acc.get('delta_points'), '+.2f')} points)")
 
 
 def _scores(scores: Any) -> str:
     if not isinstance(scores, dict):
         return ""
-    return ", ".join(f"{_text(k)} {_num(v)}" for k, v in scores.items())
+    return ", ".join(f"{escaped(k)} {num_text(v)}" for k, v in scores.items())
 
 
 def _gates(failures: Any) -> str:
     if not failures:
         return "<span class=\"ok\">passed</span>"
     items = failures if isinstance(failures, list) else [failures]
-    return "<br>".join(f"<span class=\"bad\">{_text(f)}</span>" for f in items)
+    return "<br>".join(f"<span class=\"bad\">{escaped(f)}</span>" for f in items)
 
 
 # sensitivity / mixed precision ----------------------------------------------------------
 
 def _sensitivity(r: dict[str, Any]) -> str:
     regions = [g for g in r.get("regions") or [] if isinstance(g, dict)]
-    totals = [("metric", _text(r.get("metric"))), ("target", _num(r.get("target"))),
-              ("before", _num(r.get("before"))), ("after", _num(r.get("after"))),
-              ("INT8 MAC coverage", _percent(r.get("int8_mac_coverage"))),
-              ("evaluations", _num(r.get("evaluations"))), ("regions", str(len(regions)))]
+    totals = [("metric", escaped(r.get("metric"))), ("target", num_text(r.get("target"))),
+              ("before", num_text(r.get("before"))), ("after", num_text(r.get("after"))),
+              ("INT8 MAC coverage", percent_text(r.get("int8_mac_coverage"))),
+              ("evaluations", num_text(r.get("evaluations"))), ("regions", str(len(regions)))]
     counts = {p: sum(_prec_class(g.get("precision")) == f"prec-{p}" for g in regions)
               for p in PRECISIONS}
     totals += [(f"{p} regions", str(n)) for p, n in counts.items() if n]
@@ -360,16 +360,16 @@ def _sensitivity(r: dict[str, Any]) -> str:
     legend = "<p class=\"legend\">" + "".join(
         f"<span class=\"item\"><span class=\"swatch prec-{p}\"></span>{p}</span>"
         for p in PRECISIONS) + "</p>"
-    rows = [f"<tr><td class=\"num\">{i}</td><td>{_text(g.get('node'))}</td>"
-            f"<td>{_text(g.get('op_type'))}</td><td class=\"num\">{_num(g.get('macs'))}</td>"
-            f"<td class=\"num\">{_percent(g.get('mac_share'))}</td>"
-            f"<td class=\"num\">{_num(g.get('sensitivity'))}</td>"
-            f"<td>{_precision(g.get('precision'))}</td></tr>" for i, g in enumerate(regions)]
-    table = _table(["#", "node", "op", "MACs", "MAC share", "sensitivity", "precision"], rows)
+    rows = [f"<tr><td class=\"num\">{i}</td><td>{escaped(g.get('node'))}</td>"
+            f"<td>{escaped(g.get('op_type'))}</td><td class=\"num\">{num_text(g.get('macs'))}</td>"
+            f"<td class=\"num\">{percent_text(g.get('mac_share'))}</td>"
+            f"<td class=\"num\">{num_text(g.get('sensitivity'))}</td>"
+            f"<td>{precision_swatch(g.get('precision'))}</td></tr>" for i, g in enumerate(regions)]
+    table = table_html(["#", "node", "op", "MACs", "MAC share", "sensitivity", "precision"], rows)
     body = (dl + legend + "<h3>Sensitivity per region (graph order)</h3>\n" + _bars(regions)
             + "<h3>Precision map (graph order, width &prop; MAC share)</h3>\n" + _strip(regions)
             + f"<details><summary>{len(regions)} regions</summary>\n{table}</details>")
-    return _section("sensitivity", "Sensitivity and mixed precision", body)
+    return section_html("sensitivity", "Sensitivity and mixed precision", body)
 
 
 def _bars(regions: list[dict[str, Any]], width: int = 800, height: int = 240) -> str:
@@ -435,30 +435,30 @@ def _latency(r: dict[str, Any]) -> str:
     present = {k for x in runs for k in x}
     keys = [k for k in KNOWN_RUN_KEYS if k in present] + sorted(
         k for k in present - set(KNOWN_RUN_KEYS) if any(_is_num(x.get(k)) for x in runs))
-    rows = ["<tr>" + "".join(f"<td class=\"num\">{_num(x.get(k))}</td>" if _is_num(x.get(k))
-                             else f"<td>{_text(x.get(k, ''))}</td>" for k in keys) + "</tr>"
+    rows = ["<tr>" + "".join(f"<td class=\"num\">{num_text(x.get(k))}</td>" if _is_num(x.get(k))
+                             else f"<td>{escaped(x.get(k, ''))}</td>" for k in keys) + "</tr>"
             for x in runs]
     body = (_latency_chart(runs, r.get("comparison"))
-            + _table([_header_name(k) for k in keys], rows) if runs
+            + table_html([_header_name(k) for k in keys], rows) if runs
             else "<p>no runs</p>")
     refused = r.get("refused") if isinstance(r.get("refused"), dict) else {}
-    body += "".join(f"<p class=\"bad\">{_text(p)}: refused: {_text(why)}</p>"
+    body += "".join(f"<p class=\"bad\">{escaped(p)}: refused: {escaped(why)}</p>"
                     for p, why in refused.items())
     comparison = [c for c in r.get("comparison") or [] if isinstance(c, dict)]
     if "comparison" in r:
-        body += (f"<h3>vs {_text(r.get('baseline'))} (max regression "
-                 f"{_percent(r.get('max_regression'))})</h3>\n")
-        rows = [f"<tr><td>{_text(c.get('runner'))}</td><td>{_text(c.get('model'))}</td>"
-                f"<td>{_text(c.get('shape'))}</td><td class=\"num\">{_num(c.get('baseline_p50_ms'))}"
-                f"</td><td class=\"num\">{_num(c.get('p50_ms'))}</td>"
+        body += (f"<h3>vs {escaped(r.get('baseline'))} (max regression "
+                 f"{percent_text(r.get('max_regression'))})</h3>\n")
+        rows = [f"<tr><td>{escaped(c.get('runner'))}</td><td>{escaped(c.get('model'))}</td>"
+                f"<td>{escaped(c.get('shape'))}</td><td class=\"num\">{num_text(c.get('baseline_p50_ms'))}"
+                f"</td><td class=\"num\">{num_text(c.get('p50_ms'))}</td>"
                 f"<td class=\"num{' bad' if c.get('regressed') else ''}\">"
-                f"{_percent(c.get('change'), '+.1f')}</td>"
+                f"{percent_text(c.get('change'), '+.1f')}</td>"
                 f"<td>{REGRESSED if c.get('regressed') else ''}</td>"
                 "</tr>" for c in comparison]
-        body += _table(["runner", "model", "shape", "baseline p50 ms", "p50 ms", "change", ""],
+        body += table_html(["runner", "model", "shape", "baseline p50 ms", "p50 ms", "change", ""],
                        rows)
     body += _gates(r["gate_failures"]) if r.get("gate_failures") else ""
-    return _section("latency", "Latency", body)
+    return section_html("latency", "Latency", body)
 
 
 def _latency_chart(runs: list[dict[str, Any]], comparison: Any, width: int = 800) -> str:
@@ -511,11 +511,11 @@ def _latency_chart(runs: list[dict[str, Any]], comparison: Any, width: int = 800
 
 # small pieces -----------------------------------------------------------------------------
 
-def _section(ident: str, title: str, body: str) -> str:
+def section_html(ident: str, title: str, body: str) -> str:
     return f"<section id=\"{ident}\">\n<h2>{title}</h2>\n{body}\n</section>"
 
 
-def _table(head: list[str], rows: list[str]) -> str:
+def table_html(head: list[str], rows: list[str]) -> str:
     th = "".join(f"<th>{escape(h)}</th>" for h in head)
     # wide tables (many metrics) scroll on their own, never the page
     return f"<div class=\"scroll\"><table>\n<thead><tr>{th}</tr></thead>\n<tbody>\n" + \
@@ -530,7 +530,7 @@ def _plain(v: Any) -> str:
     return f"{v:.6g}" if isinstance(v, float) else str(v)
 
 
-def _num(v: Any, fmt: str = ".4g") -> str:
+def num_text(v: Any, fmt: str = ".4g") -> str:
     """Numbers as text (4 significant digits); None (a NaN in report.json) as n/a. A value
     that rounds to an integer it is not (0.99999 -> 1) keeps its digits: a cosine of 1
     would claim an exact match."""
@@ -546,14 +546,14 @@ def _num(v: Any, fmt: str = ".4g") -> str:
             if float(text) == v or not float(text).is_integer():
                 break
         return escape(text)
-    return _text(v)
+    return escaped(v)
 
 
-def _percent(v: Any, fmt: str = ".1f") -> str:
-    return f"{format(100 * v, fmt)}%" if _is_num(v) else _num(v)
+def percent_text(v: Any, fmt: str = ".1f") -> str:
+    return f"{format(100 * v, fmt)}%" if _is_num(v) else num_text(v)
 
 
-def _text(v: Any) -> str:
+def escaped(v: Any) -> str:
     return "" if v is None else escape(str(v))
 
 
@@ -561,5 +561,5 @@ def _prec_class(p: Any) -> str:
     return f"prec-{p}" if p in PRECISIONS else "prec-other"
 
 
-def _precision(p: Any) -> str:
-    return f"<span class=\"swatch {_prec_class(p)}\"></span>{_text(p)}" if p is not None else ""
+def precision_swatch(p: Any) -> str:
+    return f"<span class=\"swatch {_prec_class(p)}\"></span>{escaped(p)}" if p is not None else ""

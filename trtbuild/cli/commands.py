@@ -9,7 +9,8 @@ from typing import Any, Callable
 
 from .. import api
 from ..errors import GATE_FAILED, OK
-from ..report import bench_figures, dumps, summary_line, validate_figures
+from ..report import dumps
+from ..summary import bench_figures, summary_line, validate_figures
 from .args import options
 
 Command = Callable[[argparse.Namespace], int]

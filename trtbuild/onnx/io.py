@@ -318,19 +318,6 @@ def copy_metadata(src: Any, dst: Any) -> None:
             dst.metadata_props.add(key=p.key, value=p.value)
 
 
-def name_unknown_dims(model: Any) -> int:
-    """Give each '?' (or empty-named unknown) symbolic dim of the graph inputs and outputs its
-    own name, `<tensor>_dim<k>`: equal names tell TensorRT the dims are equal. Returns how
-    many were renamed."""
-    count = 0
-    for vi in list(model.graph.input) + list(model.graph.output):
-        for k, d in enumerate(vi.type.tensor_type.shape.dim):
-            if d.HasField("dim_param") and d.dim_param.strip() in ("?", ""):
-                d.dim_param = f"{vi.name}_dim{k}"
-                count += 1
-    return count
-
-
 DATA_DEPENDENT_OPS = frozenset({"NonZero", "NonMaxSuppression", "TopK", "Unique"})
 
 

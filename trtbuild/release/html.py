@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from ..files import write_text
-from ..report_html import CSS, _num, _percent, _precision, _section, _table, _text
+from ..report_html import CSS, escaped, num_text, percent_text, precision_swatch, section_html, table_html
 
 log = logging.getLogger(__name__)
 HEAD = ["precision", "arch", "status", "cosine vs FP32", "top-1 agreement", "scores",
@@ -58,31 +58,31 @@ def _header(journal: dict[str, Any]) -> str:
                      f"{t.get('pending')} pending ({t.get('reused')} done by an earlier run)"),
             ("engines", f"{t.get('engines')} ({_mb(t.get('engine_bytes'))}, "
                         f"{t.get('cache_hits')} from the cache)"),
-            ("job seconds", _num(t.get("job_seconds"))),
-            ("largest peak RSS", f"{_num(t.get('max_peak_rss_mb'))} MB")]
-    items = "".join(f"<dt>{k}</dt><dd>{_text(v)}</dd>" for k, v in rows)
+            ("job seconds", num_text(t.get("job_seconds"))),
+            ("largest peak RSS", f"{num_text(t.get('max_peak_rss_mb'))} MB")]
+    items = "".join(f"<dt>{k}</dt><dd>{escaped(v)}</dd>" for k, v in rows)
     return f"<header>\n<h1>trtbuild release</h1>\n<dl class=\"meta\">{items}</dl>\n</header>"
 
 
 def _failures(jobs: dict[str, Any]) -> str:
     bad = [(k, j) for k, j in jobs.items() if j.get("status") != "ok"]
     if not bad:
-        return _section("failures", "Failures", "<p class=\"ok\">every job passed</p>")
-    items = "".join(f"<li><span class=\"bad\">{_text(k)}: {_text(j.get('status'))}</span> "
-                    f"{_text(j.get('error'))}</li>" for k, j in bad)
-    return _section("failures", f"Failures ({len(bad)})", f"<ul>{items}</ul>")
+        return section_html("failures", "Failures", "<p class=\"ok\">every job passed</p>")
+    items = "".join(f"<li><span class=\"bad\">{escaped(k)}: {escaped(j.get('status'))}</span> "
+                    f"{escaped(j.get('error'))}</li>" for k, j in bad)
+    return section_html("failures", f"Failures ({len(bad)})", f"<ul>{items}</ul>")
 
 
 def _model(name: str, jobs: dict[str, Any]) -> str:
     prep = next((j for j in jobs.values() if j.get("kind") == "prepare"), {})
-    stages = ", ".join(f"{s} {_num(sec, '.2f')} s" for s, sec in (prep.get("record") or {})
+    stages = ", ".join(f"{s} {num_text(sec, '.2f')} s" for s, sec in (prep.get("record") or {})
                        .get("stages") or [])
-    lead = (f"<p>prepare: {_status(prep)} in {_num(prep.get('seconds'))} s, peak RSS "
-            f"{_num(prep.get('peak_rss_mb'))} MB; {_text(stages)}"
-            + (f"; <span class=\"bad\">{_text(prep.get('error'))}</span>"
+    lead = (f"<p>prepare: {_status(prep)} in {num_text(prep.get('seconds'))} s, peak RSS "
+            f"{num_text(prep.get('peak_rss_mb'))} MB; {escaped(stages)}"
+            + (f"; <span class=\"bad\">{escaped(prep.get('error'))}</span>"
                if prep.get("error") else "") + "</p>\n")
     rows = [_row(j) for j in jobs.values() if j.get("kind") == "engine"]
-    return _section(f"model-{escape(name)}", f"Model {escape(name)}", lead + _table(HEAD, rows))
+    return section_html(f"model-{escape(name)}", f"Model {escape(name)}", lead + table_html(HEAD, rows))
 
 
 def _row(j: dict[str, Any]) -> str:
@@ -90,23 +90,23 @@ def _row(j: dict[str, Any]) -> str:
     acc = r.get("accuracy") or {}
     e = r.get("engine") or {}
     vs = j.get("vs_baseline")
-    scores = "<br>".join(f"{_text(k)} {_num(v)}" for k, v in (acc.get("scores") or {}).items())
+    scores = "<br>".join(f"{escaped(k)} {num_text(v)}" for k, v in (acc.get("scores") or {}).items())
     if vs is None:
         size_vs = cos_vs = "no baseline"
     elif vs.get("new"):
         size_vs = cos_vs = "new"
     else:
         size_vs = (f"{_signed(vs.get('engine_bytes_change'))} B "
-                   f"({_num(vs.get('engine_bytes_change_pct'), '+.2f')}%)"
+                   f"({num_text(vs.get('engine_bytes_change_pct'), '+.2f')}%)"
                    if "engine_bytes_change" in vs else "")
-        cos_vs = _num(vs.get("cosine_mean_change"), "+.6f") if "cosine_mean_change" in vs else ""
-    cells = [_precision(j.get("precision")), _text(j.get("arch")), _status(j)]
-    cos = (_num(acc.get("cosine_mean")) if acc else
+        cos_vs = num_text(vs.get("cosine_mean_change"), "+.6f") if "cosine_mean_change" in vs else ""
+    cells = [precision_swatch(j.get("precision")), escaped(j.get("arch")), _status(j)]
+    cos = (num_text(acc.get("cosine_mean")) if acc else
            "reference" if j.get("precision") == "fp32" else "")
-    figures = [cos, _num(acc.get("top1_agreement")) if "top1_agreement" in acc else "", scores,
-               _percent(r.get("int8_mac_coverage")) if r.get("int8_mac_coverage") is not None
+    figures = [cos, num_text(acc.get("top1_agreement")) if "top1_agreement" in acc else "", scores,
+               percent_text(r.get("int8_mac_coverage")) if r.get("int8_mac_coverage") is not None
                else "", _mb(e.get("bytes")) if e else "",
-               _num(e.get("build_seconds")) if e else "",
+               num_text(e.get("build_seconds")) if e else "",
                ("yes" if e.get("cache_hit") else "no") if e else "", size_vs, cos_vs]
     return ("<tr>" + "".join(f"<td>{c}</td>" for c in cells)
             + "".join(f"<td class=\"num\">{c}</td>" for c in figures)
@@ -117,13 +117,13 @@ def _status(j: dict[str, Any]) -> str:
     s = j.get("status")
     cls = "ok" if s == "ok" else "bad"
     extra = " (earlier run)" if j.get("reused") else ""
-    title = f" title=\"{_text(j.get('error'))}\"" if j.get("error") else ""
-    return f"<span class=\"{cls}\"{title}>{_text(s)}{extra}</span>"
+    title = f" title=\"{escaped(j.get('error'))}\"" if j.get("error") else ""
+    return f"<span class=\"{cls}\"{title}>{escaped(s)}{extra}</span>"
 
 
 def _mb(n: Any) -> str:
-    return f"{n / 1e6:.3f} MB" if isinstance(n, int) else _text(n)
+    return f"{n / 1e6:.3f} MB" if isinstance(n, int) else escaped(n)
 
 
 def _signed(n: Any) -> str:
-    return f"{n:+d}" if isinstance(n, int) else _text(n)
+    return f"{n:+d}" if isinstance(n, int) else escaped(n)

@@ -214,3 +214,9 @@ def _engine_record(records: dict[str, dict]) -> dict[str, Any]:
     elif checked.get("engines"):
         record["engine_accuracy"] = accuracy(checked["engines"][0])
     return record
+
+
+def died(error: str) -> dict[str, Any]:
+    """The result of a job that ended without one of its own (its process died)."""
+    return {"status": "failed", "error": error, "exit_code": INTERNAL_ERROR, "seconds": None,
+            "peak_rss_mb": None, "record": {}}

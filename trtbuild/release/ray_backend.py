@@ -30,8 +30,8 @@ from typing import Any, Callable, Iterator
 from ..errors import MISSING_CAPABILITY, TrtBuildError
 from ..files import TMP_TAG, pid_alive, write_bytes
 from . import jobs
+from .jobs import died
 from .manifest import Manifest
-from .run import died
 
 MIB = 1 << 20
 BIG = 1 << 20  # shard arguments over this many bytes go to the object store once

@@ -25,11 +25,12 @@ from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from ..errors import GATE_FAILED, INTERNAL_ERROR, TrtBuildError
+from ..errors import GATE_FAILED, TrtBuildError
 from ..files import ensure_dir, refuse_links, stale_temp_files
 from . import jobs as worker
 from . import journal as jn
 from .html import write_html
+from .jobs import died
 from .manifest import Manifest, load
 
 OnJob = Callable[[str, dict[str, Any]], None]
@@ -345,11 +346,6 @@ class _Pool:
             for k in [key, *(mine if j["kind"] == "prepare" and not ready else [])]:
                 self.on_job(k, self.jobs[k])
         return ready
-
-
-def died(error: str) -> dict[str, Any]:
-    return {"status": "failed", "error": error, "exit_code": INTERNAL_ERROR, "seconds": None,
-            "peak_rss_mb": None, "record": {}}
 
 
 def mem_available_mb() -> float | None:

@@ -11,9 +11,10 @@ from typing import Any
 
 from ..context import Context
 from ..onnx import io
+from ..passes import fold_batchnorm
 from ..quant import fp16
 from ..quant.emulate import emulate_typed
-from ..quant.fp16_range import fold_batchnorm, range_keeps
+from ..quant.fp16_range import range_keeps
 from . import validate
 
 log = logging.getLogger(__name__)
