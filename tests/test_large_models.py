@@ -77,7 +77,11 @@ def test_a_model_protobuf_cannot_measure_counts_as_large():
 
 def test_saving_twice_replaces_the_weights_file(tmp_path, monkeypatch):
     """onnx appends external data to an existing file: a second save of the same large
-    model (the sensitivity search rewrites model.int8.onnx) doubled model.onnx.data."""
+    model (the sensitivity search rewrites model.int8.onnx) doubled model.onnx.data. And
+    onnx writes it 0600: a vit_h_14 build left model.onnx 0644 beside a weights file no
+    other user (a deploy service) could read."""
+    import os
+
     import numpy as np
 
     monkeypatch.setattr(io, "PROTO_LIMIT", 2000)
@@ -88,6 +92,8 @@ def test_saving_twice_replaces_the_weights_file(tmp_path, monkeypatch):
         io.save(model, tmp_path / "m.onnx")
         size = (tmp_path / "m.onnx.data").stat().st_size
     assert size == (out / "model.onnx.data").stat().st_size
+    modes = {p.name: os.stat(p).st_mode & 0o777 for p in tmp_path.glob("m.onnx*")}
+    assert modes == dict.fromkeys(["m.onnx", "m.onnx.data"], 0o666 & ~io.umask())
     again = onnx.load(str(tmp_path / "m.onnx"))
     from onnx import numpy_helper
     for a, b in zip(model.graph.initializer, again.graph.initializer):
@@ -145,3 +151,4 @@ def test_the_size_estimate_bounds_what_protobuf_counts(make, monkeypatch):
                          (size * 3, False)):
         monkeypatch.setattr(io, "PROTO_LIMIT", limit)
         assert io.is_large(model) is large, limit
+

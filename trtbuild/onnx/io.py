@@ -90,8 +90,22 @@ def save(model: Any, path: str | Path) -> None:
             load_external_data_for_model(model, folder)
             with open(Path(folder) / data.name, "rb") as f:
                 os.fsync(f.fileno())
+            # onnx creates the weights file 0600; it is as readable as the .onnx beside it
+            os.chmod(Path(folder) / data.name, 0o666 & ~umask())
             os.replace(Path(folder) / data.name, data)
             os.replace(staged, tmp)
+
+
+def umask() -> int:
+    """The process's umask, read without changing it (os.umask sets it: not thread-safe)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    return 0o022
 
 
 def is_large(model: Any) -> bool:
