@@ -100,11 +100,13 @@ def pytest_addoption(parser):
 
 
 def pytest_collection_modifyitems(config, items):
-    """Tests marked slow run only with --run-slow or when -m names markers itself: the
-    default `pytest -q` is the fast layer."""
+    """Tests marked slow run only with --run-slow, when -m names markers itself, or when
+    named on the command line (FILE::TEST): the default `pytest -q` is the fast layer."""
     if config.getoption("--run-slow") or config.option.markexpr:
         return
-    slow = [item for item in items if "slow" in item.keywords]
+    named = {a.split("[")[0] for a in config.args if "::" in a}
+    slow = [item for item in items if "slow" in item.keywords
+            and not any(item.nodeid.split("[")[0].endswith(n.split("/")[-1]) for n in named)]
     if slow:
         config.hook.pytest_deselected(items=slow)
-        items[:] = [item for item in items if "slow" not in item.keywords]
+        items[:] = [item for item in items if item not in slow]

@@ -125,10 +125,25 @@ def _odd_model():
     sparse = helper.make_sparse_tensor(
         helper.make_tensor("sv", TensorProto.FLOAT, [2], [1.0, 2.0]),
         helper.make_tensor("si", TensorProto.INT64, [2], [1, 5]), [10])
+    # what takes more than it seems: non-packed negative ints (11 bytes each), complex128
+    # in typed fields (16 bytes an element), a string attribute, long names and doc strings,
+    # metadata, a function
+    nodes.append(helper.make_node("Odd", ["negf"], ["o" * 50_000], domain="x.y",
+                                  doc_string="d" * 50_000, ints=[-1] * 50_000,
+                                  text=b"s" * 100_000))
+    inits.append(helper.make_tensor("cplx", TensorProto.COMPLEX128, [20_000],
+                                    [1.5 - 2.5j] * 20_000))
     graph = helper.make_graph(nodes, "odd", [helper.make_tensor_value_info(
         "c", TensorProto.BOOL, [])], [helper.make_tensor_value_info(
-            "z", TensorProto.FLOAT, [300, 7])], inits, sparse_initializer=[sparse])
-    return helper.make_model(graph)
+            "z", TensorProto.FLOAT, [300, 7])], inits, sparse_initializer=[sparse],
+        doc_string="g" * 50_000, value_info=[helper.make_tensor_value_info(
+            "v" * 50_000, TensorProto.FLOAT, ["n" * 10_000] * 5)])
+    model = helper.make_model(graph, functions=[helper.make_function(
+        "x.y", "F", ["a"], ["b"], [helper.make_node("Relu", ["a"], ["b"])],
+        [helper.make_opsetid("", 17)], doc_string="f" * 50_000)])
+    helper.set_model_props(model, {"k" * 10_000: "m" * 50_000})
+    model.doc_string = "w" * 50_000
+    return model
 
 
 @pytest.mark.parametrize("make", ["odd"] + [e.name for e in ENTRIES])
@@ -145,8 +160,9 @@ def test_the_size_estimate_bounds_what_protobuf_counts(make, monkeypatch):
             pytest.skip(f"{make}: its package is not installed")
         model = onnx.load(str(path))
     size = model.ByteSize()
-    low, high = io._size_bounds(model.graph)
+    low, high = io._size_bounds(model)
     assert low <= size <= high
+    assert high < 1.5 * size + 100_000, (high, size)  # close enough to settle most calls
     for limit, large in ((size - 1, True), (size + 1, False), (size // 3, True),
                          (size * 3, False)):
         monkeypatch.setattr(io, "PROTO_LIMIT", limit)

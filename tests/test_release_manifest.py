@@ -258,6 +258,25 @@ calib_cache = "calib.cache"
     assert m.path == rel / "release.toml"
 
 
+def test_a_cache_dir_is_checked_only_when_the_cache_is_used(tmp_path):
+    """`cache = false` with a cache_dir that is a file loads (the plain build with
+    --no-cache ignores --cache-dir too); with the cache on it is one clear error."""
+    (tmp_path / "not-a-dir").write_text("")
+    text = """
+[defaults]
+archs = ["sm_86"]
+cache_dir = "not-a-dir"
+{cache}
+[models.digits]
+src = "trtbuild.demo.digits:digits_cnn"
+precisions = ["fp32"]
+"""
+    off = load(write(tmp_path / "off.toml", text.format(cache="cache = false")))
+    assert off.model("digits").settings.targets.cache_dir == tmp_path / "not-a-dir"
+    with pytest.raises(TrtBuildError, match="not-a-dir"):
+        load(write(tmp_path / "on.toml", text.format(cache=""))).model("digits")
+
+
 def test_model_names(tmp_path):
     path = write(tmp_path / "names.toml", """
 [defaults]

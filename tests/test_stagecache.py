@@ -159,3 +159,29 @@ print(seen[0], "torch" in sys.modules)
                               check=True, cwd=REPO).stdout.strip()
     assert imported("a") == "True True"
     assert imported("b") == "False False"
+
+
+def test_a_loader_script_importing_torch_submodules_builds_with_gptq(model, tmp_path):
+    """`from torch.utils.data import ...` in another thread while torch is half-imported
+    fails ("partially initialized module"): no torch import runs beside the user's code."""
+    import onnx
+
+    x = onnx.load(str(model)).graph.input[0]
+    shape = [d.dim_value or 4 for d in x.type.tensor_type.shape.dim]
+    loader = tmp_path / "loader.py"
+    loader.write_text(f"""
+import numpy as np
+from torch.utils.data import DataLoader, TensorDataset
+import torch
+
+def load():
+    data = TensorDataset(torch.rand(16, *{shape[1:]!r}))
+    for (batch,) in DataLoader(data, batch_size=4):
+        yield {{{x.name!r}: batch.numpy()}}
+""")
+    proc = run_cli(model, "--int8", "--data-loader-script", f"{loader}:load", "--val",
+                   f"{loader}:load", "--target", "onnx", "--out", tmp_path / "out",
+                   "--no-cache")
+    assert proc.returncode == 0, proc.stderr
+    assert (tmp_path / "out" / "model.int8.onnx").is_file()
+

@@ -269,7 +269,7 @@ class GateSettings:
     min_cosine: float | None = option(
         None, "--min-cosine", metavar="F",
         help="e.g. 0.98: per output, the mean per-sample cosine and the per-channel cosine "
-             "(worst axis); outputs with one value per sample: correlation")
+             "(worst axis); outputs with up to 4 values per sample: correlation and relative error")
     gates: tuple[Gate, ...] = option(
         (), "--gate", name="gates", action="append", metavar="NAME>=X",
         help="any metric of the validation record or score of --metric-script (e.g. "

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from .config import BuildSettings
 from .report import Report
@@ -61,6 +61,17 @@ class Context:
     qdq_base: Any = None  # quantize -> sensitivity: the clean model Q/DQ goes into
     _first_sample: tuple[dict, str] | None = None
     _probe_feeds: list[dict] | None = None
+
+    def take_source(self, load: Callable[[], Any] | None = None) -> Any:
+        """The SRC the pre-checks loaded (else `load()`), no longer held here (vit_h_14's
+        weights are 2.5 GB the later stages need for their own copies); a torch module stays
+        only as --bench's eager baseline. Called by the export stage, or by its cache hit."""
+        src, self.source = self.source, None
+        if src is None and load is not None:
+            src = load()
+        self.torch_module = (src.module if src is not None and src.kind == "torch"
+                             and self.settings.bench.enabled else None)
+        return src
 
     def set_clean(self, path: Path) -> None:
         """The FP32 reference model every later stage reads."""

@@ -3,8 +3,9 @@ gates that turn them into pass/fail.
 
 Per output (batch axis first): max/mean abs error; per-sample cosine; a per-slice cosine
 along every other axis (so box coordinates in 0-320 cannot drown collapsed class scores);
-top-1 agreement for classifiers. Outputs with one value per sample (a VAD probability),
-where cosine is identically 1, are judged by abs/rel error and correlation instead.
+top-1 agreement for classifiers. Outputs with at most FEW_VALUES values per sample that
+are not probability rows (a VAD probability, MOS figures), where cosine stays near 1 however
+wrong they are, are judged by abs/rel error and correlation too, never as classes.
 Task scores come from a --metric-script plug-in: fn(reference, candidate, names) ->
 {name: score}, the way Polygraphy's compare-func scripts work.
 """
@@ -22,6 +23,7 @@ from .errors import TrtBuildError
 
 SLICE_MAX = 4096  # axes longer than this (flattened positions) get no per-slice cosine
 SLICE_MIN = 8     # values a slice needs for its cosine to mean something
+FEW_VALUES = 4    # up to this many values per sample: judged value by value, not by cosine
 
 
 def gate_failures(record: dict[str, Any], gates: GateSettings) -> list[str]:
@@ -40,7 +42,7 @@ def gate_failures(record: dict[str, Any], gates: GateSettings) -> list[str]:
             for key in ("cosine_mean", "channel_cosine_mean", "correlation"):
                 if m.get(key) is not None and not m[key] >= gates.min_cosine:
                     out.append(f"{name}: {key} {m[key]:.4f} < {gates.min_cosine}")
-            # one value per sample: correlation ignores scale and offset, so the error too
+            # a few values per sample: correlation ignores scale and offset, so the error too
             if "mean_rel_err" in m and not m["mean_rel_err"] <= 1 - gates.min_cosine:
                 out.append(f"{name}: mean relative error {m['mean_rel_err']:.4f} > "
                            f"{1 - gates.min_cosine:.4g} (1 - min cosine)")
@@ -129,16 +131,21 @@ def output_metrics(ref: np.ndarray, cand: np.ndarray) -> dict[str, Any]:
     sums = _Sums(ref, cand)
     m: dict[str, Any] = {"max_abs_err": sums.max_err, "mean_abs_err": sums.mean_err,
                          "non_finite": sums.non_finite}
-    if ref.size == len(ref):  # one value per sample: cosine would be 1.0 whatever the error
+    per_sample = ref.size // len(ref)
+    if per_sample <= FEW_VALUES and not is_distribution(ref):
+        # a value or a few per sample (a score, MOS figures): cosine stays near 1.0 however
+        # wrong they are (0.9986 with a MOS off by 0.17), and their argmax is no class
         a = ref.astype(np.float64).ravel()
         b = cand.astype(np.float64).ravel()
         err = np.abs(a - b)
         m["max_rel_err"] = float(np.nanmax(err / np.maximum(np.abs(a), 1e-6)))
         m["mean_rel_err"] = float(np.nanmean(err) / max(float(np.mean(np.abs(a))), 1e-12))
         m["correlation"] = _correlation(a, b)
-        m["judged_by"] = "abs/rel error and correlation (one value per sample)"
-        return m
-    cos = sums.cosines(0)
+        m["judged_by"] = (f"abs/rel error and correlation ({per_sample} value"
+                          f"{'s' if per_sample > 1 else ''} per sample)")
+        if per_sample == 1:  # cosine is identically 1
+            return m
+    cos = sums.cosines(0)  # with a few values: shown, and gated where a gate names it
     m["cosine_mean"], m["cosine_min"] = float(np.nanmean(cos)), float(np.nanmin(cos))
     m.update(_worst_slices(sums))
     if is_classifier(ref):
@@ -218,9 +225,25 @@ def _correlation(a: np.ndarray, b: np.ndarray) -> float | None:
     return float(np.corrcoef(a, b)[0, 1])
 
 
-def is_classifier(y: np.ndarray) -> bool:
-    """(N, classes) float scores; integer outputs (token ids passed through) are not."""
+def class_scores(y: np.ndarray) -> bool:
+    """Could `y` be (N, classes) scores? Float, two or more per sample; integer outputs
+    (token ids passed through) are not. With labels given, such an output is one."""
     return y.ndim == 2 and y.shape[1] > 1 and np.issubdtype(y.dtype, np.floating)
+
+
+def is_classifier(y: np.ndarray) -> bool:
+    """Class scores judged by top-1 agreement: not FEW_VALUES or fewer per sample unless
+    they are probabilities (three MOS figures are no classes; PP-OCR cls's two softmax
+    scores are)."""
+    return class_scores(y) and (y.shape[1] > FEW_VALUES or is_distribution(y))
+
+
+def is_distribution(y: np.ndarray) -> bool:
+    """Rows of non-negative values summing to 1 (softmax outputs), batch axis first."""
+    if not np.issubdtype(y.dtype, np.floating) or y.ndim < 2 or y.shape[1] < 2:
+        return False
+    rows = y.reshape(len(y), y.shape[1], -1).astype(np.float64)
+    return bool(np.all(rows >= -1e-6) and np.allclose(rows.sum(axis=1), 1.0, atol=1e-3))
 
 
 def label_accuracy(ref: np.ndarray, cand: np.ndarray, origins: list[str],
@@ -282,7 +305,7 @@ def compare(ref: dict[str, np.ndarray], cand: dict[str, np.ndarray], names: list
     record: dict[str, Any] = {"outputs": {}}
     for name in ref:
         record["outputs"][name] = output_metrics(ref[name], cand[name])
-        if labels and is_classifier(ref[name]) and "label_accuracy" not in record:
+        if labels and class_scores(ref[name]) and "label_accuracy" not in record:
             record["label_accuracy"] = label_accuracy(ref[name], cand[name], names, labels)
     if metric_script is not None:
         record["scores"] = task_scores(metric_script, ref, cand, names)

@@ -52,8 +52,8 @@ def new_context(settings: BuildSettings, out: Path, model: str) -> Context:
 
 def run_stages(ctx: Context, stages: list[tuple[str, Stage]],
                on_stage: OnStage | None = None,
-               on_work: Callable[[], None] | None = None) -> Context:
-    """Run `stages` on `ctx` in order (`on_work()` before the first one that is not served
+               on_work: Callable[[str], None] | None = None) -> Context:
+    """Run `stages` on `ctx` in order (`on_work(name)` before each one that is not served
     from the stage cache). Raises TrtBuildError (bad input, failed gate)."""
     for name, stage in stages:
         log.info("stage %s: start", name)
@@ -63,7 +63,7 @@ def run_stages(ctx: Context, stages: list[tuple[str, Stage]],
                 record, key = _cached(ctx, name)
                 if record is None:
                     if on_work:
-                        on_work()
+                        on_work(name)
                     record = stage(ctx)
                     if key:  # what it wrote: new files, and files it rewrote
                         after = _stamps(_files(ctx.out))
@@ -200,14 +200,14 @@ def run(settings: BuildSettings, on_stage: OnStage | None = None) -> Context:
     out = settings.out_dir(src.name)
     keep = tuple(p for p in (src.path, settings.calib.cache) if p is not None)
 
-    torch_import = TorchImport(settings)
+    torch_import = TorchImport(settings, src)
 
     def work(o: Path) -> Context:
         nonlocal loaded
         ctx = new_context(settings, o, settings.src)
         ctx.source, loaded = loaded, None  # the export stage lets go of it
         ctx.stage_cache = stage_cache(settings)
-        return run_stages(ctx, stages_for(settings), on_stage, torch_import.start)
+        return run_stages(ctx, stages_for(settings), on_stage, torch_import.before)
     try:
         return in_out_dir(out, work, keep)
     finally:
@@ -218,18 +218,31 @@ class TorchImport:
     """GPTQ needs torch (1.1-1.4 s to import) from the calibrate stage on: import it in a
     thread while the stages before it run, started when the first stage actually runs (a
     rerun served from the stage cache never imports it). A failed import is left for the
-    stage that needs torch to report."""
+    stage that needs torch to report.
 
-    def __init__(self, s: BuildSettings):
+    Only our own code may run beside it: `import torch.x` in another thread while torch is
+    half-imported fails ("partially initialized module"; Python waits only on the module
+    named, not on its parent). So only an ONNX SRC without loader scripts qualifies, the
+    thread starts only before EARLY stages, and it is joined before any other stage."""
+
+    EARLY = ("export", "clean", "fp16")  # our code only: onnx, ONNX Runtime, numpy
+
+    def __init__(self, s: BuildSettings, src: Any):
         import sys
 
-        self.wanted = s.int8 and s.calib.weight_rounding == "gptq" and "torch" not in sys.modules
+        from .data import is_script
+
+        self.wanted = (s.int8 and s.calib.weight_rounding == "gptq" and src.kind == "onnx"
+                       and "torch" not in sys.modules
+                       and not any(d and is_script(d) for d in (s.calib.data, s.val)))
         self.thread: threading.Thread | None = None
 
-    def start(self) -> None:
-        if self.wanted and self.thread is None:
-            self.thread = threading.Thread(target=_import_torch, name="trtbuild-import-torch",
-                                           daemon=True)
+    def before(self, stage: str) -> None:
+        """Called before each stage that runs."""
+        if stage not in self.EARLY:
+            self.join()
+        elif self.wanted and self.thread is None:
+            self.thread = threading.Thread(target=_import_torch, name="trtbuild-import-torch")
             self.thread.start()
 
     def join(self) -> None:

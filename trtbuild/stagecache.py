@@ -51,7 +51,8 @@ class Spec:
 
 
 def _restore_export(ctx: Context, state: dict[str, bytes]) -> None:
-    ctx.artifacts.model, ctx.torch_module = ctx.out / "model.onnx", None
+    ctx.artifacts.model = ctx.out / "model.onnx"
+    ctx.take_source()  # the pre-checks' loaded SRC: let go of, as by the export stage
 
 
 def _restore_clean(ctx: Context, state: dict[str, bytes]) -> None:

@@ -43,10 +43,12 @@ def validate_figures(r: dict[str, Any]) -> str:
         if "shape_mismatch" in m or "empty" in m:
             parts.append(f"{name}: {m.get('shape_mismatch', 'empty')}")
             continue
-        if "cosine_mean" not in m:  # one value per sample
+        if "mean_rel_err" in m:  # a few values per sample: their error comes first
             corr = m.get("correlation")
-            parts.append(f"{name}: max abs err {m['max_abs_err']:.2e}, correlation "
-                         + (f"{corr:.4f}" if corr is not None else "n/a"))
+            cos = f", cosine {m['cosine_mean']:.4f}" if "cosine_mean" in m else ""
+            parts.append(f"{name}: mean rel err {m['mean_rel_err']:.4f}, max abs err "
+                         f"{m['max_abs_err']:.2e}, correlation "
+                         + (f"{corr:.4f}" if corr is not None else "n/a") + cos)
             continue
         top1 = f", top-1 agreement {m['top1_agreement']:.4f}" if "top1_agreement" in m else ""
         chan = (f", per-channel {m['channel_cosine_mean']:.4f}"

@@ -117,8 +117,8 @@ def is_large(model: Any) -> bool:
 
     if isinstance(model, (str, Path, bytes)):
         return False
-    if hasattr(model, "graph"):
-        low, high = _size_bounds(model.graph)
+    if hasattr(model, "graph") and not model.training_info:  # rare: ByteSize decides
+        low, high = _size_bounds(model)
         if high < PROTO_LIMIT:
             return False
         if low > PROTO_LIMIT:
@@ -129,59 +129,100 @@ def is_large(model: Any) -> bool:
         return True
 
 
-_HEADER = 4096  # bytes a node, value_info or tensor can take beyond its data (a bound)
+_ITEM = 16  # a field's tag, length prefix or number: at most 15 bytes
 
 
-def _size_bounds(graph: Any) -> tuple[int, int]:
-    """(low, high) bounds on the encoded bytes of `graph` with its subgraphs: low counts
-    raw tensor data only; high adds the typed fields at 10 bytes an element (a varint's
-    most) and _HEADER for every other item."""
-    low = high = 0
+def _fields(msg: Any, skip: tuple[str, ...] = ()) -> int:
+    """A bound on the encoded bytes of `msg`'s fields but `skip` (never read: raw_data
+    would be copied): strings by their length, messages by ByteSize (cheap for the small
+    ones this is called on), numbers by _ITEM."""
+    n = 0
+    for field in msg.DESCRIPTOR.fields:
+        if field.name in skip:
+            continue
+        if (field.is_repeated if hasattr(field, "is_repeated")  # protobuf >= 5.28
+                else field.label == field.LABEL_REPEATED):
+            values = getattr(msg, field.name)
+        elif msg.HasField(field.name):  # ONNX's proto2: every singular field has presence
+            values = [getattr(msg, field.name)]
+        else:
+            continue
+        for v in values:
+            if isinstance(v, str):
+                v = v.encode()
+            n += _ITEM + (len(v) if isinstance(v, bytes) else
+                          v.ByteSize() if hasattr(v, "ByteSize") else 0)
+    return n
+
+
+def _size_bounds(model: Any) -> tuple[int, int]:
+    """(low, high) bounds on the encoded bytes of a ModelProto without training_info: low
+    counts raw tensor data only; high adds everything else, exactly for small messages
+    and from the dims for tensors (_tensor_bytes), with _ITEM for each tag and length."""
+    low, high = _graph_bounds(model.graph)
+    return low, high + _ITEM + _fields(model, ("graph", "training_info"))
+
+
+def _graph_bounds(graph: Any) -> tuple[int, int]:
+    """(low, high) for a GraphProto with its subgraphs."""
+    low, high = 0, _fields(graph, ("node", "initializer", "sparse_initializer"))
 
     def tensor(t: Any) -> None:
         nonlocal low, high
         exact, bound = _tensor_bytes(t)
-        low, high = low + exact, high + bound + _HEADER
+        low += exact
+        high += 2 * _ITEM + bound + _fields(t, _TENSOR_DATA)
 
-    high += _HEADER * (len(graph.value_info) + len(graph.input) + len(graph.output))
+    def sparse(t: Any) -> None:
+        nonlocal high
+        tensor(t.values), tensor(t.indices)
+        high += _ITEM + _fields(t, ("values", "indices"))
+
     for t in graph.initializer:
         tensor(t)
     for t in graph.sparse_initializer:
-        tensor(t.values), tensor(t.indices)
+        sparse(t)
     for node in graph.node:
-        high += _HEADER
+        high += _ITEM + _fields(node, ("attribute",))
         for a in node.attribute:
-            high += 10 * (len(a.ints) + len(a.floats)) + sum(len(x) + 10 for x in a.strings)
+            high += _ITEM + _fields(a, _ATTRIBUTE_TENSORS)
             for t in ([a.t] if a.HasField("t") else []) + list(a.tensors):
                 tensor(t)
             for t in ([a.sparse_tensor] if a.HasField("sparse_tensor") else []) + list(
                     a.sparse_tensors):
-                tensor(t.values), tensor(t.indices)
+                sparse(t)
             for sub in ([a.g] if a.HasField("g") else []) + list(a.graphs):
-                more, most = _size_bounds(sub)
-                low, high = low + more, high + most
+                more, most = _graph_bounds(sub)
+                low, high = low + more, high + most + _ITEM
     return low, high
 
 
+_TENSOR_DATA = ("raw_data", "float_data", "int32_data", "string_data", "int64_data",
+                "double_data", "uint64_data")
+_ATTRIBUTE_TENSORS = ("t", "g", "sparse_tensor", "tensors", "graphs", "sparse_tensors")
+
+
 def _tensor_bytes(t: Any) -> tuple[int, int]:
-    """(bytes of raw data, a bound on all data bytes) of a TensorProto as stored: element
-    count x element size; none for external data."""
+    """(bytes of raw data, a bound on the data fields' bytes) of a TensorProto: raw data
+    from element count x element size (reading raw_data would copy it), the typed fields
+    (packed) from their lengths; none for external data."""
     from onnx import TensorProto, helper
 
     if t.data_location == TensorProto.EXTERNAL:
         return 0, 0
-    if t.data_type == TensorProto.STRING:
-        return 0, sum(len(x) + 10 for x in t.string_data)
-    count = max(int(np.prod(t.dims, dtype=np.int64)), 0)
+    typed = (4 * len(t.float_data) + 8 * len(t.double_data) + 10 * (
+        len(t.int32_data) + len(t.int64_data) + len(t.uint64_data))
+        + sum(len(x) + _ITEM for x in t.string_data))
     if not t.HasField("raw_data"):
-        return 0, 10 * count
+        return 0, typed
+    count = max(int(np.prod(t.dims, dtype=np.int64)), 0)
     try:
         size = np.dtype(helper.tensor_dtype_to_np_dtype(t.data_type)).itemsize
     except (KeyError, TypeError, ValueError):
-        return 0, 16 * count
+        size = 16
     sub_byte = t.data_type in {getattr(TensorProto, n, -1) for n in
                                ("INT4", "UINT4", "FLOAT4E2M1", "INT2", "UINT2")}
-    return (count * size // 8 if sub_byte else count * size), count * size
+    return (count * size // 8 if sub_byte else count * size), count * size + typed
 
 
 @contextlib.contextmanager

@@ -42,8 +42,9 @@ MODEL_KEYS = DEFAULT_KEYS | {"src"}
 # Meaningful with INT8 only: a model without int8 ignores them when they come from [defaults].
 INT8_ONLY = ("calib", "calib_cache", "accuracy_target")
 # Options naming files (declared with a path kind) that check_files can check one at a time
-# (calibration ones with int8).
-FILE_KEYS = tuple(k for k, d in FLAGS.items() if d.flag.path)
+# (calibration ones with int8); the cache directory is checked where it is used, so that
+# `cache = false` needs none.
+FILE_KEYS = tuple(k for k, d in FLAGS.items() if d.flag.path and k != "cache_dir")
 CALIB_KEYS = ("calib", "calib_cache")
 # [release]: keys about how the release runs. Sharding costs a second inference pass (calib.
 # merge), so it pays only on sets large enough to keep several machines busy.

@@ -51,12 +51,11 @@ class ExportResult:
 
 def run(ctx: Context) -> dict[str, Any]:
     """SRC -> out/model.onnx; a torch SRC's module is kept only for --bench's eager latency
-    baseline (vit_h_14's weights are 2.5 GB the later stages need for their own copies)."""
+    baseline (Context.take_source)."""
     s = ctx.settings.export
-    src = ctx.source or source.load(source.parse(ctx.settings.src), dict(s.inputs) or None)
-    ctx.source = None
+    src = ctx.take_source(lambda: source.load(source.parse(ctx.settings.src),
+                                              dict(s.inputs) or None))
     result = export(src, ctx.out / "model.onnx", s)
-    ctx.torch_module = src.module if src.kind == "torch" and ctx.settings.bench.enabled else None
     ctx.artifacts.model = result.path
     return result.record()
 
