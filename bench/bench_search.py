@@ -56,6 +56,14 @@ def one(name: str, work: Path) -> dict:
             "wall": wall, "sens": sens, "error": report.get("error")}
 
 
+def _held(s: dict) -> str:
+    """Where the reported value was measured, when the search held samples out."""
+    if not s.get("held_out"):
+        return ""
+    return (f" on {s['held_out']} held-out samples ({s['search_value']:.4f} on the "
+            f"{s['searched_on']} searched on)")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("models", nargs="*", default=["digits", "rec", "yolo", "bert"])
@@ -73,14 +81,13 @@ def main() -> None:
             r = one(name, work)
             s = r["sens"]
             kinds = [st.get("measure", "?")[0] for st in s.get("steps", [])]
-            held = s.get("confirm_samples")
             print(f"| {r['model']} | {r['validate']:.1f} | {r['search']:.1f} | "
                   f"**{r['ratio']:.2f}x** | {r['validate_after'] or float('nan'):.1f} | "
                   f"{s.get('evaluations')} ({''.join(kinds)}) | "
                   f"{s.get('fallback_regions')}/{s.get('regions_total')} | "
                   f"{s.get('int8_mac_coverage', float('nan')):.3f} | "
                   f"{s.get('before', float('nan')):.4f} -> {s.get('after', float('nan')):.4f}"
-                  f"{f' on {held} held-out samples' if held else ''}"
+                  f"{_held(s)}"
                   f"{' (' + r['error'][:80] + ')' if r['error'] else ''} |", flush=True)
     finally:
         if not args.keep:

@@ -228,8 +228,9 @@ def test_integer_outputs_get_no_top1_agreement():
 def test_a_few_values_per_sample_are_judged_value_by_value():
     """A speech-quality model's three MOS figures: cosine 0.9986 with MOS off by 0.17 on
     average (issue 18); they get relative errors, which the --min-cosine gate reads, and no
-    top-1 agreement (their cosine stays, for gates that name it). Two softmax probabilities (PP-OCR cls) stay a classifier, and labels
-    still give label accuracy on few-class logits."""
+    top-1 agreement (their cosine stays, for gates that name it). Two softmax probabilities
+    (PP-OCR cls) stay a classifier, and labels still give label accuracy on few-class
+    logits."""
     rng = np.random.default_rng(1)
     mos = rng.uniform(2.5, 4.5, (64, 3)).astype(np.float32)
     off = mos + rng.normal(0.17, 0.05, mos.shape).astype(np.float32)

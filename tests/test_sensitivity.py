@@ -48,7 +48,8 @@ def outlier(tmp_path_factory):
     d = tmp_path_factory.mktemp("outlier")
     outlier_model(d / "m.onnx")
     rng = np.random.default_rng(1)
-    for folder, n in (("calib", 16), ("val", 140)):  # val: the search estimates on 64
+    for folder, n in (("calib", 16), ("val", 300)):  # val: searched on 160 (estimates on
+        # 64 of them), the answer measured on the other 140
         (d / folder).mkdir()
         for k in range(n):
             np.save(d / folder / f"{k}.npy", rng.random((1, 3, 16, 16), dtype=np.float32))
@@ -68,6 +69,8 @@ def test_search_falls_back_the_one_region_that_misses_the_target(outlier, tmp_pa
     stages = {s["stage"]: s for s in json.loads(proc.stdout)["stages"]}
     sens = stages["sensitivity"]
     assert sens["before"] < 0.99 <= sens["after"] and sens["met"]
+    assert (sens["searched_on"], sens["held_out"]) == (160, 140)
+    assert sens["after"] != sens["search_value"] >= 0.99  # reported: the held-out half's
     assert [r["node"] for r in sens["regions"] if r["precision"] != "int8"] == ["conv2"]
     assert {r["precision"] for r in sens["regions"]} == {"int8", "fp16"}  # FP16 fallback
     by_node = {r["node"]: r for r in sens["regions"]}
@@ -76,12 +79,12 @@ def test_search_falls_back_the_one_region_that_misses_the_target(outlier, tmp_pa
     assert sens["int8_mac_coverage"] == pytest.approx(
         (by_node["conv1"]["macs"] + by_node["conv3"]["macs"])
         / sum(r["macs"] for r in sens["regions"]))
-    # start, bisection over 3 regions estimated on 64 samples, its answer on all
+    # start, bisection over 3 regions estimated on 64 samples, its answer on the 160
     assert [st["measure"] for st in sens["steps"]] == ["full", "estimate", "full"]
-    assert sens["samples"] == 140 and sens["steps"][-1]["holds"]
+    assert sens["samples"] == 300 and sens["steps"][-1]["holds"]
     # the written model is the mixed one, validated on all held-out samples
     assert stages["validate"]["outputs"]["y"]["cosine_mean"] >= 0.99
-    assert stages["validate"]["samples"] == 140
+    assert stages["validate"]["samples"] == 300
     model = onnx.load(tmp_path / "o" / "model.int8.onnx")
     conv2 = next(n for n in model.graph.node if n.name == "conv2")
     assert list(conv2.input) == ["m1", "w2_fp16"]  # FP16 weights, no Q/DQ
@@ -118,6 +121,29 @@ def test_the_start_scored_on_the_estimate_rows_equals_an_estimate(outlier, tmp_p
     assert seen["start_estimate"] == pytest.approx(seen["estimate"], abs=1e-6)
     assert seen["start_estimate"] != pytest.approx(seen["start"], abs=1e-6)  # other rows
     assert seen["guide"].perfect == pytest.approx(1.0)
+
+
+def test_an_answer_that_misses_on_the_held_out_half_fails_the_gate(outlier, tmp_path):
+    """The search chooses on the first half of --val; its answer is judged on the other
+    half. Samples there at 1/100 of the calibrated range keep missing with the answer the
+    first half chose: exit 1, the line says both values."""
+    val = tmp_path / "val"
+    val.mkdir()
+    rng = np.random.default_rng(3)
+    for k in range(128):
+        scale = 1.0 if k < 64 else 0.01
+        np.save(val / f"{k:03d}.npy", scale * rng.random((1, 3, 16, 16), dtype=np.float32))
+    proc = run_cli(outlier / "m.onnx", "--int8", "--calib", outlier / "calib", "--val", val,
+                   "--target", "onnx", "--out", tmp_path / "o", "--accuracy-target",
+                   "cosine_mean>=0.99", "--no-cache")
+    assert proc.returncode == 1, proc.stderr
+    line = proc.stderr.strip().splitlines()[-1]
+    assert "on the 64 held-out samples the search did not choose on" in line, line
+    sens = next(s for s in json.loads((tmp_path / "o" / "report.json").read_text())["stages"]
+                if s["stage"] == "sensitivity")
+    assert sens["search_value"] >= 0.99 > sens["after"] and not sens["met"]
+    page = (tmp_path / "o" / "report.html").read_text()
+    assert "<dt>held-out samples</dt><dd>64</dd>" in page and "search half" in page
 
 
 def test_target_already_met_costs_no_sensitivity_pass(tmp_path):

@@ -353,6 +353,10 @@ def _sensitivity(r: dict[str, Any]) -> str:
               ("before", num_text(r.get("before"))), ("after", num_text(r.get("after"))),
               ("INT8 MAC coverage", percent_text(r.get("int8_mac_coverage"))),
               ("evaluations", num_text(r.get("evaluations"))), ("regions", str(len(regions)))]
+    if r.get("held_out"):  # `after` is the held-out half's value
+        totals[4:4] = [("held-out samples", num_text(r.get("held_out"))),
+                       ("searched on", num_text(r.get("searched_on"))),
+                       ("search half's value", num_text(r.get("search_value")))]
     counts = {p: sum(_prec_class(g.get("precision")) == f"prec-{p}" for g in regions)
               for p in PRECISIONS}
     totals += [(f"{p} regions", str(n)) for p, n in counts.items() if n]

@@ -23,7 +23,8 @@ def summary_line(stage: str, record: dict[str, Any]) -> str:
                "quantize": lambda r: f"{r['quantized_activations']} activations, "
                                      f"{r['quantized_weights']} weights Q/DQ",
                "sensitivity": lambda r: f"{r['metric']} {r['before']:.4f} -> "
-                                        f"{r['after']:.4f} ({'meets' if r['met'] else 'misses'}"
+                                        f"{r['after']:.4f}{_held_out(r)} ("
+                                        f"{'meets' if r['met'] else 'misses'}"
                                         f" {r['target']}); {r['fallback_regions']} of "
                                         f"{r['regions_total']} regions in float, INT8 MACs "
                                         f"{100 * r['int8_mac_coverage']:.1f}%, "
@@ -35,6 +36,14 @@ def summary_line(stage: str, record: dict[str, Any]) -> str:
     out = "  ".join(x for x in (record.get("output", ""),
                                 "(reused from the cache)" if record.get("reused") else "") if x)
     return f"  {stage:<16} {record['seconds']:7.2f}s  {detail}  {out}".rstrip()
+
+
+def _held_out(r: dict[str, Any]) -> str:
+    """Where the search's answer was measured, when it was held out."""
+    if not r.get("held_out"):
+        return ""
+    return (f" on {r['held_out']} held-out samples ({r['search_value']:.4f} on the "
+            f"{r['searched_on']} searched on)")
 
 
 def validate_figures(r: dict[str, Any]) -> str:
