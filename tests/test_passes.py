@@ -215,3 +215,29 @@ def test_clean_check_compares_the_model_as_given(tmp_path, monkeypatch):
     assert not (tmp_path / "clean.onnx").exists()
     monkeypatch.undo()
     assert clean(tmp_path / "vad.onnx", tmp_path / "clean.onnx").max_abs_diff < 1e-4
+
+
+def test_the_cleaned_model_names_every_node_and_planning_leaves_it_as_it_is(tmp_path):
+    """Unnamed nodes (a converted TF model's) get unique names in the clean stage, beside a
+    node already called node_0; so qdq.plan, which addresses nodes by name, no longer renames
+    nodes of the cached clean model in memory (review finding 5)."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    from trtbuild.quant.qdq import plan
+
+    w = numpy_helper.from_array(np.ones((4, 4), np.float32), "w")
+    nodes = [helper.make_node("MatMul", ["x", "w"], ["a"]),
+             helper.make_node("Relu", ["a"], ["b"], name="node_0"),
+             helper.make_node("MatMul", ["b", "w"], ["y"])]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info(
+        "x", TensorProto.FLOAT, ["n", 4])], [helper.make_tensor_value_info(
+            "y", TensorProto.FLOAT, ["n", 4])], [w])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]),
+              tmp_path / "m.onnx")
+    clean(tmp_path / "m.onnx", tmp_path / "c.onnx")
+    cleaned = onnx.load(tmp_path / "c.onnx")
+    names = [n.name for n in cleaned.graph.node]
+    assert all(names) and len(set(names)) == 3 and "node_0" in names
+    before = cleaned.SerializeToString()
+    assert names[0] in {n for n, _ in plan(cleaned).consumers} <= set(names)
+    assert cleaned.SerializeToString() == before

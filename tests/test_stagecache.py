@@ -6,6 +6,7 @@ import json
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 from conftest import run_cli
 
@@ -185,3 +186,25 @@ def load():
     assert proc.returncode == 0, proc.stderr
     assert (tmp_path / "out" / "model.int8.onnx").is_file()
 
+
+
+def test_the_first_sample_is_read_for_the_model_asked_about(model, tmp_path):
+    """Context.first_sample(model) used to return the first model's feed to any later
+    model (review finding 5): a model whose input has another name gets its own."""
+    import onnx
+
+    from trtbuild import pipeline
+    from trtbuild.config import build_settings
+
+    a = onnx.load(str(model))
+    b = onnx.load(str(model))
+    old = b.graph.input[0].name
+    b.graph.input[0].name = "renamed"
+    for node in b.graph.node:
+        node.input[:] = ["renamed" if i == old else i for i in node.input]
+    ctx = pipeline.new_context(build_settings(str(model), val=VAL_DIR), tmp_path, "m")
+    feed_a, _ = ctx.first_sample(a)
+    feed_b, _ = ctx.first_sample(b)
+    assert list(feed_a) == [old] and list(feed_b) == ["renamed"]
+    assert ctx.first_sample(a)[0] is feed_a  # read once per input signature
+    assert np.array_equal(feed_a[old], feed_b["renamed"])

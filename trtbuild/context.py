@@ -59,7 +59,7 @@ class Context:
     stage_cache: Any = None  # a stagecache.StageCache where stages may be reused
     _clean_model: Any = None
     qdq_base: Any = None  # quantize -> sensitivity: the clean model Q/DQ goes into
-    _first_sample: tuple[dict, str] | None = None
+    _first_samples: dict[bytes, tuple[dict, str] | None] = field(default_factory=dict)
     _probe_feeds: list[dict] | None = None
 
     def take_source(self, load: Callable[[], Any] | None = None) -> Any:
@@ -103,11 +103,15 @@ class Context:
         from .data import open_dataset
 
         source = self.settings.calib.data or self.settings.val
-        if source and self._first_sample is None:
+        if not source:
+            return None
+        key = b"".join(i.SerializeToString() for i in model.graph.input)  # read once per
+        if key not in self._first_samples:  # input signature (names, types, shapes)
+            self._first_samples[key] = None
             for _, feed in open_dataset(source, model, self.settings.data).samples():
-                self._first_sample = (feed, f"first sample of {source}")
+                self._first_samples[key] = (feed, f"first sample of {source}")
                 break
-        return self._first_sample
+        return self._first_samples[key]
 
     def probe_feeds(self) -> list[dict]:
         """The first PROBE_SAMPLES evaluation samples, read once: what the FP16 range probe

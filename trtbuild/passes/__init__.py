@@ -16,7 +16,7 @@ from .fold import fold_constants
 from .noop import remove_noops
 from .prepare import name_unknown_dims, unfuse_contrib, upgrade_opset, widen_inputs
 from .reshape import constant_batch_reshapes
-from .tidy import cleanup, infer_shapes, toposort
+from .tidy import cleanup, infer_shapes, name_nodes, toposort
 
 Pass = Callable[[Any], Any]
 ModelPass = Callable[[Any], tuple[Any, list[str]]]
@@ -37,6 +37,7 @@ PASSES: list[tuple[str, Pass]] = [
     ("remove_noops_2", remove_noops),
     ("cleanup", cleanup),
     ("toposort", toposort),
+    ("name_nodes", name_nodes),
 ]
 
 __all__ = ["PASSES", "PREPARE", "Pass", "ModelPass", "fold_batchnorm"]

@@ -23,3 +23,19 @@ def infer_shapes(graph: Any) -> Any:
             t.shape = None
     model = io.infer_shapes(gs.export_onnx(graph), data_prop=True)
     return gs.import_onnx(model)
+
+
+def name_nodes(graph: Any) -> Any:
+    """Give every unnamed node a unique name (`node_K`): the Q/DQ plan, the sensitivity
+    regions and TensorRT's layer names address nodes by name, and naming them here keeps
+    the cleaned model on disk the one every later stage reads (a converted TF model's nodes
+    came unnamed)."""
+    taken = {n.name for n in graph.nodes if n.name}
+    k = 0
+    for node in graph.nodes:
+        while not node.name:
+            if f"node_{k}" not in taken:
+                node.name = f"node_{k}"
+                taken.add(node.name)
+            k += 1
+    return graph

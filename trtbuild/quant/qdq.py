@@ -37,9 +37,11 @@ class QuantPlan:
 
 
 def plan(model: Any) -> QuantPlan:
-    """Decide Q/DQ placement on a cleaned ONNX ModelProto (shape-inferred)."""
+    """Decide Q/DQ placement on a cleaned ONNX ModelProto (shape-inferred). Rewiring
+    addresses nodes by name: a model the clean stage made has every node named
+    (passes.name_nodes), others get names here, in place."""
     g = model.graph
-    for k, n in enumerate(g.node):  # rewiring addresses nodes by name
+    for k, n in enumerate(g.node):
         n.name = n.name or f"node_{k}"
     inits = {i.name: i for i in g.initializer}
     floats = io.float_tensors(model)
