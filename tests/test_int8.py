@@ -119,6 +119,15 @@ def test_int8_needs_calibration_data(tmp_path):
     assert not (tmp_path / "o").exists()
 
 
+def test_without_val_the_run_says_nothing_held_out_checked_the_int8_model(digits_onnx,
+                                                                          tmp_path):
+    proc = run_cli(digits_onnx / "model.onnx", "--int8", "--calib", CALIB_DIR, "--target",
+                   "onnx", "--out", tmp_path / "o", "--no-cache")
+    assert proc.returncode == 0, proc.stderr
+    assert ("no --val data: nothing held out checked the INT8 model (it was compared with "
+            "FP32 on the calibration data); give --val DIR") in proc.stderr
+
+
 def test_gate_failure_exits_1(tmp_path):
     proc = run_cli("trtbuild.demo.digits:digits_cnn", "--int8", "--calib", CALIB_DIR, "--val",
                    VAL_DIR, "--min-cosine", "1.01", "--out", tmp_path / "o")

@@ -26,7 +26,9 @@ TOLERANCES = {"fp32": (1e-4, 1e-4), "fp16": (1e-2, 1e-2), "int8": (1e-1, 1e-1)} 
 def run(ctx: Context, precision: str = "int8") -> dict[str, Any]:
     """CPU accuracy of the `precision` model against the cleaned FP32 model (ONNX Runtime)."""
     if not ctx.settings.val:
-        log.warning("no --val data: validating on the calibration data (not held out)")
+        log.warning("no --val data: nothing held out checked the %s model (it was compared "
+                    "with FP32 on %s); give --val DIR", precision.upper(),
+                    "the calibration data" if ctx.settings.calib.data else "random inputs")
     if precision == "int8" and ctx.int8_check is not None:  # FP16 parts: the emulation
         record = check(ctx, ctx.int8_check, precision)
         record["cpu_check"] = "FP16 parts emulated (rounded, overflow to inf) in FP32 kernels"
