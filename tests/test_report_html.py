@@ -274,3 +274,26 @@ def _svg(page: str, ident: str) -> list[tuple[str, dict[str, str]]]:
     svg = re.search(rf'<svg[^>]*id="{ident}".*?</svg>', page, re.S).group(0)
     rects = [dict(re.findall(r'(\S+?)="([^"]*)"', m)) for m in re.findall(r"<rect ([^>]*)>", svg)]
     return [(r["class"], r) for r in rects]
+
+
+def test_a_record_moved_from_a_workers_scratch_folder_is_rewritten_as_a_record(tmp_path):
+    """Ray workers write report.json/.html in a scratch folder; the driver's copies name
+    its own folder: the JSON rewritten value by value, the page rendered again from it
+    (never a text edit of the page), a driver path with JSON and HTML specials included."""
+    from trtbuild.release.ray_backend import _moved
+    from trtbuild.report import Report
+
+    old = str(tmp_path / "trtbuild-ray-7-x" / "digits")
+    new = '/home/u/a&b "rel"/digits'
+    Path(old).mkdir(parents=True)
+    report = Report(Path(old) / "report.json", model=f"{old}/model.onnx")
+    report.add("export", 0.1, output=f"{old}/model.onnx", note=f"{old}2 is another folder")
+    report.finish("passed")
+    data = json.loads(_moved(Path(old) / "report.json", old, new))
+    assert data["model"] == f"{new}/model.onnx"
+    assert data["stages"][0]["output"] == f"{new}/model.onnx"
+    assert data["stages"][0]["note"] == f"{old}2 is another folder"
+    page = _moved(Path(old) / "report.html", old, new).decode()
+    assert page == report_html.render(data) and old not in page.replace(f"{old}2", "")
+    (Path(old) / "notes.html").write_text(f"<p>{old}</p>")  # no record beside it: as it is
+    assert _moved(Path(old) / "notes.html", old, new) == f"<p>{old}</p>".encode()

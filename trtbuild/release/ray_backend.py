@@ -239,17 +239,23 @@ def _sweep_scratch() -> None:
 
 
 def _moved(path: Path, old: str, new: str) -> bytes:
-    """The file's bytes; in report.json/.html the paths under `old` name `new` instead, as
-    each format escapes it (the scratch path is plain ASCII, the driver's may be anything)."""
-    import html
+    """The file's bytes; a JSON record with the paths under `old` naming `new` instead,
+    rewritten value by value (_swap), and report.html rendered again from its report.json
+    so rewritten: the page is a view of the record, never edited as text."""
     import json
 
+    from ..report import dumps
+    from ..report_html import html_path, render
+
     data = path.read_bytes()
-    if path.suffix == ".json":
-        return data.replace(old.encode(), json.dumps(new)[1:-1].encode())
-    if path.suffix == ".html":
-        return data.replace(old.encode(), html.escape(new).encode())
-    return data
+    record = path.with_suffix(".json")  # a page's record: same stem (report_html.html_path)
+    if path.suffix not in (".json", ".html") or html_path(record) is None:
+        return data
+    try:
+        swapped = _swap(json.loads(record.read_bytes()), old, new)
+    except (OSError, ValueError):
+        return data
+    return (render(swapped) if path.suffix == ".html" else dumps(swapped) + "\n").encode()
 
 
 def _swap(value: Any, old: str, new: str) -> Any:
