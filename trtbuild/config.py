@@ -284,8 +284,9 @@ class GateSettings:
         None, "--accuracy-target", metavar="NAME>=X",
         help="with --int8: when the INT8 model misses this (a --gate expression, e.g. "
              "cosine_mean>=0.99 or strings_equal>=0.95), measure each quantized region's "
-             "cost on --val and return the fewest regions to FP16/FP32 until it holds; also "
-             "a gate")
+             "cost on --val and return the fewest regions to FP16/FP32 until it holds; with "
+             "--fp16, the fewest FP16 nodes to FP32 when the FP16 model misses it. Chosen "
+             "on half of --val, judged on the other half; also a gate")
 
     def __post_init__(self) -> None:
         _finite("min-top1-agreement", self.min_top1_agreement)

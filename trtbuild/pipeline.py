@@ -386,9 +386,10 @@ def check_files(s: BuildSettings) -> None:
     if s.gates.accuracy_target is not None and s.engine.calibrator == "trt":
         raise TrtBuildError("--accuracy-target chooses Q/DQ regions; --calibrator trt builds "
                             "from the FP32 graph and would discard them: use one or the other")
-    if s.gates.accuracy_target is not None and not s.int8:
-        raise TrtBuildError("--accuracy-target needs --int8 (it chooses which INT8 regions "
-                            "fall back to FP16/FP32)")
+    if s.gates.accuracy_target is not None and not s.int8 and not (
+            s.fp16 and s.fp16_options.mode == "graph"):
+        raise TrtBuildError("--accuracy-target needs --int8 or --fp16 (it chooses which INT8 "
+                            "regions or FP16 nodes fall back to a wider type)")
     for lib in s.engine.plugins:
         check_library(Path(lib))
     if s.targets.use_cache:

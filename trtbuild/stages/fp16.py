@@ -2,7 +2,9 @@
 (measured on samples: trtbuild.quant.fp16_range), the graph in float16
 (trtbuild.quant.fp16), then its accuracy against the FP32 model checked on an emulation of
 what an FP16 engine computes (every FP16 tensor rounded, overflow to inf), not on ONNX
-Runtime's FP16 kernels, which compute in FP32 between casts and miss overflows."""
+Runtime's FP16 kernels, which compute in FP32 between casts and miss overflows. With an
+--accuracy-target the FP16 model misses, the fewest nodes go back to FP32
+(trtbuild.stages.fp16_target)."""
 
 from __future__ import annotations
 
@@ -10,12 +12,13 @@ import logging
 from typing import Any
 
 from ..context import Context
+from ..metrics import gate_value
 from ..onnx import io
 from ..passes import fold_batchnorm
 from ..quant import fp16
 from ..quant.emulate import emulate_typed
 from ..quant.fp16_range import range_keeps
-from . import validate
+from . import fp16_target, validate
 
 log = logging.getLogger(__name__)
 
@@ -24,17 +27,34 @@ def run(ctx: Context) -> dict[str, Any]:
     s = ctx.settings.fp16_options
     folded, n_folded = fold_batchnorm(ctx.clean_model())
     keeps = range_keeps(folded, s, ctx.probe_feeds())
-    keep_at = frozenset(keeps)
-    model, info = fp16.convert(folded, s, keep_at)
-    out = ctx.out / "model.fp16.onnx"
-    io.check_model(model, out, ours=True)
-    io.save(model, out)
-    ctx.artifacts.fp16 = out
     nodes = folded.graph.node
     auto = [{"node": nodes[k].name or f"#{k}", "op": nodes[k].op_type, "reason": why}
             for k, why in sorted(keeps.items())]
     if auto:
-        log.info("%s: %d nodes kept in FP32 by measured range", out, len(auto))
+        log.info("%d nodes kept in FP32 by measured range", len(auto))
+    record = _written_and_checked(ctx, folded, frozenset(keeps))
+    target = ctx.settings.gates.accuracy_target
+    if target is not None and not target.holds(gate_value(record, target)):
+        keep_at, search = fp16_target.fallback(ctx, folded, s, frozenset(keeps))
+        record = _written_and_checked(ctx, folded, keep_at)
+        record["target_search"] = search
+        if not search["met"] and search["search_value"] != search["after"] and target.holds(
+                search["search_value"]):
+            record["gate_failures"].append(
+                f"{target}: {search['after']:.4f} on the {search['held_out']} held-out "
+                f"samples the search did not choose on ({search['search_value']:.4f} on the "
+                f"{search['searched_on']} it chose on)")
+    record.update(batchnorm_folded=n_folded, auto_fp32=auto)
+    return record
+
+
+def _written_and_checked(ctx: Context, folded: Any, keep_at: frozenset[int]) -> dict[str, Any]:
+    """model.fp16.onnx converted with the nodes at `keep_at` in FP32, written, and checked."""
+    model, info = fp16.convert(folded, ctx.settings.fp16_options, keep_at)
+    out = ctx.out / "model.fp16.onnx"
+    io.check_model(model, out, ours=True)
+    io.save(model, out)
+    ctx.artifacts.fp16 = out
     # the check runs what was written: the FP16 graph's own emulation (one emulator)
     try:
         check, how = emulate_typed(model), None
@@ -42,7 +62,7 @@ def run(ctx: Context) -> dict[str, Any]:
         check, how = out, f"not emulated ({e}): ONNX Runtime's FP16 kernels, FP32 between casts"
         log.warning("%s: %s", out, how)
     record = validate.check(ctx, check, "fp16")
-    record.update(info, output=str(out), batchnorm_folded=n_folded, auto_fp32=auto,
+    record.update(info, output=str(out),
                   cpu_check=how or "FP16 emulation (FP16 tensors and weights rounded, overflow "
                                    "to inf) in ONNX Runtime, FP32 kernels")
     return record

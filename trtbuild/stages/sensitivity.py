@@ -56,7 +56,7 @@ def run(ctx: Context) -> dict[str, Any]:
     qplan = plan(model)
     found = regions(model, qplan)
     data, labels_dir, label = ctx.eval_data()
-    names, feeds = _subset(data, SEARCH_SAMPLES)
+    names, feeds = subset(data, SEARCH_SAMPLES)
     if not feeds:
         raise TrtBuildError(f"{label}: no validation samples for --accuracy-target")
     all_macs = count_macs(model, feeds[0], found)
@@ -140,10 +140,10 @@ class _Part:
     def __init__(self, feeds: list[dict[str, np.ndarray]], names: list[str], ref_runs: list,
                  axes: dict[str, int], keep: bool = False):
         self.feeds, self.names, self.ref_runs = feeds, names, ref_runs
-        self._axes, self._ref = axes, _stack(ref_runs, axes) if keep else None
+        self._axes, self._ref = axes, stacked(ref_runs, axes) if keep else None
 
     def ref(self) -> dict[str, np.ndarray]:
-        return self._ref if self._ref is not None else _stack(self.ref_runs, self._axes)
+        return self._ref if self._ref is not None else stacked(self.ref_runs, self._axes)
 
 
 class _Trials:
@@ -157,18 +157,18 @@ class _Trials:
         self.free_batch = _dynamic_batch(model)  # any number of rows on axis 0
         # per feed, as run: a feed's outputs need not have one row per input row (an LSTM
         # VAD's state has one per feed, its probabilities one per window)
-        ref_runs = _runs(self.fp32, feeds)
+        ref_runs = run_feeds(self.fp32, feeds)
         self.whole = _Part(feeds, names, ref_runs, axes)
         self.search, self.held = self.whole, None  # what the search chooses on; the rest
-        half = _first_rows(feeds, len(names) // 2)
-        if min(_count(half), len(names) - _count(half)) >= HELD_MIN:
-            k, n = len(half), _count(half)
-            self.search = _Part(half, names[:n], ref_runs[:k], axes)
+        k = search_half(feeds)
+        if k is not None:
+            n = row_count(feeds[:k])
+            self.search = _Part(feeds[:k], names[:n], ref_runs[:k], axes)
             self.held = _Part(feeds[k:], names[n:], ref_runs[k:], axes)
         self.head = self.search
         if len(self.search.names) >= 2 * ESTIMATE_SAMPLES:  # estimates on a few, answers on all
-            first = _first_rows(self.search.feeds, ESTIMATE_SAMPLES)
-            self.head = _Part(first, names[:_count(first)], ref_runs[:len(first)], axes, True)
+            first = first_rows(self.search.feeds, ESTIMATE_SAMPLES)
+            self.head = _Part(first, names[:row_count(first)], ref_runs[:len(first)], axes, True)
         self._last: tuple | None = None  # (fallen, Q/DQ model, float parts, session)
         self._done: tuple | None = None  # (fallen, feeds, their runs): the last estimate's
 
@@ -196,7 +196,7 @@ class _Trials:
         if self._done and self._done[0] == key and len(self._done[1]) <= len(feeds) and all(
                 a is b for a, b in zip(self._done[1], feeds[:len(self._done[1])])):
             done = self._done[2]
-        out = done + _runs(self._last[3], feeds[len(done):])
+        out = done + run_feeds(self._last[3], feeds[len(done):])
         self._done = key, feeds, out
         return out
 
@@ -213,7 +213,7 @@ class _Trials:
     def score(self, part: _Part, runs: list) -> float:
         """The target's value of `runs` (of `part`'s feeds) against the FP32 outputs."""
         s = self.ctx.settings.gates
-        record = compare(part.ref(), _stack(runs, self.axes), part.names, self.labels,
+        record = compare(part.ref(), stacked(runs, self.axes), part.names, self.labels,
                          s.metric_script)
         return gate_value(record, s.accuracy_target)
 
@@ -238,22 +238,30 @@ def _sensitivities(trial: _Trials, part: _Part) -> tuple[dict[str, float], int]:
     switch, flags = switchable_model(trial.model, trial.qplan, ctx.amaxes, found,
                                      ctx.int8_weights)
     sess = io.session(switch)
-    few = _first_rows(part.feeds, int(np.clip(len(part.names) / max(len(found), 1),
+    few = first_rows(part.feeds, int(np.clip(len(part.names) / max(len(found), 1),
                                               *SENSITIVITY_SAMPLES)), exact=trial.free_batch)
     if all(a is b for a, b in zip(few, part.feeds)):  # whole feeds: their FP32 outputs known
-        few_ref = _stack(part.ref_runs[:len(few)], axes)
+        few_ref = stacked(part.ref_runs[:len(few)], axes)
     else:
-        few_ref = _stack(_runs(trial.fp32, few), axes)
+        few_ref = stacked(run_feeds(trial.fp32, few), axes)
     errors = {}
     with bar("sensitivity", len(found)) as progress:
         for r in found:
             on = {f: np.array(x is r) for f, x in zip(flags, found)}
-            errors[r.node] = output_error(few_ref, _stack(_runs(sess, few, on), axes))
+            errors[r.node] = output_error(few_ref, stacked(run_feeds(sess, few, on), axes))
             progress.advance(1)
-    return errors, _count(few)
+    return errors, row_count(few)
 
 
-def _subset(data: Any, limit: int) -> tuple[list[str], list[dict[str, np.ndarray]]]:
+def search_half(feeds: list[dict[str, np.ndarray]]) -> int | None:
+    """How many of `feeds` (whole batches, about half the samples) the search chooses on;
+    None when either half would hold fewer than HELD_MIN samples."""
+    n = row_count(feeds)
+    half = first_rows(feeds, n // 2)
+    return len(half) if min(row_count(half), n - row_count(half)) >= HELD_MIN else None
+
+
+def subset(data: Any, limit: int) -> tuple[list[str], list[dict[str, np.ndarray]]]:
     """The first `limit` samples (names, one per row) in batches of the data's batch size
     (samples of other shapes in batches of their own)."""
     names: list[str] = []
@@ -264,7 +272,7 @@ def _subset(data: Any, limit: int) -> tuple[list[str], list[dict[str, np.ndarray
     return names, feeds
 
 
-def _first_rows(feeds: list[dict[str, np.ndarray]], limit: int, exact: bool = False
+def first_rows(feeds: list[dict[str, np.ndarray]], limit: int, exact: bool = False
                 ) -> list[dict[str, np.ndarray]]:
     """Whole batches from the start until `limit` rows are covered (`exact`: the last one
     cut to `limit`, for a model whose batch size is free)."""
@@ -286,18 +294,18 @@ def _dynamic_batch(model: Any) -> bool:
     return all(d and not d[0].HasField("dim_value") for d in dims)
 
 
-def _count(feeds: list[dict[str, np.ndarray]]) -> int:
+def row_count(feeds: list[dict[str, np.ndarray]]) -> int:
     return sum(rows(f) for f in feeds)
 
 
-def _runs(sess: Any, feeds: list[dict[str, np.ndarray]],
+def run_feeds(sess: Any, feeds: list[dict[str, np.ndarray]],
           flags: dict[str, np.ndarray] | None = None) -> list[tuple[list[str], list]]:
     """Each feed's outputs, as (names, arrays)."""
     names = [o.name for o in sess.get_outputs()]
     return [(names, sess.run(names, {**feed, **(flags or {})})) for feed in feeds]
 
 
-def _stack(runs: list[tuple[list[str], list]], axes: dict[str, int]) -> dict[str, np.ndarray]:
+def stacked(runs: list[tuple[list[str], list]], axes: dict[str, int]) -> dict[str, np.ndarray]:
     """Runs joined per output along its batch axis, which then comes first."""
     names = runs[0][0]
     return {n: stack([r[1][k] for r in runs], axes.get(n, 0)) for k, n in enumerate(names)}
