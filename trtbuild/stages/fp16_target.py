@@ -24,12 +24,14 @@ from ..context import Context
 from ..data import read_labels
 from ..metrics import batch_axes, compare, gate_value
 from ..onnx import io
+from ..progress import bar
 from ..quant import fp16
 from ..quant.emulate import emulate_typed
 from ..quant.sensitivity import output_error, search
 from .sensitivity import (
     SEARCH_SAMPLES,
     SENSITIVITY_SAMPLES,
+    dynamic_batch,
     first_rows,
     row_count,
     run_feeds,
@@ -68,14 +70,19 @@ def fallback(ctx: Context, model: Any, s: Fp16Settings, keep_at: frozenset[int]
     candidates = [p for p, h in enumerate(fp16.half_nodes(model.graph, floats, s, keep_at))
                   if h and any(o in floats for o in model.graph.node[p].output)]
     few = first_rows(feeds, int(np.clip(len(names) // max(len(candidates), 1),
-                                        *SENSITIVITY_SAMPLES)))
+                                        *SENSITIVITY_SAMPLES)), exact=dynamic_batch(model))
     errors = node_errors(model, candidates, few, axes)
     order = [str(p) for p in sorted(candidates, key=lambda p: -errors[p])]
-    start = score(frozenset(), chosen)
-    result = search(order, lambda f: score(frozenset(map(int, f)), chosen), target.holds,
-                    start=start)
-    fallen = frozenset(map(int, result.fallen))
-    confirmed = score(fallen, held) if held[0] else None
+    with bar("fp16 search: evaluations", None) as progress:
+        def measured(fallen: set[str]) -> float:
+            value = score(frozenset(map(int, fallen)), chosen)
+            progress.advance(1)
+            progress.note(f"{len(fallen)} nodes in FP32: {target.name} {value:.4f}")
+            return value
+        start = measured(set())
+        result = search(order, measured, target.holds, start=start)
+        fallen = frozenset(map(int, result.fallen))
+        confirmed = score(fallen, held) if held[0] else None
     met = result.met if confirmed is None else target.holds(confirmed)
     nodes = model.graph.node
     record = {"target": str(target), "metric": target.name, "val": label,
@@ -130,5 +137,10 @@ def node_errors(model: Any, positions: list[int], feeds: list[dict[str, np.ndarr
     sess = io.session(m)
     off = {f: np.array(False) for f in flags.values()}
     ref = stacked(run_feeds(sess, feeds, off), axes)
-    return {p: output_error(ref, stacked(run_feeds(sess, feeds, {**off, f: np.array(True)}),
-                                         axes)) for p, f in flags.items()}
+    errors = {}
+    with bar("fp16 sensitivity", len(flags)) as progress:
+        for p, f in flags.items():
+            errors[p] = output_error(ref, stacked(run_feeds(sess, feeds, {**off, f: np.array(
+                True)}), axes))
+            progress.advance(1)
+    return errors

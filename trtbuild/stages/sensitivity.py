@@ -154,7 +154,7 @@ class _Trials:
         self.ctx, self.model, self.qplan, self.found = ctx, model, qplan, found
         self.labels, self.axes = labels, axes
         self.fp32 = io.session(model)
-        self.free_batch = _dynamic_batch(model)  # any number of rows on axis 0
+        self.free_batch = dynamic_batch(model)  # any number of rows on axis 0
         # per feed, as run: a feed's outputs need not have one row per input row (an LSTM
         # VAD's state has one per feed, its probabilities one per window)
         ref_runs = run_feeds(self.fp32, feeds)
@@ -287,7 +287,7 @@ def first_rows(feeds: list[dict[str, np.ndarray]], limit: int, exact: bool = Fal
     return out
 
 
-def _dynamic_batch(model: Any) -> bool:
+def dynamic_batch(model: Any) -> bool:
     """Does every graph input take any number of rows on axis 0?"""
     inits = {i.name for i in model.graph.initializer}
     dims = [i.type.tensor_type.shape.dim for i in model.graph.input if i.name not in inits]
