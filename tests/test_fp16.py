@@ -327,9 +327,8 @@ def test_a_target_the_fp16_model_misses_puts_the_fewest_nodes_back_in_fp32(tmp_p
     or the Relu; measured on the first half of --val, reported on the other (issue 18)."""
     import json
 
-    from onnx import helper, numpy_helper
-
     from conftest import run_cli
+    from onnx import helper, numpy_helper
 
     rng = np.random.default_rng(0)
     inits = [numpy_helper.from_array(np.array([1000.0], np.float32), "big"),

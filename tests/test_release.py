@@ -9,6 +9,7 @@ import json
 import os
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Callable
@@ -510,3 +511,18 @@ def test_a_model_that_cannot_build_stops_the_release_before_any_job(
     last = proc.stderr.strip().splitlines()[-1]
     assert "[models.m]" in last and says in last, last
     assert not (tmp_path / "out").exists()
+
+
+def test_a_worker_whose_driver_died_while_it_started_exits() -> None:
+    """A worker spawned just before kill -9 of the driver asked for its death signal only
+    after the driver was gone (it then never comes): worker_init sees another parent and
+    exits; with its driver alive it goes on (review finding 11)."""
+    code = ("import os, sys\nfrom trtbuild.release.jobs import worker_init\n"
+            "worker_init(int(sys.argv[1]))\nprint('alive')\n")
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    alive = subprocess.run([sys.executable, "-c", code, str(os.getpid())], env=env,
+                           capture_output=True, text=True, timeout=120)
+    assert alive.returncode == 0 and alive.stdout.strip() == "alive", alive.stderr
+    orphan = subprocess.run([sys.executable, "-c", code, str(os.getpid() + 10 ** 6)], env=env,
+                            capture_output=True, text=True, timeout=120)
+    assert orphan.returncode == 1 and orphan.stdout == ""

@@ -27,15 +27,20 @@ from .manifest import ModelEntry
 PREPARED = ("clean", "fp16", "int8", "calib_cache")  # Artifacts fields an engine job reads
 
 
-def worker_init() -> None:
+def worker_init(driver: int | None = None) -> None:
     """In each worker process: die with the driver (kill -9 of the driver must not leave a
-    worker writing into the output directory), quiet third-party loggers."""
+    worker writing into the output directory), quiet third-party loggers. `driver`: its
+    pid; a driver killed while this worker was still starting (before the death signal was
+    asked for) leaves it a child of another process: it exits at once."""
     import ctypes
+    import os
 
     try:
         ctypes.CDLL(None, use_errno=True).prctl(1, 9)  # PR_SET_PDEATHSIG, SIGKILL (Linux)
     except (OSError, AttributeError):
         pass
+    if driver is not None and os.getppid() != driver:
+        os._exit(1)
     quiet()
 
 

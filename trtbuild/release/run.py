@@ -200,7 +200,7 @@ class Local:
 
     def _new(self) -> ProcessPoolExecutor:
         return ProcessPoolExecutor(self.slots, mp_context=multiprocessing.get_context("spawn"),
-                                   initializer=worker.worker_init)
+                                   initializer=worker.worker_init, initargs=(os.getpid(),))
 
     def submit(self, fn: Callable, args: tuple, memory_mb: float) -> Future:
         try:
