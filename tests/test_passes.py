@@ -91,6 +91,23 @@ def test_fold_constants_folds_constant_subgraph():
     _same_outputs(before, graph)
 
 
+def test_fold_constants_leaves_a_graph_with_an_op_onnx_runtime_cannot_run(caplog):
+    """The whole graph is evaluated at once (partitioning copied vit_l_16's graph 534
+    times); an op of a plugin's domain with a constant input leaves the graph unfolded with
+    a warning (GraphSurgeon's partitioned retry raised after 100 s: exit 4 in clean)."""
+    def build(g, x, y):
+        c = g.layer(op="Add", inputs=[np.ones(4, np.float32), np.ones(4, np.float32)],
+                    outputs=["c"])[0]
+        odd = g.layer(op="Mystery", inputs=[np.ones(4, np.float32)], outputs=["odd"],
+                      domain="com.example")[0]
+        m = g.layer(op="Mul", inputs=[x, c], outputs=["m"])[0]
+        g.layer(op="Add", inputs=[m, odd], outputs=[y])
+    graph, _ = _graph_with(build)
+    graph = fold_constants(graph)
+    assert sorted(_ops(graph)) == ["Add", "Add", "Mul", "Mystery"]
+    assert "constant folding skipped: ONNX Runtime cannot run com.example:Mystery" in caplog.text
+
+
 def test_cleanup_removes_dead_nodes_and_toposort_orders():
     def build(g, x, y):
         g.layer(op="Neg", inputs=[x], outputs=["dead"])
