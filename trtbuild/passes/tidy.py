@@ -1,5 +1,6 @@
 """Dead-code removal and topological sort."""
 
+import itertools
 from typing import Any
 
 
@@ -31,11 +32,7 @@ def name_nodes(graph: Any) -> Any:
     the cleaned model on disk the one every later stage reads (a converted TF model's nodes
     came unnamed)."""
     taken = {n.name for n in graph.nodes if n.name}
-    k = 0
+    free = (name for name in (f"node_{k}" for k in itertools.count()) if name not in taken)
     for node in graph.nodes:
-        while not node.name:
-            if f"node_{k}" not in taken:
-                node.name = f"node_{k}"
-                taken.add(node.name)
-            k += 1
+        node.name = node.name or next(free)
     return graph

@@ -37,12 +37,8 @@ def run(ctx: Context) -> dict[str, Any]:
     if target is not None and not target.holds(gate_value(record, target)):
         keep_at, search = fp16_target.fallback(ctx, folded, s, frozenset(keeps))
         record = _written_and_checked(ctx, folded, keep_at)
+        record["gate_failures"] += search.pop("gate_failures", [])
         record["target_search"] = search
-        if not search["met"] and search["held_out"] and target.holds(search["search_value"]):
-            record["gate_failures"].append(
-                f"{target}: {search['after']:.4f} on the {search['held_out']} held-out "
-                f"samples the search did not choose on ({search['search_value']:.4f} on the "
-                f"{search['searched_on']} it chose on)")
     record.update(batchnorm_folded=n_folded, auto_fp32=auto)
     return record
 

@@ -31,11 +31,12 @@ from ..quant.sensitivity import output_error, search
 from .sensitivity import (
     SEARCH_SAMPLES,
     SENSITIVITY_SAMPLES,
+    Part,
     dynamic_batch,
     first_rows,
-    row_count,
+    halves,
+    held_out_miss,
     run_feeds,
-    search_half,
     stacked,
     subset,
 )
@@ -54,16 +55,13 @@ def fallback(ctx: Context, model: Any, s: Fp16Settings, keep_at: frozenset[int]
     names, feeds = subset(data, SEARCH_SAMPLES)
     labels = read_labels(labels_dir) if labels_dir else None
     axes = batch_axes(model)
-    ref_runs = run_feeds(io.session(model), feeds)
-    k = search_half(feeds) or len(feeds)
-    n = row_count(feeds[:k])
-    chosen, held = (feeds[:k], names[:n], ref_runs[:k]), (feeds[k:], names[n:], ref_runs[k:])
+    chosen, held = halves(Part(feeds, names, run_feeds(io.session(model), feeds), axes))
 
-    def score(fallen: frozenset[int], part: tuple) -> float:
+    def score(fallen: frozenset[int], part: Part) -> float:
         half, _ = fp16.convert(model, s, keep_at | fallen)
         sess = io.session(emulate_typed(half))
-        record = compare(stacked(part[2], axes), stacked(run_feeds(sess, part[0]), axes),
-                         part[1], labels, ctx.settings.gates.metric_script)
+        record = compare(part.ref(), stacked(run_feeds(sess, part.feeds), axes), part.names,
+                         labels, ctx.settings.gates.metric_script)
         return gate_value(record, target)
 
     floats = io.float_tensors(model)
@@ -82,11 +80,11 @@ def fallback(ctx: Context, model: Any, s: Fp16Settings, keep_at: frozenset[int]
         start = measured(set())
         result = search(order, measured, target.holds, start=start)
         fallen = frozenset(map(int, result.fallen))
-        confirmed = score(fallen, held) if held[0] else None
+        confirmed = score(fallen, held) if held is not None else None
     met = result.met if confirmed is None else target.holds(confirmed)
     nodes = model.graph.node
     record = {"target": str(target), "metric": target.name, "val": label,
-              "searched_on": len(chosen[1]), "held_out": len(held[1]),
+              "searched_on": len(chosen.names), "held_out": len(held.names) if held else 0,
               "before": start, "search_value": result.value,
               "after": result.value if confirmed is None else confirmed, "met": met,
               "evaluations": len(result.steps), "candidates": len(candidates),
@@ -96,6 +94,9 @@ def fallback(ctx: Context, model: Any, s: Fp16Settings, keep_at: frozenset[int]
     if not met:
         log.warning("%s: %s not reached in FP16 with %d of %d nodes back in FP32 (%.4f)",
                     label, target, len(fallen), len(candidates), record["after"])
+    if result.met and not met:  # the stage's gate
+        record["gate_failures"] = [held_out_miss(target, confirmed, held, result.value,
+                                                 chosen)]
     return keep_at | fallen, record
 
 

@@ -121,10 +121,9 @@ def run(ctx: Context) -> dict[str, Any]:
         log.warning("%s: %s not reached even with %d of %d regions in float (%.4f)",
                     ctx.artifacts.int8, target, len(fallen), len(found), result.value)
     elif confirmed is not None and not record["met"]:
-        record["gate_failures"] = [
-            f"{target}: {confirmed:.4f} on the {len(held.names)} held-out samples the search "
-            f"did not choose on ({result.value:.4f} on the {len(part.names)} it chose on, "
-            f"{len(fallen)} of {len(found)} regions in float)"]
+        record["gate_failures"] = [held_out_miss(
+            target, confirmed, held, result.value, part,
+            f", {len(fallen)} of {len(found)} regions in float")]
     elif miss and held is None:
         log.warning("%s: only %d samples: the search's value is measured on the samples it "
                     "chose on (give %d or more to hold half out)", label, len(names),
@@ -132,7 +131,7 @@ def run(ctx: Context) -> dict[str, Any]:
     return record
 
 
-class _Part:
+class Part:
     """Held-out feeds, their sample names and FP32 outputs, as run (per feed); `ref`, those
     outputs stacked, is kept for a part measured often (the estimates') and otherwise
     stacked anew at each use (as large as every output on every sample)."""
@@ -140,10 +139,30 @@ class _Part:
     def __init__(self, feeds: list[dict[str, np.ndarray]], names: list[str], ref_runs: list,
                  axes: dict[str, int], keep: bool = False):
         self.feeds, self.names, self.ref_runs = feeds, names, ref_runs
-        self._axes, self._ref = axes, stacked(ref_runs, axes) if keep else None
+        self.axes, self._ref = axes, stacked(ref_runs, axes) if keep else None
 
     def ref(self) -> dict[str, np.ndarray]:
-        return self._ref if self._ref is not None else stacked(self.ref_runs, self._axes)
+        return self._ref if self._ref is not None else stacked(self.ref_runs, self.axes)
+
+
+def halves(whole: Part) -> tuple[Part, Part | None]:
+    """(the part a search chooses on, the held-out rest): whole batches, about half the
+    samples each; (whole, None) when either half would hold fewer than HELD_MIN samples."""
+    n = row_count(whole.feeds)
+    k = len(first_rows(whole.feeds, n // 2))
+    m = row_count(whole.feeds[:k])
+    if min(m, n - m) < HELD_MIN:
+        return whole, None
+    return (Part(whole.feeds[:k], whole.names[:m], whole.ref_runs[:k], whole.axes),
+            Part(whole.feeds[k:], whole.names[m:], whole.ref_runs[k:], whole.axes))
+
+
+def held_out_miss(target: Any, confirmed: float, held: Part, value: float, chosen: Part,
+                  extra: str = "") -> str:
+    """The gate failure of an answer that met the target on the samples a search chose on
+    but misses it on the held-out ones."""
+    return (f"{target}: {confirmed:.4f} on the {len(held.names)} held-out samples the search "
+            f"did not choose on ({value:.4f} on the {len(chosen.names)} it chose on{extra})")
 
 
 class _Trials:
@@ -158,17 +177,12 @@ class _Trials:
         # per feed, as run: a feed's outputs need not have one row per input row (an LSTM
         # VAD's state has one per feed, its probabilities one per window)
         ref_runs = run_feeds(self.fp32, feeds)
-        self.whole = _Part(feeds, names, ref_runs, axes)
-        self.search, self.held = self.whole, None  # what the search chooses on; the rest
-        k = search_half(feeds)
-        if k is not None:
-            n = row_count(feeds[:k])
-            self.search = _Part(feeds[:k], names[:n], ref_runs[:k], axes)
-            self.held = _Part(feeds[k:], names[n:], ref_runs[k:], axes)
+        self.whole = Part(feeds, names, ref_runs, axes)
+        self.search, self.held = halves(self.whole)  # what the search chooses on; the rest
         self.head = self.search
         if len(self.search.names) >= 2 * ESTIMATE_SAMPLES:  # estimates on a few, answers on all
             first = first_rows(self.search.feeds, ESTIMATE_SAMPLES)
-            self.head = _Part(first, names[:row_count(first)], ref_runs[:len(first)], axes, True)
+            self.head = Part(first, names[:row_count(first)], ref_runs[:len(first)], axes, True)
         self._last: tuple | None = None  # (fallen, Q/DQ model, float parts, session)
         self._done: tuple | None = None  # (fallen, feeds, their runs): the last estimate's
 
@@ -210,7 +224,7 @@ class _Trials:
         corrected = correct_biases(self.ctx, parts)  # measured above without it
         return {**write_int8(self.ctx, qdq, parts), "bias_correction": corrected}
 
-    def score(self, part: _Part, runs: list) -> float:
+    def score(self, part: Part, runs: list) -> float:
         """The target's value of `runs` (of `part`'s feeds) against the FP32 outputs."""
         s = self.ctx.settings.gates
         record = compare(part.ref(), stacked(runs, self.axes), part.names, self.labels,
@@ -230,7 +244,7 @@ def _timed(spent: dict[str, float], key: str, fn: Callable[[set[str]], float]
     return timed
 
 
-def _sensitivities(trial: _Trials, part: _Part) -> tuple[dict[str, float], int]:
+def _sensitivities(trial: _Trials, part: Part) -> tuple[dict[str, float], int]:
     """Each region alone in INT8, the rest FP32: its output error, on a few of `part`'s
     samples (about one pass over them for all regions together), all through one
     switchable session. Returns (errors, samples used)."""
@@ -251,14 +265,6 @@ def _sensitivities(trial: _Trials, part: _Part) -> tuple[dict[str, float], int]:
             errors[r.node] = output_error(few_ref, stacked(run_feeds(sess, few, on), axes))
             progress.advance(1)
     return errors, row_count(few)
-
-
-def search_half(feeds: list[dict[str, np.ndarray]]) -> int | None:
-    """How many of `feeds` (whole batches, about half the samples) the search chooses on;
-    None when either half would hold fewer than HELD_MIN samples."""
-    n = row_count(feeds)
-    half = first_rows(feeds, n // 2)
-    return len(half) if min(row_count(half), n - row_count(half)) >= HELD_MIN else None
 
 
 def subset(data: Any, limit: int) -> tuple[list[str], list[dict[str, np.ndarray]]]:
