@@ -203,7 +203,8 @@ def bench(model: str | Path, output: str | Path | None = None, *,
         why = runtime.machine_refusal()
         if why:
             raise TrtBuildError(f"{model}: {why}", MISSING_CAPABILITY)
-        ctx.artifacts.engines.append(bench_stage.engine_from_report(model, builder))
+        ctx.artifacts.engines.append(bench_stage.engine_from_report(
+            model, builder, settings.engine.weight_streaming_budget))
     pipeline.run_stages(ctx, [("bench", functools.partial(bench_stage.run, models=models))])
     record = ctx.report.stages[-1]
     if not record["runs"] and record.get("refused"):

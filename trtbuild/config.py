@@ -13,6 +13,7 @@ values raise TrtBuildError(2)). Strings are accepted where the CLI would give th
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import MISSING, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
@@ -322,6 +323,25 @@ class EngineSettings:
                                   help="default none")
     version_compatible: bool = option(False, "--version-compatible",
                                       help="engines that newer TensorRT runtimes can load")
+    refittable: bool = option(
+        False, "--refittable",
+        help="engines whose weights can be replaced after the build (BuilderFlag.REFIT), "
+             "e.g. with TensorRT's OnnxParserRefitter from an ONNX model of the same graph")
+    strip_weights: bool = option(
+        False, "--strip-weights",
+        help="weight-stripped engines (BuilderFlag.STRIP_PLAN): the plan leaves out the "
+             "weights it can refit and gets them, when loaded, from the ONNX model it was "
+             "built from (OUT/model.<precision>.onnx, named in report.json); refit with "
+             "identical weights (REFIT_IDENTICAL) unless --refittable")
+    weight_streaming: bool = option(
+        False, "--weight-streaming",
+        help="engines that can keep weights in host memory and stream them to the GPU "
+             "(BuilderFlag.WEIGHT_STREAMING; strongly typed networks only)")
+    weight_streaming_budget: str = option(  # applied when an engine is loaded: not in the cache key
+        "auto", "--weight-streaming-budget", metavar="auto|PCT|BYTES",
+        help="with --weight-streaming: GPU memory for weights when trtbuild runs the engine "
+             "(validate, bench): auto (TensorRT's choice, default), a percentage of the "
+             "streamable weights (50%) or a size (512MiB, 2GiB)")
     fp16_flag: bool = False  # TensorRT <= 10 only: weakly typed network + BuilderFlag.FP16
     calibrator: str = option(  # trt: TensorRT <= 10 IInt8EntropyCalibrator2, FP32 graph
         "qdq", "--calibrator", choices=CALIBRATORS,
@@ -347,6 +367,7 @@ class EngineSettings:
         _choice("hardware-compat", self.hardware_compat, HARDWARE_COMPAT)
         _choice("calibrator", self.calibrator, CALIBRATORS)
         object.__setattr__(self, "plugins", _plugin_files(_many(self.plugins)))
+        parse_stream_budget(self.weight_streaming_budget)
 
     def key_fields(self) -> dict[str, Any]:
         from dataclasses import asdict
@@ -354,6 +375,7 @@ class EngineSettings:
         from .files import file_sha256
 
         d = asdict(self)
+        del d["weight_streaming_budget"]  # how much of the engine's weights sit on the GPU at run time
         d["profiles"] = [asdict(p) for p in self.profiles]
         d["plugins"] = [file_sha256(Path(p)) for p in self.plugins]
         return d
@@ -430,6 +452,25 @@ class BenchSettings:
         _finite("max-regression", self.max_regression, 0.0)
         if self.baseline is not None:
             object.__setattr__(self, "baseline", Path(self.baseline))
+
+
+SIZE_UNITS = {"": 1, "b": 1, "kib": 1 << 10, "mib": 1 << 20, "gib": 1 << 30, "kb": 10**3,
+              "mb": 10**6, "gb": 10**9}
+
+
+def parse_stream_budget(text: str) -> tuple[str, float]:
+    """--weight-streaming-budget: ('auto', 0), ('fraction', 0.5) for '50%', or
+    ('bytes', n) for '512MiB' / '2GB' / '1000000'. Raises TrtBuildError(2)."""
+    value = str(text).strip().lower()
+    if value == "auto":
+        return "auto", 0.0
+    m = re.fullmatch(r"(\d+(?:\.\d+)?)\s*(%|[kmg]i?b|b)?", value)
+    if m and m.group(2) == "%" and 0 < float(m.group(1)) <= 100:
+        return "fraction", float(m.group(1)) / 100
+    if m and m.group(2) != "%" and float(m.group(1)) >= 1:
+        return "bytes", float(m.group(1)) * SIZE_UNITS[m.group(2) or ""]
+    raise TrtBuildError(f"--weight-streaming-budget: {text!r} is not auto, a percentage in "
+                        "(0, 100] or a size like 512MiB")
 
 
 def _plugin_files(given: tuple) -> tuple[str, ...]:

@@ -21,6 +21,8 @@ class Engine:
     precision: str
     builder: str        # tensorrt | tensorrt-rtx
     version: str        # the builder's full version, build number included
+    refit_from: Path | None = None  # a weight-stripped engine's ONNX model (its weights)
+    weight_budget: str = "auto"     # --weight-streaming-budget, for a streaming engine
 
 
 @dataclass

@@ -70,6 +70,9 @@ def _fields(m: dict[str, Any], arch: str, builder: str) -> dict[str, Any]:
             "arch": m.get("arch", arch), "precision": m.get("precision"),
             "hardware_compat": settings.get("hardware_compat"),
             "version_compatible": settings.get("version_compatible"),
+            "refittable": bool(settings.get("refittable") or settings.get("strip_weights")),
+            "weights_stripped": bool(settings.get("strip_weights")),
+            "weight_streaming": bool(settings.get("weight_streaming")),
             "bytes": m.get("engine_bytes"), "sha256": m.get("engine_sha256"),
             "io": m.get("io"), "source": m.get("source"), "onnx_sha256": m.get("onnx_sha256"),
             "trtbuild_version": m.get("trtbuild_version"), "key": m.get("key"),
@@ -131,7 +134,11 @@ def _in_report(path: Path, sha: str) -> dict[str, Any] | None:
                  "io": e.get("io"),
                  "engine_bytes": e.get("bytes"), "engine_sha256": sha,
                  "onnx_sha256": e.get("onnx_sha256"), "trtbuild_version": e.get("trtbuild_version"),
-                 "settings": {k: e.get(k) for k in ("hardware_compat", "version_compatible")}}
+                 "settings": {"hardware_compat": e.get("hardware_compat"),
+                              "version_compatible": e.get("version_compatible"),
+                              "refittable": e.get("refittable"),
+                              "strip_weights": e.get("weights_stripped"),
+                              "weight_streaming": e.get("weight_streaming")}}
             builder = f"{e.get('builder')} {e.get('builder_version')}"
             return {**_fields(m, e.get("arch"), builder), "source": model,
                     "record": str(report), "record_kind": "report.json"}
@@ -157,6 +164,13 @@ def lines(info: dict[str, Any]) -> list[str]:
                    f"compatible {version})")
     if info.get("precision"):
         out.append(f"precision:    {info['precision']}")
+    weights = [w for w, on in (("stripped: refit from its ONNX model before use",
+                                info.get("weights_stripped")),
+                               ("refittable", info.get("refittable")
+                                and not info.get("weights_stripped")),
+                               ("streamable", info.get("weight_streaming"))) if on]
+    if weights:
+        out.append(f"weights:      {', '.join(weights)}")
     if info.get("source") or info.get("onnx_sha256"):
         out.append(f"source:       {info.get('source') or '?'}" + (
             f" (ONNX sha256 {info['onnx_sha256'][:16]})" if info.get("onnx_sha256") else ""))

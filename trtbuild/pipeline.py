@@ -279,6 +279,9 @@ def stage_cache(s: BuildSettings) -> Any:
 def check_targets(s: BuildSettings) -> None:
     """Before any work: the engine builder and every --arch it must target (exit 3), so a
     wrong --arch fails in a second, not after export, clean and calibration."""
+    if s.engine.weight_streaming_budget != "auto" and not s.engine.weight_streaming:
+        raise TrtBuildError("--weight-streaming-budget is for engines built with "
+                            "--weight-streaming")
     if s.targets.target == "onnx":
         return
     from .trt.backend import load_backend, target_archs
@@ -289,7 +292,10 @@ def check_targets(s: BuildSettings) -> None:
         if s.targets.target == "engine":
             raise
         return  # target auto: the engines stage records that none was built
-    target_archs(found, s.targets.archs, s.engine.hardware_compat)
+    archs = target_archs(found, s.targets.archs, s.engine.hardware_compat)
+    from .trt.builder import check_refit
+
+    check_refit(found, archs[0], s.engine)
 
 
 def check_data(s: BuildSettings, src: Any) -> Any:
@@ -383,6 +389,11 @@ def check_files(s: BuildSettings) -> None:
         from .metrics import load_metric
 
         load_metric(s.gates.metric_script)  # a missing file or function: exit 2 now
+    if s.engine.weight_streaming and ((s.fp16 and s.fp16_options.mode == "flag")
+                                      or (s.int8 and s.engine.calibrator == "trt")):
+        from .trt.builder import STREAMING_NEEDS_TYPED
+
+        raise TrtBuildError(STREAMING_NEEDS_TYPED)
     if s.gates.accuracy_target is not None and s.engine.calibrator == "trt":
         raise TrtBuildError("--accuracy-target chooses Q/DQ regions; --calibrator trt builds "
                             "from the FP32 graph and would discard them: use one or the other")

@@ -85,7 +85,11 @@ def _build_figures(r: dict[str, Any]) -> str:
     engines = ", ".join(f"{e['precision']}@{e['arch']}{' (cached)' if e['cache_hit'] else ''}"
                         for e in r["engines"])
     failed = "".join(f"; {f['precision']}@{f['arch']} FAILED" for f in r.get("failed", []))
-    return f"{r['builder']} {r['trt_version']}: {engines or 'none'}; {r['built']} built, " \
+    kinds = [k for k, on in (("weights stripped", any(e.get("weights_stripped") for e in r["engines"])),
+                             ("weight streaming", any(e.get("weight_streaming") for e in r["engines"])))
+             if on]
+    kind = f" ({', '.join(kinds)})" if kinds else ""
+    return f"{r['builder']} {r['trt_version']}: {engines or 'none'}{kind}; {r['built']} built, " \
            f"{r['cache_hits']} from cache{failed}"
 
 

@@ -107,7 +107,8 @@ def fp16_group(p: argparse.ArgumentParser) -> None:
 def engine_group(p: argparse.ArgumentParser) -> None:
     add(p.add_argument_group("engines (TensorRT 10/11 or TensorRT-RTX)"), "target", "builder",
         "archs", "shapes", "workspace_mb", "opt_level", "hardware_compat", "version_compatible",
-        "plugins", "cache_dir", "cache", "calibrator")
+        "refittable", "strip_weights", "weight_streaming",
+        "weight_streaming_budget", "plugins", "cache_dir", "cache", "calibrator")
 
 
 def bench_group(p: argparse.ArgumentParser, with_flag: bool = True) -> None:
@@ -209,7 +210,7 @@ def build_parser() -> argparse.ArgumentParser:
                        "with the runtime that built it) at each profile shape; --baseline "
                        "compares")
     p.add_argument("model", type=Path, metavar="MODEL.onnx|ENGINE")
-    add(p, "shapes")
+    add(p, "shapes", "weight_streaming_budget")
     p.add_argument("--reference", type=Path, metavar="MODEL.onnx",
                    help="for an engine: the ONNX model that gives input names and shapes")
     p.add_argument("--builder", choices=BUILDERS, default="auto",

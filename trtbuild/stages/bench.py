@@ -80,9 +80,10 @@ def _torch_inputs(feeds: dict[str, np.ndarray]) -> tuple:
     return tuple(torch.from_numpy(np.ascontiguousarray(x)) for x in feeds.values())
 
 
-def engine_from_report(path: Path, builder: str) -> Any:
-    """The Engine for an engine file: builder and version from the report.json of the
-    build that wrote it (two levels up), else the `builder` given."""
+def engine_from_report(path: Path, builder: str, weight_budget: str = "auto") -> Any:
+    """The Engine for an engine file: builder, version and, for a weight-stripped engine,
+    the ONNX model to refit it from, from the report.json of the build that wrote it (two
+    levels up), else the `builder` given."""
     import json
 
     from ..context import Engine
@@ -95,11 +96,14 @@ def engine_from_report(path: Path, builder: str) -> Any:
             build = next(st for st in stages if st.get("stage") == "build")
             for e in build.get("engines", []):
                 if Path(e["path"]).resolve() == path.resolve():
+                    refit = e.get("refit_from")
                     return Engine(path, e["arch"], e["precision"], e.get("builder", builder),
-                                  e.get("builder_version", ""))
+                                  e.get("builder_version", ""),
+                                  Path(refit) if refit else None, weight_budget)
         except (OSError, ValueError, StopIteration, KeyError, AttributeError, TypeError):
             pass
     from ..trt.backend import load_backend
 
     found = load_backend(builder)
-    return Engine(path, "native", path.stem.split(".")[-1], found.name, found.version)
+    return Engine(path, "native", path.stem.split(".")[-1], found.name, found.version,
+                  weight_budget=weight_budget)

@@ -81,8 +81,10 @@ def run(ctx: Context) -> dict[str, Any]:
                     progress.advance(1)
                     continue
                 records.append(r)
-                ctx.artifacts.engines.append(Engine(Path(r["path"]), arch, precision,
-                                                    backend.name, backend.version))
+                ctx.artifacts.engines.append(Engine(
+                    Path(r["path"]), arch, precision, backend.name, backend.version,
+                    Path(r["refit_from"]) if r["refit_from"] else None,
+                    settings.weight_streaming_budget))
                 progress.advance(1)
     record = {"builder": backend.name, "trt_version": backend.version,
               "cache_dir": str(cache.root), "profiles_from": profiles_from, "engines": records,
@@ -164,5 +166,9 @@ def _one(ctx: Context, s: EngineSettings, backend: trt_backend.Backend, cache: E
             "build_seconds": found.manifest.get("build_seconds"),
             "layer_dtypes": found.manifest.get("layer_dtypes"), "io": found.manifest.get("io"),
             "hardware_compat": settings.hardware_compat,
-            "version_compatible": settings.version_compatible, "onnx_sha256": onnx_sha,
+            "version_compatible": settings.version_compatible,
+            "refittable": settings.refittable or settings.strip_weights,
+            "weights_stripped": settings.strip_weights,
+            "refit_from": str(onnx_path) if settings.strip_weights else None,
+            "weight_streaming": settings.weight_streaming, "onnx_sha256": onnx_sha,
             "trtbuild_version": found.manifest.get("trtbuild_version")}

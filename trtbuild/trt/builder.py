@@ -22,6 +22,8 @@ asks the imported module what it can do:
 - RTX: `IBuilderConfig.num_compute_capabilities = 1`,
   `set_compute_capability(ComputeCapability.SM86, 0)`;
 - plugins: `Builder.get_plugin_registry().load_library(path)`;
+- `IBuilderConfig.set_flag(BuilderFlag.REFIT)`, `STRIP_PLAN` with `REFIT_IDENTICAL` (trtexec's
+  `--stripWeights` default) or `REFIT`, `WEIGHT_STREAMING` (strongly typed networks only);
 - `Builder.build_serialized_network(network, config)` -> IHostMemory, or None on failure.
 """
 
@@ -45,6 +47,8 @@ from .backend import Backend, make_logger
 
 log = logging.getLogger(__name__)
 
+STREAMING_NEEDS_TYPED = ("--weight-streaming needs a strongly typed network: not with "
+                         "--fp16-mode flag or --calibrator trt")
 HARDWARE_COMPAT = {"none": "NONE", "ampere+": "AMPERE_PLUS", "same-cc": "SAME_COMPUTE_CAPABILITY"}
 
 
@@ -122,6 +126,12 @@ def build(backend: Backend, onnx_path: Path, arch: str, settings: EngineSettings
                                 "(TensorRT 11 and RTX take precision from the graph: use "
                                 "--fp16-mode graph)", MISSING_CAPABILITY)
         config.set_flag(trt.BuilderFlag.FP16)
+    for flag in refit_flags(settings):
+        config.set_flag(getattr(trt.BuilderFlag, flag))
+    if settings.weight_streaming:
+        if _network_flags(trt, settings, calibrator is not None) == 0:
+            raise TrtBuildError(STREAMING_NEEDS_TYPED)
+        config.set_flag(trt.BuilderFlag.WEIGHT_STREAMING)
     if calibrator is not None:  # TensorRT <= 10 implicit INT8 (calibrator.py)
         config.set_flag(trt.BuilderFlag.INT8)
         config.int8_calibrator = calibrator
@@ -130,7 +140,8 @@ def build(backend: Backend, onnx_path: Path, arch: str, settings: EngineSettings
     monitor = _progress_monitor(trt, on_phase)
     config.progress_monitor = monitor
     start = time.perf_counter()
-    engine = builder.build_serialized_network(network, config)
+    with _native_stderr_to_debug():  # Myelin prints "Internal Error: ..." beside the log
+        engine = builder.build_serialized_network(network, config)
     seconds = time.perf_counter() - start
     for callback in (monitor, calibrator):
         if callback is not None and callback.error is not None:
@@ -143,6 +154,49 @@ def build(backend: Backend, onnx_path: Path, arch: str, settings: EngineSettings
     merged = bytes(cache.serialize()) if cache is not None else None
     return BuildOutput(bytes(engine), seconds, merged, list(monitor.phases), dtypes,
                        network_io(network, shapes))
+
+
+def refit_flags(settings: EngineSettings) -> list[str]:
+    """BuilderFlag names for --refittable / --strip-weights."""
+    flags = ["REFIT"] if settings.refittable else []
+    if settings.strip_weights:
+        flags += ["STRIP_PLAN"] + ([] if settings.refittable else ["REFIT_IDENTICAL"])
+    return flags
+
+
+def check_refit(backend: Backend, arch: str, settings: EngineSettings) -> None:
+    """Before any work: can this builder make refittable engines here? A one-layer network
+    (`INetworkDefinition.add_input`, `add_constant`, `add_elementwise`, `mark_output`) is
+    built with the refit flags: TensorRT-RTX 1.7 needs a CUDA driver for them (its CPU-only
+    build stops in Myelin's JIT: "CHECK(status == CUDA_SUCCESS) failed"), which its plain
+    builds do not. Raises TrtBuildError(3) with the builder's words."""
+    flags = refit_flags(settings)
+    if not flags:
+        return
+    import numpy as np
+
+    trt = backend.trt
+    logger = make_logger(trt)
+    builder = trt.Builder(logger)
+    network = builder.create_network(_network_flags(trt, settings))
+    x = network.add_input("x", trt.float32, (1, 4))
+    w = network.add_constant((1, 4), trt.Weights(np.ones((1, 4), np.float32)))
+    network.mark_output(network.add_elementwise(
+        x, w.get_output(0), trt.ElementWiseOperation.SUM).get_output(0))
+    config = builder.create_builder_config()
+    _target(backend, config, arch, settings)
+    for flag in flags:
+        config.set_flag(getattr(trt.BuilderFlag, flag))
+    with _native_stderr_to_debug():
+        built = builder.build_serialized_network(network, config)
+    if built is None:
+        option = "--strip-weights" if settings.strip_weights else "--refittable"
+        detail = "; ".join(logger.errors[-1:]) or "no error message"
+        cuda = " (no CUDA driver here: build them on a machine with an NVIDIA GPU)" \
+            if "CUDA_SUCCESS" in detail else ""
+        raise TrtBuildError(f"{option}: {backend.name} {backend.version} cannot build "
+                            f"refittable engines for {arch} on this machine{cuda}: {detail}",
+                            MISSING_CAPABILITY)
 
 
 def memory_hint(detail: str, settings: EngineSettings) -> str:

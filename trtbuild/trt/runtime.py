@@ -4,7 +4,12 @@ TensorRT 10/11 and TensorRT-RTX runtime API: `Runtime(logger)`,
 `Runtime.deserialize_cuda_engine(bytes)` (None when the runtime refuses the engine, e.g.
 TensorRT-RTX on an unsupported compute capability: "TensorRT-RTX does not support this
 compute capability"), `ICudaEngine.create_execution_context()`,
-`IExecutionContext.set_input_shape / set_tensor_address / execute_async_v3`. Device buffers
+`IExecutionContext.set_input_shape / set_tensor_address / execute_async_v3`. A
+weight-stripped engine is refitted from its ONNX model before use (`Refitter(engine,
+logger)`, `OnnxParserRefitter(refitter, logger).refit_from_file(path)`,
+`Refitter.refit_cuda_engine()`); a weight-streaming engine gets its budget
+(`ICudaEngine.streamable_weights_size`, `get_weight_streaming_automatic_budget()`,
+`weight_streaming_budget_v2 = bytes`) before its execution context. Device buffers
 and CUDA events come from torch, on a dedicated stream. Accuracy runs go through
 Polygraphy's `TrtRunner`, which drives tensorrt_rtx only when POLYGRAPHY_USE_TENSORRT_RTX=1
 was set before polygraphy's first import (trtbuild.thirdparty.polygraphy).
@@ -59,7 +64,34 @@ def load(engine: Engine) -> Any:
     if loaded is None:
         detail = "; ".join(logger.errors[-2:]) or "no error message"
         raise EngineRefused(f"{backend.name} {backend.version} refused the engine: {detail}")
+    if engine.refit_from is not None:
+        refit(trt, loaded, Path(engine.refit_from), logger)
+    if loaded.streamable_weights_size > 0:
+        loaded.weight_streaming_budget_v2 = stream_budget(loaded, engine.weight_budget)
     return loaded
+
+
+def refit(trt: Any, loaded: Any, onnx_path: Path, logger: Any) -> None:
+    """Give a weight-stripped engine its weights from the ONNX model it was built from.
+    Raises EngineRefused when the file is gone or its weights do not fit."""
+    if not onnx_path.is_file():
+        raise EngineRefused(f"weight-stripped engine: its weights' model {onnx_path} is gone")
+    refitter = trt.Refitter(loaded, logger)
+    if not (trt.OnnxParserRefitter(refitter, logger).refit_from_file(str(onnx_path))
+            and refitter.refit_cuda_engine()):
+        detail = "; ".join(logger.errors[-2:]) or "no error message"
+        raise EngineRefused(f"refit from {onnx_path} failed: {detail}")
+
+
+def stream_budget(loaded: Any, budget: str) -> int:
+    """Bytes of streamable weights kept on the GPU for --weight-streaming-budget."""
+    from ..config import parse_stream_budget
+
+    kind, value = parse_stream_budget(budget)
+    if kind == "auto":
+        return int(loaded.get_weight_streaming_automatic_budget())
+    size = int(loaded.streamable_weights_size)
+    return int(size * value) if kind == "fraction" else min(size, int(value))
 
 
 def polygraphy_runner(engine: Engine) -> Any:
