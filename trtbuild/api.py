@@ -102,14 +102,14 @@ def validate(reference: str | Path, candidate: str | Path, val: str, precision: 
     fails (its `record` holds the measurements)."""
 
     from . import pipeline
-    from .config import PRECISIONS
+    from .config import CHECKED
     from .onnx import io
-    from .quant.emulate import emulate_typed, has_fp16
+    from .quant.emulate import dequantized, emulate_typed, has_fp16, has_int4
     from .report import Report
     from .stages import validate as validate_stage
 
-    if precision not in PRECISIONS:
-        raise TrtBuildError(f"--precision: '{precision}' is not one of {', '.join(PRECISIONS)}")
+    if precision not in CHECKED:
+        raise TrtBuildError(f"--precision: '{precision}' is not one of {', '.join(CHECKED)}")
     if not val:
         raise TrtBuildError("validate needs --val DIR (or a data loader script)")
     options, inherited = _build_preprocess(Path(candidate), str(val), options)
@@ -118,6 +118,10 @@ def validate(reference: str | Path, candidate: str | Path, val: str, precision: 
     io.load(reference)
     written = io.load(candidate)
     target: Any = Path(candidate)
+    how = "FP16 tensors emulated (rounded, overflow to inf) in FP32 kernels"
+    if has_int4(written):  # ONNX Runtime's MatMulNBits would round activations to 8 bits
+        written = target = dequantized(written)
+        how = "INT4 weights dequantized exactly (q x scale), FP32 kernels"
     if has_fp16(written):  # what an FP16 engine computes, not ONNX Runtime's FP16 kernels
         why = ""
         try:
@@ -134,7 +138,7 @@ def validate(reference: str | Path, candidate: str | Path, val: str, precision: 
     def check(c: Context) -> dict[str, Any]:
         record = validate_stage.check(c, target, precision)
         if not isinstance(target, Path):  # the emulation
-            record["cpu_check"] = "FP16 tensors emulated (rounded, overflow to inf) in FP32 kernels"
+            record["cpu_check"] = how
         return record
 
     pipeline.run_stages(ctx, [("validate", check)])

@@ -23,7 +23,8 @@ from .onnx.shapes import Profile, Shape, parse_input_spec, parse_profile_spec
 
 DEFAULT_OPSET = 17  # widest TensorRT 8.6-11 / RTX parser support; Q/DQ later raises it to 19
 CALIB_METHODS = ("entropy", "max", "percentile", "mse", "auto")
-PRECISIONS = ("fp32", "fp16", "int8")
+PRECISIONS = ("fp32", "fp16", "int8")  # a release's precisions (manifest `precisions`)
+CHECKED = (*PRECISIONS, "int4")  # what `trtbuild validate --precision` takes
 FP16_MODES = ("graph", "flag")
 CALIBRATORS = ("qdq", "trt")
 LAYOUTS = ("NCHW", "NHWC")
@@ -225,6 +226,28 @@ class Fp16Settings:
     @property
     def keep_nodes(self) -> frozenset[str]:
         return frozenset(self.keep) - self.keep_ops
+
+
+INT4_METHODS = ("awq", "nearest")
+
+
+@dataclass(frozen=True)
+class Int4Settings:
+    block_size: int = option(
+        128, "--int4-block-size", name="int4_block_size", metavar="B",
+        help="with --int4-weights: weights per scale along the reduction axis (16-4096, a "
+             "power of two; default {default}, ModelOpt's)")
+    method: str = option(
+        "awq", "--int4-method", name="int4_method", choices=INT4_METHODS,
+        help="with --int4-weights: awq (default) searches, per layer on the --calib data, "
+             "the activation-aware scaling that minimises the layer's output error (plain "
+             "rounding is one of its candidates); nearest rounds each weight, no data needed")
+
+    def __post_init__(self) -> None:
+        b = self.block_size
+        if not isinstance(b, int) or not 16 <= b <= 4096 or b & (b - 1):
+            raise TrtBuildError(f"--int4-block-size: {b} is not a power of two in 16-4096")
+        _choice("int4-method", self.method, INT4_METHODS)
 
 
 GATE_OPS = {">=": lambda a, b: a >= b, ">": lambda a, b: a > b,
@@ -505,6 +528,11 @@ class BuildSettings:
                              "reductions and Exp/Log/Pow) and check its accuracy on the CPU")
     int8: bool = option(False, "--int8", help="calibrate and quantize (Q/DQ ONNX + TensorRT "
                         "calibration cache), then check accuracy on the CPU")
+    int4_weights: bool = option(
+        False, "--int4-weights",
+        help="weight-only INT4 (block-wise DequantizeLinear on MatMul/Gemm weights, "
+             "activations in float: TensorRT's weight-only INT4 GEMM): model.int4.onnx and "
+             "its engines, checked on the CPU like INT8")
     val: str | None = option(  # held-out data for every accuracy check
         None, "--val", metavar="DIR", path="data",
         help="held-out validation samples (same formats as --calib; DIR/labels.csv "
@@ -513,6 +541,7 @@ class BuildSettings:
     data: DataSettings = DataSettings()
     calib: CalibSettings = CalibSettings()
     fp16_options: Fp16Settings = Fp16Settings()
+    int4: Int4Settings = Int4Settings()
     gates: GateSettings = GateSettings()
     engine: EngineSettings = EngineSettings()
     targets: TargetSettings = TargetSettings()

@@ -21,7 +21,7 @@ from .context import Context
 from .errors import GATE_FAILED, TrtBuildError
 from .files import check_utf8, ensure_dir, refuse_links
 from .report import Report, Timer
-from .stages import bench, calibrate, clean, engines, export, fp16, quantize, sensitivity, validate
+from .stages import bench, calibrate, clean, engines, export, fp16, int4, quantize, sensitivity, validate
 
 log = logging.getLogger(__name__)
 Stage = Callable[[Context], dict[str, Any]]
@@ -33,6 +33,8 @@ def stages_for(s: BuildSettings) -> list[tuple[str, Stage]]:
     stages: list[tuple[str, Stage]] = [("export", export.run), ("clean", clean.run)]
     if s.fp16 and s.fp16_options.mode == "graph":
         stages.append(("fp16", fp16.run))
+    if s.int4_weights:
+        stages.append(("int4", int4.run))
     if s.int8:
         stages += [("calibrate", calibrate.run), ("quantize", quantize.run)]
         if s.gates.accuracy_target is not None:
@@ -129,7 +131,7 @@ def _cached(ctx: Context, name: str) -> tuple[dict[str, Any] | None, str | None]
 ARTIFACTS = ("report.json", "report.html", "model.onnx", "model.onnx.data", "model.clean.onnx",
              "model.clean.onnx.data", "model.fp16.onnx", "model.fp16.onnx.data",
              "model.fp16sim.onnx", "calib.cache", "calib.trt.cache", "model.int8.onnx",
-             "model.int8.onnx.data")
+             "model.int8.onnx.data", "model.int4.onnx", "model.int4.onnx.data")
 
 
 def clear_previous(out: Path, keep: tuple[Path, ...] = ()) -> list[str]:
@@ -368,8 +370,15 @@ def check_files(s: BuildSettings) -> None:
     if s.int8 and not s.calib.data and not s.calib.cache:
         raise TrtBuildError("--int8 needs calibration data: --calib DIR, --data-loader-script "
                             "FILE.py:FN or --calib-cache FILE")
-    if not s.int8 and (s.calib.data or s.calib.cache):
-        raise TrtBuildError("--calib, --data-loader-script and --calib-cache need --int8")
+    if not s.int8 and s.calib.cache:
+        raise TrtBuildError("--calib-cache needs --int8")
+    if not s.int8 and s.calib.data and not (s.int4_weights and s.int4.method == "awq"):
+        raise TrtBuildError("--calib and --data-loader-script need --int8 (or --int4-weights "
+                            "with --int4-method awq)")
+    if s.int4_weights and s.int4.method == "awq" and not s.calib.data:
+        raise TrtBuildError("--int4-weights: --int4-method awq (the default) chooses each "
+                            "layer's scaling on calibration data: give --calib DIR, or "
+                            "--int4-method nearest")
     from .data import check_source, read_labels
 
     if s.calib.data:

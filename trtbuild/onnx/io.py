@@ -278,6 +278,8 @@ def session(model: Any, threads: int = 0, where: str | Path | None = None) -> An
 
     opts = ort.SessionOptions()
     opts.log_severity_level = ort_severity()
+    # DQ(INT4)+MatMul fused into MatMulNBits computes in FP32, not with 8-bit activations
+    opts.add_session_config_entry("session.qdq_matmulnbits_accuracy_level", "1")
     if threads:
         opts.intra_op_num_threads = threads
     try:

@@ -113,3 +113,64 @@ def emulate_typed(model: Any) -> Any:
     g.node.extend(rebuilt)
     del g.value_info[:]
     return m
+
+
+def has_int4(model: Any) -> bool:
+    """Does the graph hold an INT4/UINT4 initializer (weight-only INT4)?"""
+    from onnx import TensorProto
+
+    return any(i.data_type in (TensorProto.INT4, TensorProto.UINT4)
+               for i in model.graph.initializer)
+
+
+def dequantized(model: Any) -> Any:
+    """A copy of `model` where each DequantizeLinear of an INT4/UINT4 initializer is its
+    output, computed here (q - zero point) x scale, blocked or per axis, as a float32
+    initializer: what TensorRT's weight-only INT4 GEMM multiplies by. ONNX Runtime's CPU
+    provider would instead fuse DQ+MatMul into MatMulNBits, which by default rounds the
+    activations to 8 bits as no engine does."""
+    import onnx
+    from onnx import TensorProto, numpy_helper
+
+    from ..onnx import io
+
+    m = onnx.ModelProto()
+    m.CopyFrom(model)
+    g = m.graph
+    inits = {i.name: i for i in g.initializer}
+    four = (TensorProto.INT4, TensorProto.UINT4)
+    keep, values = [], []
+    for node in g.node:
+        x = inits.get(node.input[0]) if node.op_type == "DequantizeLinear" else None
+        if x is None or x.data_type not in four or not all(n in inits for n in node.input[1:]
+                                                            if n):
+            keep.append(node)
+            continue
+        arrays = [numpy_helper.to_array(inits[n]).astype(np.float32) if n else None
+                  for n in [*node.input, ""][:3]]  # q, scale, zero point (optional)
+        attrs = {a.name: a.i for a in node.attribute}
+        values.append(numpy_helper.from_array(
+            _dequantize(*arrays, attrs.get("axis", 1), attrs.get("block_size", 0)),
+            node.output[0]))
+    del g.node[:]
+    g.node.extend(keep)
+    g.initializer.extend(values)
+    io.drop_unused_initializers(g)
+    return m
+
+
+def _dequantize(q: np.ndarray, scale: np.ndarray, zero: np.ndarray | None = None,
+                axis: int = 1, block: int = 0) -> np.ndarray:
+    """DequantizeLinear-21: per tensor (scalar scale), per axis, or blocked along `axis`."""
+    zero = np.zeros_like(scale) if zero is None else zero
+    if scale.ndim == 0:
+        return (q - zero) * scale
+    axis = axis % q.ndim
+    if block:
+        scale, zero = (np.repeat(v, block, axis=axis).take(range(q.shape[axis]), axis=axis)
+                       for v in (scale, zero))
+    else:
+        shape = [1] * q.ndim
+        shape[axis] = -1
+        scale, zero = scale.reshape(shape), zero.reshape(shape)
+    return ((q - zero) * scale).astype(np.float32)

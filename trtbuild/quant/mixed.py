@@ -45,7 +45,7 @@ def to_fp16(qdq: Any, s: Fp16Settings, feeds: list[dict[str, np.ndarray]],
 FP16_QDQ_OPSET = 19  # QuantizeLinear/DequantizeLinear take float16 scales from opset 19
 
 
-def at_opset(model: Any, version: int) -> Any:
+def at_opset(model: Any, version: int, purpose: str = "FP16 Q/DQ scales") -> Any:
     """`model` converted to at least `version` (onnx.version_converter). Raises
     TrtBuildError(3) when the converter cannot (the caller may fall back to FP32)."""
     from onnx import version_converter
@@ -57,8 +57,8 @@ def at_opset(model: Any, version: int) -> Any:
     try:
         return version_converter.convert_version(model, version)
     except Exception as e:  # noqa: BLE001 - the converter raises many types
-        raise TrtBuildError(f"cannot raise opset {io.opset(model)} to {version} for FP16 "
-                            f"Q/DQ scales ({type(e).__name__}: {str(e).splitlines()[0][:200]})",
+        raise TrtBuildError(f"cannot raise opset {io.opset(model)} to {version} for "
+                            f"{purpose} ({type(e).__name__}: {str(e).splitlines()[0][:200]})",
                             MISSING_CAPABILITY)
 
 

@@ -20,7 +20,8 @@ from ..data import named_batches, read_labels
 from ..metrics import batch_axes, compare, gate_failures, stack
 
 log = logging.getLogger(__name__)
-TOLERANCES = {"fp32": (1e-4, 1e-4), "fp16": (1e-2, 1e-2), "int8": (1e-1, 1e-1)}  # atol, rtol
+TOLERANCES = {"fp32": (1e-4, 1e-4), "fp16": (1e-2, 1e-2), "int8": (1e-1, 1e-1),
+              "int4": (1e-1, 1e-1)}  # atol, rtol
 
 
 def run(ctx: Context, precision: str = "int8") -> dict[str, Any]:

@@ -1,0 +1,135 @@
+"""Weight-only INT4 (--int4-weights): block quantization, AWQ's scale and clip searches, the
+written graph (DequantizeLinear-21 block_size), its CPU check and its TensorRT-RTX engine."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from conftest import run_cli
+
+import trtbuild
+from trtbuild.quant import int4
+from trtbuild.quant.emulate import _dequantize, dequantized, has_int4
+
+
+def test_blocks_round_within_half_a_step_and_dequantize_as_onnx_says():
+    rng = np.random.default_rng(0)
+    w = rng.standard_normal((64, 24)).astype(np.float32)
+    w[:16, 3] = 0  # an all-zero block
+    q, scale = int4.quantize_blocks(w, 16)
+    assert q.dtype == np.int8 and q.min() >= -8 and q.max() <= 7 and scale.shape == (4, 24)
+    deq = int4.dequantize_blocks(q, scale, 16)
+    step = np.repeat(scale, 16, axis=0)
+    assert np.all(np.abs(deq - w) <= step / 2 + 1e-6) and np.all(deq[:16, 3] == 0)
+    loop = np.array([[q[k, n] * scale[k // 16, n] for n in range(24)] for k in range(64)])
+    assert np.allclose(deq, loop) and np.allclose(_dequantize(q, scale, None, 0, 16), loop)
+
+
+def test_awq_and_clipping_never_lose_to_rounding_on_their_rows():
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((256, 128)).astype(np.float32)
+    x[:, :4] *= 30  # outlier channels: where activation-aware scaling pays
+    w = rng.standard_normal((128, 64)).astype(np.float32)
+    plain = int4.nearest(w, 32)
+    ref = x @ w
+
+    def error(qz):
+        return np.square((x / qz.divisor) @ int4.dequantize_blocks(qz.q, qz.scale, 32) - ref).sum()
+
+    for clip in (False, True):
+        found = int4.awq(w, x, np.abs(x).mean(axis=0), 32, clip=clip)
+        assert found.error_ratio == pytest.approx(error(found) / error(plain), rel=1e-4)
+        assert found.error_ratio < 0.9 and found.alpha > 0
+    # each clipped block is at least as good as the unclipped one, block by block
+    q, scale = int4.clipped_blocks(w, x, 32)
+    diff_c = int4.dequantize_blocks(q, scale, 32) - w
+    diff_p = int4.dequantize_blocks(plain.q, plain.scale, 32) - w
+    for j in range(4):
+        rows = slice(32 * j, 32 * (j + 1))
+        assert np.all(np.square(x[:, rows] @ diff_c[rows]).sum(0)
+                      <= np.square(x[:, rows] @ diff_p[rows]).sum(0) * (1 + 1e-5))
+
+
+def _gemm_model(path):
+    """MatMul [K=64] then Gemm(transB=1) [K=32]: both weight layouts."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(2)
+    inits = [numpy_helper.from_array(rng.standard_normal((64, 32)).astype(np.float32), "w1"),
+             numpy_helper.from_array(rng.standard_normal((16, 32)).astype(np.float32), "w2"),
+             numpy_helper.from_array(np.zeros(16, np.float32), "b2")]
+    nodes = [helper.make_node("MatMul", ["x", "w1"], ["h"], name="mm"),
+             helper.make_node("Relu", ["h"], ["r"], name="relu"),
+             helper.make_node("Gemm", ["r", "w2", "b2"], ["y"], name="gemm", transB=1)]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info(
+        "x", TensorProto.FLOAT, ["n", 64])], [helper.make_tensor_value_info(
+            "y", TensorProto.FLOAT, ["n", 16])], inits)
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    return path
+
+
+def test_written_graph_runs_in_onnx_runtime_as_its_emulation(tmp_path):
+    model = _gemm_model(tmp_path / "g.onnx")
+    calib = tmp_path / "calib"
+    calib.mkdir()
+    rng = np.random.default_rng(3)
+    for i in range(8):
+        np.save(calib / f"{i}.npy", rng.standard_normal((4, 64)).astype(np.float32))
+    result = trtbuild.build(str(model), tmp_path / "o", int4_weights=True, int4_block_size=16,
+                            calib=str(calib), target="onnx", cache=False)
+    record = next(s for s in result.report["stages"] if s["stage"] == "int4")
+    assert record["quantized_weights"] == 2 and record["method"] == "awq"
+    written = onnx.load(tmp_path / "o" / "model.int4.onnx")
+    onnx.checker.check_model(written, full_check=True)
+    dqs = [n for n in written.graph.node if n.op_type == "DequantizeLinear"]
+    assert sorted(a.i for n in dqs for a in n.attribute if a.name == "axis") == [0, 1]
+    assert has_int4(written) and not has_int4(dequantized(written))
+    # ONNX Runtime's exact path (fp32 accuracy level) computes what the emulation does
+    options = ort.SessionOptions()
+    options.add_session_config_entry("session.qdq_matmulnbits_accuracy_level", "1")
+    direct = ort.InferenceSession(str(tmp_path / "o" / "model.int4.onnx"), options,
+                                  providers=["CPUExecutionProvider"])
+    emulated = ort.InferenceSession(dequantized(written).SerializeToString(),
+                                    providers=["CPUExecutionProvider"])
+    x = rng.standard_normal((5, 64)).astype(np.float32)
+    assert np.allclose(direct.run(None, {"x": x})[0], emulated.run(None, {"x": x})[0],
+                       atol=1e-4)
+    assert record["outputs"]["y"]["cosine_mean"] > 0.98
+
+
+def test_transformer_int4_engine_from_tensorrt_rtx(encoder_onnx, tmp_path):
+    proc = run_cli(encoder_onnx, "--int4-weights", "--int4-method", "nearest",
+                   "--int4-block-size", "16", "--arch", "sm_89", "--out", tmp_path / "o",
+                   "--cache-dir", tmp_path / "c", "--json")
+    assert proc.returncode == 0, proc.stderr
+    stages = {s["stage"]: s for s in json.loads(proc.stdout)["stages"]}
+    assert stages["int4"]["quantized_weights"] >= 4
+    assert stages["int4"]["outputs"]["y"]["cosine_mean"] > 0.95
+    (engine,) = stages["build"]["engines"]
+    assert engine["precision"] == "int4" and engine["layer_dtypes"].get("INT4", 0) >= 4
+
+
+def test_int4_settings_fail_before_any_stage(tmp_path):
+    model = str(_gemm_model(tmp_path / "g.onnx"))
+    proc = run_cli(model, "--int4-weights", "--out", tmp_path / "o")
+    assert proc.returncode == 2 and "--calib" in proc.stderr and "nearest" in proc.stderr
+    proc = run_cli(model, "--int4-weights", "--int4-block-size", "100", "--out", tmp_path / "o")
+    assert proc.returncode == 2 and "power of two" in proc.stderr
+    assert not (tmp_path / "o").exists()
+
+
+def test_validate_runs_an_int4_file_as_an_engine_computes_it(tmp_path):
+    model = _gemm_model(tmp_path / "g.onnx")
+    trtbuild.build(str(model), tmp_path / "o", int4_weights=True, int4_block_size=16,
+                   int4_method="nearest", target="onnx", cache=False)
+    val = tmp_path / "val"
+    val.mkdir()
+    np.save(val / "a.npy", np.random.default_rng(4).standard_normal((6, 64)).astype(np.float32))
+    record = trtbuild.validate(tmp_path / "o" / "model.clean.onnx",
+                               tmp_path / "o" / "model.int4.onnx", str(val), precision="int4")
+    assert record["cpu_check"].startswith("INT4 weights dequantized")
+    assert record["outputs"]["y"]["cosine_mean"] > 0.98

@@ -1,0 +1,119 @@
+"""INT4 stage (--int4-weights): MatMul/Gemm weights to block-wise INT4 (trtbuild.quant.int4),
+activations in float, written to out/model.int4.onnx and checked against the FP32 model on
+the evaluation data, running the written graph with its weights dequantized exactly
+(quant.emulate.dequantized), as TensorRT's weight-only GEMM multiplies them.
+
+AWQ's statistics come from one ONNX Runtime pass over the --calib data: the mean |x| of
+every input channel of each quantized layer, and a bounded uniform sample of its input rows
+(ROWS, reservoir-sampled) on which each layer's scaling is chosen."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import numpy as np
+
+from ..context import Context
+from ..data import named_batches
+from ..errors import TrtBuildError
+from ..onnx import io
+from ..progress import bar
+from ..quant import int4
+from ..quant.emulate import dequantized
+from ..quant.mixed import at_opset
+from . import validate
+
+log = logging.getLogger(__name__)
+ROWS = 512  # calibration rows per layer that its scaling is judged on (R x K x N per alpha)
+
+
+def run(ctx: Context) -> dict[str, Any]:
+    s = ctx.settings.int4
+    model = at_opset(ctx.clean_model(), int4.INT4_OPSET, "INT4 weights (DequantizeLinear "
+                                                         "block_size)")
+    found, skipped = int4.targets(model, s.block_size)
+    if not found:
+        why = f" ({skipped[0]['node']}: {skipped[0]['reason']})" if skipped else ""
+        raise TrtBuildError(f"{ctx.artifacts.clean}: no MatMul/Gemm weight to quantize to "
+                            f"INT4{why}")
+    stats = _activations(ctx, model, found) if s.method == "awq" else {}
+    chosen = {}
+    with bar("INT4 weights", len(found)) as progress:
+        for t in found:
+            w = int4.weight(model, t)
+            if t.activation in stats:
+                mean_abs, rows = stats[t.activation]
+                chosen[t.node] = (t, int4.awq(w, rows, mean_abs, s.block_size))
+            else:
+                chosen[t.node] = (t, int4.nearest(w, s.block_size))
+            progress.advance(1)
+    written = int4.insert(model, chosen, s.block_size)
+    out = ctx.out / "model.int4.onnx"
+    io.check_model(written, out, ours=True)
+    io.save(written, out)
+    ctx.artifacts.int4 = out
+    record = validate.check(ctx, dequantized(written), "int4")
+    fp32_bytes = sum(4 * t.k * t.n for t in found)
+    int4_bytes = sum(t.k * t.n // 2 + 4 * t.k * t.n // s.block_size for t in found)
+    alphas = [q.alpha for _, q in chosen.values()]
+    record.update(
+        method=s.method, block_size=s.block_size, quantized_weights=len(found),
+        left_float=skipped, weight_mb_fp32=round(fp32_bytes / 2**20, 2),
+        weight_mb_int4=round(int4_bytes / 2**20, 2), output=str(out),
+        cpu_check="INT4 weights dequantized exactly (q x scale), FP32 kernels",
+        **({"awq_scaled": sum(a > 0 for a in alphas),
+            "awq_alpha_median": float(np.median(alphas)),
+            "awq_error_ratio_median": round(float(np.median(
+                [q.error_ratio for _, q in chosen.values()])), 4)} if stats else {}))
+    return record
+
+
+def _activations(ctx: Context, model: Any, found: list) -> dict[str, tuple]:
+    """{activation: (mean |x| per channel [K], sampled rows [<= ROWS, K])} over the --calib
+    data, by one ONNX Runtime pass with every quantized layer's input as an output."""
+    from onnx import TensorProto, helper
+
+    source = ctx.settings.calib.data
+    if not source:
+        raise TrtBuildError("--int4-method awq chooses each layer's scaling on calibration "
+                            "data: give --calib DIR (or --int4-method nearest)")
+    names = list(dict.fromkeys(t.activation for t in found))
+    k_of = {t.activation: t.k for t in found}
+    tapped = helper.make_model(model.graph, opset_imports=model.opset_import,
+                               ir_version=model.ir_version)
+    have = {o.name for o in tapped.graph.output}
+    tapped.graph.output.extend(helper.make_tensor_value_info(n, TensorProto.FLOAT, None)
+                               for n in names if n not in have)
+    sess = io.session(tapped, where=ctx.artifacts.clean)
+    outputs = [o.name for o in sess.get_outputs()]
+    rng = np.random.default_rng(0)
+    sums = {n: np.zeros(k_of[n]) for n in names}
+    seen = dict.fromkeys(names, 0)
+    kept: dict[str, np.ndarray] = {}
+    data = ctx.dataset(source)
+    with bar("INT4 statistics", len(data) or None) as progress:
+        for _, feed in named_batches(data):
+            values = dict(zip(outputs, io.run(sess, feed, str(source))))
+            for n in names:
+                x = values[n].reshape(-1, k_of[n]).astype(np.float32)
+                sums[n] += np.abs(x).sum(axis=0)
+                kept[n] = _reservoir(kept.get(n), x, seen[n], rng)
+                seen[n] += len(x)
+            progress.advance(len(next(iter(feed.values()))))
+    if not all(seen.values()):
+        raise TrtBuildError(f"{source}: the data loader yielded no samples")
+    return {n: (sums[n] / seen[n], kept[n]) for n in names}
+
+
+def _reservoir(kept: np.ndarray | None, x: np.ndarray, seen: int,
+               rng: np.random.Generator) -> np.ndarray:
+    """A uniform sample of at most ROWS of all rows so far (Algorithm R, a batch at a time):
+    the first ROWS rows fill it, row i after that replaces a random slot with chance
+    ROWS / (i + 1)."""
+    fill = max(0, min(len(x), ROWS - seen))
+    kept = x[:fill].copy() if kept is None else np.concatenate([kept, x[:fill]])
+    later = np.arange(fill, len(x))
+    slots = rng.integers(0, seen + later + 1) if len(later) else later
+    kept[slots[slots < ROWS]] = x[later[slots < ROWS]]
+    return kept
