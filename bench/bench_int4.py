@@ -253,12 +253,12 @@ def main() -> None:
         ba._write(folder / "calib", sets["calib"])
         clean = None
         candidates: dict[str, tuple[Path | None, str]] = {}
-        for method in ("nearest", "awq"):
+        for method in ("nearest", "awq", "gptq"):
             start = time.perf_counter()
             out = folder / f"trtbuild_{method}"
             trtbuild.build(str(fp32), out, int4_weights=True, int4_method=method,
                            int4_block_size=args.block, target="onnx", cache=False,
-                           calib=str(folder / "calib") if method == "awq" else None)
+                           calib=str(folder / "calib") if method != "nearest" else None)
             clean = out / "model.clean.onnx"
             candidates[f"trtbuild {method}"] = (out / "model.int4.onnx",
                                                 f"{time.perf_counter() - start:.1f} s build")

@@ -54,6 +54,17 @@ def test_awq_and_clipping_never_lose_to_rounding_on_their_rows():
                       <= np.square(x[:, rows] @ diff_p[rows]).sum(0) * (1 + 1e-5))
 
 
+def test_gptq_blocks_round_on_the_clipped_grid_and_beat_rounding():
+    rng = np.random.default_rng(6)
+    x = rng.standard_normal((512, 96)) @ rng.standard_normal((96, 96)) * 0.3  # correlated
+    x = x.astype(np.float32)
+    w = rng.standard_normal((96, 40)).astype(np.float32)
+    found = int4.gptq_blocks(w, x.T @ x, x, 32)
+    _, grid = int4.clipped_blocks(w, x, 32)
+    assert np.array_equal(found.scale, grid) and np.all(found.divisor == 1)
+    assert found.q.min() >= -8 and found.q.max() <= 7 and found.error_ratio < 0.8
+
+
 def _gemm_model(path):
     """MatMul [K=64] then Gemm(transB=1) [K=32]: both weight layouts."""
     from onnx import TensorProto, helper, numpy_helper
@@ -79,8 +90,13 @@ def test_written_graph_runs_in_onnx_runtime_as_its_emulation(tmp_path):
     rng = np.random.default_rng(3)
     for i in range(8):
         np.save(calib / f"{i}.npy", rng.standard_normal((4, 64)).astype(np.float32))
+    gptq = trtbuild.build(str(model), tmp_path / "g", int4_weights=True, int4_block_size=16,
+                          calib=str(calib), target="onnx", cache=False)  # the default
+    record = next(s for s in gptq.report["stages"] if s["stage"] == "int4")
+    assert record["method"] == "gptq" and record["layers_by_method"] == {"gptq": 2}
+    assert record["error_ratio_median"] < 1
     result = trtbuild.build(str(model), tmp_path / "o", int4_weights=True, int4_block_size=16,
-                            calib=str(calib), target="onnx", cache=False)
+                            int4_method="awq", calib=str(calib), target="onnx", cache=False)
     record = next(s for s in result.report["stages"] if s["stage"] == "int4")
     assert record["quantized_weights"] == 2 and record["method"] == "awq"
     written = onnx.load(tmp_path / "o" / "model.int4.onnx")

@@ -158,10 +158,14 @@ def test_bad_weight_rounding_is_exit_2(diff_dirs, tmp_path):
     assert not (tmp_path / "o").exists()
 
 
-def _gptq_loop(w: np.ndarray, h: np.ndarray, scale: np.ndarray) -> np.ndarray:
+def _gptq_loop(w: np.ndarray, h: np.ndarray, scale: np.ndarray,
+               qrange: tuple[int, int] = (-127, 127)) -> np.ndarray:
     """GPTQ as the paper states it, one column at a time in float64 (no lazy blocks, no
-    Cholesky tricks): the reference rounding.gptq must equal."""
+    Cholesky tricks): the reference rounding.gptq must equal. `scale` (groups, r) or a
+    scale per weight (groups, r, K)."""
     w, h = w.astype(np.float64).copy(), h.astype(np.float64).copy()
+    if scale.ndim == 2:
+        scale = np.repeat(scale[:, :, None], w.shape[2], axis=2)
     q = np.empty(w.shape, np.int8)
     for g in range(w.shape[0]):
         hg = h[g]
@@ -171,8 +175,8 @@ def _gptq_loop(w: np.ndarray, h: np.ndarray, scale: np.ndarray) -> np.ndarray:
         u = np.linalg.cholesky(np.linalg.inv(hg)).T
         for k in range(w.shape[2]):
             col = w[g, :, k]
-            q[g, :, k] = np.clip(np.round(col / scale[g]), -127, 127)
-            err = (col - q[g, :, k] * scale[g]) / u[k, k]
+            q[g, :, k] = np.clip(np.round(col / scale[g, :, k]), *qrange)
+            err = (col - q[g, :, k] * scale[g, :, k]) / u[k, k]
             w[g, :, k + 1:] -= np.outer(err, u[k, k + 1:])
     return q
 
@@ -196,6 +200,17 @@ def test_gptq_equals_the_column_loop(groups, r, k):
     differ = fast != slow
     assert differ.mean() <= 0.003, differ.mean()
     assert np.abs(fast.astype(int) - slow).max() <= 1
+
+
+def test_gptq_with_int4_block_scales_equals_the_column_loop():
+    """A scale per weight (INT4 blocks of 32 along K) on the 4-bit grid."""
+    w, h, _ = _problem(1, 12, 160, seed=5)
+    blocks = np.abs(w.reshape(1, 12, 5, 32)).max(axis=3) / 7
+    scale = np.repeat(blocks, 32, axis=2).astype(np.float32)
+    fast = rounding.gptq(w, h, scale, qrange=(-8, 7))
+    slow = _gptq_loop(w, h, scale, (-8, 7))
+    assert fast.min() >= -8 and fast.max() <= 7
+    assert (fast != slow).mean() <= 0.003 and np.abs(fast.astype(int) - slow).max() <= 1
 
 
 def test_wide_rows_are_rounded_in_blocks_of_whole_channels(monkeypatch):

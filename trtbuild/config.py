@@ -228,7 +228,7 @@ class Fp16Settings:
         return frozenset(self.keep) - self.keep_ops
 
 
-INT4_METHODS = ("awq", "nearest")
+INT4_METHODS = ("awq", "gptq", "nearest")
 
 
 @dataclass(frozen=True)
@@ -237,11 +237,13 @@ class Int4Settings:
         128, "--int4-block-size", name="int4_block_size", metavar="B",
         help="with --int4-weights: weights per scale along the reduction axis (16-4096, a "
              "power of two; default {default}, ModelOpt's)")
-    method: str = option(
-        "awq", "--int4-method", name="int4_method", choices=INT4_METHODS,
-        help="with --int4-weights: awq (default) searches, per layer on the --calib data, "
-             "the activation-aware scaling that minimises the layer's output error (plain "
-             "rounding is one of its candidates); nearest rounds each weight, no data needed")
+    method: str = option(  # measured: bench/bench_int4.py, README "int4"
+        "gptq", "--int4-method", name="int4_method", choices=INT4_METHODS,
+        help="with --int4-weights, on the --calib data: gptq (default) rounds each layer's "
+             "weights with GPTQ on block scales clipped to its output error (layer inputs "
+             "wider than 8192: awq); awq searches the activation-aware scaling and clipping "
+             "that minimise each layer's output error; nearest rounds each weight, no data "
+             "needed")
 
     def __post_init__(self) -> None:
         b = self.block_size

@@ -372,12 +372,13 @@ def check_files(s: BuildSettings) -> None:
                             "FILE.py:FN or --calib-cache FILE")
     if not s.int8 and s.calib.cache:
         raise TrtBuildError("--calib-cache needs --int8")
-    if not s.int8 and s.calib.data and not (s.int4_weights and s.int4.method == "awq"):
+    int4_data = s.int4_weights and s.int4.method != "nearest"
+    if not s.int8 and s.calib.data and not int4_data:
         raise TrtBuildError("--calib and --data-loader-script need --int8 (or --int4-weights "
-                            "with --int4-method awq)")
-    if s.int4_weights and s.int4.method == "awq" and not s.calib.data:
-        raise TrtBuildError("--int4-weights: --int4-method awq (the default) chooses each "
-                            "layer's scaling on calibration data: give --calib DIR, or "
+                            "with --int4-method awq or gptq)")
+    if int4_data and not s.calib.data:
+        raise TrtBuildError(f"--int4-weights: --int4-method {s.int4.method} chooses each "
+                            "layer's weights on calibration data: give --calib DIR, or "
                             "--int4-method nearest")
     from .data import check_source, read_labels
 

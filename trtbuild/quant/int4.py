@@ -114,6 +114,24 @@ def awq(w: np.ndarray, x: np.ndarray, mean_abs: np.ndarray, block: int,
     return best
 
 
+def gptq_blocks(w: np.ndarray, h: np.ndarray, x: np.ndarray, block: int) -> Quantized:
+    """GPTQ (quant.rounding.gptq, columns = K) on the grid clipped_blocks chooses on the
+    calibration rows `x` [R, K]; `h` [K, K]: the input's second moment over all calibration
+    rows. error_ratio against plain rounding on `x`."""
+    from .rounding import device, gptq
+
+    w = w.astype(np.float32)
+    _, scale = clipped_blocks(w, x, block)
+    per_weight = np.repeat(scale, block, axis=0)  # [K, N]
+    q = gptq(w.T[None], h[None], per_weight.T[None], device(), (QMIN, QMAX))[0].T
+    plain = nearest(w, block)
+    ref = x @ w
+    error = float(np.square(x @ dequantize_blocks(q, scale, block) - ref).sum())
+    base = float(np.square(x @ dequantize_blocks(plain.q, plain.scale, block) - ref).sum())
+    return Quantized(np.ascontiguousarray(q), scale, plain.divisor, 0.0,
+                     error / base if base > 0 else 1.0)
+
+
 def nearest(w: np.ndarray, block: int) -> Quantized:
     """Plain rounding, no activation scaling."""
     q, scale = quantize_blocks(w.astype(np.float32), block)

@@ -255,10 +255,12 @@ def _round_layer(w: np.ndarray, layer: Layer, h: Any, dev: str
     return _from_rows(np.ascontiguousarray(q), w.shape, layer.node), scale, ratio, len(hb) // groups
 
 
-def gptq(w: np.ndarray, h: Any, scale: np.ndarray, dev: str = "cpu") -> np.ndarray:
-    """Round (groups, r, K) weights onto the symmetric INT8 grid `scale` (groups, r), each
-    group with its input second moment h (groups, K, K; numpy or torch), in float32 torch on
-    `dev`. Columns in order; the error of column k, e = (w_k - q_k s) / U_kk, is spread over
+def gptq(w: np.ndarray, h: Any, scale: np.ndarray, dev: str = "cpu",
+         qrange: tuple[int, int] = (-127, 127)) -> np.ndarray:
+    """Round (groups, r, K) weights onto the symmetric grid `scale` (groups, r), or
+    (groups, r, K) for a scale per weight (INT4 blocks: qrange (-8, 7)), each group with its
+    input second moment h (groups, K, K; numpy or torch), in float32 torch on `dev`.
+    Columns in order; the error of column k, e = (w_k - q_k s) / U_kk, is spread over
     the later columns j as w_j -= e U_kj, U the upper Cholesky factor of H^-1 (H^-1 = U^T U,
     H = h + DAMP mean(diag h) I, dead inputs' diagonal set to 1), U from one Cholesky
     factorisation of H reversed and one triangular inverse (_upper_inverse_factor). Within
@@ -275,21 +277,22 @@ def gptq(w: np.ndarray, h: Any, scale: np.ndarray, dev: str = "cpu") -> np.ndarr
         diag[diag <= 0] = 1.0
         u = _upper_inverse_factor(ht, DAMP * diag.mean(dim=1).clamp_min(1e-12))
         s = torch.as_tensor(np.asarray(scale, np.float32), device=dev).clamp_min(1e-30)
-        s3 = s[:, :, None]
+        s3 = s if s.dim() == 3 else s[:, :, None].expand(*s.shape, k_dim)
+        lo, hi = qrange
         inv_d = u.diagonal(dim1=1, dim2=2).reciprocal()
         for b0 in range(0, k_dim, BLOCK):
             b1 = min(b0 + BLOCK, k_dim)
-            wb, ub = wt[:, :, b0:b1], u[:, b0:b1, b0:b1]
+            wb, ub, sb = wt[:, :, b0:b1], u[:, b0:b1, b0:b1], s3[:, :, b0:b1]
             # column j is final once the columns before it are rounded: wb keeps the values
             # each was rounded from, so q and the errors come per block (fewer small ops)
             for j in range(b1 - b0 - 1):
-                col = wb[:, :, j]
-                err = torch.addcmul(col, torch.round(col / s).clamp_(-127, 127), s, value=-1)
+                col, sj = wb[:, :, j], sb[:, :, j]
+                err = torch.addcmul(col, torch.round(col / sj).clamp_(lo, hi), sj, value=-1)
                 wb[:, :, j + 1:].addcmul_(err.mul_(inv_d[:, b0 + j, None])[:, :, None],
                                           ub[:, None, j, j + 1:], value=-1)
-            qb = torch.round(wb / s3).clamp_(-127, 127)
+            qb = torch.round(wb / sb).clamp_(lo, hi)
             if b1 < k_dim:
-                errs = (wb - qb * s3).mul_(inv_d[:, None, b0:b1])
+                errs = (wb - qb * sb).mul_(inv_d[:, None, b0:b1])
                 wt[:, :, b1:] -= torch.matmul(errs, u[:, b0:b1, b1:])
             wb.copy_(qb)
         return wt.to(torch.int8).cpu().numpy()

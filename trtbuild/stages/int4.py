@@ -26,6 +26,9 @@ from . import validate
 
 log = logging.getLogger(__name__)
 ROWS = 512  # calibration rows per layer that its scaling is judged on (R x K x N per alpha)
+# GPTQ keeps one K x K second moment per layer input: wider inputs (an LLM's MLP down
+# projection, K = 14336: 0.8 GB) get AWQ instead, so memory stays bounded
+MAX_GPTQ_K = 8192
 
 
 def run(ctx: Context) -> dict[str, Any]:
@@ -37,16 +40,18 @@ def run(ctx: Context) -> dict[str, Any]:
         why = f" ({skipped[0]['node']}: {skipped[0]['reason']})" if skipped else ""
         raise TrtBuildError(f"{ctx.artifacts.clean}: no MatMul/Gemm weight to quantize to "
                             f"INT4{why}")
-    stats = _activations(ctx, model, found) if s.method == "awq" else {}
-    chosen = {}
+    stats = _activations(ctx, model, found, s.method == "gptq") if s.method != "nearest" \
+        else {}
+    chosen, used = {}, {}
     with bar("INT4 weights", len(found)) as progress:
         for t in found:
             w = int4.weight(model, t)
-            if t.activation in stats:
-                mean_abs, rows = stats[t.activation]
-                chosen[t.node] = (t, int4.awq(w, rows, mean_abs, s.block_size))
-            else:
-                chosen[t.node] = (t, int4.nearest(w, s.block_size))
+            mean_abs, rows, h = stats.get(t.activation, (None, None, None))
+            how = "nearest" if rows is None else "gptq" if h is not None else "awq"
+            chosen[t.node] = (t, int4.nearest(w, s.block_size) if how == "nearest" else
+                              int4.gptq_blocks(w, h, rows, s.block_size) if how == "gptq" else
+                              int4.awq(w, rows, mean_abs, s.block_size))
+            used[how] = used.get(how, 0) + 1
             progress.advance(1)
     written = int4.insert(model, chosen, s.block_size)
     out = ctx.out / "model.int4.onnx"
@@ -59,25 +64,28 @@ def run(ctx: Context) -> dict[str, Any]:
     alphas = [q.alpha for _, q in chosen.values()]
     record.update(
         method=s.method, block_size=s.block_size, quantized_weights=len(found),
+        layers_by_method=used,
         left_float=skipped, weight_mb_fp32=round(fp32_bytes / 2**20, 2),
         weight_mb_int4=round(int4_bytes / 2**20, 2), output=str(out),
         cpu_check="INT4 weights dequantized exactly (q x scale), FP32 kernels",
         **({"awq_scaled": sum(a > 0 for a in alphas),
-            "awq_alpha_median": float(np.median(alphas)),
-            "awq_error_ratio_median": round(float(np.median(
-                [q.error_ratio for _, q in chosen.values()])), 4)} if stats else {}))
+            "awq_alpha_median": float(np.median(alphas))} if s.method == "awq" else {}),
+        **({"error_ratio_median": round(float(np.median(  # vs rounding, calibration rows
+            [q.error_ratio for _, q in chosen.values()])), 4)} if stats else {}))
     return record
 
 
-def _activations(ctx: Context, model: Any, found: list) -> dict[str, tuple]:
-    """{activation: (mean |x| per channel [K], sampled rows [<= ROWS, K])} over the --calib
-    data, by one ONNX Runtime pass with every quantized layer's input as an output."""
+def _activations(ctx: Context, model: Any, found: list,
+                 moments: bool = False) -> dict[str, tuple]:
+    """{activation: (mean |x| per channel [K], sampled rows [<= ROWS, K], with `moments`
+    sum x x^T [K, K] over all rows (K <= MAX_GPTQ_K) else None)} over the --calib data, by
+    one ONNX Runtime pass with every quantized layer's input as an output."""
     from onnx import TensorProto, helper
 
     source = ctx.settings.calib.data
     if not source:
-        raise TrtBuildError("--int4-method awq chooses each layer's scaling on calibration "
-                            "data: give --calib DIR (or --int4-method nearest)")
+        raise TrtBuildError("--int4-method awq/gptq chooses each layer's weights on "
+                            "calibration data: give --calib DIR (or --int4-method nearest)")
     names = list(dict.fromkeys(t.activation for t in found))
     k_of = {t.activation: t.k for t in found}
     tapped = helper.make_model(model.graph, opset_imports=model.opset_import,
@@ -89,6 +97,8 @@ def _activations(ctx: Context, model: Any, found: list) -> dict[str, tuple]:
     outputs = [o.name for o in sess.get_outputs()]
     rng = np.random.default_rng(0)
     sums = {n: np.zeros(k_of[n]) for n in names}
+    second = {n: np.zeros((k_of[n], k_of[n]), np.float32) for n in names
+              if moments and k_of[n] <= MAX_GPTQ_K}
     seen = dict.fromkeys(names, 0)
     kept: dict[str, np.ndarray] = {}
     data = ctx.dataset(source)
@@ -98,12 +108,14 @@ def _activations(ctx: Context, model: Any, found: list) -> dict[str, tuple]:
             for n in names:
                 x = values[n].reshape(-1, k_of[n]).astype(np.float32)
                 sums[n] += np.abs(x).sum(axis=0)
+                if n in second:
+                    second[n] += x.T @ x
                 kept[n] = _reservoir(kept.get(n), x, seen[n], rng)
                 seen[n] += len(x)
             progress.advance(len(next(iter(feed.values()))))
     if not all(seen.values()):
         raise TrtBuildError(f"{source}: the data loader yielded no samples")
-    return {n: (sums[n] / seen[n], kept[n]) for n in names}
+    return {n: (sums[n] / seen[n], kept[n], second.get(n)) for n in names}
 
 
 def _reservoir(kept: np.ndarray | None, x: np.ndarray, seen: int,
