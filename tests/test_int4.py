@@ -91,12 +91,12 @@ def test_written_graph_runs_in_onnx_runtime_as_its_emulation(tmp_path):
     for i in range(8):
         np.save(calib / f"{i}.npy", rng.standard_normal((4, 64)).astype(np.float32))
     gptq = trtbuild.build(str(model), tmp_path / "g", int4_weights=True, int4_block_size=16,
-                          calib=str(calib), target="onnx", cache=False)  # the default
+                          int4_method="gptq", calib=str(calib), target="onnx", cache=False)
     record = next(s for s in gptq.report["stages"] if s["stage"] == "int4")
     assert record["method"] == "gptq" and record["layers_by_method"] == {"gptq": 2}
     assert record["error_ratio_median"] < 1
     result = trtbuild.build(str(model), tmp_path / "o", int4_weights=True, int4_block_size=16,
-                            int4_method="awq", calib=str(calib), target="onnx", cache=False)
+                            calib=str(calib), target="onnx", cache=False)  # awq, the default
     record = next(s for s in result.report["stages"] if s["stage"] == "int4")
     assert record["quantized_weights"] == 2 and record["method"] == "awq"
     written = onnx.load(tmp_path / "o" / "model.int4.onnx")

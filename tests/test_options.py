@@ -32,8 +32,8 @@ SAMPLES = {
     "builder": ("tensorrt", "tensorrt"), "archs": ("sm_86,sm_89", ("sm_86", "sm_89")),
     "cache_dir": ("D", Path("D")), "cache": (None, False), "bench": (None, True),
     "warmup": ("2", 2), "iterations": ("7", 7), "duration": ("1.5", 1.5),
-    "int4_weights": (None, True), "int4_block_size": ("64", 64), "int4_method": ("nearest",
-                                                                              "nearest"),
+    "fp8": (None, True), "int4_weights": (None, True), "int4_block_size": ("64", 64),
+    "int4_method": ("nearest", "nearest"),
     "baseline": ("b.json", Path("b.json")), "max_regression": ("10%", 0.1),
 }
 STRUCTURED = {"gates", "accuracy_target", "shapes", "plugins", "preprocess"}  # checked below
@@ -86,7 +86,7 @@ def test_each_option_is_declared_once_and_generated_everywhere():
     for name, d in FLAGS.items():
         if d.flag.flags:
             assert dests[name][:len(d.flag.flags)] == list(d.flag.flags), name
-    assert DEFAULT_KEYS >= set(FLAGS) - {"out", "fp32", "fp16", "int8", "int4_weights",
+    assert DEFAULT_KEYS >= set(FLAGS) - {"out", "fp32", "fp16", "int8", "fp8", "int4_weights",
                                          "int4_block_size", "int4_method"}
     assert set(FILE_KEYS) == {"val", "calib", "calib_cache", "metric_script", "plugins",
                               "baseline"}  # cache_dir: checked only when the cache is on

@@ -104,7 +104,7 @@ def validate(reference: str | Path, candidate: str | Path, val: str, precision: 
     from . import pipeline
     from .config import CHECKED
     from .onnx import io
-    from .quant.emulate import dequantized, emulate_typed, has_fp16, has_int4
+    from .quant.emulate import dequantized, emulate_typed, has_fp8, has_fp16, has_int4
     from .report import Report
     from .stages import validate as validate_stage
 
@@ -136,7 +136,7 @@ def validate(reference: str | Path, candidate: str | Path, val: str, precision: 
     ctx.artifacts.clean = Path(reference)
 
     def check(c: Context) -> dict[str, Any]:
-        record = validate_stage.check(c, target, precision)
+        record = validate_stage.check(c, target, precision, basic=has_fp8(written))
         if not isinstance(target, Path):  # the emulation
             record["cpu_check"] = how
         return record

@@ -24,7 +24,7 @@ from .onnx.shapes import Profile, Shape, parse_input_spec, parse_profile_spec
 DEFAULT_OPSET = 17  # widest TensorRT 8.6-11 / RTX parser support; Q/DQ later raises it to 19
 CALIB_METHODS = ("entropy", "max", "percentile", "mse", "auto")
 PRECISIONS = ("fp32", "fp16", "int8")  # a release's precisions (manifest `precisions`)
-CHECKED = (*PRECISIONS, "int4")  # what `trtbuild validate --precision` takes
+CHECKED = (*PRECISIONS, "fp8", "int4")  # what `trtbuild validate --precision` takes
 FP16_MODES = ("graph", "flag")
 CALIBRATORS = ("qdq", "trt")
 LAYOUTS = ("NCHW", "NHWC")
@@ -238,11 +238,12 @@ class Int4Settings:
         help="with --int4-weights: weights per scale along the reduction axis (16-4096, a "
              "power of two; default {default}, ModelOpt's)")
     method: str = option(  # measured: bench/bench_int4.py, README "int4"
-        "gptq", "--int4-method", name="int4_method", choices=INT4_METHODS,
-        help="with --int4-weights, on the --calib data: gptq (default) rounds each layer's "
-             "weights with GPTQ on block scales clipped to its output error (layer inputs "
-             "wider than 8192: awq); awq searches the activation-aware scaling and clipping "
-             "that minimise each layer's output error; nearest rounds each weight, no data "
+        "awq", "--int4-method", name="int4_method", choices=INT4_METHODS,
+        help="with --int4-weights, on the --calib data: awq (default) searches the "
+             "activation-aware scaling and clipping that minimise each layer's output error; "
+             "gptq rounds each layer's weights with GPTQ on block scales clipped to its "
+             "output error (layer inputs wider than 8192: awq): better on data like the "
+             "calibration set, worse on other data; nearest rounds each weight, no data "
              "needed")
 
     def __post_init__(self) -> None:
@@ -530,6 +531,11 @@ class BuildSettings:
                              "reductions and Exp/Log/Pow) and check its accuracy on the CPU")
     int8: bool = option(False, "--int8", help="calibrate and quantize (Q/DQ ONNX + TensorRT "
                         "calibration cache), then check accuracy on the CPU")
+    fp8: bool = option(
+        False, "--fp8",
+        help="FP8 (E4M3) Q/DQ where INT8 would go, scaled by the --calib data's max: "
+             "model.fp8.onnx and its engines for Ada and newer (sm_89, sm_120), checked on "
+             "the CPU like INT8")
     int4_weights: bool = option(
         False, "--int4-weights",
         help="weight-only INT4 (block-wise DequantizeLinear on MatMul/Gemm weights, "

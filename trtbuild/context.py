@@ -35,11 +35,13 @@ class Artifacts:
     calib_cache: Path | None = None
     int8: Path | None = None
     int4: Path | None = None         # weight-only INT4
+    fp8: Path | None = None
     engines: list[Engine] = field(default_factory=list)
 
     def precision_models(self) -> dict[str, Path]:
         """{'fp32': clean, 'fp16': ..., 'int8': ..., 'int4': ...} for the models that exist."""
-        found = {"fp32": self.clean, "fp16": self.fp16, "int8": self.int8, "int4": self.int4}
+        found = {"fp32": self.clean, "fp16": self.fp16, "int8": self.int8, "int4": self.int4,
+                 "fp8": self.fp8}
         return {p: path for p, path in found.items() if path is not None}
 
 

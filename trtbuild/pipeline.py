@@ -18,10 +18,10 @@ from typing import Any, Callable
 
 from .config import BuildSettings
 from .context import Context
-from .errors import GATE_FAILED, TrtBuildError
+from .errors import GATE_FAILED, MISSING_CAPABILITY, TrtBuildError
 from .files import check_utf8, ensure_dir, refuse_links
 from .report import Report, Timer
-from .stages import bench, calibrate, clean, engines, export, fp16, int4, quantize, sensitivity, validate
+from .stages import bench, calibrate, clean, engines, export, fp8, fp16, int4, quantize, sensitivity, validate
 
 log = logging.getLogger(__name__)
 Stage = Callable[[Context], dict[str, Any]]
@@ -35,6 +35,8 @@ def stages_for(s: BuildSettings) -> list[tuple[str, Stage]]:
         stages.append(("fp16", fp16.run))
     if s.int4_weights:
         stages.append(("int4", int4.run))
+    if s.fp8:
+        stages.append(("fp8", fp8.run))
     if s.int8:
         stages += [("calibrate", calibrate.run), ("quantize", quantize.run)]
         if s.gates.accuracy_target is not None:
@@ -131,7 +133,8 @@ def _cached(ctx: Context, name: str) -> tuple[dict[str, Any] | None, str | None]
 ARTIFACTS = ("report.json", "report.html", "model.onnx", "model.onnx.data", "model.clean.onnx",
              "model.clean.onnx.data", "model.fp16.onnx", "model.fp16.onnx.data",
              "model.fp16sim.onnx", "calib.cache", "calib.trt.cache", "model.int8.onnx",
-             "model.int8.onnx.data", "model.int4.onnx", "model.int4.onnx.data")
+             "model.int8.onnx.data", "model.int4.onnx", "model.int4.onnx.data",
+             "model.fp8.onnx", "model.fp8.onnx.data")
 
 
 def clear_previous(out: Path, keep: tuple[Path, ...] = ()) -> list[str]:
@@ -295,6 +298,12 @@ def check_targets(s: BuildSettings) -> None:
             raise
         return  # target auto: the engines stage records that none was built
     archs = target_archs(found, s.targets.archs, s.engine.hardware_compat)
+    from .stages.fp8 import FP8_ARCHS
+
+    no_fp8 = [a for a in archs if a.startswith("sm_") and a not in FP8_ARCHS]
+    if s.fp8 and no_fp8:
+        raise TrtBuildError(f"--fp8: {', '.join(no_fp8)} has no FP8 (Ada sm_89 and newer): "
+                            "give --arch sm_89 (or sm_120)", MISSING_CAPABILITY)
     from .trt.builder import check_refit
 
     check_refit(found, archs[0], s.engine)
@@ -373,9 +382,12 @@ def check_files(s: BuildSettings) -> None:
     if not s.int8 and s.calib.cache:
         raise TrtBuildError("--calib-cache needs --int8")
     int4_data = s.int4_weights and s.int4.method != "nearest"
-    if not s.int8 and s.calib.data and not int4_data:
-        raise TrtBuildError("--calib and --data-loader-script need --int8 (or --int4-weights "
-                            "with --int4-method awq or gptq)")
+    if not s.int8 and s.calib.data and not int4_data and not s.fp8:
+        raise TrtBuildError("--calib and --data-loader-script need --int8, --fp8 or "
+                            "--int4-weights with --int4-method awq or gptq")
+    if s.fp8 and not s.calib.data:
+        raise TrtBuildError("--fp8 scales activations by their range on calibration data: "
+                            "give --calib DIR or --data-loader-script FILE.py:FN")
     if int4_data and not s.calib.data:
         raise TrtBuildError(f"--int4-weights: --int4-method {s.int4.method} chooses each "
                             "layer's weights on calibration data: give --calib DIR, or "

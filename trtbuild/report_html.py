@@ -22,7 +22,7 @@ from .files import write_text
 log = logging.getLogger(__name__)
 
 PRECISIONS = ("int8", "fp16", "fp32")  # the ones with a colour; anything else is grey
-ACCURACY_STAGES = ("fp16", "int4", "validate")
+ACCURACY_STAGES = ("fp16", "int4", "fp8", "validate")
 # metrics shown first, in this order; any other numeric key follows, sorted
 KNOWN_METRICS = ("cosine_mean", "cosine_min", "top1_agreement", "channel_cosine_min",
                  "max_abs_err")  # columns; any other metric goes in "more"

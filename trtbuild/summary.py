@@ -30,6 +30,8 @@ def summary_line(stage: str, record: dict[str, Any]) -> str:
                                         f"{100 * r['int8_mac_coverage']:.1f}%, "
                                         f"{r['evaluations']} evaluations",
                "validate": validate_figures, "fp16": validate_figures,
+               "fp8": lambda r: f"{r['quantized_activations']} activations, "
+                                f"{r['quantized_weights']} weights FP8; " + validate_figures(r),
                "int4": lambda r: f"{r['quantized_weights']} weights INT4 ({r['method']}, "
                                  f"block {r['block_size']}, {r['weight_mb_fp32']:.1f} -> "
                                  f"{r['weight_mb_int4']:.1f} MB); " + validate_figures(r),

@@ -118,7 +118,7 @@ def bench_group(p: argparse.ArgumentParser, with_flag: bool = True) -> None:
 
 def pipeline_groups(p: argparse.ArgumentParser) -> None:
     """Flags of the stages after export (precision, data, calibration, gates, engines)."""
-    add(p, "int8", "fp32")
+    add(p, "int8", "fp8", "fp32")
     fp16_group(p)
     calib_group(p)
     data_group(p)

@@ -174,3 +174,12 @@ def _dequantize(q: np.ndarray, scale: np.ndarray, zero: np.ndarray | None = None
         shape[axis] = -1
         scale, zero = scale.reshape(shape), zero.reshape(shape)
     return ((q - zero) * scale).astype(np.float32)
+
+
+def has_fp8(model: Any) -> bool:
+    """Does the graph hold a float8 tensor (FP8 Q/DQ)?"""
+    from onnx import TensorProto
+
+    f8 = {TensorProto.FLOAT8E4M3FN, TensorProto.FLOAT8E4M3FNUZ, TensorProto.FLOAT8E5M2,
+          TensorProto.FLOAT8E5M2FNUZ}
+    return any(i.data_type in f8 for i in model.graph.initializer)

@@ -134,16 +134,23 @@ def _init_dtype(init: Any) -> np.dtype:
     return np.dtype(onnx.helper.tensor_dtype_to_np_dtype(init.data_type))
 
 
+FP8_MAX = 448.0  # the largest finite float8 E4M3FN value
+
+
 def insert_qdq(model: Any, plan_: QuantPlan, amaxes: dict[str, float],
-               weights: dict[str, tuple[np.ndarray, np.ndarray]] | None = None) -> Any:
+               weights: dict[str, tuple[np.ndarray, np.ndarray]] | None = None,
+               fmt: str = "int8") -> Any:
     """A copy of `model` with Q/DQ on planned activations and INT8+DQ weights.
 
     Scales: amax / 127 (symmetric, zero point 0). Tensors without an amax are skipped.
     `weights`: INT8 weights already rounded ({name: (int8, scale)}, trtbuild.quant.rounding);
-    the others round to nearest.
+    the others round to nearest. `fmt` "fp8": float8 E4M3FN (opset >= 19) instead, scales
+    amax / 448, weights cast to the nearest E4M3 value.
     """
     import onnx
     from onnx import helper, numpy_helper
+
+    top, zero = (FP8_MAX, _fp8_zero) if fmt == "fp8" else (127.0, _int8_zero)
 
     m = onnx.ModelProto()
     m.CopyFrom(model)
@@ -155,10 +162,9 @@ def insert_qdq(model: Any, plan_: QuantPlan, amaxes: dict[str, float],
     for name in plan_.activations:
         if name not in amaxes:
             continue
-        scale = np.float32(max(amaxes[name], 1e-12) / 127.0)
+        scale = np.float32(max(amaxes[name], 1e-12) / top)
         s, z = f"{name}_qscale", f"{name}_qzero"
-        g.initializer.extend([numpy_helper.from_array(np.array(scale), s),
-                              numpy_helper.from_array(np.array(0, np.int8), z)])
+        g.initializer.extend([numpy_helper.from_array(np.array(scale), s), zero(z, ())])
         q, dq = f"{name}_quantized", f"{name}_dequantized"
         after[name] = [helper.make_node("QuantizeLinear", [name, s, z], [q],
                                         name=f"{name}_QuantizeLinear"),
@@ -166,10 +172,11 @@ def insert_qdq(model: Any, plan_: QuantPlan, amaxes: dict[str, float],
                                         name=f"{name}_DequantizeLinear")]
         rename[name] = dq
     for name, axis in plan_.weights:
-        w_q, scale = int8_weight(inits[name], axis, weights)
-        qn, s, z = f"{name}_int8", f"{name}_wscale", f"{name}_wzero"
+        w_q, scale = fp8_weight(inits[name], axis) if fmt == "fp8" else \
+            int8_weight(inits[name], axis, weights)
+        qn, s, z = f"{name}_{fmt}", f"{name}_wscale", f"{name}_wzero"
         g.initializer.extend([numpy_helper.from_array(w_q, qn), numpy_helper.from_array(scale, s),
-                              numpy_helper.from_array(np.zeros(scale.shape, np.int8), z)])
+                              zero(z, scale.shape)])
         after.setdefault(None, []).append(helper.make_node(
             "DequantizeLinear", [qn, s, z], [f"{name}_dequantized"], axis=axis,
             name=f"{name}_DequantizeLinear"))
@@ -190,6 +197,35 @@ def insert_qdq(model: Any, plan_: QuantPlan, amaxes: dict[str, float],
     g.node.extend(nodes)
     io.drop_unused_initializers(g)
     return m
+
+
+def _int8_zero(name: str, shape: tuple) -> Any:
+    from onnx import numpy_helper
+
+    return numpy_helper.from_array(np.zeros(shape, np.int8), name)
+
+
+def _fp8_zero(name: str, shape: tuple) -> Any:
+    import ml_dtypes
+    from onnx import numpy_helper
+
+    return numpy_helper.from_array(np.zeros(shape, ml_dtypes.float8_e4m3fn), name)
+
+
+def fp8_weight(init: Any, axis: int) -> tuple[np.ndarray, np.ndarray]:
+    """(float8 E4M3FN weights, float32 scales): per channel along `axis`, amax / 448, each
+    weight rounded to the nearest E4M3 value (ties to even), as QuantizeLinear does."""
+    import ml_dtypes
+    from onnx import numpy_helper
+
+    w = numpy_helper.to_array(init).astype(np.float32)
+    reduce = tuple(d for d in range(w.ndim) if d != axis)
+    amax = np.max(np.abs(w), axis=reduce) if reduce else np.abs(w)
+    scale = (np.maximum(amax, 1e-12) / FP8_MAX).astype(np.float32)
+    shape = [1] * w.ndim
+    shape[axis] = -1
+    q = np.clip(w / scale.reshape(shape), -FP8_MAX, FP8_MAX).astype(ml_dtypes.float8_e4m3fn)
+    return q, scale
 
 
 def int8_weight(init: Any, axis: int, weights: dict | None = None) -> tuple[np.ndarray,

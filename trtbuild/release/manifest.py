@@ -36,8 +36,8 @@ NOT_KEYS = {
     **{p: f"'{p}' is not a manifest key: use precisions = [\"{p}\", ...]" for p in PRECISIONS},
     "out": "'out' is not a manifest key: the release chooses each model's output directory",
     **{k: f"'{k}' is not a manifest key yet: a release builds fp32, fp16 and int8 engines "
-          "(INT4 weights: trtbuild MODEL --int4-weights)"
-       for k in ("int4_weights", "int4_block_size", "int4_method")},
+          "(INT4, FP8: trtbuild MODEL --int4-weights / --fp8)"
+       for k in ("int4_weights", "int4_block_size", "int4_method", "fp8")},
 }
 SETTING_KEYS = frozenset((set(OPTIONS) | TOP_LEVEL) - set(NOT_KEYS))
 DEFAULT_KEYS = SETTING_KEYS | {"precisions"}

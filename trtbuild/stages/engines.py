@@ -33,8 +33,8 @@ log = logging.getLogger(__name__)
 def models_to_build(ctx: Context) -> dict[str, Path]:
     """{precision: ONNX model} this build turns into engines."""
     a, s = ctx.artifacts, ctx.settings
-    models = {p: path for p, path in (("fp16", a.fp16), ("int8", a.int8), ("int4", a.int4))
-              if path}
+    models = {p: path for p, path in (("fp16", a.fp16), ("int8", a.int8), ("int4", a.int4),
+                                      ("fp8", a.fp8)) if path}
     if s.engine.fp16_flag:  # --fp16-mode flag: TensorRT <= 10 lowers the FP32 graph itself
         models = {"fp16": a.clean, **models}
     if "int8" in models and s.engine.calibrator == "trt":
