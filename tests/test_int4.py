@@ -118,15 +118,20 @@ def test_written_graph_runs_in_onnx_runtime_as_its_emulation(tmp_path):
 
 
 def test_transformer_int4_engine_from_tensorrt_rtx(encoder_onnx, tmp_path):
-    proc = run_cli(encoder_onnx, "--int4-weights", "--int4-method", "nearest",
+    """With --fp16 the INT4 model's activations and scales are FP16 too."""
+    proc = run_cli(encoder_onnx, "--int4-weights", "--int4-method", "nearest", "--fp16",
                    "--int4-block-size", "16", "--arch", "sm_89", "--out", tmp_path / "o",
                    "--cache-dir", tmp_path / "c", "--json")
     assert proc.returncode == 0, proc.stderr
     stages = {s["stage"]: s for s in json.loads(proc.stdout)["stages"]}
-    assert stages["int4"]["quantized_weights"] >= 4
+    assert stages["int4"]["quantized_weights"] >= 4 and stages["int4"]["activations"] == "fp16"
     assert stages["int4"]["outputs"]["y"]["cosine_mean"] > 0.95
-    (engine,) = stages["build"]["engines"]
-    assert engine["precision"] == "int4" and engine["layer_dtypes"].get("INT4", 0) >= 4
+    written = onnx.load(tmp_path / "o" / "model.int4.onnx")
+    scales = {i.name: i.data_type for i in written.graph.initializer}
+    dqs = [n for n in written.graph.node if n.op_type == "DequantizeLinear"]
+    assert dqs and all(scales[n.input[1]] == onnx.TensorProto.FLOAT16 for n in dqs)
+    engine = next(e for e in stages["build"]["engines"] if e["precision"] == "int4")
+    assert engine["layer_dtypes"].get("INT4", 0) >= 4 and engine["layer_dtypes"].get("HALF")
 
 
 def test_int4_settings_fail_before_any_stage(tmp_path):

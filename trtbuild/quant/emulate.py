@@ -125,8 +125,9 @@ def has_int4(model: Any) -> bool:
 
 def dequantized(model: Any) -> Any:
     """A copy of `model` where each DequantizeLinear of an INT4/UINT4 initializer is its
-    output, computed here (q - zero point) x scale, blocked or per axis, as a float32
-    initializer: what TensorRT's weight-only INT4 GEMM multiplies by. ONNX Runtime's CPU
+    output, computed here (q - zero point) x scale, blocked or per axis, as an initializer of
+    the scale's type (float16 scales: the product rounded once to float16): what
+    TensorRT's weight-only INT4 GEMM multiplies by. ONNX Runtime's CPU
     provider would instead fuse DQ+MatMul into MatMulNBits, which by default rounds the
     activations to 8 bits as no engine does."""
     import onnx
@@ -149,9 +150,10 @@ def dequantized(model: Any) -> Any:
         arrays = [numpy_helper.to_array(inits[n]).astype(np.float32) if n else None
                   for n in [*node.input, ""][:3]]  # q, scale, zero point (optional)
         attrs = {a.name: a.i for a in node.attribute}
+        out_type = numpy_helper.to_array(inits[node.input[1]]).dtype  # the scale's: FP16 too
         values.append(numpy_helper.from_array(
-            _dequantize(*arrays, attrs.get("axis", 1), attrs.get("block_size", 0)),
-            node.output[0]))
+            _dequantize(*arrays, attrs.get("axis", 1), attrs.get("block_size", 0)).astype(
+                out_type), node.output[0]))
     del g.node[:]
     g.node.extend(keep)
     g.initializer.extend(values)

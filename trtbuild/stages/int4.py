@@ -1,7 +1,8 @@
 """INT4 stage (--int4-weights): MatMul/Gemm weights to block-wise INT4 (trtbuild.quant.int4),
-activations in float, written to out/model.int4.onnx and checked against the FP32 model on
-the evaluation data, running the written graph with its weights dequantized exactly
-(quant.emulate.dequantized), as TensorRT's weight-only GEMM multiplies them.
+activations in float (FP16 with --fp16, converted as the fp16 stage converts the FP32 graph),
+written to out/model.int4.onnx and checked against the FP32 model on the evaluation data,
+running the written graph with its weights dequantized exactly (quant.emulate.dequantized),
+as TensorRT's weight-only GEMM multiplies them, FP16 tensors emulated.
 
 AWQ's statistics come from one ONNX Runtime pass over the --calib data: the mean |x| of
 every input channel of each quantized layer, and a bounded uniform sample of its input rows
@@ -19,8 +20,9 @@ from ..data import named_batches
 from ..errors import TrtBuildError
 from ..onnx import io
 from ..progress import bar
-from ..quant import int4
-from ..quant.emulate import dequantized
+from ..quant import fp16, int4
+from ..quant.emulate import dequantized, emulate_typed
+from ..quant.fp16_range import range_keeps
 from ..quant.mixed import at_opset
 from . import validate
 
@@ -54,11 +56,18 @@ def run(ctx: Context) -> dict[str, Any]:
             used[how] = used.get(how, 0) + 1
             progress.advance(1)
     written = int4.insert(model, chosen, s.block_size)
+    half = ctx.settings.fp16 and ctx.settings.fp16_options.mode == "graph"
+    keeps: dict[int, str] = {}
+    if half:  # FP16 activations and scales, as the fp16 stage converts the FP32 graph
+        written = io.infer_shapes(written)
+        keeps = range_keeps(written, ctx.settings.fp16_options, ctx.probe_feeds())
+        written, _ = fp16.convert(written, ctx.settings.fp16_options, frozenset(keeps))
     out = ctx.out / "model.int4.onnx"
     io.check_model(written, out, ours=True)
     io.save(written, out)
     ctx.artifacts.int4 = out
-    record = validate.check(ctx, dequantized(written), "int4")
+    check = dequantized(written)
+    record = validate.check(ctx, emulate_typed(check) if half else check, "int4")
     fp32_bytes = sum(4 * t.k * t.n for t in found)
     int4_bytes = sum(t.k * t.n // 2 + 4 * t.k * t.n // s.block_size for t in found)
     alphas = [q.alpha for _, q in chosen.values()]
@@ -67,7 +76,11 @@ def run(ctx: Context) -> dict[str, Any]:
         layers_by_method=used,
         left_float=skipped, weight_mb_fp32=round(fp32_bytes / 2**20, 2),
         weight_mb_int4=round(int4_bytes / 2**20, 2), output=str(out),
-        cpu_check="INT4 weights dequantized exactly (q x scale), FP32 kernels",
+        activations="fp16" if half else "fp32",
+        **({"auto_fp32": len(keeps)} if half else {}),
+        cpu_check="INT4 weights dequantized exactly (q x scale)" + (
+            ", FP16 tensors emulated (rounded, overflow to inf)" if half else "")
+        + ", FP32 kernels",
         **({"awq_scaled": sum(a > 0 for a in alphas),
             "awq_alpha_median": float(np.median(alphas))} if s.method == "awq" else {}),
         **({"error_ratio_median": round(float(np.median(  # vs rounding, calibration rows
