@@ -49,7 +49,7 @@ def test_weight_streaming_engine_is_its_own_cache_entry(conv_model, tmp_path):
     plain = _engine(trtbuild.build(conv_model, tmp_path / "plain", **common))
     streaming = trtbuild.build(conv_model, tmp_path / "ws", weight_streaming=True, **common)
     ws = _engine(streaming)
-    assert ws["weight_streaming"] and not plain["weight_streaming"]
+    assert ws["weight_streaming"] and not plain["weight_streaming"] and not ws["refittable"]
     assert ws["key"] != plain["key"] and not ws["cache_hit"]
     assert ws["refit_from"] is None and not ws["weights_stripped"]
     # the budget is how the engine is run, not how it is built: same engine, from the cache
@@ -91,7 +91,8 @@ def test_stream_budget_values():
     assert parse_stream_budget("512MiB") == ("bytes", 512 << 20)
     assert parse_stream_budget("2GB") == ("bytes", 2e9)
     assert parse_stream_budget("1000") == ("bytes", 1000)
-    for bad in ("0%", "101%", "-5", "lots", "0", "1.5.2MiB"):
+    assert parse_stream_budget("0.5GiB") == ("bytes", 1 << 29)
+    for bad in ("0%", "101%", "-5", "lots", "0", "0.5", "1.5.2MiB"):
         with pytest.raises(TrtBuildError):
             parse_stream_budget(bad)
 
@@ -104,6 +105,25 @@ def test_stream_budget_bytes_from_an_engine():
     assert runtime.stream_budget(fake_engine, "25%") == 250
     assert runtime.stream_budget(fake_engine, "300") == 300
     assert runtime.stream_budget(fake_engine, "1GiB") == 1000  # never more than it has
+
+
+def test_weights_beside_the_model_are_in_the_engine_key(conv_model, tmp_path):
+    """A model with external data: other weights in its .data file, same .onnx bytes, must
+    not be served the engine built from the first ones."""
+    for name, scale in (("a", 1.0), ("b", 2.0)):
+        model = onnx.load(conv_model)  # saving with external data rewrites it in place
+        folder = tmp_path / name
+        folder.mkdir()
+        for init in model.graph.initializer:
+            values = numpy_helper.to_array(init) * scale
+            init.CopyFrom(numpy_helper.from_array(values.astype(np.float32), init.name))
+        onnx.save(model, str(folder / "m.onnx"), save_as_external_data=True,
+                  location="m.onnx.data", size_threshold=0)
+    assert (tmp_path / "a" / "m.onnx").read_bytes() == (tmp_path / "b" / "m.onnx").read_bytes()
+    common = dict(archs=["sm_89"], cache_dir=tmp_path / "c", target="engine")
+    first = _engine(trtbuild.build(str(tmp_path / "a" / "m.onnx"), tmp_path / "oa", **common))
+    second = _engine(trtbuild.build(str(tmp_path / "b" / "m.onnx"), tmp_path / "ob", **common))
+    assert not second["cache_hit"] and second["key"] != first["key"]
 
 
 def _rtx_gpu() -> bool:
@@ -124,7 +144,7 @@ def test_stripped_engine_is_small_and_refits_to_the_full_engines_outputs(conv_mo
                                   strip_weights=True)
     stripped = _engine(stripped_run)
     assert stripped["bytes"] <= 0.05 * full["bytes"]
-    assert stripped["refit_from"].endswith("model.clean.onnx")
+    assert stripped["refit_from"] == str((tmp_path / "strip" / "model.clean.onnx").resolve())
     checks = next(s for s in stripped_run.report["stages"] if s["stage"] == "validate_engines")
     (check,) = checks["engines"]
     assert "refused" not in check and check["outputs"]["y"]["cosine_mean"] > 0.999

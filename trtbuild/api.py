@@ -102,14 +102,14 @@ def validate(reference: str | Path, candidate: str | Path, val: str, precision: 
     fails (its `record` holds the measurements)."""
 
     from . import pipeline
-    from .config import CHECKED
+    from .config import VALIDATE_PRECISIONS
     from .onnx import io
     from .quant.emulate import dequantized, emulate_typed, has_fp8, has_fp16, has_int4
     from .report import Report
     from .stages import validate as validate_stage
 
-    if precision not in CHECKED:
-        raise TrtBuildError(f"--precision: '{precision}' is not one of {', '.join(CHECKED)}")
+    if precision not in VALIDATE_PRECISIONS:
+        raise TrtBuildError(f"--precision: '{precision}' is not one of {', '.join(VALIDATE_PRECISIONS)}")
     if not val:
         raise TrtBuildError("validate needs --val DIR (or a data loader script)")
     options, inherited = _build_preprocess(Path(candidate), str(val), options)

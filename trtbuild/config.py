@@ -24,7 +24,7 @@ from .onnx.shapes import Profile, Shape, parse_input_spec, parse_profile_spec
 DEFAULT_OPSET = 17  # widest TensorRT 8.6-11 / RTX parser support; Q/DQ later raises it to 19
 CALIB_METHODS = ("entropy", "max", "percentile", "mse", "auto")
 PRECISIONS = ("fp32", "fp16", "int8")  # a release's precisions (manifest `precisions`)
-CHECKED = (*PRECISIONS, "fp8", "int4")  # what `trtbuild validate --precision` takes
+VALIDATE_PRECISIONS = (*PRECISIONS, "fp8", "int4")  # what `trtbuild validate --precision` takes
 FP16_MODES = ("graph", "flag")
 CALIBRATORS = ("qdq", "trt")
 LAYOUTS = ("NCHW", "NHWC")
@@ -493,8 +493,9 @@ def parse_stream_budget(text: str) -> tuple[str, float]:
     m = re.fullmatch(r"(\d+(?:\.\d+)?)\s*(%|[kmg]i?b|b)?", value)
     if m and m.group(2) == "%" and 0 < float(m.group(1)) <= 100:
         return "fraction", float(m.group(1)) / 100
-    if m and m.group(2) != "%" and float(m.group(1)) >= 1:
-        return "bytes", float(m.group(1)) * SIZE_UNITS[m.group(2) or ""]
+    size = float(m.group(1)) * SIZE_UNITS[m.group(2) or ""] if m and m.group(2) != "%" else 0
+    if size >= 1:
+        return "bytes", size
     raise TrtBuildError(f"--weight-streaming-budget: {text!r} is not auto, a percentage in "
                         "(0, 100] or a size like 512MiB")
 

@@ -70,7 +70,7 @@ def _fields(m: dict[str, Any], arch: str, builder: str) -> dict[str, Any]:
             "arch": m.get("arch", arch), "precision": m.get("precision"),
             "hardware_compat": settings.get("hardware_compat"),
             "version_compatible": settings.get("version_compatible"),
-            "refittable": bool(settings.get("refittable") or settings.get("strip_weights")),
+            "refittable": bool(settings.get("refittable")),
             "weights_stripped": bool(settings.get("strip_weights")),
             "weight_streaming": bool(settings.get("weight_streaming")),
             "bytes": m.get("engine_bytes"), "sha256": m.get("engine_sha256"),

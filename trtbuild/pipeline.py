@@ -298,12 +298,14 @@ def check_targets(s: BuildSettings) -> None:
             raise
         return  # target auto: the engines stage records that none was built
     archs = target_archs(found, s.targets.archs, s.engine.hardware_compat)
-    from .stages.fp8 import FP8_ARCHS
+    from .stages.fp8 import has_fp8
 
-    no_fp8 = [a for a in archs if a.startswith("sm_") and a not in FP8_ARCHS]
+    no_fp8 = [a for a in archs if not has_fp8(a)]
     if s.fp8 and no_fp8:
+        fix = "give --arch sm_89 (or sm_120)" if found.is_rtx else \
+            "build on a GPU with FP8 (sm_89 and newer)"
         raise TrtBuildError(f"--fp8: {', '.join(no_fp8)} has no FP8 (Ada sm_89 and newer): "
-                            "give --arch sm_89 (or sm_120)", MISSING_CAPABILITY)
+                            f"{fix}", MISSING_CAPABILITY)
     from .trt.builder import check_refit
 
     check_refit(found, archs[0], s.engine)
@@ -381,6 +383,8 @@ def check_files(s: BuildSettings) -> None:
                             "FILE.py:FN or --calib-cache FILE")
     if not s.int8 and s.calib.cache:
         raise TrtBuildError("--calib-cache needs --int8")
+    if not s.int4_weights and s.int4 != type(s.int4)():
+        raise TrtBuildError("--int4-method and --int4-block-size need --int4-weights")
     int4_data = s.int4_weights and s.int4.method != "nearest"
     if not s.int8 and s.calib.data and not int4_data and not s.fp8:
         raise TrtBuildError("--calib and --data-loader-script need --int8, --fp8 or "

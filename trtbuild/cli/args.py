@@ -9,7 +9,7 @@ import difflib
 from pathlib import Path
 from typing import Any, NoReturn
 
-from ..config import BUILDERS, CHECKED, FLAGS, OPTIONS, PREPROCESS, TOP_LEVEL, Flag
+from ..config import BUILDERS, FLAGS, OPTIONS, PREPROCESS, TOP_LEVEL, VALIDATE_PRECISIONS, Flag
 from ..quant.bias import BIAS_SAMPLES
 from ..trt.backend import DEFAULT_RTX_ARCHS, RTX_ARCHS
 from ..version import __version__
@@ -202,7 +202,7 @@ def build_parser() -> argparse.ArgumentParser:
                        "the --val folder has a preprocess.json; flags override either")
     p.add_argument("reference", type=Path, metavar="REFERENCE.onnx")
     p.add_argument("candidate", type=Path, metavar="CANDIDATE.onnx")
-    p.add_argument("--precision", choices=CHECKED, default="int8",
+    p.add_argument("--precision", choices=VALIDATE_PRECISIONS, default="int8",
                    help="selects Polygraphy's default tolerances (default int8)")
     gate_group(p)
     data_group(p)

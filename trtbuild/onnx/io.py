@@ -268,6 +268,18 @@ def uses_external_data(path: str | Path) -> bool:
     return any(external(t) for t in model.graph.initializer)
 
 
+def external_files(path: Path, data: bytes) -> list[Path]:
+    """The files an ONNX model (`data`: its bytes, read from `path`) keeps tensors in."""
+    import onnx
+
+    model = onnx.ModelProto()
+    model.ParseFromString(data)
+    tensors = list(model.graph.initializer)
+    names = {e.value for t in tensors if t.data_location == onnx.TensorProto.EXTERNAL
+             for e in t.external_data if e.key == "location"}
+    return [path.parent / n for n in sorted(names)]
+
+
 def session(model: Any, threads: int = 0, where: str | Path | None = None) -> Any:
     """A CPU ONNX Runtime session from a ModelProto, its bytes or a path (named `where` in
     errors).

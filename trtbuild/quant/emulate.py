@@ -152,7 +152,7 @@ def dequantized(model: Any) -> Any:
         attrs = {a.name: a.i for a in node.attribute}
         out_type = numpy_helper.to_array(inits[node.input[1]]).dtype  # the scale's: FP16 too
         values.append(numpy_helper.from_array(
-            _dequantize(*arrays, attrs.get("axis", 1), attrs.get("block_size", 0)).astype(
+            dequantize_linear(*arrays, attrs.get("axis", 1), attrs.get("block_size", 0)).astype(
                 out_type), node.output[0]))
     del g.node[:]
     g.node.extend(keep)
@@ -161,7 +161,7 @@ def dequantized(model: Any) -> Any:
     return m
 
 
-def _dequantize(q: np.ndarray, scale: np.ndarray, zero: np.ndarray | None = None,
+def dequantize_linear(q: np.ndarray, scale: np.ndarray, zero: np.ndarray | None = None,
                 axis: int = 1, block: int = 0) -> np.ndarray:
     """DequantizeLinear-21: per tensor (scalar scale), per axis, or blocked along `axis`."""
     zero = np.zeros_like(scale) if zero is None else zero

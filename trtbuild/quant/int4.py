@@ -43,7 +43,8 @@ def clipped_blocks(w: np.ndarray, x: np.ndarray, block: int,
     """quantize_blocks with each (block, column) scale clipped to the ratio of its max that
     minimises that block's share of the layer output error on the calibration rows `x`
     [R, K], ||x_block (W_block - deq(q_block))||^2 (AWQ's weight clipping search; ratio 1.0,
-    no clipping, is a candidate)."""
+    no clipping, is a candidate); a column whose whole error grew keeps no clipping, so no
+    column does worse than plain rounding on `x`."""
     k, n = w.shape
     g = k // block
     wb = w.reshape(g, block, n)
@@ -59,6 +60,14 @@ def clipped_blocks(w: np.ndarray, x: np.ndarray, block: int,
         better = err < best_err
         best_err = np.where(better, err, best_err)
         best = np.where(better, scale, best)
+    # blocks were chosen one by one (cross-block terms ignored): a column whose whole output
+    # error came out larger than unclipped keeps the unclipped scales
+    plain = np.where(amax > 0, amax / QMAX, 1.0).astype(np.float32)
+
+    def column_error(scale: np.ndarray) -> np.ndarray:
+        q = np.clip(np.rint(wb / scale[:, None, :]), QMIN, QMAX)
+        return np.square(x @ (q * scale[:, None, :] - wb).reshape(k, n)).sum(axis=0)
+    best = np.where(column_error(best) > column_error(plain), plain, best)
     q = np.clip(np.rint(wb / best[:, None, :]), QMIN, QMAX).astype(np.int8)
     return q.reshape(k, n), best
 
@@ -90,7 +99,8 @@ def awq(w: np.ndarray, x: np.ndarray, mean_abs: np.ndarray, block: int,
     w = w.astype(np.float32)
     x = x.astype(np.float32)
     ref = x @ w
-    m = np.maximum(mean_abs.astype(np.float64), 1e-8)
+    m = mean_abs.astype(np.float64)
+    m = np.maximum(m, max(1e-4 * m.max(), 1e-8))  # ModelOpt's floor: 1/a stays in FP16 range
     best: Quantized | None = None
     plain = None
     for alpha in (0.0, *(a for a in alphas if a)):  # plain rounding first: the yardstick
@@ -196,7 +206,7 @@ def weight(model: Any, t: Target) -> np.ndarray:
     return w.T if t.transposed else w
 
 
-def insert(model: Any, chosen: dict[str, tuple[Target, Quantized]], block: int) -> Any:
+def insert(model: Any, chosen: dict[int, tuple[Target, Quantized]], block: int) -> Any:
     """A copy of `model` (opset >= 21) where each chosen node reads its weight through
     DequantizeLinear(q INT4, scales, block_size) and, where AWQ scaled it, its activation
     through Mul(x, 1/a). The FP32 weights no longer read are dropped."""
@@ -210,12 +220,11 @@ def insert(model: Any, chosen: dict[str, tuple[Target, Quantized]], block: int) 
     m.CopyFrom(model)
     m.ir_version = max(m.ir_version, INT4_IR)
     g = m.graph
-    by_name = {n.name: n for n in g.node}
-    before: dict[str, list] = {}
-    for name, (t, qz) in chosen.items():
-        node = by_name[name]
+    before: dict[int, list] = {}
+    for index, (t, qz) in chosen.items():  # by position: node names need not be unique
+        node = g.node[index]
         q, scale = (qz.q.T, qz.scale.T) if t.transposed else (qz.q, qz.scale)
-        base = f"{name}_int4"
+        base = f"{node.name or 'node'}_{index}_int4"
         g.initializer.append(numpy_helper.from_array(  # packed two to a byte
             np.ascontiguousarray(q).astype(ml_dtypes.int4), f"{base}_q"))
         g.initializer.append(numpy_helper.from_array(np.ascontiguousarray(scale), f"{base}_scale"))
@@ -229,8 +238,8 @@ def insert(model: Any, chosen: dict[str, tuple[Target, Quantized]], block: int) 
             new.append(helper.make_node("Mul", [t.activation, f"{base}_awq_inv"],
                                         [f"{base}_awq_x"], name=f"{base}_awq"))
             node.input[0] = f"{base}_awq_x"
-        before[name] = new
-    nodes = [n for old in g.node for n in [*before.get(old.name, []), old]]
+        before[index] = new
+    nodes = [n for k, old in enumerate(g.node) for n in [*before.get(k, []), old]]
     del g.node[:]
     g.node.extend(nodes)
     io.drop_unused_initializers(g)

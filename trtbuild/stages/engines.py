@@ -19,8 +19,9 @@ from ..cache import EngineCache, cache_key
 from ..config import EngineSettings
 from ..context import Context, Engine
 from ..errors import BAD_INPUT, TrtBuildError
-from ..files import write_bytes
+from ..files import file_sha256, write_bytes
 from ..onnx.inputs import model_inputs
+from ..onnx.io import external_files
 from ..onnx.shapes import Profile
 from ..progress import Bar, bar
 from ..trt import backend as trt_backend
@@ -123,7 +124,10 @@ def _one(ctx: Context, s: EngineSettings, backend: trt_backend.Backend, cache: E
     onnx_bytes = onnx_path.read_bytes()
     onnx_sha = hashlib.sha256(onnx_bytes).hexdigest()
     settings = replace(s, fp16_flag=s.fp16_flag and precision == "fp16")
-    key_fields = {**settings.key_fields(), "precision": precision}
+    # weights kept beside the model (.onnx.data) are part of what the engine is built from
+    weights = {p.name: file_sha256(p) for p in external_files(onnx_path, onnx_bytes)}
+    key_fields = {**settings.key_fields(), "precision": precision,
+                  **({"external_data": weights} if weights else {})}
     key = cache_key(onnx_bytes, calib, key_fields, arch, backend.tag)
     timing_path = cache.root / arch / backend.tag / "timing.cache"
 
@@ -168,8 +172,7 @@ def _one(ctx: Context, s: EngineSettings, backend: trt_backend.Backend, cache: E
             "layer_dtypes": found.manifest.get("layer_dtypes"), "io": found.manifest.get("io"),
             "hardware_compat": settings.hardware_compat,
             "version_compatible": settings.version_compatible,
-            "refittable": settings.refittable or settings.strip_weights,
-            "weights_stripped": settings.strip_weights,
-            "refit_from": str(onnx_path) if settings.strip_weights else None,
+            "refittable": settings.refittable, "weights_stripped": settings.strip_weights,
+            "refit_from": str(onnx_path.resolve()) if settings.strip_weights else None,
             "weight_streaming": settings.weight_streaming, "onnx_sha256": onnx_sha,
             "trtbuild_version": found.manifest.get("trtbuild_version")}

@@ -22,7 +22,11 @@ from .calibrate import required_tensors
 
 log = logging.getLogger(__name__)
 FP8_OPSET = 19  # QuantizeLinear/DequantizeLinear with float8 types
-FP8_ARCHS = ("sm_89", "sm_90", "sm_100", "sm_120", "sm_121")  # FP8 tensor cores: Ada and newer
+
+
+def has_fp8(arch: str) -> bool:
+    """FP8 tensor cores: compute capability 8.9 (Ada) and newer; 'ampere+' is not."""
+    return arch.startswith("sm_") and arch[3:].isdigit() and int(arch[3:]) >= 89
 
 
 def run(ctx: Context) -> dict[str, Any]:

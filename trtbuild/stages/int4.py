@@ -28,8 +28,9 @@ from . import validate
 
 log = logging.getLogger(__name__)
 ROWS = 512  # calibration rows per layer that its scaling is judged on (R x K x N per alpha)
-# GPTQ keeps one K x K second moment per layer input: wider inputs (an LLM's MLP down
-# projection, K = 14336: 0.8 GB) get AWQ instead, so memory stays bounded
+# GPTQ keeps one K x K second moment per distinct layer input, all at once: an input wider
+# than this (an LLM's MLP down projection, K = 14336: 0.8 GB alone) gets AWQ instead; the
+# rest is about 4 K^2 bytes per input (a 7B Llama's: about 6 GB)
 MAX_GPTQ_K = 8192
 
 
@@ -50,7 +51,7 @@ def run(ctx: Context) -> dict[str, Any]:
             w = int4.weight(model, t)
             mean_abs, rows, h = stats.get(t.activation, (None, None, None))
             how = "nearest" if rows is None else "gptq" if h is not None else "awq"
-            chosen[t.node] = (t, int4.nearest(w, s.block_size) if how == "nearest" else
+            chosen[t.index] = (t, int4.nearest(w, s.block_size) if how == "nearest" else
                               int4.gptq_blocks(w, h, rows, s.block_size) if how == "gptq" else
                               int4.awq(w, rows, mean_abs, s.block_size))
             used[how] = used.get(how, 0) + 1
@@ -68,8 +69,9 @@ def run(ctx: Context) -> dict[str, Any]:
     ctx.artifacts.int4 = out
     check = dequantized(written)
     record = validate.check(ctx, emulate_typed(check) if half else check, "int4")
-    fp32_bytes = sum(4 * t.k * t.n for t in found)
-    int4_bytes = sum(t.k * t.n // 2 + 4 * t.k * t.n // s.block_size for t in found)
+    shapes = {t.weight: t.k * t.n for t in found}  # a weight two MatMuls share: once
+    fp32_bytes = 4 * sum(shapes.values())
+    int4_bytes = sum(t.k * t.n // 2 + 4 * t.k * t.n // s.block_size for t in found)  # each copy
     alphas = [q.alpha for _, q in chosen.values()]
     record.update(
         method=s.method, block_size=s.block_size, quantized_weights=len(found),
@@ -93,6 +95,7 @@ def _activations(ctx: Context, model: Any, found: list,
     """{activation: (mean |x| per channel [K], sampled rows [<= ROWS, K], with `moments`
     sum x x^T [K, K] over all rows (K <= MAX_GPTQ_K) else None)} over the --calib data, by
     one ONNX Runtime pass with every quantized layer's input as an output."""
+    import onnx
     from onnx import TensorProto, helper
 
     source = ctx.settings.calib.data
@@ -101,8 +104,8 @@ def _activations(ctx: Context, model: Any, found: list,
                             "calibration data: give --calib DIR (or --int4-method nearest)")
     names = list(dict.fromkeys(t.activation for t in found))
     k_of = {t.activation: t.k for t in found}
-    tapped = helper.make_model(model.graph, opset_imports=model.opset_import,
-                               ir_version=model.ir_version)
+    tapped = onnx.ModelProto()
+    tapped.CopyFrom(model)  # functions and metadata kept
     have = {o.name for o in tapped.graph.output}
     tapped.graph.output.extend(helper.make_tensor_value_info(n, TensorProto.FLOAT, None)
                                for n in names if n not in have)
