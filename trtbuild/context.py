@@ -6,6 +6,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+import numpy as np
+
 from .config import BuildSettings
 from .report import Report
 
@@ -46,6 +48,19 @@ class Artifacts:
 
 
 @dataclass
+class Int8Work:
+    """What the INT8 stages hand each other within one run, calibrate -> quantize ->
+    sensitivity -> validate (the stage cache restores the parts a reused stage made)."""
+
+    amaxes: dict[str, float] = field(default_factory=dict)  # tensor -> calibrated threshold
+    moments: Any = None  # rounding.Moments of GPTQ's layer inputs, gathered while calibrating
+    weights: dict[str, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)  # GPTQ's
+    check: Any = None  # what the INT8 CPU check runs: the serialized FP16 emulation, or None
+    fp16_ranges: dict[str, str | None] = field(default_factory=dict)  # tensor -> why not FP16
+    qdq_base: Any = None  # the clean model (BatchNorm folded) that Q/DQ goes into
+
+
+@dataclass
 class Context:
     """Built by pipeline.run (or a single command) and passed to every stage's run(ctx)."""
 
@@ -54,16 +69,11 @@ class Context:
     report: Report
     owns_out: bool = True  # False: `out` is the user's folder (validate, bench): never cleaned
     artifacts: Artifacts = field(default_factory=Artifacts)
-    amaxes: dict[str, float] = field(default_factory=dict)  # calibrate -> quantize
-    moments: Any = None  # calibrate -> quantize: rounding.Moments of GPTQ's layer inputs
-    int8_weights: dict = field(default_factory=dict)  # quantize -> sensitivity: {name: (q, scale)}
-    int8_check: Any = None  # what the INT8 CPU check runs: bytes (a ModelProto past 2 GiB)
-    fp16_ranges: dict = field(default_factory=dict)  # INT8 float parts: {tensor: why not FP16}
+    int8: Int8Work = field(default_factory=Int8Work)
     torch_module: Any = None                                # torch SRCs: the eager baseline
     source: Any = None  # the loaded onnx.source.Source when the pre-checks loaded it
     stage_cache: Any = None  # a stagecache.StageCache where stages may be reused
     _clean_model: Any = None
-    qdq_base: Any = None  # quantize -> sensitivity: the clean model Q/DQ goes into
     _first_samples: dict[bytes, tuple[dict, str] | None] = field(default_factory=dict)
     _probe_feeds: list[dict] | None = None
 
@@ -80,8 +90,8 @@ class Context:
 
     def set_clean(self, path: Path) -> None:
         """The FP32 reference model every later stage reads."""
-        self.artifacts.clean, self._clean_model, self.qdq_base = path, None, None
-        self.fp16_ranges = {}
+        self.artifacts.clean, self._clean_model = path, None
+        self.int8.qdq_base, self.int8.fp16_ranges = None, {}
 
     def clean_model(self) -> Any:
         """The cleaned ModelProto, loaded once for all later stages (read-only: stages that

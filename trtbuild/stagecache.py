@@ -65,12 +65,12 @@ def _restore_fp16(ctx: Context, state: dict[str, bytes]) -> None:
 
 def _restore_calibrate(ctx: Context, state: dict[str, bytes]) -> None:
     ctx.artifacts.calib_cache = ctx.out / "calib.cache"
-    ctx.amaxes = json.loads(state["amaxes.json"])
+    ctx.int8.amaxes = json.loads(state["amaxes.json"])
 
 
 def _restore_quantize(ctx: Context, state: dict[str, bytes]) -> None:
-    ctx.artifacts.int8, ctx.int8_weights = ctx.out / "model.int8.onnx", {}
-    ctx.int8_check = state.get("check.onnx")
+    ctx.artifacts.int8, ctx.int8.weights = ctx.out / "model.int8.onnx", {}
+    ctx.int8.check = state.get("check.onnx")
 
 
 SPECS = {
@@ -79,13 +79,13 @@ SPECS = {
     "fp16": Spec(("fp16_options", "data", "gates", "export", "profiles"), ("clean",),
                  _restore_fp16),
     "calibrate": Spec(("calib", "data"), ("clean",), _restore_calibrate,
-                      lambda ctx: {"amaxes.json": json.dumps(ctx.amaxes).encode()}),
+                      lambda ctx: {"amaxes.json": json.dumps(ctx.int8.amaxes).encode()}),
     "quantize": Spec(("calib", "data", "fp16_options", "export", "profiles"),
                      ("clean", "calib_cache"),
                      _restore_quantize,
                      # a check past 2 GiB is not stored (bytes only): a hit checks the file
-                     lambda ctx: {"check.onnx": ctx.int8_check}
-                     if isinstance(ctx.int8_check, bytes) else {}),
+                     lambda ctx: {"check.onnx": ctx.int8.check}
+                     if isinstance(ctx.int8.check, bytes) else {}),
     "validate": Spec(("data", "gates", "export", "profiles"), ("clean", "int8"),
                      lambda ctx, state: None),
 }

@@ -27,7 +27,7 @@ def required_tensors(model: Any, qplan: QuantPlan) -> list[str]:
 
 
 def run(ctx: Context) -> dict[str, Any]:
-    """Thresholds for the cleaned model's Q/DQ tensors -> ctx.amaxes and out/calib.cache.
+    """Thresholds for the cleaned model's Q/DQ tensors -> ctx.int8.amaxes and out/calib.cache.
 
     Uses the given calibration cache when it covers every needed tensor; otherwise
     recalibrates from the data and says why. Raises TrtBuildError(2) when the model has
@@ -54,7 +54,7 @@ def run(ctx: Context) -> dict[str, Any]:
     cache_path = ctx.out / "calib.cache"
     cachefile.write(cache_path, amaxes, s.method)
     ctx.artifacts.calib_cache = cache_path
-    ctx.amaxes = amaxes
+    ctx.int8.amaxes = amaxes
     record.update(output=str(cache_path), tensors=len(amaxes))
     return record
 
@@ -76,7 +76,7 @@ def _calibrate(ctx: Context, model: Any, qplan: QuantPlan, needed: list[str],
         result, shards = merge.calibrate(model, needed, data, s.method, s.percentile,
                                          progress.advance,
                                          (moments.taps, moments.add) if moments else None)
-    ctx.moments = moments
+    ctx.int8.moments = moments
     if result.samples == 0:
         raise TrtBuildError(f"{s.data}: the data loader yielded no samples")
     if shards > 1:

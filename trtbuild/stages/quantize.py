@@ -22,7 +22,7 @@ def run(ctx: Context) -> dict[str, Any]:
     model = base_model(ctx)
     qplan = plan(model)
     rounding = _round_weights(ctx, model, qplan)
-    qmodel = insert_qdq(model, qplan, ctx.amaxes, ctx.int8_weights)
+    qmodel = insert_qdq(model, qplan, ctx.int8.amaxes, ctx.int8.weights)
     parts = with_float_parts(ctx, qmodel)
     corrected = correct_biases(ctx, parts)
     record = write_int8(ctx, qmodel, parts)
@@ -39,8 +39,8 @@ def base_model(ctx: Context) -> Any:
     """The clean model Q/DQ goes into: at the opset FP16 Q/DQ scales need when the float
     parts are FP16 (converted once per build, not for every model the sensitivity search
     tries), else as cleaned."""
-    if ctx.qdq_base is not None:
-        return ctx.qdq_base
+    if ctx.int8.qdq_base is not None:
+        return ctx.int8.qdq_base
     model = ctx.clean_model()
     if ctx.settings.calib.high_precision == "fp16":
 
@@ -49,13 +49,13 @@ def base_model(ctx: Context) -> Any:
             model = io.infer_shapes(at_opset(model, FP16_QDQ_OPSET))
         except TrtBuildError:  # with_float_parts says so, and keeps FP32
             pass
-    ctx.qdq_base = model
+    ctx.int8.qdq_base = model
     return model
 
 
 def _round_weights(ctx: Context, model: Any, qplan: Any) -> dict[str, Any]:
-    """GPTQ-rounded weights into ctx.int8_weights; the record's weight_rounding entry."""
-    ctx.int8_weights = {}
+    """GPTQ-rounded weights into ctx.int8.weights; the record's weight_rounding entry."""
+    ctx.int8.weights = {}
     method, source = ctx.settings.calib.weight_rounding, ctx.settings.calib.data
     if method == "nearest":
         return {"method": "nearest"}
@@ -66,9 +66,9 @@ def _round_weights(ctx: Context, model: Any, qplan: Any) -> dict[str, Any]:
     data = ctx.dataset(source)
     feeds = data.batches()
     with bar("weight rounding: layer inputs", None) as progress:
-        ctx.int8_weights, summary = round_weights(model, qplan, feeds, io.session, progress,
-                                                  ctx.moments)
-    ctx.moments = None  # large (fcn_resnet50: hundreds of MB), and used
+        ctx.int8.weights, summary = round_weights(model, qplan, feeds, io.session, progress,
+                                                  ctx.int8.moments)
+    ctx.int8.moments = None  # large (fcn_resnet50: hundreds of MB), and used
     return {"method": "gptq", **summary}
 
 
@@ -109,7 +109,7 @@ def write_int8(ctx: Context, qdq: Any, parts: tuple | None = None) -> dict[str, 
     if "high_precision_note" in record:
         log.warning("%s: float parts stay FP32: %s", out, record["high_precision_note"])
     # bytes, or past 2 GiB the ModelProto itself (io.session and validate.check take both)
-    ctx.int8_check = None if check is qdq or check is model else (
+    ctx.int8.check = None if check is qdq or check is model else (
         check if io.is_large(check) else check.SerializeToString())
     io.check_model(model, out, ours=True)
     io.save(model, out)
@@ -128,7 +128,7 @@ def with_float_parts(ctx: Context, qdq: Any) -> tuple[Any, Any, dict[str, Any]]:
 
     try:
         model, emulation, info = to_fp16(qdq, ctx.settings.fp16_options, ctx.probe_feeds(),
-                                         ctx.fp16_ranges)
+                                         ctx.int8.fp16_ranges)
     except TrtBuildError as e:
         if e.code != MISSING_CAPABILITY:
             raise

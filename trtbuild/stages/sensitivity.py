@@ -187,8 +187,8 @@ class _Trials:
         self._done: tuple | None = None  # (fallen, feeds, their runs): the last estimate's
 
     def qdq(self, fallen: set[str]) -> Any:
-        return insert_qdq(self.model, without(self.qplan, fallen), self.ctx.amaxes,
-                          self.ctx.int8_weights)
+        return insert_qdq(self.model, without(self.qplan, fallen), self.ctx.int8.amaxes,
+                          self.ctx.int8.weights)
 
     def runs(self, fallen: set[str], feeds: list[dict[str, np.ndarray]]) -> list:
         """The outputs of the model as the validate stage runs it: the real Q/DQ graph, its
@@ -200,12 +200,12 @@ class _Trials:
         ctx, key = self.ctx, frozenset(fallen)
         if self._last is None or self._last[0] != key:
             corrected = ctx.settings.calib.bias_correction == "on"
-            if fallen or ctx.int8_check is None or corrected:
+            if fallen or ctx.int8.check is None or corrected:
                 qdq = self.qdq(fallen)
                 floats = with_float_parts(ctx, qdq)
                 self._last = key, qdq, floats, io.session(floats[1])
             else:
-                self._last = key, None, None, io.session(ctx.int8_check)
+                self._last = key, None, None, io.session(ctx.int8.check)
         done: list = []  # a confirmation after an estimate runs only the other feeds
         if self._done and self._done[0] == key and len(self._done[1]) <= len(feeds) and all(
                 a is b for a, b in zip(self._done[1], feeds[:len(self._done[1])])):
@@ -249,8 +249,8 @@ def _sensitivities(trial: _Trials, part: Part) -> tuple[dict[str, float], int]:
     samples (about one pass over them for all regions together), all through one
     switchable session. Returns (errors, samples used)."""
     ctx, found, axes = trial.ctx, trial.found, trial.axes
-    switch, flags = switchable_model(trial.model, trial.qplan, ctx.amaxes, found,
-                                     ctx.int8_weights)
+    switch, flags = switchable_model(trial.model, trial.qplan, ctx.int8.amaxes, found,
+                                     ctx.int8.weights)
     sess = io.session(switch)
     few = first_rows(part.feeds, int(np.clip(len(part.names) / max(len(found), 1),
                                               *SENSITIVITY_SAMPLES)), exact=trial.free_batch)

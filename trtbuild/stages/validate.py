@@ -30,8 +30,8 @@ def run(ctx: Context, precision: str = "int8") -> dict[str, Any]:
         log.warning("no --val data: nothing held out checked the %s model (it was compared "
                     "with FP32 on %s); give --val DIR", precision.upper(),
                     "the calibration data" if ctx.settings.calib.data else "random inputs")
-    if precision == "int8" and ctx.int8_check is not None:  # FP16 parts: the emulation
-        record = check(ctx, ctx.int8_check, precision)
+    if precision == "int8" and ctx.int8.check is not None:  # FP16 parts: the emulation
+        record = check(ctx, ctx.int8.check, precision)
         record["cpu_check"] = "FP16 parts emulated (rounded, overflow to inf) in FP32 kernels"
         return record
     return check(ctx, ctx.artifacts.precision_models()[precision], precision)
