@@ -20,6 +20,7 @@ from typing import Any
 from .cache import ENGINE, MAX_MANIFEST, EngineCache, builder_name
 from .errors import MISSING_CAPABILITY, TrtBuildError
 from .files import file_sha256
+from .records import engine_records
 
 KEY = re.compile(r"[0-9a-f]{8,64}")
 REPORT_LEVELS = 3  # OUT/engines/<arch>/model.x.engine: report.json is 3 folders up
@@ -127,20 +128,17 @@ def _in_report(path: Path, sha: str) -> dict[str, Any] | None:
         except (OSError, UnicodeDecodeError, ValueError, AttributeError):
             continue
         for e in (e for s in stages if isinstance(s, dict) and s.get("stage") == "build"
-                  for e in s.get("engines") or [] if isinstance(e, dict)):
-            if e.get("sha256") != sha:
+                  for e in engine_records(s)):
+            if e.sha256 != sha:
                 continue
-            m = {"arch": e.get("arch"), "precision": e.get("precision"), "key": e.get("key"),
-                 "io": e.get("io"),
-                 "engine_bytes": e.get("bytes"), "engine_sha256": sha,
-                 "onnx_sha256": e.get("onnx_sha256"), "trtbuild_version": e.get("trtbuild_version"),
-                 "settings": {"hardware_compat": e.get("hardware_compat"),
-                              "version_compatible": e.get("version_compatible"),
-                              "refittable": e.get("refittable"),
-                              "strip_weights": e.get("weights_stripped"),
-                              "weight_streaming": e.get("weight_streaming")}}
-            builder = f"{e.get('builder')} {e.get('builder_version')}"
-            return {**_fields(m, e.get("arch"), builder), "source": model,
+            m = {"arch": e.arch, "precision": e.precision, "key": e.key, "io": e.io,
+                 "engine_bytes": e.bytes, "engine_sha256": sha, "onnx_sha256": e.onnx_sha256,
+                 "trtbuild_version": e.trtbuild_version,
+                 "settings": {"hardware_compat": e.hardware_compat,
+                              "version_compatible": e.version_compatible,
+                              "refittable": e.refittable, "strip_weights": e.weights_stripped,
+                              "weight_streaming": e.weight_streaming}}
+            return {**_fields(m, e.arch, f"{e.builder} {e.builder_version}"), "source": model,
                     "record": str(report), "record_kind": "report.json"}
     return None
 

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from .files import write_text
+from .records import engine_records
 
 log = logging.getLogger(__name__)
 
@@ -160,17 +161,14 @@ def _engines(r: dict[str, Any]) -> str:
     if "skipped" in r:
         return section_html("engines", "Engines", f"<p>{escaped(r['skipped'])}</p>")
     rows = []
-    for e in r.get("engines") or []:
-        if not isinstance(e, dict):
-            continue
-        size = e.get("bytes")
+    for e in engine_records(r):
         rows.append(
-            f"<tr><td>{precision_swatch(e.get('precision'))}</td><td>{escaped(e.get('arch'))}</td>"
-            f"<td>{escaped(e.get('builder'))} {escaped(e.get('builder_version'))}</td>"
-            f"<td class=\"num\">{_mb(size)}</td>"
-            f"<td>{'cache' if e.get('cache_hit') else 'built'}</td>"
-            f"<td class=\"path\">{escaped(e.get('path'))}</td>"
-            f"<td><code title=\"{escaped(e.get('key'))}\">{escaped(str(e.get('key') or '')[:12])}"
+            f"<tr><td>{precision_swatch(e.precision)}</td><td>{escaped(e.arch)}</td>"
+            f"<td>{escaped(e.builder)} {escaped(e.builder_version)}</td>"
+            f"<td class=\"num\">{_mb(e.bytes)}</td>"
+            f"<td>{'cache' if e.cache_hit else 'built'}</td>"
+            f"<td class=\"path\">{escaped(e.path)}</td>"
+            f"<td><code title=\"{escaped(e.key)}\">{escaped(str(e.key or '')[:12])}"
             "</code></td></tr>")
     for f in r.get("failed") or []:
         if isinstance(f, dict):

@@ -6,6 +6,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from .records import engine_records
+
 
 def summary_line(stage: str, record: dict[str, Any]) -> str:
     """One human line (or a few, for bench) per stage record."""
@@ -87,12 +89,12 @@ def _engine_checks(r: dict[str, Any]) -> str:
 def _build_figures(r: dict[str, Any]) -> str:
     if "skipped" in r:
         return r["skipped"]
-    engines = ", ".join(f"{e['precision']}@{e['arch']}{' (cached)' if e['cache_hit'] else ''}"
-                        for e in r["engines"])
+    found = engine_records(r)
+    engines = ", ".join(f"{e.precision}@{e.arch}{' (cached)' if e.cache_hit else ''}"
+                        for e in found)
     failed = "".join(f"; {f['precision']}@{f['arch']} FAILED" for f in r.get("failed", []))
-    kinds = [k for k, on in (("weights stripped", any(e.get("weights_stripped") for e in r["engines"])),
-                             ("weight streaming", any(e.get("weight_streaming") for e in r["engines"])))
-             if on]
+    kinds = [k for k, on in (("weights stripped", any(e.weights_stripped for e in found)),
+                             ("weight streaming", any(e.weight_streaming for e in found))) if on]
     kind = f" ({', '.join(kinds)})" if kinds else ""
     return f"{r['builder']} {r['trt_version']}: {engines or 'none'}{kind}; {r['built']} built, " \
            f"{r['cache_hits']} from cache{failed}"

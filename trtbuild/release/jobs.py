@@ -22,6 +22,7 @@ from typing import Any, Callable
 
 from ..config import BuildSettings
 from ..errors import GATE_FAILED, INTERNAL_ERROR, TrtBuildError
+from ..records import engine_records
 from .manifest import ModelEntry
 
 PREPARED = ("clean", "fp16", "int8", "calib_cache")  # Artifacts fields an engine job reads
@@ -206,13 +207,13 @@ def _prepared_record(out: Path) -> dict[str, Any]:
 
 
 def _engine_record(records: dict[str, dict]) -> dict[str, Any]:
-    build = records.get("build") or {}
-    found = (build.get("engines") or [{}])[0]
+    found = engine_records(records.get("build"))
     record = {"stages": [[n, r["seconds"]] for n, r in records.items()]}
     if found:
-        record["engine"] = {k: found.get(k) for k in (
-            "path", "bytes", "build_seconds", "cache_hit", "key", "sha256", "builder",
-            "builder_version")}
+        e = found[0]
+        record["engine"] = {"path": e.path, "bytes": e.bytes, "build_seconds": e.build_seconds,
+                            "cache_hit": e.cache_hit, "key": e.key, "sha256": e.sha256,
+                            "builder": e.builder, "builder_version": e.builder_version}
     checked = records.get("validate_engines") or {}
     if "skipped" in checked:
         record["engine_check"] = checked["skipped"]

@@ -87,6 +87,7 @@ def engine_from_report(path: Path, builder: str, weight_budget: str = "auto") ->
     import json
 
     from ..context import Engine
+    from ..records import engine_records
 
     report = path.resolve().parents[2] / "report.json" if len(path.resolve().parents) > 2 \
         else None
@@ -94,12 +95,11 @@ def engine_from_report(path: Path, builder: str, weight_budget: str = "auto") ->
         try:
             stages = json.loads(report.read_text()).get("stages", [])
             build = next(st for st in stages if st.get("stage") == "build")
-            for e in build.get("engines", []):
-                if Path(e["path"]).resolve() == path.resolve():
-                    refit = e.get("refit_from")
-                    return Engine(path, e["arch"], e["precision"], e.get("builder", builder),
-                                  e.get("builder_version", ""),
-                                  Path(refit) if refit else None, weight_budget)
+            for e in engine_records(build):
+                if Path(e.path).resolve() == path.resolve():
+                    return Engine(path, e.arch, e.precision, e.builder or builder,
+                                  e.builder_version or "",
+                                  Path(e.refit_from) if e.refit_from else None, weight_budget)
         except (OSError, ValueError, StopIteration, KeyError, AttributeError, TypeError):
             pass
     from ..trt.backend import load_backend

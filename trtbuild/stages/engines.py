@@ -24,6 +24,7 @@ from ..onnx.inputs import model_inputs
 from ..onnx.io import external_files
 from ..onnx.shapes import Profile
 from ..progress import Bar, bar
+from ..records import EngineRecord
 from ..trt import backend as trt_backend
 from ..trt.gpu import gpu_info
 from ..version import __version__
@@ -84,14 +85,15 @@ def run(ctx: Context) -> dict[str, Any]:
                     continue
                 records.append(r)
                 ctx.artifacts.engines.append(Engine(
-                    Path(r["path"]), arch, precision, backend.name, backend.version,
-                    Path(r["refit_from"]) if r["refit_from"] else None,
+                    Path(r.path), arch, precision, backend.name, backend.version,
+                    Path(r.refit_from) if r.refit_from else None,
                     settings.weight_streaming_budget))
                 progress.advance(1)
     record = {"builder": backend.name, "trt_version": backend.version,
-              "cache_dir": str(cache.root), "profiles_from": profiles_from, "engines": records,
-              "built": sum(not e["cache_hit"] for e in records),
-              "cache_hits": sum(e["cache_hit"] for e in records)}
+              "cache_dir": str(cache.root), "profiles_from": profiles_from,
+              "engines": [r.to_json() for r in records],
+              "built": sum(not e.cache_hit for e in records),
+              "cache_hits": sum(e.cache_hit for e in records)}
     return {**record, "failed": failed} if failed else record
 
 
@@ -118,7 +120,7 @@ def engine_settings(ctx: Context) -> tuple[EngineSettings, str]:
 
 def _one(ctx: Context, s: EngineSettings, backend: trt_backend.Backend, cache: EngineCache,
          onnx_path: Path, precision: str, arch: str, calib: bytes | None,
-         progress: Bar) -> dict[str, Any]:
+         progress: Bar) -> EngineRecord:
     from ..trt import builder
 
     onnx_bytes = onnx_path.read_bytes()
@@ -162,17 +164,11 @@ def _one(ctx: Context, s: EngineSettings, backend: trt_backend.Backend, cache: E
     write_bytes(path, found.engine)
     path_taken = {"fp16": "builder flag" if settings.fp16_flag else "graph",
                   "int8": "IInt8EntropyCalibrator2" if s.calibrator == "trt" else "Q/DQ graph"}
-    return {"precision": precision, "arch": arch, "path": str(path), "cache_hit": found.hit,
-            "builder": backend.name, "builder_version": backend.version,
-            "precision_from": path_taken.get(precision, "graph"),
-            "cache_entry": str(found.path) if found.path else None, "key": key,
-            "bytes": len(found.engine),
-            "sha256": found.manifest["engine_sha256"],
-            "build_seconds": found.manifest.get("build_seconds"),
-            "layer_dtypes": found.manifest.get("layer_dtypes"), "io": found.manifest.get("io"),
-            "hardware_compat": settings.hardware_compat,
-            "version_compatible": settings.version_compatible,
-            "refittable": settings.refittable, "weights_stripped": settings.strip_weights,
-            "refit_from": str(onnx_path.resolve()) if settings.strip_weights else None,
-            "weight_streaming": settings.weight_streaming, "onnx_sha256": onnx_sha,
-            "trtbuild_version": found.manifest.get("trtbuild_version")}
+    return EngineRecord(
+        precision, arch, str(path), found.hit, backend.name, backend.version,
+        path_taken.get(precision, "graph"), str(found.path) if found.path else None, key,
+        len(found.engine), found.manifest["engine_sha256"], found.manifest.get("build_seconds"),
+        found.manifest.get("layer_dtypes"), found.manifest.get("io"), settings.hardware_compat,
+        settings.version_compatible, settings.refittable, settings.strip_weights,
+        str(onnx_path.resolve()) if settings.strip_weights else None, settings.weight_streaming,
+        onnx_sha, found.manifest.get("trtbuild_version"))
