@@ -52,6 +52,11 @@ def test_fp8_build_writes_checks_and_builds_for_ada(digits_onnx, tmp_path):
     assert TensorProto.FLOAT8E4M3FN in kinds and TensorProto.INT8 not in kinds
     (engine,) = stages["build"]["engines"]
     assert engine["precision"] == "fp8" and engine["layer_dtypes"].get("FP8", 0) >= 3
+    again = run_cli(digits_onnx / "model.onnx", "--fp8", "--calib", CALIB_DIR, "--val",
+                    VAL_DIR, "--arch", "sm_89", "--out", tmp_path / "o2", "--cache-dir",
+                    tmp_path / "c", "--json")
+    stages = {s["stage"]: s for s in json.loads(again.stdout)["stages"]}
+    assert stages["fp8"]["reused"] and stages["build"]["engines"][0]["cache_hit"]
 
 
 def test_fp8_needs_data_and_an_ada_or_newer_target(digits_onnx, tmp_path):

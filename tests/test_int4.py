@@ -159,6 +159,23 @@ def test_int4_settings_fail_before_any_stage(tmp_path):
     assert not (tmp_path / "o").exists()
 
 
+def test_an_unchanged_int4_build_reuses_the_stage(tmp_path):
+    model = _gemm_model(tmp_path / "g.onnx")
+    calib = tmp_path / "calib"
+    calib.mkdir()
+    np.save(calib / "a.npy", np.random.default_rng(5).standard_normal((16, 64)).astype(np.float32))
+    runs = []
+    for out, block in (("a", 16), ("b", 16), ("c", 32)):
+        result = trtbuild.build(str(model), tmp_path / out, int4_weights=True,
+                                int4_block_size=block, calib=str(calib), target="onnx",
+                                cache_dir=tmp_path / "cache")
+        runs.append(next(s for s in result.report["stages"] if s["stage"] == "int4"))
+    assert "reused" not in runs[0] and runs[1]["reused"] and "reused" not in runs[2]
+    assert (tmp_path / "a" / "model.int4.onnx").read_bytes() == \
+        (tmp_path / "b" / "model.int4.onnx").read_bytes()
+    assert runs[1]["output"] == str(tmp_path / "b" / "model.int4.onnx")
+
+
 def test_validate_runs_an_int4_file_as_an_engine_computes_it(tmp_path):
     model = _gemm_model(tmp_path / "g.onnx")
     trtbuild.build(str(model), tmp_path / "o", int4_weights=True, int4_block_size=16,

@@ -1,5 +1,5 @@
-"""Cache of the CPU stages' outputs: export (ONNX SRC), clean, fp16, calibrate, quantize and
-the INT8 validate, so a rerun of an unchanged build loads files instead of recomputing.
+"""Cache of the CPU stages' outputs: export (ONNX SRC), clean, fp16, int4, fp8, calibrate,
+quantize and the INT8 validate, so a rerun of an unchanged build loads files instead of recomputing.
 
 A stage's key is sha256 over: the stage's name; the content of every file it reads (the
 ONNX SRC and its external data, or the earlier stages' outputs in OUT); the content of every
@@ -63,6 +63,14 @@ def _restore_fp16(ctx: Context, state: dict[str, bytes]) -> None:
     ctx.artifacts.fp16 = ctx.out / "model.fp16.onnx"
 
 
+def _restore_int4(ctx: Context, state: dict[str, bytes]) -> None:
+    ctx.artifacts.int4 = ctx.out / "model.int4.onnx"
+
+
+def _restore_fp8(ctx: Context, state: dict[str, bytes]) -> None:
+    ctx.artifacts.fp8 = ctx.out / "model.fp8.onnx"
+
+
 def _restore_calibrate(ctx: Context, state: dict[str, bytes]) -> None:
     ctx.artifacts.calib_cache = ctx.out / "calib.cache"
     ctx.int8.amaxes = json.loads(state["amaxes.json"])
@@ -78,6 +86,9 @@ SPECS = {
     "clean": Spec(("export", "data", "profiles"), ("model",), _restore_clean),
     "fp16": Spec(("fp16_options", "data", "gates", "export", "profiles"), ("clean",),
                  _restore_fp16),
+    "int4": Spec(("int4", "fp16", "fp16_options", "calib", "data", "gates", "export",
+                  "profiles"), ("clean",), _restore_int4),
+    "fp8": Spec(("calib", "data", "gates", "export", "profiles"), ("clean",), _restore_fp8),
     "calibrate": Spec(("calib", "data"), ("clean",), _restore_calibrate,
                       lambda ctx: {"amaxes.json": json.dumps(ctx.int8.amaxes).encode()}),
     "quantize": Spec(("calib", "data", "fp16_options", "export", "profiles"),
