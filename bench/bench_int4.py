@@ -292,21 +292,23 @@ def main() -> None:
         ba._write(folder / "calib", sets["calib"])
         clean = None
         candidates: dict[str, tuple[Path | None, str]] = {}
-        for method in ("nearest", "awq", "gptq", "fp8"):
+        for method in ("nearest", "awq", "gptq", "fp8", "int8"):
             start = time.perf_counter()
             out = folder / f"trtbuild_{method}"
-            kind = "fp8" if method == "fp8" else "int4"
-            options = {"fp8": True} if method == "fp8" else {
-                "int4_weights": True, "int4_method": method, "int4_block_size": args.block}
+            kind = method if method in ("fp8", "int8") else "int4"
+            options = {"fp8": True} if method == "fp8" else {"int8": True} if method == "int8" \
+                else {"int4_weights": True, "int4_method": method, "int4_block_size": args.block}
             result = trtbuild.build(
                 str(fp32), out, archs=[args.arch], target="engine", cache=False,
                 calib=str(folder / "calib") if method != "nearest" else None, **options)
             clean = out / "model.clean.onnx"
-            stage = next(s for s in result.report["stages"] if s["stage"] == kind)
+            stage = next(s for s in result.report["stages"]
+                         if s["stage"] == {"int8": "quantize"}.get(kind, kind))
             built = next(s for s in result.report["stages"] if s["stage"] == "build")
             engine = next(e for e in built["engines"] if e["precision"] == kind)
-            label = "trtbuild fp8 (W8A8 E4M3, not weight-only)" if kind == "fp8" else \
-                f"trtbuild {method}"
+            label = {"fp8": "trtbuild fp8 (W8A8 E4M3, not weight-only)",
+                     "int8": "trtbuild int8 (plain --int8: W8A8, FP16 elsewhere)"}.get(
+                         kind, f"trtbuild {method}")
             candidates[label] = (
                 out / f"model.{kind}.onnx",
                 f"{kind} stage {stage['seconds']:.1f} s, whole build "
@@ -333,7 +335,8 @@ def main() -> None:
                 print(f"| {label} | " + " | ".join("-" for _ in keys for _ in args.sets)
                       + f" | {note} |")
                 continue
-            emulated = dequantized(onnx.load(path)).SerializeToString()
+            emulated = ba.as_engine_computes(path) if "int8" in label else \
+                dequantized(onnx.load(path)).SerializeToString()
             cells = []
             for s in args.sets:
                 per = scores(name, refs[s], run_all(emulated, sets[s]))

@@ -168,3 +168,33 @@ def test_the_size_estimate_bounds_what_protobuf_counts(make, monkeypatch):
         monkeypatch.setattr(io, "PROTO_LIMIT", limit)
         assert io.is_large(model) is large, limit
 
+
+
+def test_opset_conversion_past_the_protobuf_limit_keeps_every_weight(digits_onnx, monkeypatch):
+    """INT4/FP8/mixed Q/DQ raise the opset with onnx's converter, which serializes the
+    model: a large model's weights are set aside while it runs and put back, on both."""
+    from trtbuild.quant.mixed import at_opset
+
+    model = onnx.load(str(digits_onnx / "model.clean.onnx"))
+    before = {t.name: t.raw_data for t in model.graph.initializer}
+    monkeypatch.setattr(io, "PROTO_LIMIT", 2000)
+    monkeypatch.setattr(io, "HOLD_BYTES", 1000)  # the demo's largest weights: 18 kB
+    assert io.is_large(model) and io.opset(model) < 21
+    from unittest import mock
+
+    from onnx import version_converter
+
+    seen = []
+    real = version_converter.convert_version
+
+    def spy(m, version):  # what the converter is given: the large weights are not in it
+        seen.append(max(len(t.raw_data) for t in m.graph.initializer))
+        return real(m, version)
+    with mock.patch.object(version_converter, "convert_version", spy):
+        converted = at_opset(model, 21, "a test")
+    assert seen and seen[0] <= 1000
+    assert io.opset(converted) == 21
+    for m in (model, converted):
+        found = {t.name: t.raw_data for t in m.graph.initializer if t.name in before}
+        assert found == before
+    onnx.checker.check_model(converted)

@@ -59,6 +59,7 @@ def check_model(model: Any, where: str | Path, ours: bool = False) -> None:
 
 
 PROTO_LIMIT = 1_800_000_000  # protobuf files stop at 2 GiB; above this, weights go external
+HOLD_BYTES = 1 << 20  # weights set aside while onnx's tools serialize a large model
 
 
 def save(model: Any, path: str | Path) -> None:
@@ -245,7 +246,7 @@ def infer_shapes(model: Any, **kwargs: Any) -> Any:
         return onnx.shape_inference.infer_shapes(model, **kwargs)
     held = {}
     for t in model.graph.initializer:
-        if len(t.raw_data) > 1 << 20:
+        if len(t.raw_data) > HOLD_BYTES:
             held[t.name] = t.raw_data
             t.ClearField("raw_data")
     try:

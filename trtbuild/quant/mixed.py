@@ -54,12 +54,26 @@ def at_opset(model: Any, version: int, purpose: str = "FP16 Q/DQ scales") -> Any
 
     if io.opset(model) >= version:
         return model
+    held = {}
+    if io.is_large(model):  # the converter serializes: set large weights aside, as infer_shapes
+        for init in model.graph.initializer:
+            if len(init.raw_data) > io.HOLD_BYTES:
+                held[init.name] = init.raw_data
+                init.ClearField("raw_data")
     try:
-        return version_converter.convert_version(model, version)
+        converted = version_converter.convert_version(model, version)
+        for init in converted.graph.initializer:
+            if init.name in held:
+                init.raw_data = held[init.name]
+        return converted
     except Exception as e:  # noqa: BLE001 - the converter raises many types
         raise TrtBuildError(f"cannot raise opset {io.opset(model)} to {version} for "
                             f"{purpose} ({type(e).__name__}: {str(e).splitlines()[0][:200]})",
                             MISSING_CAPABILITY)
+    finally:
+        for init in model.graph.initializer:
+            if init.name in held:
+                init.raw_data = held[init.name]
 
 
 def _scale_keeps(model: Any) -> dict[int, str]:
