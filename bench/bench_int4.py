@@ -302,8 +302,8 @@ def main() -> None:
                 str(fp32), out, archs=[args.arch], target="engine", cache=False,
                 calib=str(folder / "calib") if method != "nearest" else None, **options)
             clean = out / "model.clean.onnx"
-            stage = next(s for s in result.report["stages"]
-                         if s["stage"] == {"int8": "quantize"}.get(kind, kind))
+            stage_name = {"int8": "quantize"}.get(kind, kind)
+            stage = next(s for s in result.report["stages"] if s["stage"] == stage_name)
             built = next(s for s in result.report["stages"] if s["stage"] == "build")
             engine = next(e for e in built["engines"] if e["precision"] == kind)
             label = {"fp8": "trtbuild fp8 (W8A8 E4M3, not weight-only)",
@@ -311,7 +311,7 @@ def main() -> None:
                          kind, f"trtbuild {method}")
             candidates[label] = (
                 out / f"model.{kind}.onnx",
-                f"{kind} stage {stage['seconds']:.1f} s, whole build "
+                f"{stage_name} stage {stage['seconds']:.1f} s, whole build "
                 f"{time.perf_counter() - start:.1f} s; {args.arch} engine "
                 f"{engine['bytes'] / 2**20:.1f} MB, {engine['layer_dtypes'].get(kind.upper(), 0)} "
                 f"{kind.upper()} layers")
