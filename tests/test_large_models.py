@@ -198,3 +198,26 @@ def test_opset_conversion_past_the_protobuf_limit_keeps_every_weight(digits_onnx
         found = {t.name: t.raw_data for t in m.graph.initializer if t.name in before}
         assert found == before
     onnx.checker.check_model(converted)
+
+
+def test_a_large_model_that_cleaning_changed_leaves_no_file(digits_onnx, tmp_path, monkeypatch):
+    """Past the limit the cleaned model is written, then checked from the file (one copy of
+    the weights at a time); a failed check removes it and its weights."""
+    import onnx_graphsurgeon as gs
+
+    from trtbuild import TrtBuildError
+    from trtbuild.errors import GATE_FAILED
+    from trtbuild.stages.clean import clean
+
+    def double_a_weight(graph):
+        weight = next(t for t in graph.tensors().values()
+                      if isinstance(t, gs.Constant) and t.values.ndim == 4)
+        weight.values = weight.values * 2
+        return graph
+
+    monkeypatch.setattr(io, "PROTO_LIMIT", 2000)
+    out = tmp_path / "clean.onnx"
+    with pytest.raises(TrtBuildError) as e:
+        clean(digits_onnx / "model.onnx", out, passes=[("double", double_a_weight)])
+    assert e.value.code == GATE_FAILED and "changed the outputs" in e.value.message
+    assert not list(tmp_path.iterdir())

@@ -62,9 +62,11 @@ PROTO_LIMIT = 1_800_000_000  # protobuf files stop at 2 GiB; above this, weights
 HOLD_BYTES = 1 << 20  # weights set aside while onnx's tools serialize a large model
 
 
-def save(model: Any, path: str | Path) -> None:
+def save(model: Any, path: str | Path, keep_weights: bool = True) -> None:
     """Save atomically. Models over PROTO_LIMIT keep their weights in `<name>.data` beside
-    the file (written first; the .onnx that points at it is renamed into place last)."""
+    the file (written first; the .onnx that points at it is renamed into place last);
+    `keep_weights=False`: the caller drops `model` after, so its weights, moved to the file,
+    are not read back."""
     import os
 
     import onnx
@@ -88,7 +90,8 @@ def save(model: Any, path: str | Path) -> None:
                             size_threshold=1024)
             # saving moved the weights out of `model` into the file: read them back, so the
             # caller's model stays whole
-            load_external_data_for_model(model, folder)
+            if keep_weights:
+                load_external_data_for_model(model, folder)
             with open(Path(folder) / data.name, "rb") as f:
                 os.fsync(f.fileno())
             # onnx creates the weights file 0600; it is as readable as the .onnx beside it
@@ -260,6 +263,19 @@ def infer_shapes(model: Any, **kwargs: Any) -> Any:
     return model
 
 
+def trim_heap() -> None:
+    """Give freed heap memory back to the OS (glibc's malloc_trim): a large model's
+    passes each free gigabytes of copies that the allocator would otherwise keep."""
+    import ctypes
+    import gc
+
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc
+        pass
+
+
 def uses_external_data(path: str | Path) -> bool:
     """Does the ONNX file keep tensors in other files (read without loading them)?"""
     import onnx
@@ -281,9 +297,11 @@ def external_files(path: Path, data: bytes) -> list[Path]:
     return [path.parent / n for n in sorted(names)]
 
 
-def session(model: Any, threads: int = 0, where: str | Path | None = None) -> Any:
+def session(model: Any, threads: int = 0, where: str | Path | None = None,
+            light: bool = False) -> Any:
     """A CPU ONNX Runtime session from a ModelProto, its bytes or a path (named `where` in
-    errors).
+    errors). `light`: no pre-packed weight copies (a one-sample check of a large model:
+    ONNX Runtime would hold its MatMul weights twice).
     Raises TrtBuildError(3) when ONNX Runtime cannot load the model."""
     import onnxruntime as ort
 
@@ -293,6 +311,8 @@ def session(model: Any, threads: int = 0, where: str | Path | None = None) -> An
     opts.log_severity_level = ort_severity()
     # DQ(INT4)+MatMul fused into MatMulNBits computes in FP32, not with 8-bit activations
     opts.add_session_config_entry("session.qdq_matmulnbits_accuracy_level", "1")
+    if light:
+        opts.add_session_config_entry("session.disable_prepacking", "1")
     if threads:
         opts.intra_op_num_threads = threads
     try:

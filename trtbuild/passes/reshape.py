@@ -88,7 +88,7 @@ def _shape_values(graph: Any, nodes: list, batches: tuple[int, ...]) -> list | N
     found = []
     try:
         model = gs.export_onnx(g.cleanup())
-        sess = io.session(model)
+        sess = io.session(model, light=io.is_large(model))
         names = [o.name for o in sess.get_outputs()]
         for batch in batches:
             got = dict(zip(names, sess.run(None, random_feed(model, batch=batch))))

@@ -80,12 +80,18 @@ def clean_model(model: Any, passes: list[tuple[str, Pass]] = PASSES) -> tuple[An
 
     graph = gs.import_onnx(model)
     done = []
+    large = io.is_large(model)
     for name, fn in passes:
         with Timer() as t:
             graph = fn(graph)
+            if large:
+                io.trim_heap()
         done.append({"pass": name, "nodes": len(graph.nodes), "seconds": round(t.seconds, 4)})
         log.debug("pass %s: %d nodes (%.2fs)", name, len(graph.nodes), t.seconds)
     out = gs.export_onnx(graph)
+    if large:  # the graph's copy of the weights, before shape inference adds its own work
+        del graph
+        io.trim_heap()
     out.ir_version = model.ir_version
     io.copy_metadata(model, out)
     return io.infer_shapes(out), done
@@ -108,13 +114,31 @@ def clean(src: Path, out: Path, passes: list[tuple[str, Pass]] = PASSES,
     del model
     cleaned, done = clean_model(prepared_model, passes)
     del prepared_model
-    io.check_model(cleaned, out, ours=True)
-    diff = outputs_diff(src, cleaned, feed=inputs, where=src, given=given)
+    after = op_counts(cleaned)
+    if not io.is_large(cleaned):
+        io.check_model(cleaned, out, ours=True)
+        diff = outputs_diff(src, cleaned, feed=inputs, where=src, given=given)
+        _check_diff(diff, src, described)
+        io.save(cleaned, out)
+    else:  # written once and checked from the file: one copy of the weights at a time
+        io.save(cleaned, out, keep_weights=False)
+        del cleaned
+        io.trim_heap()
+        try:
+            io.check_model(out, out, ours=True)
+            diff = outputs_diff(src, out, feed=inputs, where=src, given=given, light=True)
+            _check_diff(diff, src, described)
+        except BaseException:
+            for path in (out, out.with_name(f"{out.name}.data")):
+                path.unlink(missing_ok=True)
+            raise
+    return CleanResult(out, before, after, done, diff, prepared, described)
+
+
+def _check_diff(diff: float, src: Path, described: str) -> None:
     if diff > MAX_DIFF:
         raise TrtBuildError(f"{src}: cleaning changed the outputs (max abs diff {diff:.3g} on "
                             f"{described})", GATE_FAILED)
-    io.save(cleaned, out)
-    return CleanResult(out, before, op_counts(cleaned), done, diff, prepared, described)
 
 
 def prepare(model: Any) -> tuple[Any, list[str]]:
@@ -128,18 +152,27 @@ def prepare(model: Any) -> tuple[Any, list[str]]:
 
 
 def outputs_diff(a: Any, b: Any, batch: int = 2, feed: dict | None = None,
-                 where: str | Path = "model", given: tuple | None = None) -> float:
+                 where: str | Path = "model", given: tuple | None = None,
+                 light: bool = False) -> float:
     """Max abs difference of two models' outputs on the same input (default: random);
     data-dependent outputs (io.data_dependent_outputs) must only agree in dtype and rank.
     `a` may be a path when `feed` and `given` (a's outputs and data-dependent outputs) are
     given: its session then reads the file. Raises TrtBuildError(1) when they differ."""
     feed = feed if feed is not None else random_feed(a, batch=batch, seed=1)
     outputs, dependent = given or (model_outputs(a), io.data_dependent_outputs(a))
-    before = io.run(io.session(a, where=where), feed, str(where))
-    types = {i.name: i.dtype for i in model_inputs(b)}  # prepare() may widen int16 inputs
+    before = io.run(io.session(a, where=where, light=light), feed, str(where))
+    if light:
+        io.trim_heap()
+    graph_of_b = b
+    if isinstance(b, (str, Path)):  # its inputs, read without its weights
+        import onnx
+
+        graph_of_b = onnx.load(str(b), load_external_data=False)
+    types = {i.name: i.dtype for i in model_inputs(graph_of_b)}  # prepare() may widen int16
     feed_b = {k: np.asarray(v).astype(types.get(k, np.asarray(v).dtype), copy=False)
               for k, v in feed.items()}
-    after = io.run(io.session(b, where=f"{where} (cleaned)"), feed_b, f"{where} (cleaned)")
+    after = io.run(io.session(b, where=f"{where} (cleaned)", light=light), feed_b,
+                   f"{where} (cleaned)")
     diff, problems = io.compare_outputs(outputs, before, after, dependent)
     if problems:
         raise TrtBuildError(f"{where}: cleaning changed the outputs: {'; '.join(problems)}",
