@@ -221,3 +221,21 @@ def test_a_large_model_that_cleaning_changed_leaves_no_file(digits_onnx, tmp_pat
         clean(digits_onnx / "model.onnx", out, passes=[("double", double_a_weight)])
     assert e.value.code == GATE_FAILED and "changed the outputs" in e.value.message
     assert not list(tmp_path.iterdir())
+
+
+def test_saving_a_large_model_beside_a_users_data_file(digits_onnx, tmp_path, monkeypatch):
+    """onnx's own external-data save refused a location that exists in the working
+    directory: a user running trtbuild next to their model.onnx.data."""
+    model = onnx.load(str(digits_onnx / "model.clean.onnx"))
+    monkeypatch.setattr(io, "PROTO_LIMIT", 2000)
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "model.onnx.data").write_bytes(b"the user's weights")
+    (tmp_path / "out").mkdir()
+    io.save(model, tmp_path / "out" / "model.onnx")
+    assert (tmp_path / "model.onnx.data").read_bytes() == b"the user's weights"
+    again = onnx.load(str(tmp_path / "out" / "model.onnx"))
+    assert io.uses_external_data(tmp_path / "out" / "model.onnx")
+    assert {t.name: t.raw_data for t in again.graph.initializer} == \
+        {t.name: t.raw_data for t in model.graph.initializer}
+    with io.on_disk(model) as path:  # what ONNX Runtime and the checker get
+        assert io.uses_external_data(path)

@@ -70,7 +70,7 @@ def save(model: Any, path: str | Path, keep_weights: bool = True) -> None:
     import os
 
     import onnx
-    from onnx.external_data_helper import load_external_data_for_model
+    from onnx.external_data_helper import load_external_data_for_model, set_external_data
 
     from ..files import WORK_DIR, atomic_path
 
@@ -85,9 +85,12 @@ def save(model: Any, path: str | Path, keep_weights: bool = True) -> None:
         with tempfile.TemporaryDirectory(prefix=f"{WORK_DIR}{os.getpid()}-",
                                          dir=path.parent) as folder:
             staged = Path(folder) / path.name
-            onnx.save_model(model, str(staged), save_as_external_data=True,
-                            all_tensors_to_one_file=True, location=data.name,
-                            size_threshold=1024)
+            # onnx's save_as_external_data refuses a location that exists relative to the
+            # working directory (a user's own model.onnx.data there): marked here instead
+            for tensor in _initializers(model.graph):
+                if tensor.HasField("raw_data") and len(tensor.raw_data) >= 1024:
+                    set_external_data(tensor, data.name)
+            onnx.save_model(model, str(staged))
             # saving moved the weights out of `model` into the file: read them back, so the
             # caller's model stays whole
             if keep_weights:
@@ -98,6 +101,14 @@ def save(model: Any, path: str | Path, keep_weights: bool = True) -> None:
             os.chmod(Path(folder) / data.name, 0o666 & ~umask())
             os.replace(Path(folder) / data.name, data)
             os.replace(staged, tmp)
+
+
+def _initializers(graph: Any) -> Iterator[Any]:
+    """Every initializer of the graph and of its subgraphs."""
+    yield from graph.initializer
+    for node in graph.node:
+        for body in subgraphs(node):
+            yield from _initializers(body)
 
 
 def umask() -> int:
