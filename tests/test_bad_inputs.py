@@ -352,6 +352,7 @@ def test_special_output_file_is_untouched(tmp_path):
         assert stat.S_ISFIFO(os.lstat(tmp_path / "special").st_mode)
 
 
+@pytest.mark.slow  # about 8-10 s on 2 cores
 def test_rerun_into_the_same_out_leaves_nothing_stale(tmp_path):
     calib = _calib(tmp_path)
     out = tmp_path / "o"

@@ -82,6 +82,7 @@ def test_shipped_model_runs_every_stage(entry, corpus_dir, tmp_path):
             {p.key: p.value for p in source.metadata_props}
 
 
+@pytest.mark.slow  # about 8-10 s on 2 cores
 def test_rapidocr_artifacts_keep_the_character_table(corpus_dir, tmp_path):
     entry = next(e for e in ENTRIES if e.name == "ppocr_rec")
     model = entry.locate()

@@ -9,6 +9,7 @@ import ml_dtypes
 import numpy as np
 import onnx
 import onnxruntime as ort
+import pytest
 from conftest import run_cli
 from onnx import TensorProto, helper, numpy_helper
 
@@ -35,6 +36,7 @@ def test_fp8_weights_round_as_quantize_linear_does():
     assert np.array_equal(np.asarray(theirs).view(np.uint8), q.view(np.uint8))
 
 
+@pytest.mark.slow  # about 8-10 s on 2 cores
 def test_fp8_build_writes_checks_and_builds_for_ada(digits_onnx, tmp_path):
     from trtbuild.demo import CALIB_DIR, VAL_DIR
 

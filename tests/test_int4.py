@@ -117,6 +117,7 @@ def test_written_graph_runs_in_onnx_runtime_as_its_emulation(tmp_path):
     assert record["outputs"]["y"]["cosine_mean"] > 0.98
 
 
+@pytest.mark.slow  # about 8-10 s on 2 cores
 def test_transformer_int4_engine_from_tensorrt_rtx(encoder_onnx, tmp_path):
     """With --fp16 the INT4 model's activations and scales are FP16 too."""
     proc = run_cli(encoder_onnx, "--int4-weights", "--int4-method", "nearest", "--fp16",

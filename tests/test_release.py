@@ -219,6 +219,7 @@ def test_resume_rehashes_every_file_it_reuses(first: tuple, tmp_path: Path) -> N
         assert file_sha256(Path(engine["path"])) == engine["sha256"]
 
 
+@pytest.mark.slow  # about 8-10 s on 2 cores
 def test_kill_9_then_resume(first: tuple, tmp_path: Path) -> None:
     manifest, _, data, _ = first
     out = tmp_path / "out"
@@ -313,6 +314,7 @@ def test_failing_gate_among_passing_models_with_baseline(first: tuple, tmp_path:
     assert "Failures (5)" in html and "+0 B" in html and "gate_failed" in html
 
 
+@pytest.mark.slow  # about 8-10 s on 2 cores
 def test_changed_manifest_rebuilds_and_the_example_runs(tmp_path: Path) -> None:
     """The README's example manifest (examples/release/), without its torchvision model."""
     text = EXAMPLE.read_text()

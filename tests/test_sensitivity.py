@@ -56,6 +56,7 @@ def outlier(tmp_path_factory):
     return d
 
 
+@pytest.mark.slow  # about 8-10 s on 2 cores
 def test_search_falls_back_the_one_region_that_misses_the_target(outlier, tmp_path):
     plain = run_cli(outlier / "m.onnx", "--int8", "--calib", outlier / "calib", "--val",
                     outlier / "val", "--target", "onnx", "--out", tmp_path / "plain",
