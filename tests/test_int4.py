@@ -142,7 +142,8 @@ def test_nodes_sharing_a_name_each_get_their_weights(tmp_path):
     model = at_opset(onnx.load(_gemm_model(tmp_path / "g.onnx", same_names=True)), 21)
     found, skipped = int4.targets(model, 16)
     assert len(found) == 2 and not skipped
-    written = int4.insert(model, {t.index: (t, int4.nearest(int4.weight(model, t), 16))
+    inits = {i.name: i for i in model.graph.initializer}
+    written = int4.insert(model, {t.index: (t, int4.nearest(int4.weight(inits[t.weight], t), 16))
                                   for t in found}, 16)
     onnx.checker.check_model(written, full_check=True)
     dqs = [n for n in written.graph.node if n.op_type == "DequantizeLinear"]

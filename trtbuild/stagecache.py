@@ -32,6 +32,7 @@ from typing import Any, Callable
 from .cache import EngineCache
 from .context import Context
 from .files import atomic_path, file_sha256
+from .onnx.io import model_files
 
 log = logging.getLogger(__name__)
 STAGES = "stages"      # the folder under the cache root that is not an architecture
@@ -123,11 +124,11 @@ class StageCache:
         return self._digests[memo]
 
     def _model_files(self, path: Path) -> list[Path]:
-        """_model_files, parsed once per run for each version of the file."""
+        """io.model_files, parsed once per run for each version of the file."""
         st = path.stat()
         memo = ("files", str(path), st.st_mtime_ns, st.st_size)
         if memo not in self._listed:
-            self._listed[memo] = _model_files(path)
+            self._listed[memo] = model_files(path)
         return self._listed[memo]
 
     def key(self, ctx: Context, stage: str) -> tuple[str | None, str]:
@@ -250,22 +251,6 @@ def _src_files(ctx: Context) -> list[Path] | None:
 
     src = source.parse(ctx.settings.src)
     return [src.path] if src.kind == "onnx" else None
-
-
-def _model_files(path: Path) -> list[Path]:
-    """An ONNX file and the external data files its initializers name; any other file as
-    itself."""
-    if path.suffix != ".onnx":
-        return [path]
-    import onnx
-
-    try:
-        model = onnx.load(str(path), load_external_data=False)
-    except Exception:  # noqa: BLE001 - not ONNX after all: its bytes are what counts
-        return [path]
-    names = {e.value for t in model.graph.initializer for e in t.external_data
-             if e.key == "location"}
-    return [path, *(path.parent / n for n in sorted(names))]
 
 
 def _folder_digest(folder: Path, digest: Callable[[Path], str]) -> str:

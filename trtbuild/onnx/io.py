@@ -250,6 +250,23 @@ def on_disk(model: Any) -> Iterator[Path]:
         yield path
 
 
+@contextlib.contextmanager
+def weights_aside(model: Any) -> Iterator[dict[str, bytes]]:
+    """`model`'s weights over HOLD_BYTES taken out while onnx's tools (which read only their
+    types and dims) serialize it, put back after; yields them by name."""
+    held = {}
+    for t in model.graph.initializer:
+        if len(t.raw_data) > HOLD_BYTES:
+            held[t.name] = t.raw_data
+            t.ClearField("raw_data")
+    try:
+        yield held
+    finally:
+        for t in model.graph.initializer:
+            if t.name in held:
+                t.raw_data = held[t.name]
+
+
 def infer_shapes(model: Any, **kwargs: Any) -> Any:
     """onnx.shape_inference.infer_shapes, also past 2 GiB: a large model's weights (which
     shape inference reads only as types and dims) are set aside while it runs, and the
@@ -258,17 +275,8 @@ def infer_shapes(model: Any, **kwargs: Any) -> Any:
 
     if not is_large(model):
         return onnx.shape_inference.infer_shapes(model, **kwargs)
-    held = {}
-    for t in model.graph.initializer:
-        if len(t.raw_data) > HOLD_BYTES:
-            held[t.name] = t.raw_data
-            t.ClearField("raw_data")
-    try:
+    with weights_aside(model):
         found = onnx.shape_inference.infer_shapes(model, **kwargs)
-    finally:
-        for t in model.graph.initializer:
-            if t.name in held:
-                t.raw_data = held[t.name]
     del model.graph.value_info[:]
     model.graph.value_info.extend(found.graph.value_info)
     return model
@@ -296,16 +304,20 @@ def uses_external_data(path: str | Path) -> bool:
     return any(external(t) for t in model.graph.initializer)
 
 
-def external_files(path: Path, data: bytes) -> list[Path]:
-    """The files an ONNX model (`data`: its bytes, read from `path`) keeps tensors in."""
+def model_files(path: Path) -> list[Path]:
+    """An ONNX file and the external data files its initializers name (read without its
+    weights); any other file as itself."""
+    if path.suffix != ".onnx":
+        return [path]
     import onnx
 
-    model = onnx.ModelProto()
-    model.ParseFromString(data)
-    tensors = list(model.graph.initializer)
-    names = {e.value for t in tensors if t.data_location == onnx.TensorProto.EXTERNAL
-             for e in t.external_data if e.key == "location"}
-    return [path.parent / n for n in sorted(names)]
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception:  # noqa: BLE001 - not ONNX after all: its bytes are what counts
+        return [path]
+    names = {e.value for t in model.graph.initializer for e in t.external_data
+             if e.key == "location"}
+    return [path, *(path.parent / n for n in sorted(names))]
 
 
 def session(model: Any, threads: int = 0, where: str | Path | None = None,

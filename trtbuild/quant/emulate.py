@@ -119,8 +119,11 @@ def has_int4(model: Any) -> bool:
     """Does the graph hold an INT4/UINT4 initializer (weight-only INT4)?"""
     from onnx import TensorProto
 
-    return any(i.data_type in (TensorProto.INT4, TensorProto.UINT4)
-               for i in model.graph.initializer)
+    return _has_initializer(model, {TensorProto.INT4, TensorProto.UINT4})
+
+
+def _has_initializer(model: Any, types: set[int]) -> bool:
+    return any(i.data_type in types for i in model.graph.initializer)
 
 
 def dequantized(model: Any) -> Any:
@@ -184,4 +187,4 @@ def has_fp8(model: Any) -> bool:
 
     f8 = {TensorProto.FLOAT8E4M3FN, TensorProto.FLOAT8E4M3FNUZ, TensorProto.FLOAT8E5M2,
           TensorProto.FLOAT8E5M2FNUZ}
-    return any(i.data_type in f8 for i in model.graph.initializer)
+    return _has_initializer(model, f8)

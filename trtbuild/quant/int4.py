@@ -101,27 +101,29 @@ def awq(w: np.ndarray, x: np.ndarray, mean_abs: np.ndarray, block: int,
     ref = x @ w
     m = mean_abs.astype(np.float64)
     m = np.maximum(m, max(1e-4 * m.max(), 1e-8))  # ModelOpt's floor: 1/a stays in FP16 range
-    best: Quantized | None = None
-    plain = None
+    best: tuple | None = None  # (error, alpha, q, scale, a)
+    plain = 0.0
     for alpha in (0.0, *(a for a in alphas if a)):  # plain rounding first: the yardstick
         a = m ** alpha
-        a = (a / np.sqrt(a.max() * a.min())).astype(np.float32)
+        a = (a / np.sqrt(a.max() * a.min())).astype(np.float32) if alpha else np.ones_like(
+            a, np.float32)
         q, scale = quantize_blocks(w * a[:, None], block)
-        error = float(np.square((x / a) @ dequantize_blocks(q, scale, block) - ref).sum())
+        error = output_error(x / a, q, scale, block, ref)
         plain = error if alpha == 0 else plain
-        if best is None or error < best.error_ratio:
-            best = Quantized(q, scale, a, alpha, error)
-    assert best is not None and plain is not None
-    best.error_ratio = best.error_ratio / plain if plain > 0 else 1.0
-    if best.alpha == 0:
-        best.divisor = np.ones_like(best.divisor)
+        if best is None or error < best[0]:
+            best = (error, alpha, q, scale, a)
+    assert best is not None
+    error, alpha, q, scale, a = best
     if clip:
-        best.q, best.scale = clipped_blocks(w * best.divisor[:, None], x / best.divisor,
-                                            block)
-        error = float(np.square((x / best.divisor) @ dequantize_blocks(
-            best.q, best.scale, block) - ref).sum())
-        best.error_ratio = error / plain if plain > 0 else 1.0
-    return best
+        q, scale = clipped_blocks(w * a[:, None], x / a, block)
+        error = output_error(x / a, q, scale, block, ref)
+    return Quantized(q, scale, a, alpha, error / plain if plain > 0 else 1.0)
+
+
+def output_error(x: np.ndarray, q: np.ndarray, scale: np.ndarray, block: int,
+                 ref: np.ndarray) -> float:
+    """||x deq(q) - ref||^2: a layer's output error on the rows `x`."""
+    return float(np.square(x @ dequantize_blocks(q, scale, block) - ref).sum())
 
 
 def gptq_blocks(w: np.ndarray, h: np.ndarray, x: np.ndarray, block: int) -> Quantized:
@@ -136,8 +138,8 @@ def gptq_blocks(w: np.ndarray, h: np.ndarray, x: np.ndarray, block: int) -> Quan
     q = gptq(w.T[None], h[None], per_weight.T[None], device(), (QMIN, QMAX))[0].T
     plain = nearest(w, block)
     ref = x @ w
-    error = float(np.square(x @ dequantize_blocks(q, scale, block) - ref).sum())
-    base = float(np.square(x @ dequantize_blocks(plain.q, plain.scale, block) - ref).sum())
+    error = output_error(x, q, scale, block, ref)
+    base = output_error(x, plain.q, plain.scale, block, ref)
     return Quantized(np.ascontiguousarray(q), scale, plain.divisor, 0.0,
                      error / base if base > 0 else 1.0)
 
@@ -197,11 +199,10 @@ def targets(model: Any, block: int) -> tuple[list[Target], list[dict[str, str]]]
     return found, skipped
 
 
-def weight(model: Any, t: Target) -> np.ndarray:
-    """The FP32 weight as [K, N]."""
+def weight(init: Any, t: Target) -> np.ndarray:
+    """Target t's weight (its initializer `init`) as FP32 [K, N]."""
     from onnx import numpy_helper
 
-    init = next(i for i in model.graph.initializer if i.name == t.weight)
     w = numpy_helper.to_array(init)
     return w.T if t.transposed else w
 

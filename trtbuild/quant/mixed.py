@@ -48,32 +48,26 @@ FP16_QDQ_OPSET = 19  # QuantizeLinear/DequantizeLinear take float16 scales from 
 def at_opset(model: Any, version: int, purpose: str = "FP16 Q/DQ scales") -> Any:
     """`model` converted to at least `version` (onnx.version_converter). Raises
     TrtBuildError(3) when the converter cannot (the caller may fall back to FP32)."""
+    from contextlib import nullcontext
+
     from onnx import version_converter
 
     from ..onnx import io
+    from ..onnx.io import weights_aside
 
     if io.opset(model) >= version:
         return model
-    held = {}
-    if io.is_large(model):  # the converter serializes: set large weights aside, as infer_shapes
-        for init in model.graph.initializer:
-            if len(init.raw_data) > io.HOLD_BYTES:
-                held[init.name] = init.raw_data
-                init.ClearField("raw_data")
     try:
-        converted = version_converter.convert_version(model, version)
-        for init in converted.graph.initializer:
-            if init.name in held:
-                init.raw_data = held[init.name]
-        return converted
+        with weights_aside(model) if io.is_large(model) else nullcontext({}) as held:
+            converted = version_converter.convert_version(model, version)
     except Exception as e:  # noqa: BLE001 - the converter raises many types
         raise TrtBuildError(f"cannot raise opset {io.opset(model)} to {version} for "
                             f"{purpose} ({type(e).__name__}: {str(e).splitlines()[0][:200]})",
                             MISSING_CAPABILITY)
-    finally:
-        for init in model.graph.initializer:
-            if init.name in held:
-                init.raw_data = held[init.name]
+    for init in converted.graph.initializer:  # the converted copy gets the weights too
+        if init.name in held:
+            init.raw_data = held[init.name]
+    return converted
 
 
 def _scale_keeps(model: Any) -> dict[int, str]:

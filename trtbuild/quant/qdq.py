@@ -219,11 +219,7 @@ def fp8_weight(init: Any, axis: int) -> tuple[np.ndarray, np.ndarray]:
     from onnx import numpy_helper
 
     w = numpy_helper.to_array(init).astype(np.float32)
-    reduce = tuple(d for d in range(w.ndim) if d != axis)
-    amax = np.max(np.abs(w), axis=reduce) if reduce else np.abs(w)
-    scale = (np.maximum(amax, 1e-12) / FP8_MAX).astype(np.float32)
-    shape = [1] * w.ndim
-    shape[axis] = -1
+    scale, shape = channel_scales(w, axis, FP8_MAX)
     q = np.clip(w / scale.reshape(shape), -FP8_MAX, FP8_MAX).astype(ml_dtypes.float8_e4m3fn)
     return q, scale
 
@@ -241,10 +237,16 @@ def int8_weight(init: Any, axis: int, weights: dict | None = None) -> tuple[np.n
 
 def quantize_weight(w: np.ndarray, axis: int) -> tuple[np.ndarray, np.ndarray]:
     """Per-channel symmetric INT8 along `axis`: (int8 weights, float32 scales)."""
-    reduce = tuple(d for d in range(w.ndim) if d != axis)
-    amax = np.max(np.abs(w), axis=reduce) if reduce else np.abs(w)
-    scale = (np.maximum(amax, 1e-12) / 127.0).astype(np.float32)
-    shape = [1] * w.ndim
-    shape[axis] = -1
+    scale, shape = channel_scales(w, axis, 127.0)
     q = np.clip(np.round(w / scale.reshape(shape)), -127, 127).astype(np.int8)
     return q, scale
+
+
+def channel_scales(w: np.ndarray, axis: int, top: float) -> tuple[np.ndarray, list[int]]:
+    """(max |w| per channel along `axis` / `top` as float32, the shape that broadcasts them
+    over `w`)."""
+    reduce = tuple(d for d in range(w.ndim) if d != axis)
+    amax = np.max(np.abs(w), axis=reduce) if reduce else np.abs(w)
+    shape = [1] * w.ndim
+    shape[axis] = -1
+    return (np.maximum(amax, 1e-12) / top).astype(np.float32), shape

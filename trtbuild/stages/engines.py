@@ -21,7 +21,7 @@ from ..context import Context, Engine
 from ..errors import BAD_INPUT, TrtBuildError
 from ..files import file_sha256, write_bytes
 from ..onnx.inputs import model_inputs
-from ..onnx.io import external_files
+from ..onnx.io import model_files
 from ..onnx.shapes import Profile
 from ..progress import Bar, bar
 from ..records import EngineRecord
@@ -69,9 +69,12 @@ def run(ctx: Context) -> dict[str, Any]:
     records, failed = [], []
     with bar("building engines", len(models) * len(archs)) as progress:
         for precision, onnx_path in models.items():
+            # weights kept beside the model (.onnx.data) are part of what the engine is
+            # built from: hashed once per model, into every arch's key
+            weights = {f.name: file_sha256(f) for f in model_files(onnx_path)[1:]}
             for arch in archs:
                 try:
-                    r = _one(ctx, settings, backend, cache, onnx_path, precision, arch,
+                    r = _one(ctx, settings, backend, cache, onnx_path, weights, precision, arch,
                              calib_bytes if precision == "int8" else None, progress)
                 except TrtBuildError as e:
                     if e.code == BAD_INPUT:  # a bad flag fails every engine alike
@@ -119,15 +122,14 @@ def engine_settings(ctx: Context) -> tuple[EngineSettings, str]:
 
 
 def _one(ctx: Context, s: EngineSettings, backend: trt_backend.Backend, cache: EngineCache,
-         onnx_path: Path, precision: str, arch: str, calib: bytes | None,
+         onnx_path: Path, weights: dict[str, str], precision: str, arch: str,
+         calib: bytes | None,
          progress: Bar) -> EngineRecord:
     from ..trt import builder
 
     onnx_bytes = onnx_path.read_bytes()
     onnx_sha = hashlib.sha256(onnx_bytes).hexdigest()
     settings = replace(s, fp16_flag=s.fp16_flag and precision == "fp16")
-    # weights kept beside the model (.onnx.data) are part of what the engine is built from
-    weights = {p.name: file_sha256(p) for p in external_files(onnx_path, onnx_bytes)}
     key_fields = {**settings.key_fields(), "precision": precision,
                   **({"external_data": weights} if weights else {})}
     key = cache_key(onnx_bytes, calib, key_fields, arch, backend.tag)

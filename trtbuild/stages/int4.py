@@ -46,9 +46,10 @@ def run(ctx: Context) -> dict[str, Any]:
     stats = _activations(ctx, model, found, s.method == "gptq") if s.method != "nearest" \
         else {}
     chosen, used = {}, {}
+    inits = {i.name: i for i in model.graph.initializer}
     with bar("INT4 weights", len(found)) as progress:
         for t in found:
-            w = int4.weight(model, t)
+            w = int4.weight(inits[t.weight], t)
             mean_abs, rows, h = stats.get(t.activation, (None, None, None))
             how = "nearest" if rows is None else "gptq" if h is not None else "awq"
             chosen[t.index] = (t, int4.nearest(w, s.block_size) if how == "nearest" else
@@ -95,8 +96,7 @@ def _activations(ctx: Context, model: Any, found: list,
     """{activation: (mean |x| per channel [K], sampled rows [<= ROWS, K], with `moments`
     sum x x^T [K, K] over all rows (K <= MAX_GPTQ_K) else None)} over the --calib data, by
     one ONNX Runtime pass with every quantized layer's input as an output."""
-    import onnx
-    from onnx import TensorProto, helper
+    from ..calib.stream import observed_model
 
     source = ctx.settings.calib.data
     if not source:
@@ -104,13 +104,7 @@ def _activations(ctx: Context, model: Any, found: list,
                             "calibration data: give --calib DIR (or --int4-method nearest)")
     names = list(dict.fromkeys(t.activation for t in found))
     k_of = {t.activation: t.k for t in found}
-    tapped = onnx.ModelProto()
-    tapped.CopyFrom(model)  # functions and metadata kept
-    have = {o.name for o in tapped.graph.output}
-    tapped.graph.output.extend(helper.make_tensor_value_info(n, TensorProto.FLOAT, None)
-                               for n in names if n not in have)
-    sess = io.session(tapped, where=ctx.artifacts.clean)
-    outputs = [o.name for o in sess.get_outputs()]
+    sess = io.session(observed_model(model, names), where=ctx.artifacts.clean)
     rng = np.random.default_rng(0)
     sums = {n: np.zeros(k_of[n]) for n in names}
     second = {n: np.zeros((k_of[n], k_of[n]), np.float32) for n in names
@@ -120,7 +114,7 @@ def _activations(ctx: Context, model: Any, found: list,
     data = ctx.dataset(source)
     with bar("INT4 statistics", len(data) or None) as progress:
         for _, feed in named_batches(data):
-            values = dict(zip(outputs, io.run(sess, feed, str(source))))
+            values = dict(zip(names, io.run(sess, feed, str(source))))
             for n in names:
                 x = values[n].reshape(-1, k_of[n]).astype(np.float32)
                 sums[n] += np.abs(x).sum(axis=0)
