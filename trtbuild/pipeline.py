@@ -227,7 +227,8 @@ class TorchImport:
 
     Only our own code may run beside it: `import torch.x` in another thread while torch is
     half-imported fails ("partially initialized module"; Python waits only on the module
-    named, not on its parent). So only an ONNX SRC without loader scripts qualifies, the
+    named, not on its parent), and inspect.getmodule's caches are shared (polygraphy is
+    imported before the thread starts). So only an ONNX SRC without loader scripts qualifies, the
     thread starts only before EARLY stages, and it is joined before any other stage."""
 
     EARLY = ("export", "clean", "fp16")  # our code only: onnx, ONNX Runtime, numpy
@@ -247,12 +248,24 @@ class TorchImport:
         if stage not in self.EARLY:
             self.join()
         elif self.wanted and self.thread is None:
+            _import_polygraphy()
             self.thread = threading.Thread(target=_import_torch, name="trtbuild-import-torch")
             self.thread.start()
 
     def join(self) -> None:
         if self.thread is not None:
             self.thread.join()
+
+
+def _import_polygraphy() -> None:
+    """Polygraphy's modules register their names through inspect.getmodule, whose shared
+    caches race with torch's import in the other thread (CI: "'NoneType' object has no
+    attribute '__all__'" in the fp16 check), so the modules the checks use come first."""
+    from .thirdparty import polygraphy
+
+    polygraphy()
+    import polygraphy.backend.onnxrt  # noqa: F401
+    import polygraphy.comparator  # noqa: F401
 
 
 def _import_torch() -> None:
