@@ -50,7 +50,7 @@ from peers import _env, modelopt_python  # noqa: E402
 
 SEQ = 32
 N_CAL, N_SET = 64, 200
-SEEDS = {"calib": 505, "dev": 606, "final": 707, "confirm": 808}
+SEEDS = {"calib": 505, "dev": 606, "final": 707, "confirm": 808, "dev2": 909}
 
 DECODER_FACTORY = '''
 import torch
@@ -149,6 +149,28 @@ def docstring_sentences(n: int, seed: int) -> list[str]:
     return [found[i] for i in rng.choice(len(found), n, replace=False)]
 
 
+def comment_sentences(n: int, seed: int) -> list[str]:
+    """Sentences of 5-30 words from the '#' comments of the standard library's modules."""
+    import sysconfig
+
+    found = set()
+    for path in sorted(Path(sysconfig.get_paths()["stdlib"]).glob("*.py"))[:200]:
+        block: list[str] = []
+        for line in path.read_text(errors="ignore").splitlines() + [""]:
+            m = re.match(r"\s*#\s?(.*)", line)
+            if m and not m.group(1).startswith("!"):
+                block.append(m.group(1))
+                continue
+            text, block = " ".join(" ".join(block).split()), []
+            for s in re.split(r"(?<=[.!?])\s+", text):
+                if 5 <= len(s.split()) <= 30 and s[:1].isupper() and not re.search(
+                        r"[<>{}=/\\:()\[\]]", s):
+                    found.add(s)
+    found = sorted(found)
+    rng = np.random.default_rng(seed)
+    return [found[i] for i in rng.choice(len(found), n, replace=False)]
+
+
 def metadata_sentences(n: int, seed: int) -> list[str]:
     """Sentences of 5-30 words from the long descriptions of the installed distributions."""
     from importlib import metadata
@@ -192,7 +214,8 @@ def minilm(work: Path) -> tuple[Path, dict]:
     return fp32, {"calib": feeds(ba.sentences(N_CAL, SEEDS["calib"])),
                   "dev": feeds(ba.sentences(N_SET, SEEDS["dev"])),
                   "final": feeds(docstring_sentences(N_SET, SEEDS["final"])),
-                  "confirm": feeds(metadata_sentences(N_SET, SEEDS["confirm"]))}
+                  "confirm": feeds(metadata_sentences(N_SET, SEEDS["confirm"])),
+                  "dev2": feeds(comment_sentences(N_SET, SEEDS["dev2"]))}
 
 
 def decoder(work: Path) -> tuple[Path, dict]:

@@ -93,6 +93,7 @@ def test_images_fit_the_input_and_balance_classes(tmp_path):
     assert x.shape == (3, 16, 16, 1) and x.max() > 1
 
 
+@pytest.mark.slow  # 9 s: a whole INT8 build from the CLI
 def test_images_loader_builds_the_demo_from_the_cli(tmp_path):
     spec = f"{CALIB / 'images.py'}:load(folder='{VAL_DIR}', per_class=3)"
     proc = run_cli("trtbuild.demo.digits:digits_cnn", "--int8", "--data-loader-script", spec,

@@ -41,7 +41,7 @@ def _build(model, data, tmp_path, *flags):
                    "--arch", "sm_86", "--out", tmp_path / "o", "--json", *flags)
 
 
-SLOW_ENTRIES = ("ppocr_rec", "ppocr_det", "yolov8n_nudenet")  # about 10 s each
+SLOW_ENTRIES = ("ppocr_rec", "ppocr_det", "ppocr_cls", "yolov8n_nudenet")  # 10-11 s each
 
 
 @pytest.mark.parametrize("entry", [pytest.param(e, marks=pytest.mark.slow)

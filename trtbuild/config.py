@@ -192,9 +192,19 @@ class CalibSettings:
              "layer; the graph keeps its shape). Measured on PP-OCRv4 rec and YOLOv8n: "
              "better on data of other generators in most runs, worse in some (README)")
 
+    smoothquant: str = option(  # on/off measured: README "calibrate", bench/bench_smooth.py
+        "auto", "--smoothquant", choices=("auto", "off"),
+        help="SmoothQuant before calibration (default {default}). auto: each activation "
+             "feeding MatMul/Gemm weights is divided per channel by s (its weights' rows "
+             "multiplied by s), the strength alpha chosen per layer by the least W8A8 "
+             "output error on sampled calibration inputs (alpha 0, no smoothing, included): "
+             "outlier channels of transformers' LayerNorm and GELU outputs stop setting the "
+             "INT8 range; off: quantize the graph as it is")
+
     def __post_init__(self) -> None:
         _choice("calib-method", self.method, CALIB_METHODS)
         _choice("bias-correction", self.bias_correction, ("on", "off"))
+        _choice("smoothquant", self.smoothquant, ("auto", "off"))
         _choice("high-precision", self.high_precision, ("fp16", "fp32"))
         _choice("weight-rounding", self.weight_rounding, ("gptq", "nearest"))
         _finite("percentile", self.percentile, 50.0, 100.0)

@@ -58,6 +58,8 @@ class Int8Work:
     check: Any = None  # what the INT8 CPU check runs: the serialized FP16 emulation, or None
     fp16_ranges: dict[str, str | None] = field(default_factory=dict)  # tensor -> why not FP16
     qdq_base: Any = None  # the clean model (BatchNorm folded) that Q/DQ goes into
+    smooth: dict[str, np.ndarray] = field(default_factory=dict)  # activation -> SmoothQuant s
+    smoothed: Any = None  # the clean model with `smooth` applied (calibrated, quantized)
 
 
 @dataclass
@@ -91,7 +93,7 @@ class Context:
     def set_clean(self, path: Path) -> None:
         """The FP32 reference model every later stage reads."""
         self.artifacts.clean, self._clean_model = path, None
-        self.int8.qdq_base, self.int8.fp16_ranges = None, {}
+        self.int8 = Int8Work()
 
     def clean_model(self) -> Any:
         """The cleaned ModelProto, loaded once for all later stages (read-only: stages that

@@ -74,7 +74,11 @@ def _restore_fp8(ctx: Context, state: dict[str, bytes]) -> None:
 
 def _restore_calibrate(ctx: Context, state: dict[str, bytes]) -> None:
     ctx.artifacts.calib_cache = ctx.out / "calib.cache"
+    import numpy as np
+
     ctx.int8.amaxes = json.loads(state["amaxes.json"])
+    ctx.int8.smooth = {k: np.array(v, np.float32)
+                       for k, v in json.loads(state.get("smooth.json", b"{}")).items()}
 
 
 def _restore_quantize(ctx: Context, state: dict[str, bytes]) -> None:
@@ -91,7 +95,10 @@ SPECS = {
                   "profiles"), ("clean",), _restore_int4),
     "fp8": Spec(("calib", "data", "gates", "export", "profiles"), ("clean",), _restore_fp8),
     "calibrate": Spec(("calib", "data"), ("clean",), _restore_calibrate,
-                      lambda ctx: {"amaxes.json": json.dumps(ctx.int8.amaxes).encode()}),
+                      lambda ctx: {"amaxes.json": json.dumps(ctx.int8.amaxes).encode(),
+                                   "smooth.json": json.dumps(  # float32 -> float: exact
+                                       {k: v.tolist() for k, v in ctx.int8.smooth.items()})
+                                   .encode()}),
     "quantize": Spec(("calib", "data", "fp16_options", "export", "profiles"),
                      ("clean", "calib_cache"),
                      _restore_quantize,

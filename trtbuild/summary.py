@@ -21,7 +21,7 @@ def summary_line(stage: str, record: dict[str, Any]) -> str:
                                       f"; prepared: {'; '.join(r['prepared'])}"
                                       if r.get("prepared") else ""),
                "calibrate": lambda r: f"{r['method']}, {r.get('samples', 'cached')} samples, "
-                                      f"{r['tensors']} tensors",
+                                      f"{r['tensors']} tensors{_smoothed(r)}",
                "quantize": lambda r: f"{r['quantized_activations']} activations, "
                                      f"{r['quantized_weights']} weights Q/DQ",
                "sensitivity": lambda r: f"{r['metric']} {r['before']:.4f} -> "
@@ -43,6 +43,12 @@ def summary_line(stage: str, record: dict[str, Any]) -> str:
     out = "  ".join(x for x in (record.get("output", ""),
                                 "(reused from the cache)" if record.get("reused") else "") if x)
     return f"  {stage:<16} {record['seconds']:7.2f}s  {detail}  {out}".rstrip()
+
+
+def _smoothed(r: dict[str, Any]) -> str:
+    smooth = r.get("smoothquant") or {}
+    return (f", SmoothQuant on {smooth['smoothed']} of {smooth['activations']} activations"
+            if smooth.get("applied") else "")
 
 
 def _held_out(r: dict[str, Any]) -> str:

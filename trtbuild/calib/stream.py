@@ -51,6 +51,20 @@ def observed_model(model: Any, tensors: list[str]) -> Any:
     return m
 
 
+def reservoir(kept: Any, x: Any, seen: int, rng: Any, size: int) -> Any:
+    """A uniform sample of at most `size` of all rows so far (Algorithm R, a batch `x` at a
+    time; `seen` rows came before it): the first `size` rows fill it, row i after that
+    replaces a random slot with chance size / (i + 1)."""
+    import numpy as np
+
+    fill = max(0, min(len(x), size - seen))
+    kept = x[:fill].copy() if kept is None else np.concatenate([kept, x[:fill]])
+    later = np.arange(fill, len(x))
+    slots = rng.integers(0, seen + later + 1) if len(later) else later
+    kept[slots[slots < size]] = x[later[slots < size]]
+    return kept
+
+
 Extra = tuple[list[str], Callable[[dict, int], Any]]
 
 

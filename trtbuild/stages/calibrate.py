@@ -7,6 +7,8 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+import numpy as np
+
 from ..calib import cachefile, merge
 from ..config import CalibSettings
 from ..context import Context
@@ -18,6 +20,8 @@ from ..quant.qdq import QuantPlan, plan
 from ..report import Timer
 
 log = logging.getLogger(__name__)
+SMOOTH_SAMPLES = 32  # calibration samples SmoothQuant's statistics read (one FP32 pass)
+SMOOTH_ROWS = 512     # sampled input rows per activation its alpha is judged on
 
 
 def required_tensors(model: Any, qplan: QuantPlan) -> list[str]:
@@ -48,8 +52,12 @@ def run(ctx: Context) -> dict[str, Any]:
                                 f"({', '.join(sorted(set(control_flow)))}): their subgraphs "
                                 "stay in float; Q/DQ goes in the main graph only")
         log.warning("%s: %s", ctx.artifacts.clean, record["left_float"])
-    amaxes = _from_cache(s, needed, record)
+    amaxes = _from_cache(s, needed, record)  # covers the graph as it is: no smoothing
     if amaxes is None:
+        if s.smoothquant == "auto" and s.data:
+            model, qplan, record["smoothquant"] = _smooth(ctx, model, qplan)
+            needed = required_tensors(model, qplan)
+            record.update(plan_activations=len(qplan.activations))
         amaxes = _calibrate(ctx, model, qplan, needed, record)
     cache_path = ctx.out / "calib.cache"
     cachefile.write(cache_path, amaxes, s.method)
@@ -84,6 +92,84 @@ def _calibrate(ctx: Context, model: Any, qplan: QuantPlan, needed: list[str],
     record.update(result.record(), calib=str(s.data), calibrate_seconds=round(t.seconds, 3),
                   samples_per_second=round(result.samples / max(t.seconds, 1e-9), 1))
     return result.amaxes
+
+
+def _smooth(ctx: Context, model: Any, qplan: QuantPlan) -> tuple[Any, QuantPlan, dict]:
+    """--smoothquant auto: each group's alpha chosen on sampled calibration rows
+    (quant.smooth.choose), the chosen s in ctx.int8.smooth; (the model to calibrate, its
+    plan, the record's smoothquant entry)."""
+    import time
+
+    from onnx import numpy_helper
+
+    from ..quant import smooth
+
+    groups = smooth.targets(model, qplan)
+    if not groups:
+        return model, qplan, {"applied": False, "layers": 0}
+    start = time.perf_counter()
+    act_max, rows, samples = _channel_statistics(ctx, model, groups)
+    inits = {i.name: i for i in model.graph.initializer}
+    chosen = []
+    with bar("SmoothQuant alphas", len(groups)) as progress:
+        for g in groups:
+            ws = [numpy_helper.to_array(inits[layer.weight]) for layer in g.layers]
+            chosen.append(smooth.choose(rows[g.activation], act_max[g.activation],
+                                        [w if layer.axis == 0 else w.T
+                                         for w, layer in zip(ws, g.layers)]))
+            progress.advance(1)
+    ctx.int8.smooth = {g.activation: c.s for g, c in zip(groups, chosen) if c.alpha}
+    smoothed = smoothed_model(ctx)
+    alphas = [c.alpha for c in chosen]
+    ratios = [c.error / c.error_plain for c in chosen if c.error_plain > 0]
+    record = {"applied": bool(ctx.int8.smooth), "layers": sum(len(g.layers) for g in groups),
+              "activations": len(groups), "smoothed": len(ctx.int8.smooth),
+              "alpha_median": float(np.median(alphas)),
+              "error_ratio_median": round(float(np.median(ratios)), 4) if ratios else None,
+              "samples": samples, "seconds": round(time.perf_counter() - start, 2)}
+    return smoothed, plan(smoothed), record
+
+
+def _channel_statistics(ctx: Context, model: Any, groups: list) -> tuple[dict, dict, int]:
+    """({activation: max |x| per channel}, {activation: <= SMOOTH_ROWS sampled rows}, samples)
+    over the first SMOOTH_SAMPLES calibration samples, in one ONNX Runtime pass."""
+    from ..calib.stream import observed_model, reservoir
+    from ..data import named_batches, rows
+
+    names = [g.activation for g in groups]
+    width = {g.activation: g.k for g in groups}
+    sess = io.session(observed_model(model, names), where=ctx.artifacts.clean)
+    source = ctx.settings.calib.data
+    rng = np.random.default_rng(0)
+    act_max = {n: np.zeros(width[n], np.float32) for n in names}
+    kept: dict[str, Any] = {}
+    seen, samples = dict.fromkeys(names, 0), 0
+    with bar("SmoothQuant statistics", None) as progress:
+        for _, feed in named_batches(ctx.dataset(source), SMOOTH_SAMPLES):
+            for n, v in zip(names, io.run(sess, feed, str(source))):
+                x = np.asarray(v, np.float32).reshape(-1, width[n])
+                act_max[n] = np.maximum(act_max[n], np.abs(x).max(axis=0))
+                kept[n] = reservoir(kept.get(n), x, seen[n], rng, SMOOTH_ROWS)
+                seen[n] += len(x)
+            samples += rows(feed)
+            progress.advance(rows(feed))
+    if not samples:
+        raise TrtBuildError(f"{source}: the data loader yielded no samples")
+    return act_max, kept, samples
+
+
+def smoothed_model(ctx: Context) -> Any:
+    """The clean model with ctx.int8.smooth applied (built once), else the clean model:
+    what calibrate, quantize and the sensitivity search put Q/DQ into."""
+    if not ctx.int8.smooth:
+        return ctx.clean_model()
+    if ctx.int8.smoothed is None:
+        from ..quant import smooth
+
+        clean = ctx.clean_model()
+        ctx.int8.smoothed = io.infer_shapes(
+            smooth.apply(clean, smooth.targets(clean, plan(clean)), ctx.int8.smooth))
+    return ctx.int8.smoothed
 
 
 def _from_cache(s: CalibSettings, needed: list[str], record: dict) -> dict | None:

@@ -96,7 +96,7 @@ def _activations(ctx: Context, model: Any, found: list,
     """{activation: (mean |x| per channel [K], sampled rows [<= ROWS, K], with `moments`
     sum x x^T [K, K] over all rows (K <= MAX_GPTQ_K) else None)} over the --calib data, by
     one ONNX Runtime pass with every quantized layer's input as an output."""
-    from ..calib.stream import observed_model
+    from ..calib.stream import observed_model, reservoir
 
     source = ctx.settings.calib.data
     if not source:
@@ -120,22 +120,9 @@ def _activations(ctx: Context, model: Any, found: list,
                 sums[n] += np.abs(x).sum(axis=0)
                 if n in second:
                     second[n] += x.T @ x
-                kept[n] = _reservoir(kept.get(n), x, seen[n], rng)
+                kept[n] = reservoir(kept.get(n), x, seen[n], rng, ROWS)
                 seen[n] += len(x)
             progress.advance(len(next(iter(feed.values()))))
     if not all(seen.values()):
         raise TrtBuildError(f"{source}: the data loader yielded no samples")
     return {n: (sums[n] / seen[n], kept[n], second.get(n)) for n in names}
-
-
-def _reservoir(kept: np.ndarray | None, x: np.ndarray, seen: int,
-               rng: np.random.Generator) -> np.ndarray:
-    """A uniform sample of at most ROWS of all rows so far (Algorithm R, a batch at a time):
-    the first ROWS rows fill it, row i after that replaces a random slot with chance
-    ROWS / (i + 1)."""
-    fill = max(0, min(len(x), ROWS - seen))
-    kept = x[:fill].copy() if kept is None else np.concatenate([kept, x[:fill]])
-    later = np.arange(fill, len(x))
-    slots = rng.integers(0, seen + later + 1) if len(later) else later
-    kept[slots[slots < ROWS]] = x[later[slots < ROWS]]
-    return kept

@@ -36,12 +36,14 @@ def run(ctx: Context) -> dict[str, Any]:
 
 
 def base_model(ctx: Context) -> Any:
-    """The clean model Q/DQ goes into: at the opset FP16 Q/DQ scales need when the float
-    parts are FP16 (converted once per build, not for every model the sensitivity search
-    tries), else as cleaned."""
+    """The clean model Q/DQ goes into (SmoothQuant's scales applied): at the opset FP16 Q/DQ
+    scales need when the float parts are FP16 (converted once per build, not for every
+    model the sensitivity search tries), else as cleaned."""
     if ctx.int8.qdq_base is not None:
         return ctx.int8.qdq_base
-    model = ctx.clean_model()
+    from .calibrate import smoothed_model
+
+    model = smoothed_model(ctx)
     if ctx.settings.calib.high_precision == "fp16":
 
         from ..quant.mixed import FP16_QDQ_OPSET, at_opset
