@@ -20,8 +20,11 @@ from ..quant.qdq import QuantPlan, plan
 from ..report import Timer
 
 log = logging.getLogger(__name__)
-SMOOTH_SAMPLES = 32  # calibration samples SmoothQuant's statistics read (one FP32 pass)
-SMOOTH_ROWS = 512     # sampled input rows per activation its alpha is judged on
+# SmoothQuant's statistics: one FP32 pass over the first calibration samples, until every
+# activation has SMOOTH_ENOUGH rows (vit_b_16: 197 a sample) or SMOOTH_SAMPLES were read
+SMOOTH_SAMPLES = 32
+SMOOTH_ENOUGH = 2048
+SMOOTH_ROWS = 512  # sampled input rows per activation its alpha is judged on
 
 
 def required_tensors(model: Any, qplan: QuantPlan) -> list[str]:
@@ -132,7 +135,8 @@ def _smooth(ctx: Context, model: Any, qplan: QuantPlan) -> tuple[Any, QuantPlan,
 
 def _channel_statistics(ctx: Context, model: Any, groups: list) -> tuple[dict, dict, int]:
     """({activation: max |x| per channel}, {activation: <= SMOOTH_ROWS sampled rows}, samples)
-    over the first SMOOTH_SAMPLES calibration samples, in one ONNX Runtime pass."""
+    over the first calibration samples (SMOOTH_SAMPLES, SMOOTH_ENOUGH), in one ONNX Runtime
+    pass."""
     from ..calib.stream import observed_model, reservoir
     from ..data import named_batches, rows
 
@@ -153,6 +157,8 @@ def _channel_statistics(ctx: Context, model: Any, groups: list) -> tuple[dict, d
                 seen[n] += len(x)
             samples += rows(feed)
             progress.advance(rows(feed))
+            if min(seen.values()) >= SMOOTH_ENOUGH:
+                break
     if not samples:
         raise TrtBuildError(f"{source}: the data loader yielded no samples")
     return act_max, kept, samples
