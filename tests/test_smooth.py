@@ -6,6 +6,8 @@ calibrate stage comes from the stage cache."""
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import onnx
 import onnxruntime as ort
@@ -117,10 +119,19 @@ def test_decomposed_norms_count_and_activation_functions_do_not():
         helper.make_node("Erf", ["yd"], ["e"]),
         helper.make_node("Add", ["e", "one"], ["e1"]),
         helper.make_node("Mul", ["y", "e1"], ["gelu"]),
+        helper.make_node("Add", ["y", "ln"], ["residual"]),  # a sum after the norm: no
+        helper.make_node("Relu", ["y"], ["relu"]),
+        helper.make_node("ReduceMean", ["relu"], ["pooled"], axes=[1]),
+        helper.make_node("Mul", ["pooled", "c"], ["pooled_c"]),  # a pooled mean, scaled: no
+        helper.make_node("Sub", ["relu", "pooled"], ["centred"]),  # centred, not scaled: no
+        helper.make_node("Cast", ["ln"], ["ln_cast"], to=TensorProto.FLOAT),
     ]
     producers = {o: n for n in nodes for o in n.output}
-    assert [t for t in ("ln", "ln2d", "rmsn", "xn", "gelu", "y", "x", "e1")
-            if smooth.from_norm(t, producers)] == ["ln", "ln2d", "rmsn", "xn"]
+    constants = {"two", "eps", "gamma", "beta", "shape", "w", "sqrt2", "one", "c"}
+    found = [t for t in ("ln", "ln2d", "ln_cast", "rmsn", "xn", "gelu", "y", "x", "e1",
+                         "residual", "pooled", "pooled_c", "centred", "xg")
+             if smooth.from_norm(t, producers, constants)]
+    assert found == ["ln", "ln2d", "ln_cast", "rmsn", "xn", "xg"]
 
 
 def test_scales_formula_and_dead_channels():
@@ -212,3 +223,41 @@ def test_a_reused_calibrate_stage_brings_its_scales_to_quantize(block_data, tmp_
     b = onnx.load(str(tmp_path / "b" / "model.int8.onnx"))
     assert a.SerializeToString() == b.SerializeToString()  # FP32 float parts: keep has no say
     assert again.stage("validate")["outputs"] == first.stage("validate")["outputs"]
+
+
+def test_a_weight_a_subgraph_also_reads_is_not_scaled():
+    """An If branch reading q's weight from the outer scope would compute with the scaled
+    rows and an undivided input."""
+    model = _block()
+    branch = helper.make_graph([helper.make_node("MatMul", ["x", "w2"], ["bx"])], "then", [],
+                               [helper.make_tensor_value_info("bx", TensorProto.FLOAT, None)])
+    model.graph.initializer.append(numpy_helper.from_array(np.array(True), "cond"))
+    model.graph.node.append(helper.make_node("If", ["cond"], ["branch_out"], then_branch=branch,
+                                             else_branch=branch))
+    assert [g.activation for g in smooth.targets(model, plan(model))] == ["h2d"]
+
+
+def test_the_scales_travel_with_the_calibration_cache(block_data, tmp_path):
+    """A default build's calib.cache holds the smoothed graph's tensors: reused with
+    --calib-cache (no data), its scales come from calib.cache.smooth.json beside it, and the
+    same INT8 model is written; a build with --smoothquant off leaves no such file behind."""
+    first = _int8(block_data, tmp_path / "a", cache=False)
+    cache = tmp_path / "a" / "calib.cache"
+    assert json.loads((tmp_path / "a" / "calib.cache.smooth.json").read_text())
+    again = trtbuild.build(str(block_data / "block.onnx"), out=tmp_path / "b", int8=True,
+                           calib_cache=str(cache), val=str(block_data / "val"),
+                           target="onnx", high_precision="fp32", cache=False,
+                           weight_rounding="nearest")
+    assert again.stage("calibrate")["cache_status"] == "reused"
+    assert again.stage("calibrate")["smoothquant"]["applied"]
+    _int8(block_data, tmp_path / "c", cache=False, weight_rounding="nearest")
+    assert (tmp_path / "b" / "model.int8.onnx").read_bytes() == \
+        (tmp_path / "c" / "model.int8.onnx").read_bytes()
+    assert first.stage("calibrate")["smoothquant"]["applied"]
+    _int8(block_data, tmp_path / "a", cache=False, smoothquant="off")
+    assert not (tmp_path / "a" / "calib.cache.smooth.json").exists()
+    (tmp_path / "bad.cache").write_bytes(cache.read_bytes())
+    (tmp_path / "bad.cache.smooth.json").write_text('{"h": [1.0, 2.0]}')
+    with pytest.raises(trtbuild.TrtBuildError, match="bad.cache.smooth.json: scales for 'h'"):
+        trtbuild.build(str(block_data / "block.onnx"), out=tmp_path / "d", int8=True,
+                       calib_cache=str(tmp_path / "bad.cache"), target="onnx", cache=False)

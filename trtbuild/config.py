@@ -194,12 +194,13 @@ class CalibSettings:
 
     smoothquant: str = option(  # on/off measured: README "calibrate", bench/bench_smooth.py
         "auto", "--smoothquant", choices=("auto", "off"),
-        help="SmoothQuant before calibration (default {default}). auto: each activation "
-             "feeding MatMul/Gemm weights is divided per channel by s (its weights' rows "
-             "multiplied by s), the strength alpha chosen per layer by the least W8A8 "
-             "output error on sampled calibration inputs (alpha 0, no smoothing, included): "
-             "outlier channels of transformers' LayerNorm and GELU outputs stop setting the "
-             "INT8 range; off: quantize the graph as it is")
+        help="SmoothQuant before calibration (default {default}). auto: each LayerNorm/"
+             "RMSNorm output feeding MatMul/Gemm weights is divided per channel by s (the "
+             "weights' rows multiplied by s), its strength alpha chosen by the least W8A8 "
+             "output error on sampled calibration inputs (alpha 0, no smoothing, included), "
+             "so a transformer's few outlier channels stop setting the INT8 range; the "
+             "scales are written beside calib.cache (calib.cache.smooth.json); off: "
+             "quantize the graph as it is")
 
     def __post_init__(self) -> None:
         _choice("calib-method", self.method, CALIB_METHODS)

@@ -167,7 +167,11 @@ class StageCache:
         files = src_files if src_files is not None else [
             getattr(ctx.artifacts, a) for a in spec.reads]
         if stage == "calibrate" and s.calib.cache:  # thresholds it may reuse
+            from .stages.calibrate import smooth_file
+
             files.append(s.calib.cache)
+            if smooth_file(s.calib.cache).is_file():  # and their SmoothQuant scales
+                files.append(smooth_file(s.calib.cache))
         try:
             for path in files:
                 if path is None or not path.is_file():

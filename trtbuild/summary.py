@@ -47,8 +47,8 @@ def summary_line(stage: str, record: dict[str, Any]) -> str:
 
 def _smoothed(r: dict[str, Any]) -> str:
     smooth = r.get("smoothquant") or {}
-    return (f", SmoothQuant on {smooth['smoothed']} of {smooth['activations']} activations"
-            if smooth.get("applied") else "")
+    return (f", SmoothQuant on {smooth['smoothed']} activations" if smooth.get("applied")
+            else "")
 
 
 def _held_out(r: dict[str, Any]) -> str:

@@ -31,6 +31,7 @@ from typing import Any
 
 import numpy as np
 
+from ..onnx import io
 from .qdq import QuantPlan
 
 DEFAULT_ALPHA = 0.5  # the paper's default for BERT-size models
@@ -55,45 +56,76 @@ class Group:
 
 NORMS = {"LayerNormalization", "SimplifiedLayerNormalization", "RMSNormalization",
          "SkipLayerNormalization", "SkipSimplifiedLayerNormalization"}
-RESHAPES = {"Reshape", "Flatten", "Squeeze", "Unsqueeze", "Identity"}
-# what a decomposed LayerNorm/RMSNorm is made of, between its output and its ReduceMean
-NORM_PARTS = {"Mul", "Add", "Sub", "Div", "Sqrt", "Reciprocal", "Pow", "Cast"}
+PASSING = {"Reshape", "Flatten", "Squeeze", "Unsqueeze", "Identity", "Cast"}
+# the statistics branch of a decomposed norm, from its ReduceMean to the divisor
+STATISTICS = {"Sqrt", "Reciprocal", "Add", "Pow", "Div", "Cast"}
 
 
-def from_norm(name: str, producers: dict[str, Any]) -> bool:
-    """Is tensor `name` a normalization's output (through reshapes)? A decomposed one is
-    elementwise ops (NORM_PARTS) that reach a ReduceMean without crossing anything else
-    (a MatMul, an activation function)."""
+def from_norm(name: str, producers: dict[str, Any], constants: set[str]) -> bool:
+    """Is tensor `name` a normalization's normalized output (through reshapes, casts and
+    a constant affine gamma/beta)? Fused: output 0 of a NORMS op. Decomposed (torch's older
+    exports): Div(data, d) or Mul(data, d) where the divisor d comes from a ReduceMean
+    through STATISTICS ops only (LayerNorm: Sub(x, mean) / sqrt(var + eps); RMSNorm:
+    x * 1/sqrt(mean(x^2) + eps)). A residual sum, a pooled mean or a centred activation
+    are not."""
     node = producers.get(name)
-    while node is not None and node.op_type in RESHAPES:
-        node = producers.get(node.input[0])
+    while node is not None and (node.op_type in PASSING or node.op_type in ("Mul", "Add")
+                                and _one_constant(node, constants)):
+        name = next(i for i in node.input if i not in constants) if node.op_type in (
+            "Mul", "Add") else node.input[0]
+        node = producers.get(name)
     if node is None:
         return False
     if node.op_type in NORMS:
-        return True
-    if node.op_type not in NORM_PARTS:
-        return False
-    frontier, seen = [node], set()
-    while frontier:
-        n = frontier.pop()
-        for i in n.input:
-            p = producers.get(i)
-            if p is None or id(p) in seen:
-                continue
-            seen.add(id(p))
-            if p.op_type == "ReduceMean":
-                return True
-            if p.op_type in NORM_PARTS and len(seen) < 32:
-                frontier.append(p)
+        return node.output[0] == name
+    if node.op_type == "Div":
+        return _statistic(node.input[1], producers, constants)
+    if node.op_type == "Mul" and len(node.input) == 2:
+        return any(_statistic(i, producers, constants) for i in node.input)
     return False
+
+
+def _one_constant(node: Any, constants: set[str]) -> bool:
+    return len(node.input) == 2 and sum(i in constants for i in node.input) == 1
+
+
+def _statistic(name: str, producers: dict[str, Any], constants: set[str]) -> bool:
+    """Does `name` come from a ReduceMean through STATISTICS ops (each with at most one
+    non-constant input)?"""
+    node = producers.get(name)
+    for _ in range(8):
+        if node is None:
+            return False
+        if node.op_type == "ReduceMean":
+            return True
+        live = [i for i in node.input if i and i not in constants]
+        if node.op_type not in STATISTICS or len(live) != 1:
+            return False
+        node = producers.get(live[0])
+    return False
+
+
+def _subgraph_reads(graphs: list[Any]) -> set[str]:
+    """Every tensor name a node inside these subgraphs (nested ones too) reads."""
+    found: set[str] = set()
+    while graphs:
+        g = graphs.pop()
+        for n in g.node:
+            found.update(n.input)
+            graphs.extend(io.subgraphs(n))
+    return found
 
 
 def targets(model: Any, qplan: QuantPlan) -> list[Group]:
     """Normalization outputs (from_norm) the plan quantizes that feed MatMul/Gemm layers with
-    constant rank-2 FP32 weights read by no other node, grouped by activation."""
+    constant rank-2 FP32 weights read by no other node (subgraphs included), grouped by
+    activation."""
     g = model.graph
     inits = {i.name: i for i in g.initializer}
     producers = {o: n for n in g.node for o in n.output}
+    constants = set(inits) | {o for n in g.node if n.op_type == "Constant" for o in n.output}
+    # a weight a subgraph also reads (from the outer scope) would change there too
+    nested = _subgraph_reads([s for n in g.node for s in io.subgraphs(n)])
     readers: dict[str, int] = {}
     for n in g.node:
         for i in n.input:
@@ -105,7 +137,7 @@ def targets(model: Any, qplan: QuantPlan) -> list[Group]:
             continue
         x, w = n.input[0], n.input[1]
         if (n.name, x) not in qplan.consumers or w not in inits or readers[w] != 1 \
-                or not from_norm(x, producers):
+                or w in nested or not from_norm(x, producers, constants):
             continue
         init = inits[w]
         if len(init.dims) != 2 or init.data_type != 1:  # FLOAT

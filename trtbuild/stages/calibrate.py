@@ -5,6 +5,7 @@ from an existing TensorRT calibration cache that covers the model."""
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -47,7 +48,6 @@ def run(ctx: Context) -> dict[str, Any]:
     if not qplan.activations and not qplan.weights and not control_flow:
         raise TrtBuildError(f"{ctx.artifacts.clean}: nothing to quantize: no Conv, "
                             "ConvTranspose, Gemm, MatMul or pooling node with float inputs")
-    needed = required_tensors(model, qplan)
     record: dict[str, Any] = {"method": s.method, "plan_activations": len(qplan.activations),
                               "plan_weights": len(qplan.weights)}
     if control_flow:
@@ -55,15 +55,28 @@ def run(ctx: Context) -> dict[str, Any]:
                                 f"({', '.join(sorted(set(control_flow)))}): their subgraphs "
                                 "stay in float; Q/DQ goes in the main graph only")
         log.warning("%s: %s", ctx.artifacts.clean, record["left_float"])
-    amaxes = _from_cache(s, needed, record)  # covers the graph as it is: no smoothing
+    amaxes = None
+    if s.cache:  # with the SmoothQuant scales written beside it, for the graph they make
+        ctx.int8.smooth = _read_scales(smooth_file(s.cache), model, qplan)
+        if ctx.int8.smooth:
+            model = smoothed_model(ctx)
+            qplan = plan(model)
+        amaxes = _from_cache(s, required_tensors(model, qplan), record)
+        if amaxes is None:
+            ctx.int8.smooth, ctx.int8.smoothed = {}, None
+            model, qplan = ctx.clean_model(), plan(ctx.clean_model())
+        elif ctx.int8.smooth:
+            record["smoothquant"] = {"applied": True, "smoothed": len(ctx.int8.smooth),
+                                     "from": str(smooth_file(s.cache))}
     if amaxes is None:
-        if s.smoothquant == "auto" and s.data:
+        # --calibrator trt: TensorRT calibrates the clean FP32 graph itself
+        if s.smoothquant == "auto" and s.data and ctx.settings.engine.calibrator != "trt":
             model, qplan, record["smoothquant"] = _smooth(ctx, model, qplan)
-            needed = required_tensors(model, qplan)
-            record.update(plan_activations=len(qplan.activations))
-        amaxes = _calibrate(ctx, model, qplan, needed, record)
+        record.update(plan_activations=len(qplan.activations))
+        amaxes = _calibrate(ctx, model, qplan, required_tensors(model, qplan), record)
     cache_path = ctx.out / "calib.cache"
     cachefile.write(cache_path, amaxes, s.method)
+    _write_scales(smooth_file(cache_path), ctx.int8.smooth)
     ctx.artifacts.calib_cache = cache_path
     ctx.int8.amaxes = amaxes
     record.update(output=str(cache_path), tensors=len(amaxes))
@@ -176,6 +189,53 @@ def smoothed_model(ctx: Context) -> Any:
         ctx.int8.smoothed = io.infer_shapes(
             smooth.apply(clean, smooth.targets(clean, plan(clean)), ctx.int8.smooth))
     return ctx.int8.smoothed
+
+
+def smooth_file(cache: Path) -> Path:
+    """Where a calibration cache's SmoothQuant scales are: CACHE.smooth.json (the cache's
+    thresholds are for the smoothed graph's tensors)."""
+    return Path(f"{cache}.smooth.json")
+
+
+def _write_scales(path: Path, found: dict[str, np.ndarray]) -> None:
+    """The scales as JSON beside the cache (float32 -> float is exact), or no such file."""
+    import json
+
+    from ..files import write_text
+
+    if found:
+        write_text(path, json.dumps({k: v.tolist() for k, v in found.items()}))
+    else:  # nothing stale from an earlier run
+        path.unlink(missing_ok=True)
+
+
+def _read_scales(path: Path, model: Any, qplan: QuantPlan) -> dict[str, np.ndarray]:
+    """The scales of a --calib-cache's CACHE.smooth.json ({} without one). Raises
+    TrtBuildError naming the file when it is malformed or not for this model."""
+    import json
+
+    from ..quant import smooth
+
+    if not path.exists():
+        return {}
+    try:
+        raw = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, ValueError) as e:
+        raise TrtBuildError(f"{path}: cannot read SmoothQuant scales ({e})")
+    widths = {g.activation: g.k for g in smooth.targets(model, qplan)}
+    if not isinstance(raw, dict):
+        raise TrtBuildError(f"{path}: not a JSON object of activation -> scales")
+    found = {}
+    for name, values in raw.items():
+        ok = isinstance(values, list) and all(isinstance(v, (int, float)) for v in values)
+        s = np.array(values if ok else [], np.float32)
+        if name not in widths or len(s) != widths[name] or not np.all(np.isfinite(s)) \
+                or not np.all(s > 0):
+            raise TrtBuildError(f"{path}: scales for '{name}' do not fit this model (a "
+                                f"LayerNorm output feeding MatMul/Gemm weights, "
+                                f"{widths.get(name, '?')} positive numbers)")
+        found[name] = s
+    return found
 
 
 def _from_cache(s: CalibSettings, needed: list[str], record: dict) -> dict | None:

@@ -52,6 +52,7 @@ def base_model(ctx: Context) -> Any:
         except TrtBuildError:  # with_float_parts says so, and keeps FP32
             pass
     ctx.int8.qdq_base = model
+    ctx.int8.smoothed = None  # held as qdq_base (or its converted copy) from here on
     return model
 
 
