@@ -22,7 +22,7 @@ SAMPLES = {
     "max_samples": ("9", 9), "calib": ("C", "C"), "calib_cache": ("c.cache", Path("c.cache")),
     "calib_method": ("mse", "mse"), "percentile": ("99.5", 99.5),
     "high_precision": ("fp32", "fp32"), "weight_rounding": ("nearest", "nearest"),
-    "bias_correction": ("on", "on"), "fp16_io": (None, True), "fp16_mode": ("flag", "flag"),
+    "bias_correction": ("on", "on"), "smoothquant": ("off", "off"), "fp16_io": (None, True), "fp16_mode": ("flag", "flag"),
     "fp16_keep": ("Conv,n1", ("Conv", "n1")), "min_top1_agreement": ("0.9", 0.9),
     "min_cosine": ("0.8", 0.8), "metric_script": ("m.py:f", "m.py:f"),
     "workspace_mb": ("512", 512), "opt_level": ("5", 5), "hardware_compat": ("ampere+", "ampere+"),
