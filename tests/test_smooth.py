@@ -261,3 +261,9 @@ def test_the_scales_travel_with_the_calibration_cache(block_data, tmp_path):
     with pytest.raises(trtbuild.TrtBuildError, match="bad.cache.smooth.json: scales for 'h'"):
         trtbuild.build(str(block_data / "block.onnx"), out=tmp_path / "d", int8=True,
                        calib_cache=str(tmp_path / "bad.cache"), target="onnx", cache=False)
+    # with data, scales that do not fit are a cache that does not match: recalibrated
+    redone = trtbuild.build(str(block_data / "block.onnx"), out=tmp_path / "e", int8=True,
+                            calib_cache=str(tmp_path / "bad.cache"),
+                            calib=str(block_data / "calib"), target="onnx", cache=False)
+    assert "do not fit" in redone.stage("calibrate")["cache_status"]
+    assert redone.stage("calibrate")["smoothquant"]["applied"]

@@ -11,8 +11,8 @@ is divided down before the per-tensor INT8 scale is chosen, and its weight row, 
 with its output channel's scale, takes the factor up. alpha = 0 leaves x as it is.
 
 Only x that a normalization produces are smoothed (LayerNormalization, RMSNorm, or their
-decomposed form: elementwise ops back to a ReduceMean, reshapes in between): the inputs of
-attention's Q/K/V and of the first FFN layer, where the paper applies it. Measured on
+decomposed form, see from_norm; reshapes in between): the inputs of attention's Q/K/V and
+of the first FFN layer, where the paper applies it. Measured on
 all-MiniLM-L6-v2 calibrated on template sentences (bench/bench_smooth.py): smoothing GELU
 outputs (the second FFN layer's input) and attention contexts as well was better on the
 calibration generator's sentences and worse than no smoothing on sentences of other
@@ -34,7 +34,6 @@ import numpy as np
 from ..onnx import io
 from .qdq import QuantPlan
 
-DEFAULT_ALPHA = 0.5  # the paper's default for BERT-size models
 S_RANGE = (1e-3, 1e3)  # keeps 1/s and s W within FP16 when the float parts are FP16
 
 
@@ -151,16 +150,6 @@ def targets(model: Any, qplan: QuantPlan) -> list[Group]:
             continue
         found.setdefault(x, []).append(Layer(n.name, w, axis))
     return [Group(x, widths[x], tuple(layers)) for x, layers in found.items()]
-
-
-def weight_max(model: Any, group: Group) -> np.ndarray:
-    """max |W_jn| over n and over the group's layers, per input channel j (length K)."""
-    from onnx import numpy_helper
-
-    inits = {i.name: i for i in model.graph.initializer}
-    rows = [np.abs(numpy_helper.to_array(inits[layer.weight])).max(axis=1 - layer.axis)
-            for layer in group.layers]
-    return np.max(rows, axis=0)
 
 
 def scales(act_max: np.ndarray, w_max: np.ndarray, alpha: float) -> np.ndarray:

@@ -57,11 +57,18 @@ def run(ctx: Context) -> dict[str, Any]:
         log.warning("%s: %s", ctx.artifacts.clean, record["left_float"])
     amaxes = None
     if s.cache:  # with the SmoothQuant scales written beside it, for the graph they make
-        ctx.int8.smooth = _read_scales(smooth_file(s.cache), model, qplan)
+        found, why = _read_scales(smooth_file(s.cache), model, qplan)
+        ctx.int8.smooth = found or {}
         if ctx.int8.smooth:
             model = smoothed_model(ctx)
             qplan = plan(model)
-        amaxes = _from_cache(s, required_tensors(model, qplan), record)
+        amaxes = _from_cache(s, required_tensors(model, qplan), record) if not why else None
+        if why:  # as a cache that lacks a tensor: recalibrate from --calib, else fail
+            record["cache_status"] = why
+            if not s.data:
+                raise TrtBuildError(f"{smooth_file(s.cache)}: {why} and no --calib data "
+                                    "was given")
+            log.warning("%s: recalibrating: %s", smooth_file(s.cache), why)
         if amaxes is None:
             ctx.int8.smooth, ctx.int8.smoothed = {}, None
             model, qplan = ctx.clean_model(), plan(ctx.clean_model())
@@ -209,15 +216,15 @@ def _write_scales(path: Path, found: dict[str, np.ndarray]) -> None:
         path.unlink(missing_ok=True)
 
 
-def _read_scales(path: Path, model: Any, qplan: QuantPlan) -> dict[str, np.ndarray]:
-    """The scales of a --calib-cache's CACHE.smooth.json ({} without one). Raises
-    TrtBuildError naming the file when it is malformed or not for this model."""
+def _read_scales(path: Path, model: Any, qplan: QuantPlan) -> tuple[dict | None, str | None]:
+    """(the scales of a --calib-cache's CACHE.smooth.json, {} without one; or None and why
+    they do not fit this model). Raises TrtBuildError naming the file when it is not JSON."""
     import json
 
     from ..quant import smooth
 
     if not path.exists():
-        return {}
+        return {}, None
     try:
         raw = json.loads(path.read_text())
     except (OSError, UnicodeDecodeError, ValueError) as e:
@@ -231,11 +238,11 @@ def _read_scales(path: Path, model: Any, qplan: QuantPlan) -> dict[str, np.ndarr
         s = np.array(values if ok else [], np.float32)
         if name not in widths or len(s) != widths[name] or not np.all(np.isfinite(s)) \
                 or not np.all(s > 0):
-            raise TrtBuildError(f"{path}: scales for '{name}' do not fit this model (a "
-                                f"LayerNorm output feeding MatMul/Gemm weights, "
-                                f"{widths.get(name, '?')} positive numbers)")
+            return None, (f"scales for '{name}' do not fit this model (a normalization "
+                          f"output feeding MatMul/Gemm weights, {widths.get(name, '?')} "
+                          "positive numbers)")
         found[name] = s
-    return found
+    return found, None
 
 
 def _from_cache(s: CalibSettings, needed: list[str], record: dict) -> dict | None:
