@@ -73,12 +73,18 @@ def _restore_fp8(ctx: Context, state: dict[str, bytes]) -> None:
 
 
 def _restore_calibrate(ctx: Context, state: dict[str, bytes]) -> None:
-    ctx.artifacts.calib_cache = ctx.out / "calib.cache"
-    import numpy as np
+    from .stages.calibrate import decode_scales
 
+    ctx.artifacts.calib_cache = ctx.out / "calib.cache"
     ctx.int8.amaxes = json.loads(state["amaxes.json"])
-    ctx.int8.smooth = {k: np.array(v, np.float32)
-                       for k, v in json.loads(state.get("smooth.json", b"{}")).items()}
+    ctx.int8.smooth = decode_scales(state.get("smooth.json", b"{}"))
+
+
+def _calibrate_state(ctx: Context) -> dict[str, bytes]:
+    from .stages.calibrate import encode_scales
+
+    return {"amaxes.json": json.dumps(ctx.int8.amaxes).encode(),
+            "smooth.json": encode_scales(ctx.int8.smooth)}
 
 
 def _restore_quantize(ctx: Context, state: dict[str, bytes]) -> None:
@@ -94,11 +100,7 @@ SPECS = {
     "int4": Spec(("int4", "fp16", "fp16_options", "calib", "data", "gates", "export",
                   "profiles"), ("clean",), _restore_int4),
     "fp8": Spec(("calib", "data", "gates", "export", "profiles"), ("clean",), _restore_fp8),
-    "calibrate": Spec(("calib", "data"), ("clean",), _restore_calibrate,
-                      lambda ctx: {"amaxes.json": json.dumps(ctx.int8.amaxes).encode(),
-                                   "smooth.json": json.dumps(  # float32 -> float: exact
-                                       {k: v.tolist() for k, v in ctx.int8.smooth.items()})
-                                   .encode()}),
+    "calibrate": Spec(("calib", "data"), ("clean",), _restore_calibrate, _calibrate_state),
     "quantize": Spec(("calib", "data", "fp16_options", "export", "profiles"),
                      ("clean", "calib_cache"),
                      _restore_quantize,

@@ -157,26 +157,23 @@ def _channel_statistics(ctx: Context, model: Any, groups: list) -> tuple[dict, d
     """({activation: max |x| per channel}, {activation: <= SMOOTH_ROWS sampled rows}, samples)
     over the first calibration samples (SMOOTH_SAMPLES, SMOOTH_ENOUGH), in one ONNX Runtime
     pass."""
-    from ..calib.stream import observed_model, reservoir
-    from ..data import named_batches, rows
+    from ..calib.stream import layer_inputs, reservoir
 
-    names = [g.activation for g in groups]
     width = {g.activation: g.k for g in groups}
-    sess = io.session(observed_model(model, names), where=ctx.artifacts.clean)
     source = ctx.settings.calib.data
     rng = np.random.default_rng(0)
-    act_max = {n: np.zeros(width[n], np.float32) for n in names}
+    act_max = {n: np.zeros(k, np.float32) for n, k in width.items()}
     kept: dict[str, Any] = {}
-    seen, samples = dict.fromkeys(names, 0), 0
+    seen, samples = dict.fromkeys(width, 0), 0
     with bar("SmoothQuant statistics", None) as progress:
-        for _, feed in named_batches(ctx.dataset(source), SMOOTH_SAMPLES):
-            for n, v in zip(names, io.run(sess, feed, str(source))):
-                x = np.asarray(v, np.float32).reshape(-1, width[n])
+        for count, values in layer_inputs(model, width, ctx.dataset(source),
+                                          ctx.artifacts.clean, source, SMOOTH_SAMPLES):
+            for n, x in values.items():
                 act_max[n] = np.maximum(act_max[n], np.abs(x).max(axis=0))
                 kept[n] = reservoir(kept.get(n), x, seen[n], rng, SMOOTH_ROWS)
                 seen[n] += len(x)
-            samples += rows(feed)
-            progress.advance(rows(feed))
+            samples += count
+            progress.advance(count)
             if min(seen.values()) >= SMOOTH_ENOUGH:
                 break
     if not samples:
@@ -204,14 +201,27 @@ def smooth_file(cache: Path) -> Path:
     return Path(f"{cache}.smooth.json")
 
 
-def _write_scales(path: Path, found: dict[str, np.ndarray]) -> None:
-    """The scales as JSON beside the cache (float32 -> float is exact), or no such file."""
+def encode_scales(found: dict[str, np.ndarray]) -> bytes:
+    """SmoothQuant scales as JSON (float32 -> float is exact), as written beside the cache
+    and kept by the stage cache."""
     import json
 
-    from ..files import write_text
+    return json.dumps({k: v.tolist() for k, v in found.items()}).encode()
+
+
+def decode_scales(data: bytes) -> dict[str, np.ndarray]:
+    """What encode_scales wrote (trtbuild's own stage cache: not checked against a model)."""
+    import json
+
+    return {k: np.array(v, np.float32) for k, v in json.loads(data).items()}
+
+
+def _write_scales(path: Path, found: dict[str, np.ndarray]) -> None:
+    """The scales beside the cache, or no such file."""
+    from ..files import write_bytes
 
     if found:
-        write_text(path, json.dumps({k: v.tolist() for k, v in found.items()}))
+        write_bytes(path, encode_scales(found))
     else:  # nothing stale from an earlier run
         path.unlink(missing_ok=True)
 

@@ -166,11 +166,17 @@ def _one(ctx: Context, s: EngineSettings, backend: trt_backend.Backend, cache: E
     write_bytes(path, found.engine)
     path_taken = {"fp16": "builder flag" if settings.fp16_flag else "graph",
                   "int8": "IInt8EntropyCalibrator2" if s.calibrator == "trt" else "Q/DQ graph"}
+    manifest = found.manifest
     return EngineRecord(
-        precision, arch, str(path), found.hit, backend.name, backend.version,
-        path_taken.get(precision, "graph"), str(found.path) if found.path else None, key,
-        len(found.engine), found.manifest["engine_sha256"], found.manifest.get("build_seconds"),
-        found.manifest.get("layer_dtypes"), found.manifest.get("io"), settings.hardware_compat,
-        settings.version_compatible, settings.refittable, settings.strip_weights,
-        str(onnx_path.resolve()) if settings.strip_weights else None, settings.weight_streaming,
-        onnx_sha, found.manifest.get("trtbuild_version"))
+        precision=precision, arch=arch, path=str(path), cache_hit=found.hit,
+        builder=backend.name, builder_version=backend.version,
+        precision_from=path_taken.get(precision, "graph"),
+        cache_entry=str(found.path) if found.path else None, key=key,
+        bytes=len(found.engine), sha256=manifest["engine_sha256"],
+        build_seconds=manifest.get("build_seconds"), layer_dtypes=manifest.get("layer_dtypes"),
+        io=manifest.get("io"), hardware_compat=settings.hardware_compat,
+        version_compatible=settings.version_compatible, refittable=settings.refittable,
+        weights_stripped=settings.strip_weights,
+        refit_from=str(onnx_path.resolve()) if settings.strip_weights else None,
+        weight_streaming=settings.weight_streaming, onnx_sha256=onnx_sha,
+        trtbuild_version=manifest.get("trtbuild_version"))

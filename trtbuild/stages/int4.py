@@ -16,7 +16,6 @@ from typing import Any
 import numpy as np
 
 from ..context import Context
-from ..data import named_batches
 from ..errors import TrtBuildError
 from ..onnx import io
 from ..progress import bar
@@ -96,15 +95,14 @@ def _activations(ctx: Context, model: Any, found: list,
     """{activation: (mean |x| per channel [K], sampled rows [<= ROWS, K], with `moments`
     sum x x^T [K, K] over all rows (K <= MAX_GPTQ_K) else None)} over the --calib data, by
     one ONNX Runtime pass with every quantized layer's input as an output."""
-    from ..calib.stream import observed_model, reservoir
+    from ..calib.stream import layer_inputs, reservoir
 
     source = ctx.settings.calib.data
     if not source:
         raise TrtBuildError("--int4-method awq/gptq chooses each layer's weights on "
                             "calibration data: give --calib DIR (or --int4-method nearest)")
-    names = list(dict.fromkeys(t.activation for t in found))
-    k_of = {t.activation: t.k for t in found}
-    sess = io.session(observed_model(model, names), where=ctx.artifacts.clean)
+    k_of = {t.activation: t.k for t in found}  # one entry per distinct layer input
+    names = list(k_of)
     rng = np.random.default_rng(0)
     sums = {n: np.zeros(k_of[n]) for n in names}
     second = {n: np.zeros((k_of[n], k_of[n]), np.float32) for n in names
@@ -113,16 +111,14 @@ def _activations(ctx: Context, model: Any, found: list,
     kept: dict[str, np.ndarray] = {}
     data = ctx.dataset(source)
     with bar("INT4 statistics", len(data) or None) as progress:
-        for _, feed in named_batches(data):
-            values = dict(zip(names, io.run(sess, feed, str(source))))
-            for n in names:
-                x = values[n].reshape(-1, k_of[n]).astype(np.float32)
+        for samples, values in layer_inputs(model, k_of, data, ctx.artifacts.clean, source):
+            for n, x in values.items():
                 sums[n] += np.abs(x).sum(axis=0)
                 if n in second:
                     second[n] += x.T @ x
                 kept[n] = reservoir(kept.get(n), x, seen[n], rng, ROWS)
                 seen[n] += len(x)
-            progress.advance(len(next(iter(feed.values()))))
+            progress.advance(samples)
     if not all(seen.values()):
         raise TrtBuildError(f"{source}: the data loader yielded no samples")
     return {n: (sums[n] / seen[n], kept[n], second.get(n)) for n in names}
