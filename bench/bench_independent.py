@@ -76,6 +76,8 @@ def main() -> None:
     ap.add_argument("runs", nargs="*", metavar="LABEL=OPTIONS")
     ap.add_argument("--calib-seed", type=int, default=1)
     ap.add_argument("--work", type=Path)
+    ap.add_argument("--sets", nargs="+", choices=sorted(SETS), default=list(SETS),
+                    help="evaluation sets to run (default all; develop without final)")
     args = ap.parse_args()
     from trtbuild import api
 
@@ -87,7 +89,8 @@ def main() -> None:
         calib = work / "calib"
         ba._write(calib, samples(args.calib, 64, args.calib_seed))
         fp32 = ba._source(entry)
-        sets = {name: samples(name, 200, seed) for name, seed in SETS.items()}
+        sets = {name: samples(name, 200, seed) for name, seed in SETS.items()
+                if name in args.sets}
         refs = {name: ba.run_all(fp32, feeds) for name, feeds in sets.items()}
         print(f"{args.model}, calibrated on 64 samples of {args.calib} (seed {args.calib_seed}); "
               f"{key} against FP32, 200 samples per set, [95% bootstrap interval]")

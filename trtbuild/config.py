@@ -202,8 +202,21 @@ class CalibSettings:
              "scales are written beside calib.cache (calib.cache.smooth.json); off: "
              "quantize the graph as it is")
 
+    equalize: str = option(  # on/off measured: bench/results/accuracy.md, bench_independent.py
+        "off", "--equalize", choices=("on", "off"),
+        help="activation equalisation of conv inputs before calibration (default {default}). "
+             "on: the input of each pointwise (1x1) or depthwise Conv is divided per channel "
+             "by s and the conv's weights multiplied by s, its strength chosen as "
+             "SmoothQuant's by the least W8A8 output error on sampled calibration patches "
+             "(no scaling included); 1/s is folded into the constant affine, "
+             "BatchNormalization or Conv (through Relu) that produces the input, so the graph "
+             "keeps its shape, and inputs with no such producer are left alone. Measured on "
+             "PP-OCRv4 rec: better or worse than off depending on the calibration draw "
+             "(README)")
+
     def __post_init__(self) -> None:
         _choice("calib-method", self.method, CALIB_METHODS)
+        _choice("equalize", self.equalize, ("on", "off"))
         _choice("bias-correction", self.bias_correction, ("on", "off"))
         _choice("smoothquant", self.smoothquant, ("auto", "off"))
         _choice("high-precision", self.high_precision, ("fp16", "fp32"))

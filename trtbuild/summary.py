@@ -47,7 +47,9 @@ def summary_line(stage: str, record: dict[str, Any]) -> str:
 
 def _smoothed(r: dict[str, Any]) -> str:
     smooth = r.get("smoothquant") or {}
-    return (f", SmoothQuant on {smooth['smoothed']} activations" if smooth.get("applied")
+    convs = f" ({smooth['conv_equalised']} conv inputs equalised)" \
+        if smooth.get("conv_equalised") else ""
+    return (f", SmoothQuant on {smooth['smoothed']} activations{convs}" if smooth.get("applied")
             else "")
 
 

@@ -51,12 +51,13 @@ def observed_model(model: Any, tensors: list[str]) -> Any:
     return m
 
 
-def layer_inputs(model: Any, widths: dict[str, int], data: Dataset, where: Any, source: Any,
+def layer_inputs(model: Any, widths: dict[str, int | None], data: Dataset, where: Any, source: Any,
                  limit: int | None = None) -> Iterator[tuple[int, dict[str, Any]]]:
     """Per batch of `data` (up to `limit` samples): (its sample count, {tensor: its values
-    as float32 rows [-1, width]}) for the tensors `widths` names (each one's last axis),
-    from one ONNX Runtime pass over `model` with those tensors as its outputs. Errors name
-    the model `where` (loading) and the data `source` (running)."""
+    as float32 rows [-1, width]}) for the tensors `widths` names (each one's last axis; a
+    width None: the array as it is), from one ONNX Runtime pass over `model` with those
+    tensors as its outputs. Errors name the model `where` (loading) and the data `source`
+    (running)."""
     import numpy as np
 
     from ..data import named_batches
@@ -66,7 +67,8 @@ def layer_inputs(model: Any, widths: dict[str, int], data: Dataset, where: Any, 
     sess = io.session(observed_model(model, names), where=where)
     for _, feed in named_batches(data, limit):
         values = io.run(sess, feed, str(source))
-        yield rows(feed), {n: np.asarray(v, np.float32).reshape(-1, widths[n])
+        yield rows(feed), {n: np.asarray(v, np.float32) if widths[n] is None else
+                           np.asarray(v, np.float32).reshape(-1, widths[n])
                            for n, v in zip(names, values)}
 
 

@@ -91,7 +91,7 @@ def calib_group(p: argparse.ArgumentParser) -> None:
                         "image folders, COCO sets, JSONL text, audio and video: calib/README.md. "
                         "Runs the script's code")
     add(g, "calib_cache", "calib_method", "high_precision", "weight_rounding", "bias_correction",
-        "smoothquant", "percentile")
+        "smoothquant", "equalize", "percentile")
 
 
 def gate_group(p: argparse.ArgumentParser, with_val: bool = True) -> None:

@@ -104,7 +104,7 @@ def _statistic(name: str, producers: dict[str, Any], constants: set[str]) -> boo
     return False
 
 
-def _subgraph_reads(graphs: list[Any]) -> set[str]:
+def subgraph_reads(graphs: list[Any]) -> set[str]:
     """Every tensor name a node inside these subgraphs (nested ones too) reads."""
     found: set[str] = set()
     while graphs:
@@ -124,7 +124,7 @@ def targets(model: Any, qplan: QuantPlan) -> list[Group]:
     producers = {o: n for n in g.node for o in n.output}
     constants = set(inits) | {o for n in g.node if n.op_type == "Constant" for o in n.output}
     # a weight a subgraph also reads (from the outer scope) would change there too
-    nested = _subgraph_reads([s for n in g.node for s in io.subgraphs(n)])
+    nested = subgraph_reads([s for n in g.node for s in io.subgraphs(n)])
     readers: dict[str, int] = {}
     for n in g.node:
         for i in n.input:
@@ -166,38 +166,48 @@ def apply(model: Any, groups: list[Group], found: dict[str, np.ndarray]) -> Any:
     """A copy of `model` with each group's activation divided by its s (`found[activation]`)
     in a Mul node before its layers, and their weights' K rows multiplied by s."""
     import onnx
-    from onnx import helper, numpy_helper
+    from onnx import numpy_helper
 
     m = onnx.ModelProto()
     m.CopyFrom(model)
-    g = m.graph
-    inits = {i.name: i for i in g.initializer}
-    names = {o for n in g.node for o in n.output} | set(inits) | {i.name for i in g.input}
-    by_name = {n.name: n for n in g.node}
-    position = {n.name: k for k, n in enumerate(g.node)}
-    muls: list[tuple[int, Any]] = []
-    for group in groups:
-        if group.activation not in found:
-            continue
+    inits = {i.name: i for i in m.graph.initializer}
+    chosen = [gr for gr in groups if gr.activation in found]
+    for group in chosen:
         s = found[group.activation]
-        base = f"{group.activation}_smooth"
-        while base in names or f"{base}_inv_s" in names:
-            base += "_"
-        names.update((base, f"{base}_inv_s"))
-        g.initializer.append(numpy_helper.from_array((1.0 / s).astype(np.float32),
-                                                     f"{base}_inv_s"))
-        mul = helper.make_node("Mul", [group.activation, f"{base}_inv_s"], [base],
-                               name=f"{base}_mul")
-        muls.append((min(position[layer.node] for layer in group.layers), mul))
         for layer in group.layers:
-            by_name[layer.node].input[0] = base
             init = inits[layer.weight]
             w = numpy_helper.to_array(init)
             w = w * (s[:, None] if layer.axis == 0 else s[None, :])
             init.CopyFrom(numpy_helper.from_array(w.astype(np.float32), layer.weight))
+    divide(m.graph, [(gr.activation, [layer.node for layer in gr.layers],
+                      1.0 / found[gr.activation]) for gr in chosen])
+    return m
+
+
+def divide(g: Any, items: list[tuple[str, list[str], np.ndarray]]) -> None:
+    """In place: for each (activation x, reader nodes, 1/s shaped to broadcast on x), a
+    Mul(x, 1/s) node before the first of those readers, which then read its output instead
+    of x (other readers keep x)."""
+    from onnx import helper, numpy_helper
+
+    names = {o for n in g.node for o in n.output} | {i.name for i in g.initializer} \
+        | {i.name for i in g.input}
+    by_name = {n.name: n for n in g.node}
+    position = {n.name: k for k, n in enumerate(g.node)}
+    muls: list[tuple[int, Any]] = []
+    for x, nodes, inv_s in items:
+        base = f"{x}_smooth"
+        while base in names or f"{base}_inv_s" in names:
+            base += "_"
+        names.update((base, f"{base}_inv_s"))
+        g.initializer.append(numpy_helper.from_array(inv_s.astype(np.float32), f"{base}_inv_s"))
+        mul = helper.make_node("Mul", [x, f"{base}_inv_s"], [base], name=f"{base}_mul")
+        muls.append((min(position[n] for n in nodes), mul))
+        for n in nodes:
+            node = by_name[n]
+            node.input[list(node.input).index(x)] = base
     for k, mul in sorted(muls, key=lambda t: -t[0]):  # before its first reader
         g.node.insert(k, mul)
-    return m
 
 
 COLUMNS = 256  # output channels per weight the error is measured on
@@ -231,10 +241,8 @@ def choose(rows: np.ndarray, act_max: np.ndarray, weights: list[np.ndarray],
                              .astype(int))] for w in weights]
     refs = [x @ w for w in weights]
     norm = sum(float(np.sum(r * r)) for r in refs) or 1.0
-    best: Choice | None = None
-    plain = 0.0
-    for alpha in alphas:
-        s = scales(act_max, w_max, alpha) if alpha else np.ones(len(act_max), np.float32)
+
+    def error(s: np.ndarray) -> float:
         step = max(float(np.max(act_max / s)), 1e-12) / 127
         xq = np.clip(np.round(x / s / step), -127, 127) * step
         err = 0.0
@@ -244,7 +252,20 @@ def choose(rows: np.ndarray, act_max: np.ndarray, weights: list[np.ndarray],
             wq = np.clip(np.round(ws / col), -127, 127) * col
             d = xq @ wq - ref
             err += float(np.sum(d * d))
-        err /= norm
+        return err / norm
+
+    return best_alpha(act_max, w_max, error, alphas)
+
+
+def best_alpha(act_max: np.ndarray, w_max: np.ndarray, error: Any,
+               alphas: tuple[float, ...]) -> Choice:
+    """The alpha of `alphas` whose s = scales(act_max, w_max, alpha) gives the least
+    error(s); alpha 0 is s = 1. Ties keep the earlier alpha."""
+    best: Choice | None = None
+    plain = float("nan")
+    for alpha in alphas:
+        s = scales(act_max, w_max, alpha) if alpha else np.ones(len(act_max), np.float32)
+        err = error(s)
         if alpha == 0:
             plain = err
         if best is None or err < best.error:

@@ -77,7 +77,8 @@ def run(ctx: Context) -> dict[str, Any]:
                                      "from": str(smooth_file(s.cache))}
     if amaxes is None:
         # --calibrator trt: TensorRT calibrates the clean FP32 graph itself
-        if s.smoothquant == "auto" and s.data and ctx.settings.engine.calibrator != "trt":
+        if (s.smoothquant == "auto" or s.equalize == "on") and s.data \
+                and ctx.settings.engine.calibrator != "trt":
             model, qplan, record["smoothquant"] = _smooth(ctx, model, qplan)
         record.update(plan_activations=len(qplan.activations))
         amaxes = _calibrate(ctx, model, qplan, required_tensors(model, qplan), record)
@@ -118,58 +119,89 @@ def _calibrate(ctx: Context, model: Any, qplan: QuantPlan, needed: list[str],
 
 
 def _smooth(ctx: Context, model: Any, qplan: QuantPlan) -> tuple[Any, QuantPlan, dict]:
-    """--smoothquant auto: each group's alpha chosen on sampled calibration rows
-    (quant.smooth.choose), the chosen s in ctx.int8.smooth; (the model to calibrate, its
-    plan, the record's smoothquant entry)."""
+    """--smoothquant auto (and --equalize on): each group's alpha chosen on sampled
+    calibration rows (quant.smooth.choose; conv inputs: quant.equalize), the chosen s in
+    ctx.int8.smooth; (the model to calibrate, its plan, the record's smoothquant entry)."""
     import time
 
     from onnx import numpy_helper
 
-    from ..quant import smooth
+    from ..quant import equalize, smooth
 
-    groups = smooth.targets(model, qplan)
-    if not groups:
+    groups, convs = _targets(ctx, model, qplan)
+    if not groups and not convs:
         return model, qplan, {"applied": False, "layers": 0}
     start = time.perf_counter()
-    act_max, rows, samples = _channel_statistics(ctx, model, groups)
+    act_max, rows, samples = _channel_statistics(ctx, model, groups, convs)
     inits = {i.name: i for i in model.graph.initializer}
     chosen = []
-    with bar("SmoothQuant alphas", len(groups)) as progress:
+    with bar("SmoothQuant alphas", len(groups) + len(convs)) as progress:
         for g in groups:
             ws = [numpy_helper.to_array(inits[layer.weight]) for layer in g.layers]
             chosen.append(smooth.choose(rows[g.activation], act_max[g.activation],
                                         [w if layer.axis == 0 else w.T
                                          for w, layer in zip(ws, g.layers)]))
             progress.advance(1)
-    ctx.int8.smooth = {g.activation: c.s for g, c in zip(groups, chosen) if c.alpha}
+        for c in convs:
+            ws = [numpy_helper.to_array(inits[w]) for _, w in c.layers]
+            x, a = rows[c.activation], act_max[c.activation]
+            chosen.append(equalize.choose_depthwise(x, a, ws[0]) if c.depthwise else
+                          smooth.choose(x, a, [w[:, :, 0, 0].T for w in ws], equalize.ALPHAS))
+            progress.advance(1)
+    every = [*groups, *convs]
+    ctx.int8.smooth = {g.activation: c.s for g, c in zip(every, chosen) if c.alpha}
     smoothed = smoothed_model(ctx)
     alphas = [c.alpha for c in chosen]
     ratios = [c.error / c.error_plain for c in chosen if c.error_plain > 0]
-    record = {"applied": bool(ctx.int8.smooth), "layers": sum(len(g.layers) for g in groups),
-              "activations": len(groups), "smoothed": len(ctx.int8.smooth),
+    record = {"applied": bool(ctx.int8.smooth),
+              "layers": sum(len(g.layers) for g in every), "activations": len(every),
+              "smoothed": len(ctx.int8.smooth), "conv_inputs": len(convs),
+              "conv_equalised": sum(c.activation in ctx.int8.smooth for c in convs),
               "alpha_median": float(np.median(alphas)),
               "error_ratio_median": round(float(np.median(ratios)), 4) if ratios else None,
               "samples": samples, "seconds": round(time.perf_counter() - start, 2)}
     return smoothed, plan(smoothed), record
 
 
-def _channel_statistics(ctx: Context, model: Any, groups: list) -> tuple[dict, dict, int]:
+def _targets(ctx: Context | None, model: Any, qplan: QuantPlan) -> tuple[list, list]:
+    """(SmoothQuant's MatMul/Gemm groups with --smoothquant auto, the conv-input groups with
+    --equalize on); ctx None: both kinds (what scales from a file or the stage cache may
+    name)."""
+    from ..quant import equalize, smooth
+
+    s = ctx.settings.calib if ctx else None
+    groups = smooth.targets(model, qplan) if not s or s.smoothquant == "auto" else []
+    if s and s.equalize != "on":
+        return groups, []
+    return groups, equalize.targets(model, qplan, {g.activation for g in groups})
+
+
+def _channel_statistics(ctx: Context, model: Any, groups: list, convs: list
+                        ) -> tuple[dict, dict, int]:
     """({activation: max |x| per channel}, {activation: <= SMOOTH_ROWS sampled rows}, samples)
     over the first calibration samples (SMOOTH_SAMPLES, SMOOTH_ENOUGH), in one ONNX Runtime
-    pass."""
+    pass. Conv inputs (NCHW) are sampled as their convs read them (equalize.sample_rows)."""
     from ..calib.stream import layer_inputs, reservoir
+    from ..quant.equalize import sample_rows
 
     width = {g.activation: g.k for g in groups}
+    conv_of = {c.activation: c for c in convs}
     source = ctx.settings.calib.data
     rng = np.random.default_rng(0)
-    act_max = {n: np.zeros(k, np.float32) for n, k in width.items()}
+    act_max = {n: np.zeros(k, np.float32) for n, k in {**width, **{
+        c.activation: c.k for c in convs}}.items()}
     kept: dict[str, Any] = {}
-    seen, samples = dict.fromkeys(width, 0), 0
+    seen, samples = dict.fromkeys(act_max, 0), 0
     with bar("SmoothQuant statistics", None) as progress:
-        for count, values in layer_inputs(model, width, ctx.dataset(source),
-                                          ctx.artifacts.clean, source, SMOOTH_SAMPLES):
+        for count, values in layer_inputs(model, {**width, **dict.fromkeys(conv_of)},
+                                          ctx.dataset(source), ctx.artifacts.clean, source,
+                                          SMOOTH_SAMPLES):
             for n, x in values.items():
-                act_max[n] = np.maximum(act_max[n], np.abs(x).max(axis=0))
+                if n in conv_of:
+                    act_max[n] = np.maximum(act_max[n], np.abs(x).max(axis=(0, 2, 3)))
+                    x = sample_rows(conv_of[n], x, rng)
+                else:
+                    act_max[n] = np.maximum(act_max[n], np.abs(x).max(axis=0))
                 kept[n] = reservoir(kept.get(n), x, seen[n], rng, SMOOTH_ROWS)
                 seen[n] += len(x)
             samples += count
@@ -187,11 +219,12 @@ def smoothed_model(ctx: Context) -> Any:
     if not ctx.int8.smooth:
         return ctx.clean_model()
     if ctx.int8.smoothed is None:
-        from ..quant import smooth
+        from ..quant import equalize, smooth
 
         clean = ctx.clean_model()
-        ctx.int8.smoothed = io.infer_shapes(
-            smooth.apply(clean, smooth.targets(clean, plan(clean)), ctx.int8.smooth))
+        groups, convs = _targets(None, clean, plan(clean))
+        ctx.int8.smoothed = io.infer_shapes(equalize.apply(
+            smooth.apply(clean, groups, ctx.int8.smooth), convs, ctx.int8.smooth))
     return ctx.int8.smoothed
 
 
@@ -231,15 +264,13 @@ def _read_scales(path: Path, model: Any, qplan: QuantPlan) -> tuple[dict | None,
     they do not fit this model). Raises TrtBuildError naming the file when it is not JSON."""
     import json
 
-    from ..quant import smooth
-
     if not path.exists():
         return {}, None
     try:
         raw = json.loads(path.read_text())
     except (OSError, UnicodeDecodeError, ValueError) as e:
         raise TrtBuildError(f"{path}: cannot read SmoothQuant scales ({e})")
-    widths = {g.activation: g.k for g in smooth.targets(model, qplan)}
+    widths = {g.activation: g.k for g in sum(_targets(None, model, qplan), [])}
     if not isinstance(raw, dict):
         raise TrtBuildError(f"{path}: not a JSON object of activation -> scales")
     found = {}
@@ -249,8 +280,8 @@ def _read_scales(path: Path, model: Any, qplan: QuantPlan) -> tuple[dict | None,
         if name not in widths or len(s) != widths[name] or not np.all(np.isfinite(s)) \
                 or not np.all(s > 0):
             return None, (f"scales for '{name}' do not fit this model (a normalization "
-                          f"output feeding MatMul/Gemm weights, {widths.get(name, '?')} "
-                          "positive numbers)")
+                          "output feeding MatMul/Gemm weights or a conv input, "
+                          f"{widths.get(name, '?')} positive numbers)")
         found[name] = s
     return found, None
 
