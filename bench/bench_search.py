@@ -89,6 +89,8 @@ def main() -> None:
                   f"{s.get('before', float('nan')):.4f} -> {s.get('after', float('nan')):.4f}"
                   f"{_held(s)}"
                   f"{' (' + r['error'][:80] + ')' if r['error'] else ''} |", flush=True)
+            print(f"  {r['model']} seconds in the sensitivity stage: {s.get('seconds_in')}",
+                  flush=True)
     finally:
         if not args.keep:
             shutil.rmtree(root, ignore_errors=True)

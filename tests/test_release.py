@@ -97,18 +97,42 @@ def temp_files(out: Path) -> list[Path]:
     return [p for p in out.rglob("*") if "trtbuild-tmp-" in p.name]
 
 
-def kill_9_when(args: list, ready: Callable[[], bool], seconds: float = 120) -> None:
+def kill_9_when(args: list, ready: Callable[[], bool], seconds: float = 120) -> dict[int, int]:
     """Run `trtbuild release ARGS` and kill -9 it once `ready()` holds (or it ended, or
-    `seconds` passed)."""
+    `seconds` passed). Returns its descendants just before the kill ({pid: start time})."""
+    from trtbuild.release.reaper import descendants
+
     driver = subprocess.Popen([*TRTBUILD, "release", *map(str, args)], env=env(),
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + seconds
+    found: dict[int, int] = {}
     try:
         while time.monotonic() < deadline and driver.poll() is None and not ready():
             time.sleep(0.01)
+        found = descendants(driver.pid)
     finally:
         driver.send_signal(signal.SIGKILL)
         driver.wait()
+    return found
+
+
+def alive(processes: dict[int, int], seconds: float) -> list[str]:
+    """The command lines of `processes` ({pid: start time}) still alive after up to
+    `seconds`."""
+    from trtbuild.release.reaper import proc_stat
+
+    def left() -> list[int]:
+        return [p for p, start in processes.items() if (proc_stat(p) or (0, None))[1] == start]
+    deadline = time.monotonic() + seconds
+    while left() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    names = []
+    for p in left():
+        try:
+            names.append(Path(f"/proc/{p}/cmdline").read_text().replace("\0", " ")[:80])
+        except OSError:
+            pass
+    return names
 
 
 def a_job(out: Path, holds: Callable[[dict], bool]) -> bool:

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 from conftest import REPO, SESSION_CACHE, run_cli
-from test_release import a_job, kill_9_when
+from test_release import a_job, alive, kill_9_when
 
 pytest.importorskip("ray")
 # a Ray runtime per test module and cluster: about a minute in all, left to the full run
@@ -103,10 +103,14 @@ def test_local_ray_runtime_equals_the_pool_and_resumes(pool: tuple, tmp_path: Pa
 
 def test_kill_9_of_the_ray_driver_then_resume(pool: tuple, tmp_path: Path) -> None:
     """The driver writes the journal whichever backend runs the jobs: killed with -9 once a
-    job is journaled, the rerun redoes only what was not finished."""
+    job is journaled, the rerun redoes only what was not finished. The local runtime's
+    processes end with their driver (its raylet's agents stayed alive for good)."""
     manifest = pool[0]
     out = tmp_path / "out"
-    kill_9_when([manifest, "--out", out, "--ray"], lambda: a_job(out, lambda j: j["status"] == "ok"))
+    started = kill_9_when([manifest, "--out", out, "--ray"],
+                          lambda: a_job(out, lambda j: j["status"] == "ok"))
+    assert len(started) >= 4  # the reaper, GCS, raylet, agents, workers
+    assert alive(started, 10) == []
     done = {k for k, j in journal(out)["jobs"].items() if j["status"] == "ok"}
     assert done and len(done) < len(KEYS)
     proc = run_cli("release", manifest, "--out", out, "--ray")

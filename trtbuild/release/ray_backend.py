@@ -29,7 +29,7 @@ from typing import Any, Callable, Iterator
 
 from ..errors import MISSING_CAPABILITY, TrtBuildError
 from ..files import TMP_TAG, pid_alive, write_bytes
-from . import jobs
+from . import jobs, reaper
 from .jobs import died
 from .manifest import Manifest
 
@@ -101,12 +101,15 @@ class RayTasks:
         self.name = f"ray {address}" if address else "ray (local)"
         self.shared, self.shard_samples = m.shared_dir is not None, m.calib_shard_samples
         terminate = signal.getsignal(signal.SIGTERM)
+        # a local runtime's processes outlive a killed driver: the reaper ends them
+        self.reaper = reaper.watch(os.getpid()) if not address else None
         try:  # "local": a new runtime even where RAY_ADDRESS or a running cluster is found
             with _quiet_stderr():
                 ray.init(address=address or "local", include_dashboard=False,
                          log_to_driver=False, logging_level=logging.ERROR)
         except Exception as e:  # noqa: BLE001 - Ray raises ConnectionError, RuntimeError, ...
             first = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
+            reaper.stop(self.reaper)
             raise TrtBuildError(f"--ray {address or '(local)'}: cannot start or join Ray: {first}",
                                 MISSING_CAPABILITY)
         finally:  # ray.init installs its own; SIGTERM must end the release as before
@@ -177,7 +180,10 @@ class RayTasks:
                 pass
 
     def close(self) -> None:
-        self.ray.shutdown()
+        try:
+            self.ray.shutdown()
+        finally:
+            reaper.stop(self.reaper)
 
 
 def unpack(out: Path, files: dict[str, bytes], fresh: bool) -> None:
