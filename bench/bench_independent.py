@@ -4,8 +4,9 @@ intervals, for each set of build options.
 
 Usage: .venv/bin/python bench/bench_independent.py MODEL CALIB [LABEL=OPTIONS ...]
            [--calib-seed N] [--work DIR]
-  MODEL   rec (PP-OCRv4 rec, strings equal to FP32) or yolo (YOLOv8n from nudenet,
-          detection F1 against FP32)
+  MODEL   rec (PP-OCRv4 rec, strings equal to FP32), yolo (YOLOv8n from nudenet,
+          detection F1 against FP32), det (PP-OCRv4 det on pages of text lines, box F1
+          against FP32) or cls (PP-OCR's 0/180 degree text classifier, top-1 agreement)
   CALIB   the generator of the 64 calibration samples: A (the one bench_accuracy.py uses),
           dev or final (tests/corpus: OTHER_TEXT, OTHER_PHOTOS)
   LABEL=OPTIONS  api.build keywords as a Python dict, e.g. "on={'bias_correction':'on'}";
@@ -31,7 +32,14 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(ROOT / "bench"))
 import bench_accuracy as ba  # noqa: E402
-from corpus import other_photos, other_text_crops, photos, text_crops, yolo_input  # noqa: E402
+from corpus import (  # noqa: E402
+    normalize,
+    other_photos,
+    other_text_crops,
+    photos,
+    text_crops,
+    yolo_input,
+)
 
 SETS = {"A": 202, "dev": 7, "final": 11}  # evaluation set -> seed
 
@@ -40,6 +48,35 @@ def rec_samples(generator: str, n: int, seed: int) -> list[dict]:
     xs = (text_crops(n, 48, 320, seed=seed)[0] if generator == "A"
           else other_text_crops(n, 48, 320, generator, seed=seed)[0])
     return [{"x": x} for x in xs]
+
+
+def cls_samples(generator: str, n: int, seed: int) -> list[dict]:
+    """Text crops 48x192, every other one turned 180 degrees (what the classifier decides)."""
+    xs = (text_crops(n, 48, 192, seed=seed)[0] if generator == "A"
+          else other_text_crops(n, 48, 192, generator, seed=seed)[0])
+    return [{"x": x[..., ::-1, ::-1].copy() if k % 2 else x} for k, x in enumerate(xs)]
+
+
+def det_samples(generator: str, n: int, seed: int) -> list[dict]:
+    """320x320 pages of four text lines (A: bench_accuracy's pages; others: that generator's
+    40x320 crops on a white page at random offsets)."""
+    if generator == "A":
+        return [{"x": normalize(p)} for p in ba.text_pages(n, seed)]
+    lines = other_text_crops(4 * n, 40, 320, generator, seed=seed)[0]
+    rng = np.random.default_rng(seed)
+    pages = []
+    for k in range(n):
+        page = np.ones((1, 3, 320, 320), np.float32)  # white, normalized
+        for j in range(4):
+            y = 16 + j * 64 + int(rng.integers(0, 16))
+            page[..., y:y + 40, :] = lines[4 * k + j]
+        pages.append({"x": page})
+    return pages
+
+
+def top1_agreement(ref: dict, cand: dict, names: list) -> float:
+    """One sample: does the candidate's most likely class equal FP32's?"""
+    return float(np.argmax(ref[names[0]]) == np.argmax(cand[names[0]]))
 
 
 def yolo_samples(generator: str, n: int, seed: int) -> list[dict]:
@@ -51,6 +88,8 @@ def yolo_samples(generator: str, n: int, seed: int) -> list[dict]:
 MODELS = {  # name -> (corpus entry, samples, metric plugin, its key, plugin file)
     "rec": ("ppocr_rec", rec_samples, "ctc_strings", "strings_equal", ba.METRICS),
     "yolo": ("yolov8n_nudenet", yolo_samples, "detections_f1", "det_f1", ba.YOLO_METRICS),
+    "det": ("ppocr_det", det_samples, "det_f1", "box_f1", ba.METRICS),
+    "cls": ("ppocr_cls", cls_samples, None, "top-1 agreement", None),
 }
 
 
@@ -82,7 +121,7 @@ def main() -> None:
     from trtbuild import api
 
     entry, samples, fn, key, plugin = MODELS[args.model]
-    score = ba._plugin_scorer(fn, key, plugin)
+    score = ba._plugin_scorer(fn, key, plugin) if fn else top1_agreement
     runs = args.runs or ["off={'bias_correction':'off'}", "on={'bias_correction':'on'}"]
     with tempfile.TemporaryDirectory() as tmp:
         work = args.work or Path(tmp)
