@@ -19,11 +19,12 @@ from trtbuild.quant.smooth import scales
 C = 8
 
 
-def _net(silu: bool = False, shared: bool = False) -> onnx.ModelProto:
+def _net(silu: bool = False, shared: bool = False, rank4: bool = False) -> onnx.ModelProto:
     """x -> Conv -> BN -> Relu -> Conv(1x1) ... a stem, then an affine (Mul a, Add b, as
     PP-OCR's learnable hardswish affine) -> depthwise 3x3 (stride 2, pad 1, dilation 1) ->
     Mul by a per-channel constant -> pointwise 1x1 -> y. `silu`: the affine replaced by a
-    SiLU (no constant to fold into); `shared`: the affine's output also read by an Add."""
+    SiLU (no constant to fold into); `shared`: the affine's output also read by an Add;
+    `rank4`: the affine's constants as [1, 1, 1, 1] (as exporters write scalars)."""
     rng = np.random.default_rng(0)
 
     def init(name: str, *shape: int, scale: float = 1.0) -> onnx.TensorProto:
@@ -37,8 +38,8 @@ def _net(silu: bool = False, shared: bool = False) -> onnx.ModelProto:
              init("bn_b", C), init("bn_m", C, scale=0.1),
              numpy_helper.from_array(np.ones(C, np.float32), "bn_v"),
              init("w1", C, C, 1, 1, scale=0.3),
-             numpy_helper.from_array(np.array(1.5, np.float32), "a"),
-             numpy_helper.from_array(np.array(0.25, np.float32), "b"),
+             numpy_helper.from_array(np.full([1] * 4 if rank4 else [], 1.5, np.float32), "a"),
+             numpy_helper.from_array(np.full([1] * 4 if rank4 else [], .25, np.float32), "b"),
              init("wd", C, 1, 3, 3, scale=0.3), init("bd", C),
              numpy_helper.from_array(loud, "loud"),
              init("w2", 4, C, 1, 1, scale=0.3)]
@@ -76,8 +77,9 @@ def _run(model: onnx.ModelProto, xs: np.ndarray) -> np.ndarray:
     return np.concatenate([sess.run(None, {"x": x[None]})[0] for x in xs])
 
 
-def test_the_equalised_graph_keeps_its_nodes_and_its_function():
-    model = _net()
+@pytest.mark.parametrize("rank4", [False, True])
+def test_the_equalised_graph_keeps_its_nodes_and_its_function(rank4):
+    model = _net(rank4=rank4)
     groups = equalize.targets(model, plan(model))
     # r0 (Relu of BN: folds into the BN), h (Mul/Add affine: into a and b), e (Mul by a
     # per-channel constant); the stem's input is the graph input

@@ -14,11 +14,11 @@ conv s trades the input's error against the weights' as in SmoothQuant. The alph
 input is chosen, as quant.smooth.choose does, by the least W8A8 output error on sampled
 calibration rows (pixels; patches for a depthwise conv), alpha 0 included.
 
-1/s goes into the graph without a new node where x = Mul(z, a) or Add(Mul(z, a), b) with
-constant a, b and the convs are x's only readers (a and b become per-channel constants:
-the graph TensorRT builds keeps its shape); elsewhere a Mul(x, 1/s) node before the convs
-(quant.smooth.apply), which TensorRT fuses into the pointwise kernel before the
-quantization. A weight another node reads is left alone.
+1/s goes into the constants of the nodes that produce x (fold_chain: a Mul/Add affine with
+constants, a BatchNormalization, or a Conv through Relu, i.e. cross-layer equalisation), so
+the graph TensorRT builds keeps its nodes; an input with no such producer is left alone
+(a Mul node there, SmoothQuant's way, lost on YOLOv8n: bench/results/accuracy.md). A weight
+another node or a subgraph reads is left alone.
 """
 
 from __future__ import annotations
@@ -35,6 +35,25 @@ from .smooth import Choice, best_alpha, subgraph_reads
 PATCHES = 512  # sampled patches (or pixels) per batch and activation
 # alpha 1 equalises a depthwise conv's input outright (its weights' quantization is unchanged)
 ALPHAS = (0.0, 0.25, 0.5, 0.75, 0.9, 1.0)
+
+
+@dataclass(frozen=True)
+class Maps:
+    """A graph's lookups, built once per targets()/apply() call."""
+
+    producers: dict[str, Any]
+    readers: dict[str, list[str]]   # tensor -> names of the nodes reading it
+    outputs: set[str]
+    nested: set[str]                # tensors a subgraph reads
+
+
+def maps(g: Any) -> Maps:
+    readers: dict[str, list[str]] = {}
+    for n in g.node:
+        for i in n.input:
+            readers.setdefault(i, []).append(n.name)
+    return Maps({o: n for n in g.node for o in n.output}, readers, {o.name for o in g.output},
+                subgraph_reads([s for n in g.node for s in io.subgraphs(n)]))
 
 
 @dataclass(frozen=True)
@@ -58,18 +77,14 @@ def targets(model: Any, qplan: QuantPlan, skip: set[str] = frozenset()) -> list[
     reads, grouped by activation."""
     g = model.graph
     inits = {i.name: i for i in g.initializer}
-    nested = subgraph_reads([s for n in g.node for s in io.subgraphs(n)])
-    readers: dict[str, int] = {}
-    for n in g.node:
-        for i in n.input:
-            readers[i] = readers.get(i, 0) + 1
+    look = maps(g)
     found: dict[str, list[ConvGroup]] = {}
     for n in g.node:
         if n.op_type != "Conv" or len(n.input) < 2:
             continue
         x, w = n.input[0], n.input[1]
         if (n.name, x) not in qplan.consumers or x in skip or w not in inits \
-                or readers[w] != 1 or w in nested:
+                or len(look.readers[w]) != 1 or w in look.nested:
             continue
         init = inits[w]
         if len(init.dims) != 4 or init.data_type != 1:  # FLOAT
@@ -88,7 +103,7 @@ def targets(model: Any, qplan: QuantPlan, skip: set[str] = frozenset()) -> list[
     for x, convs in found.items():
         if len({c.k for c in convs}) != 1 or (any(c.depthwise for c in convs) and len(convs) > 1):
             continue  # mixed readers: no one error measure for a shared s
-        if fold_chain(g, inits, x, convs[0].k, {c.layers[0][0] for c in convs}) is None:
+        if fold_chain(look, inits, x, convs[0].k, {c.layers[0][0] for c in convs}) is None:
             continue  # no constant affine to take 1/s: the graph would need a new node
         groups.append(ConvGroup(x, convs[0].k, tuple(c.layers[0] for c in convs),
                                 *[getattr(convs[0], f) for f in ("depthwise", "kernel",
@@ -151,11 +166,13 @@ def apply(model: Any, groups: list[ConvGroup], found: dict[str, np.ndarray]) -> 
     m.CopyFrom(model)
     g = m.graph
     inits = {i.name: i for i in g.initializer}
+    look = maps(g)  # constants get new names below; the tensors fold_chain checks do not
     for group in groups:
         s = found.get(group.activation)
         if s is None:
             continue
-        chain = fold_chain(g, inits, group.activation, group.k, {n for n, _ in group.layers})
+        chain = fold_chain(look, inits, group.activation, group.k,
+                           {n for n, _ in group.layers})
         if chain is None:
             raise ValueError(f"{group.activation}: no constant affine to fold 1/s into")
         _fold(g, inits, chain, s)
@@ -169,22 +186,17 @@ def apply(model: Any, groups: list[ConvGroup], found: dict[str, np.ndarray]) -> 
 HOMOGENEOUS = {"Relu", "LeakyRelu"}  # f(z / s) = f(z) / s for s > 0
 
 
-def fold_chain(g: Any, inits: dict, x: str, c: int, layer_nodes: set[str]
+def fold_chain(look: Maps, inits: dict, x: str, c: int, layer_nodes: set[str]
                ) -> list[Any] | None:
     """The nodes whose constants can take x / s (per channel, s > 0) so that no node is
     added: walking up from x through Add(., b) with a constant b and Relu/LeakyRelu, to a
     Mul(., a) with a constant a, a BatchNormalization or a Conv (its output channels);
     constants scalars or per-channel [C, 1, 1]. Every tensor on the way (x too) is read only
-    by the next node (x: by `layer_nodes`) and is no graph output. None where that does not
-    hold."""
+    by the next node (x: by `layer_nodes`) and is no graph output; a Conv's weight and bias
+    are read by it alone, not in a subgraph either. None where that does not hold."""
     from onnx import numpy_helper
 
-    outputs = {o.name for o in g.output}
-    producers = {o: n for n in g.node for o in n.output}
-    readers: dict[str, list[str]] = {}
-    for n in g.node:
-        for i in n.input:
-            readers.setdefault(i, []).append(n.name)
+    producers, readers, outputs = look.producers, look.readers, look.outputs
     if x in outputs or set(readers.get(x, [])) != layer_nodes:
         return None
     chain, node = [], producers.get(x)
@@ -201,10 +213,10 @@ def fold_chain(g: Any, inits: dict, x: str, c: int, layer_nodes: set[str]
             if live != [node.input[0]] or len(node.output) != 1:
                 return None
         elif node.op_type == "Conv":
-            w = node.input[1]
-            if live != [node.input[0]] or readers.get(w) != [node.name] or (
-                    len(node.input) > 2 and node.input[2] and readers.get(node.input[2])
-                    != [node.name]) or inits[w].dims[0] != c:
+            own = [i for i in node.input[1:3] if i]
+            if live != [node.input[0]] or len(own) != len(node.input) - 1 or any(
+                    i not in inits or readers.get(i) != [node.name] or i in look.nested
+                    for i in own) or inits[node.input[1]].dims[0] != c:
                 return None
         elif node.op_type not in HOMOGENEOUS or len(live) != 1:
             return None
@@ -226,11 +238,15 @@ def _fold(g: Any, inits: dict, chain: list[Any], s: np.ndarray) -> None:
 
     names = {i.name for i in g.initializer} | {o for n in g.node for o in n.output}
 
-    def divided(name: str, shape: tuple[int, ...]) -> np.ndarray:
+    def divided(name: str, channel_dims: int) -> np.ndarray:
+        """The constant / s, C values on the channel axis followed by `channel_dims` - 1
+        unit axes, with the constant's own rank where that is more (a [1, 1, 1, 1] scalar
+        becomes [1, C, 1, 1])."""
         value = numpy_helper.to_array(inits[name]).astype(np.float32)
-        base = value.reshape(-1, *[1] * (len(shape) - 1)) if value.size > 1 else value
-        return (np.broadcast_to(base, shape) / s.reshape(-1, *[1] * (len(shape) - 1))
-                ).astype(np.float32)
+        tail = (1,) * (channel_dims - 1)
+        per = np.broadcast_to(value.reshape(-1, *tail), (len(s), *tail)) / s.reshape(-1, *tail)
+        rank = max(value.ndim, channel_dims)
+        return per.reshape((1,) * (rank - channel_dims) + per.shape).astype(np.float32)
 
     def replace(node: Any, k: int, value: np.ndarray) -> None:
         name = f"{node.input[k]}_eq"
@@ -243,10 +259,10 @@ def _fold(g: Any, inits: dict, chain: list[Any], s: np.ndarray) -> None:
     for node in chain:
         if node.op_type in ("Add", "Mul"):
             k = next(k for k, i in enumerate(node.input) if i in inits)
-            replace(node, k, divided(node.input[k], (len(s), 1, 1)))
+            replace(node, k, divided(node.input[k], 3))
         elif node.op_type == "BatchNormalization":
             for k in (1, 2):  # scale, bias
-                replace(node, k, divided(node.input[k], (len(s),)))
+                replace(node, k, divided(node.input[k], 1))
         elif node.op_type == "Conv":
             for k in range(1, min(len(node.input), 3)):
                 if node.input[k]:

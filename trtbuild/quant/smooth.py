@@ -179,12 +179,12 @@ def apply(model: Any, groups: list[Group], found: dict[str, np.ndarray]) -> Any:
             w = numpy_helper.to_array(init)
             w = w * (s[:, None] if layer.axis == 0 else s[None, :])
             init.CopyFrom(numpy_helper.from_array(w.astype(np.float32), layer.weight))
-    divide(m.graph, [(gr.activation, [layer.node for layer in gr.layers],
+    _divide(m.graph, [(gr.activation, [layer.node for layer in gr.layers],
                       1.0 / found[gr.activation]) for gr in chosen])
     return m
 
 
-def divide(g: Any, items: list[tuple[str, list[str], np.ndarray]]) -> None:
+def _divide(g: Any, items: list[tuple[str, list[str], np.ndarray]]) -> None:
     """In place: for each (activation x, reader nodes, 1/s shaped to broadcast on x), a
     Mul(x, 1/s) node before the first of those readers, which then read its output instead
     of x (other readers keep x)."""

@@ -61,37 +61,58 @@ def proc_stat(pid: int) -> tuple[int, int] | None:
     return int(fields[1]), int(fields[19])
 
 
-def descendants(root: int) -> dict[int, int]:
-    """{pid: start time} of every process below `root`."""
-    children: dict[int, list[int]] = {}
-    started: dict[int, int] = {}
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            st = proc_stat(int(entry))
-            if st:
-                children.setdefault(st[0], []).append(int(entry))
-                started[int(entry)] = st[1]
+def _children(pid: int) -> list[int] | None:
+    """The children of `pid` from /proc/PID/task/*/children (None where the kernel has no
+    such files: the caller scans every process instead)."""
+    found: list[int] = []
+    try:
+        tasks = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return []
+    for task in tasks:
+        try:
+            found += [int(c) for c in Path(f"/proc/{pid}/task/{task}/children").read_text().split()]
+        except FileNotFoundError:
+            return None
+        except OSError:
+            continue
+    return found
+
+
+def descendants(*roots: int) -> dict[int, int]:
+    """{pid: start time} of every process below `roots`, by walking the children files;
+    where there are none, by one scan of all processes."""
     found: dict[int, int] = {}
-    front = [root]
+    front = list(roots)
+    parents: dict[int, list[int]] | None = None
     while front:
-        for pid in children.get(front.pop(), []):
-            if pid not in found and pid in started:
-                found[pid] = started[pid]
-                front.append(pid)
+        pid = front.pop()
+        kids = _children(pid) if parents is None else parents.get(pid, [])
+        if kids is None:  # no children files: every process's parent, once
+            parents = {}
+            for entry in os.listdir("/proc"):
+                if entry.isdigit() and (st := proc_stat(int(entry))):
+                    parents.setdefault(st[0], []).append(int(entry))
+            kids = parents.get(pid, [])
+        for kid in kids:
+            st = proc_stat(kid)
+            if st is not None and kid not in found:
+                found[kid] = st[1]
+                front.append(kid)
     return found
 
 
 def reap(noted: dict[int, int]) -> int:
-    """SIGKILL each noted process still alive with the same start time; how many."""
+    """SIGKILL each noted process still alive with the same start time, and what it started
+    since it was noted; how many."""
+    live = {p: s for p, s in noted.items() if (proc_stat(p) or (0, None))[1] == s}
     killed = 0
-    for pid, start in noted.items():
-        st = proc_stat(pid)
-        if st is not None and st[1] == start:
-            try:
-                os.kill(pid, signal.SIGKILL)
-                killed += 1
-            except OSError:
-                pass
+    for pid in {**live, **descendants(*live)}:
+        try:
+            os.kill(pid, signal.SIGKILL)
+            killed += 1
+        except OSError:
+            pass
     return killed
 
 

@@ -163,17 +163,20 @@ def _smooth(ctx: Context, model: Any, qplan: QuantPlan) -> tuple[Any, QuantPlan,
     return smoothed, plan(smoothed), record
 
 
-def _targets(ctx: Context | None, model: Any, qplan: QuantPlan) -> tuple[list, list]:
+def _targets(ctx: Context | None, model: Any, qplan: QuantPlan,
+             names: set[str] | None = None) -> tuple[list, list]:
     """(SmoothQuant's MatMul/Gemm groups with --smoothquant auto, the conv-input groups with
-    --equalize on); ctx None: both kinds (what scales from a file or the stage cache may
-    name)."""
+    --equalize on). ctx None: what scales from a file or the stage cache may name, the conv
+    groups only when `names` holds an activation no MatMul group reads."""
     from ..quant import equalize, smooth
 
     s = ctx.settings.calib if ctx else None
     groups = smooth.targets(model, qplan) if not s or s.smoothquant == "auto" else []
-    if s and s.equalize != "on":
+    known = {g.activation for g in groups}
+    wanted = s.equalize == "on" if s else bool((names or set()) - known)
+    if not wanted:
         return groups, []
-    return groups, equalize.targets(model, qplan, {g.activation for g in groups})
+    return groups, equalize.targets(model, qplan, known)
 
 
 def _channel_statistics(ctx: Context, model: Any, groups: list, convs: list
@@ -222,9 +225,11 @@ def smoothed_model(ctx: Context) -> Any:
         from ..quant import equalize, smooth
 
         clean = ctx.clean_model()
-        groups, convs = _targets(None, clean, plan(clean))
-        ctx.int8.smoothed = io.infer_shapes(equalize.apply(
-            smooth.apply(clean, groups, ctx.int8.smooth), convs, ctx.int8.smooth))
+        groups, convs = _targets(None, clean, plan(clean), set(ctx.int8.smooth))
+        smoothed = smooth.apply(clean, groups, ctx.int8.smooth)
+        if convs:
+            smoothed = equalize.apply(smoothed, convs, ctx.int8.smooth)
+        ctx.int8.smoothed = io.infer_shapes(smoothed)
     return ctx.int8.smoothed
 
 
@@ -270,9 +275,9 @@ def _read_scales(path: Path, model: Any, qplan: QuantPlan) -> tuple[dict | None,
         raw = json.loads(path.read_text())
     except (OSError, UnicodeDecodeError, ValueError) as e:
         raise TrtBuildError(f"{path}: cannot read SmoothQuant scales ({e})")
-    widths = {g.activation: g.k for g in sum(_targets(None, model, qplan), [])}
     if not isinstance(raw, dict):
         raise TrtBuildError(f"{path}: not a JSON object of activation -> scales")
+    widths = {g.activation: g.k for g in sum(_targets(None, model, qplan, set(raw)), [])}
     found = {}
     for name, values in raw.items():
         ok = isinstance(values, list) and all(isinstance(v, (int, float)) for v in values)
