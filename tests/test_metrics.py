@@ -14,7 +14,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 import trtbuild
 from trtbuild.config import GateSettings
-from trtbuild.metrics import batch_axes, compare, gate_failures, output_metrics
+from trtbuild.metrics import batch_axes, compare, feature_outputs, gate_failures, output_metrics
 
 DEMO = Path(trtbuild.__file__).parent / "demo" / "data"
 
@@ -246,3 +246,39 @@ def test_a_few_values_per_sample_are_judged_value_by_value():
     labels = {f"{k}.npy": int(np.argmax(mos[k])) for k in range(64)}
     record = compare({"y": mos}, {"y": off}, [f"{k}.npy" for k in range(64)], labels)
     assert record["label_accuracy"]["reference"] == 1.0
+
+
+def _head(last: list, extra_inits: list | None = None) -> onnx.ModelProto:
+    """x [N, 8, 16] -> MatMul w [16, 16] -> h, then the nodes `last` (ending in y [N, 16])."""
+    w = numpy_helper.from_array(np.eye(16, dtype=np.float32), "w")
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w"], ["h"]), *last], "head",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 8, 16])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 16])],
+        [w, *(extra_inits or [])])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+
+
+def test_pooled_or_normalized_outputs_get_no_top1_agreement():
+    """A sentence embedding (mean over tokens, or divided by its norm) is no class score;
+    logits through a Gemm, or divided by a constant temperature, are."""
+    t = numpy_helper.from_array(np.array(2.0, np.float32), "t")
+    pooled = _head([helper.make_node("ReduceMean", ["h"], ["y"], axes=[1], keepdims=0)])
+    normed = _head([helper.make_node("ReduceMean", ["h"], ["m"], axes=[1], keepdims=0),
+                    helper.make_node("ReduceL2", ["m"], ["n"], axes=[1], keepdims=1),
+                    helper.make_node("Div", ["m", "n"], ["y0"]),
+                    helper.make_node("Identity", ["y0"], ["y"])])
+    logits = _head([helper.make_node("ReduceMean", ["h"], ["m"], axes=[1], keepdims=0),
+                    helper.make_node("Gemm", ["m", "w"], ["y"])])
+    tempered = _head([helper.make_node("ReduceMean", ["h"], ["m"], axes=[1], keepdims=0),
+                      helper.make_node("Gemm", ["m", "w"], ["g"]),
+                      helper.make_node("Div", ["g", "t"], ["y"])], [t])
+    assert feature_outputs(pooled) == feature_outputs(normed) == {"y"}
+    assert feature_outputs(logits) == feature_outputs(tempered) == set()
+    rng = np.random.default_rng(0)
+    ref = rng.standard_normal((32, 16)).astype(np.float32)
+    cand = ref + rng.standard_normal((32, 16)).astype(np.float32) * 0.3
+    names = [f"s{k}" for k in range(32)]
+    assert "top1_agreement" in compare({"y": ref}, {"y": cand}, names)["outputs"]["y"]
+    m = compare({"y": ref}, {"y": cand}, names, features={"y"})["outputs"]["y"]
+    assert "top1_agreement" not in m and m["cosine_mean"] < 1.0

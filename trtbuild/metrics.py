@@ -121,8 +121,36 @@ def batch_axes(model: Any) -> dict[str, int]:
     return axes
 
 
-def output_metrics(ref: np.ndarray, cand: np.ndarray) -> dict[str, Any]:
-    """Metrics of one output, batch axis first."""
+# what a pooled or normalized feature vector comes from (through shape ops)
+FEATURE_OPS = {"ReduceMean", "ReduceSum", "ReduceMax", "GlobalAveragePool", "GlobalMaxPool",
+               "LpNormalization", "LayerNormalization"}
+SHAPE_OPS = {"Reshape", "Flatten", "Squeeze", "Unsqueeze", "Identity", "Cast", "Transpose"}
+
+
+def feature_outputs(model: Any) -> set[str]:
+    """Graph outputs that are features, not class scores: their producer (through shape
+    ops) pools or normalizes (FEATURE_OPS, or a Div by a computed tensor: mean pooling
+    under a mask, an L2 norm), as a sentence embedding or a backbone's pooled vector. Their
+    argmax is no class, so they get no top-1 agreement (logits divided by a constant
+    temperature still do)."""
+    g = model.graph
+    producers = {o: n for n in g.node for o in n.output}
+    constants = {i.name for i in g.initializer} | {
+        o for n in g.node if n.op_type == "Constant" for o in n.output}
+    found = set()
+    for out in g.output:
+        node = producers.get(out.name)
+        while node is not None and node.op_type in SHAPE_OPS:
+            node = producers.get(node.input[0])
+        if node is not None and (node.op_type in FEATURE_OPS or node.op_type == "Div"
+                                 and node.input[1] not in constants):
+            found.add(out.name)
+    return found
+
+
+def output_metrics(ref: np.ndarray, cand: np.ndarray, classes: bool = True) -> dict[str, Any]:
+    """Metrics of one output, batch axis first (`classes` False: a feature vector, no
+    top-1 agreement whatever its shape)."""
     if ref.shape != cand.shape:  # e.g. a detector whose NMS keeps a different box count
         return {"shape_mismatch": f"candidate shape {cand.shape} != reference {ref.shape}",
                 "non_finite": 0}
@@ -148,7 +176,7 @@ def output_metrics(ref: np.ndarray, cand: np.ndarray) -> dict[str, Any]:
     cos = sums.cosines(0)  # with a few values: shown, and gated where a gate names it
     m["cosine_mean"], m["cosine_min"] = float(np.nanmean(cos)), float(np.nanmin(cos))
     m.update(_worst_slices(sums))
-    if is_classifier(ref):
+    if classes and is_classifier(ref):
         m["top1_agreement"] = float((ref.argmax(1) == cand.argmax(1)).mean())
     return m
 
@@ -299,12 +327,14 @@ def task_scores(spec: Any, ref: dict[str, np.ndarray], cand: dict[str, np.ndarra
 
 
 def compare(ref: dict[str, np.ndarray], cand: dict[str, np.ndarray], names: list[str],
-            labels: dict[str, int] | None = None, metric_script: Any = None) -> dict[str, Any]:
+            labels: dict[str, int] | None = None, metric_script: Any = None,
+            features: set[str] = frozenset()) -> dict[str, Any]:
     """Metrics of every output (arrays batch axis first), label accuracy where labels are
-    given, and the plug-in's scores: the part of a validation record gates read."""
+    given, and the plug-in's scores: the part of a validation record gates read.
+    `features`: outputs that are feature vectors (feature_outputs)."""
     record: dict[str, Any] = {"outputs": {}}
     for name in ref:
-        record["outputs"][name] = output_metrics(ref[name], cand[name])
+        record["outputs"][name] = output_metrics(ref[name], cand[name], name not in features)
         if labels and class_scores(ref[name]) and "label_accuracy" not in record:
             record["label_accuracy"] = label_accuracy(ref[name], cand[name], names, labels)
     if metric_script is not None:

@@ -22,7 +22,7 @@ import numpy as np
 from ..config import Fp16Settings
 from ..context import Context
 from ..data import read_labels
-from ..metrics import batch_axes, compare, gate_value
+from ..metrics import batch_axes, compare, feature_outputs, gate_value
 from ..onnx import io
 from ..progress import bar
 from ..quant import fp16
@@ -54,14 +54,14 @@ def fallback(ctx: Context, model: Any, s: Fp16Settings, keep_at: frozenset[int]
     data, labels_dir, label = ctx.eval_data()
     names, feeds = subset(data, SEARCH_SAMPLES)
     labels = read_labels(labels_dir) if labels_dir else None
-    axes = batch_axes(model)
+    axes, features = batch_axes(model), feature_outputs(model)
     chosen, held = halves(Part(feeds, names, run_feeds(io.session(model), feeds), axes))
 
     def score(fallen: frozenset[int], part: Part) -> float:
         half, _ = fp16.convert(model, s, keep_at | fallen)
         sess = io.session(emulate_typed(half))
         record = compare(part.ref(), stacked(run_feeds(sess, part.feeds), axes), part.names,
-                         labels, ctx.settings.gates.metric_script)
+                         labels, ctx.settings.gates.metric_script, features)
         return gate_value(record, target)
 
     floats = io.float_tensors(model)

@@ -28,7 +28,7 @@ import numpy as np
 from ..context import Context
 from ..data import named_batches, read_labels, rows
 from ..errors import TrtBuildError
-from ..metrics import batch_axes, compare, gate_value, stack
+from ..metrics import batch_axes, compare, feature_outputs, gate_value, stack
 from ..onnx import io
 from ..progress import bar
 from ..quant.qdq import insert_qdq, plan
@@ -171,7 +171,7 @@ class _Trials:
     def __init__(self, ctx: Context, model: Any, qplan: Any, found: list, names: list[str],
                  feeds: list[dict[str, np.ndarray]], labels: Any, axes: dict[str, int]):
         self.ctx, self.model, self.qplan, self.found = ctx, model, qplan, found
-        self.labels, self.axes = labels, axes
+        self.labels, self.axes, self.features = labels, axes, feature_outputs(model)
         self.fp32 = io.session(model)
         self.free_batch = dynamic_batch(model)  # any number of rows on axis 0
         # per feed, as run: a feed's outputs need not have one row per input row (an LSTM
@@ -228,7 +228,7 @@ class _Trials:
         """The target's value of `runs` (of `part`'s feeds) against the FP32 outputs."""
         s = self.ctx.settings.gates
         record = compare(part.ref(), stacked(runs, self.axes), part.names, self.labels,
-                         s.metric_script)
+                         s.metric_script, self.features)
         return gate_value(record, s.accuracy_target)
 
 

@@ -17,7 +17,7 @@ import numpy as np
 
 from ..context import Context
 from ..data import named_batches, read_labels
-from ..metrics import batch_axes, compare, gate_failures, stack
+from ..metrics import batch_axes, compare, feature_outputs, gate_failures, stack
 
 log = logging.getLogger(__name__)
 TOLERANCES = {"fp32": (1e-4, 1e-4), "fp16": (1e-2, 1e-2), "int8": (1e-1, 1e-1),
@@ -127,14 +127,16 @@ def compare_runners(ref_runner: Any, cand_runner: Any, data: Any, precision: str
     atol, rtol = TOLERANCES[precision]
     ref_iters, cand_iters = results[0][1], results[1][1]
     labels = read_labels(labels_dir) if labels_dir else None
-    axes = batch_axes(ctx.clean_model())
+    clean = ctx.clean_model()
+    axes = batch_axes(clean)
     ref = {n: stack([it[n] for it in ref_iters], axes.get(n, 0)) for n in ref_iters[0].keys()}
     cand = {n: stack([it[n] for it in cand_iters], axes.get(n, 0)) for n in ref}
     passed = all(tolerance_check(ref[n], cand[n], atol, rtol) for n in ref)
     record: dict[str, Any] = {"precision": precision, "samples": len(loader.origins),
                               "polygraphy": {"atol": atol, "rtol": rtol, "passed": passed,
                                              "check": "CompareFunc.simple elemwise"}}
-    record.update(compare(ref, cand, loader.origins, labels, ctx.settings.gates.metric_script))
+    record.update(compare(ref, cand, loader.origins, labels, ctx.settings.gates.metric_script,
+                          feature_outputs(clean)))
     return record
 
 
