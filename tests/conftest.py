@@ -49,6 +49,16 @@ def not_a_module():
 '''
 
 
+def run_samples(model, xs, name: str = "x"):
+    """ONNX Runtime (CPU) on each sample of `xs` as a batch of one, outputs concatenated: a
+    ModelProto's first output over a set of inputs."""
+    import numpy as np
+    import onnxruntime as ort
+
+    sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    return np.concatenate([sess.run(None, {name: x[None]})[0] for x in xs])
+
+
 def run_cli(*args: str, cwd: Path | None = None, check: bool = False,
             setup=None) -> subprocess.CompletedProcess:
     """Run `python -m trtbuild ARGS` (after `setup()`, if given) with a private engine cache."""

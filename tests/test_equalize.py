@@ -9,9 +9,12 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
+from conftest import run_samples
 from onnx import TensorProto, helper, numpy_helper
 
 import trtbuild
+from trtbuild.calib.stream import observed_model
+from trtbuild.onnx import io
 from trtbuild.quant import equalize
 from trtbuild.quant.qdq import plan
 from trtbuild.quant.smooth import scales
@@ -72,11 +75,6 @@ def _net(silu: bool = False, shared: bool = False, rank4: bool = False) -> onnx.
     return onnx.shape_inference.infer_shapes(model)
 
 
-def _run(model: onnx.ModelProto, xs: np.ndarray) -> np.ndarray:
-    sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
-    return np.concatenate([sess.run(None, {"x": x[None]})[0] for x in xs])
-
-
 @pytest.mark.parametrize("rank4", [False, True])
 def test_the_equalised_graph_keeps_its_nodes_and_its_function(rank4):
     model = _net(rank4=rank4)
@@ -93,17 +91,11 @@ def test_the_equalised_graph_keeps_its_nodes_and_its_function(rank4):
     onnx.checker.check_model(out)
     assert [n.op_type for n in out.graph.node] == [n.op_type for n in model.graph.node]
     xs = rng.standard_normal((4, 3, 12, 12)).astype(np.float32)
-    np.testing.assert_allclose(_run(out, xs), _run(model, xs), rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(run_samples(out, xs), run_samples(model, xs), rtol=1e-4, atol=1e-5)
     # the scaled tensors themselves are divided by s
     for name in ("h", "r0"):
-        probe = onnx.ModelProto()
-        probe.CopyFrom(out)
-        probe.graph.output.append(helper.make_tensor_value_info(name, TensorProto.FLOAT, None))
-        ref = onnx.ModelProto()
-        ref.CopyFrom(model)
-        ref.graph.output.append(helper.make_tensor_value_info(name, TensorProto.FLOAT, None))
-        got = ort.InferenceSession(probe.SerializeToString()).run([name], {"x": xs[:1]})[0]
-        want = ort.InferenceSession(ref.SerializeToString()).run([name], {"x": xs[:1]})[0]
+        got, want = (io.session(observed_model(m, [name])).run([name], {"x": xs[:1]})[0]
+                     for m in (out, model))
         np.testing.assert_allclose(got, want / found[name][None, :, None, None], rtol=1e-4,
                                    atol=1e-5)
 

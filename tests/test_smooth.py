@@ -10,8 +10,8 @@ import json
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 import pytest
+from conftest import run_samples
 from onnx import TensorProto, helper, numpy_helper
 
 import trtbuild
@@ -65,11 +65,6 @@ def _block(outliers: bool = True) -> onnx.ModelProto:
     return onnx.shape_inference.infer_shapes(model)
 
 
-def _run(model: onnx.ModelProto, xs: np.ndarray) -> np.ndarray:
-    sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
-    return np.concatenate([sess.run(None, {"x": x[None]})[0] for x in xs])
-
-
 def test_the_smoothed_graph_computes_the_same_function():
     model = _block()
     groups = smooth.targets(model, plan(model))
@@ -86,7 +81,7 @@ def test_the_smoothed_graph_computes_the_same_function():
     muls = [n for n in smoothed.graph.node if n.op_type == "Mul"]
     assert len(muls) == 4
     xs = rng.standard_normal((8, T, D)).astype(np.float32)
-    ref, got = _run(model, xs), _run(smoothed, xs)
+    ref, got = run_samples(model, xs), run_samples(smoothed, xs)
     np.testing.assert_allclose(got, ref, rtol=1e-4, atol=1e-4 * np.abs(ref).max())
     # the residual Add still reads h itself, the q MatMul its smoothed copy
     nodes = {n.name: n for n in smoothed.graph.node}

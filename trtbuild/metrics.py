@@ -20,6 +20,7 @@ import numpy as np
 
 from .config import Gate, GateSettings
 from .errors import TrtBuildError
+from .quant.qdq import PASS_THROUGH
 
 SLICE_MAX = 4096  # axes longer than this (flattened positions) get no per-slice cosine
 SLICE_MIN = 8     # values a slice needs for its cosine to mean something
@@ -124,7 +125,7 @@ def batch_axes(model: Any) -> dict[str, int]:
 # what a pooled or normalized feature vector comes from (through shape ops)
 FEATURE_OPS = {"ReduceMean", "ReduceSum", "ReduceMax", "GlobalAveragePool", "GlobalMaxPool",
                "LpNormalization", "LayerNormalization"}
-SHAPE_OPS = {"Reshape", "Flatten", "Squeeze", "Unsqueeze", "Identity", "Cast", "Transpose"}
+SHAPE_OPS = PASS_THROUGH | {"Cast"}
 
 
 def feature_outputs(model: Any) -> set[str]:

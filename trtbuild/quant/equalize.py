@@ -28,32 +28,12 @@ from typing import Any
 
 import numpy as np
 
-from ..onnx import io
 from .qdq import QuantPlan
-from .smooth import Choice, best_alpha, subgraph_reads
+from .smooth import Choice, Maps, best_alpha, fake_quant, fake_quant_weight, maps
 
 PATCHES = 512  # sampled patches (or pixels) per batch and activation
 # alpha 1 equalises a depthwise conv's input outright (its weights' quantization is unchanged)
 ALPHAS = (0.0, 0.25, 0.5, 0.75, 0.9, 1.0)
-
-
-@dataclass(frozen=True)
-class Maps:
-    """A graph's lookups, built once per targets()/apply() call."""
-
-    producers: dict[str, Any]
-    readers: dict[str, list[str]]   # tensor -> names of the nodes reading it
-    outputs: set[str]
-    nested: set[str]                # tensors a subgraph reads
-
-
-def maps(g: Any) -> Maps:
-    readers: dict[str, list[str]] = {}
-    for n in g.node:
-        for i in n.input:
-            readers.setdefault(i, []).append(n.name)
-    return Maps({o: n for n in g.node for o in n.output}, readers, {o.name for o in g.output},
-                subgraph_reads([s for n in g.node for s in io.subgraphs(n)]))
 
 
 @dataclass(frozen=True)
@@ -145,11 +125,8 @@ def choose_depthwise(patches: np.ndarray, act_max: np.ndarray, weight: np.ndarra
     norm = float(np.sum(ref * ref)) or 1.0
 
     def error(s: np.ndarray) -> float:
-        ws = w * s[:, None]
-        col = np.maximum(np.abs(ws).max(axis=1, keepdims=True), 1e-12) / 127
-        wq = np.clip(np.round(ws / col), -127, 127) * col
-        step = max(float(np.max(act_max / s)), 1e-12) / 127
-        xq = np.clip(np.round(x / s[:, None] / step), -127, 127) * step
+        wq = fake_quant_weight(w * s[:, None], 0)
+        xq = fake_quant(x / s[:, None], act_max / s)
         return float(np.sum((np.einsum("rct,ct->rc", xq, wq) - ref) ** 2)) / norm
 
     return best_alpha(act_max, np.abs(w).max(axis=1), error, alphas)

@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 
 from ..onnx import io
-from .qdq import QuantPlan
+from .qdq import QuantPlan, quantize_weight
 
 S_RANGE = (1e-3, 1e3)  # keeps 1/s and s W within FP16 when the float parts are FP16
 
@@ -115,28 +115,42 @@ def subgraph_reads(graphs: list[Any]) -> set[str]:
     return found
 
 
+@dataclass(frozen=True)
+class Maps:
+    """A graph's lookups, built once per targets()/apply() call."""
+
+    producers: dict[str, Any]
+    readers: dict[str, list[str]]   # tensor -> names of the nodes reading it
+    outputs: set[str]
+    nested: set[str]                # tensors a subgraph reads (from the outer scope)
+
+
+def maps(g: Any) -> Maps:
+    readers: dict[str, list[str]] = {}
+    for n in g.node:
+        for i in n.input:
+            readers.setdefault(i, []).append(n.name)
+    return Maps({o: n for n in g.node for o in n.output}, readers, {o.name for o in g.output},
+                subgraph_reads([s for n in g.node for s in io.subgraphs(n)]))
+
+
 def targets(model: Any, qplan: QuantPlan) -> list[Group]:
     """Normalization outputs (from_norm) the plan quantizes that feed MatMul/Gemm layers with
     constant rank-2 FP32 weights read by no other node (subgraphs included), grouped by
     activation."""
     g = model.graph
     inits = {i.name: i for i in g.initializer}
-    producers = {o: n for n in g.node for o in n.output}
     constants = set(inits) | {o for n in g.node if n.op_type == "Constant" for o in n.output}
-    # a weight a subgraph also reads (from the outer scope) would change there too
-    nested = subgraph_reads([s for n in g.node for s in io.subgraphs(n)])
-    readers: dict[str, int] = {}
-    for n in g.node:
-        for i in n.input:
-            readers[i] = readers.get(i, 0) + 1
+    look = maps(g)  # a weight a subgraph also reads would change there too
     found: dict[str, list[Layer]] = {}
     widths: dict[str, int] = {}
     for n in g.node:
         if n.op_type not in ("MatMul", "Gemm") or len(n.input) < 2:
             continue
         x, w = n.input[0], n.input[1]
-        if (n.name, x) not in qplan.consumers or w not in inits or readers[w] != 1 \
-                or w in nested or not from_norm(x, producers, constants):
+        if (n.name, x) not in qplan.consumers or w not in inits \
+                or len(look.readers[w]) != 1 or w in look.nested \
+                or not from_norm(x, look.producers, constants):
             continue
         init = inits[w]
         if len(init.dims) != 2 or init.data_type != 1:  # FLOAT
@@ -243,18 +257,26 @@ def choose(rows: np.ndarray, act_max: np.ndarray, weights: list[np.ndarray],
     norm = sum(float(np.sum(r * r)) for r in refs) or 1.0
 
     def error(s: np.ndarray) -> float:
-        step = max(float(np.max(act_max / s)), 1e-12) / 127
-        xq = np.clip(np.round(x / s / step), -127, 127) * step
+        xq = fake_quant(x / s, act_max / s)
         err = 0.0
         for w, ref in zip(weights, refs):
-            ws = w * s[:, None]
-            col = np.maximum(np.abs(ws).max(axis=0), 1e-12) / 127
-            wq = np.clip(np.round(ws / col), -127, 127) * col
-            d = xq @ wq - ref
+            d = xq @ fake_quant_weight(w * s[:, None], 1) - ref
             err += float(np.sum(d * d))
         return err / norm
 
     return best_alpha(act_max, w_max, error, alphas)
+
+
+def fake_quant(x: np.ndarray, top: np.ndarray) -> np.ndarray:
+    """x through per-tensor symmetric INT8 with the step max(top) / 127."""
+    step = max(float(np.max(top)), 1e-12) / 127
+    return np.clip(np.round(x / step), -127, 127) * step
+
+
+def fake_quant_weight(w: np.ndarray, axis: int) -> np.ndarray:
+    """w through per-channel INT8 along `axis`, as the Q/DQ graph holds it."""
+    q, scale = quantize_weight(w, axis)
+    return q * scale.reshape([-1 if d == axis else 1 for d in range(w.ndim)])
 
 
 def best_alpha(act_max: np.ndarray, w_max: np.ndarray, error: Any,

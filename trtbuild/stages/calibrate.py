@@ -163,20 +163,27 @@ def _smooth(ctx: Context, model: Any, qplan: QuantPlan) -> tuple[Any, QuantPlan,
     return smoothed, plan(smoothed), record
 
 
-def _targets(ctx: Context | None, model: Any, qplan: QuantPlan,
-             names: set[str] | None = None) -> tuple[list, list]:
+def _targets(ctx: Context, model: Any, qplan: QuantPlan) -> tuple[list, list]:
     """(SmoothQuant's MatMul/Gemm groups with --smoothquant auto, the conv-input groups with
-    --equalize on). ctx None: what scales from a file or the stage cache may name, the conv
-    groups only when `names` holds an activation no MatMul group reads."""
+    --equalize on): what this run may smooth."""
     from ..quant import equalize, smooth
 
-    s = ctx.settings.calib if ctx else None
-    groups = smooth.targets(model, qplan) if not s or s.smoothquant == "auto" else []
+    s = ctx.settings.calib
+    groups = smooth.targets(model, qplan) if s.smoothquant == "auto" else []
+    convs = equalize.targets(model, qplan, {g.activation for g in groups}) \
+        if s.equalize == "on" else []
+    return groups, convs
+
+
+def _named_targets(model: Any, qplan: QuantPlan, names: set[str]) -> tuple[list, list]:
+    """Every group that scales from a file or the stage cache (`names`) may be for,
+    whatever this run's settings: the conv-input groups only when `names` holds an
+    activation no MatMul group reads."""
+    from ..quant import equalize, smooth
+
+    groups = smooth.targets(model, qplan)
     known = {g.activation for g in groups}
-    wanted = s.equalize == "on" if s else bool((names or set()) - known)
-    if not wanted:
-        return groups, []
-    return groups, equalize.targets(model, qplan, known)
+    return groups, equalize.targets(model, qplan, known) if names - known else []
 
 
 def _channel_statistics(ctx: Context, model: Any, groups: list, convs: list
@@ -225,7 +232,7 @@ def smoothed_model(ctx: Context) -> Any:
         from ..quant import equalize, smooth
 
         clean = ctx.clean_model()
-        groups, convs = _targets(None, clean, plan(clean), set(ctx.int8.smooth))
+        groups, convs = _named_targets(clean, plan(clean), set(ctx.int8.smooth))
         smoothed = smooth.apply(clean, groups, ctx.int8.smooth)
         if convs:
             smoothed = equalize.apply(smoothed, convs, ctx.int8.smooth)
@@ -277,7 +284,7 @@ def _read_scales(path: Path, model: Any, qplan: QuantPlan) -> tuple[dict | None,
         raise TrtBuildError(f"{path}: cannot read SmoothQuant scales ({e})")
     if not isinstance(raw, dict):
         raise TrtBuildError(f"{path}: not a JSON object of activation -> scales")
-    widths = {g.activation: g.k for g in sum(_targets(None, model, qplan, set(raw)), [])}
+    widths = {g.activation: g.k for g in sum(_named_targets(model, qplan, set(raw)), [])}
     found = {}
     for name, values in raw.items():
         ok = isinstance(values, list) and all(isinstance(v, (int, float)) for v in values)
