@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 
 from ..onnx import io
-from .qdq import QuantPlan, quantize_weight
+from .qdq import QuantPlan, channel_scales
 
 S_RANGE = (1e-3, 1e3)  # keeps 1/s and s W within FP16 when the float parts are FP16
 
@@ -256,15 +256,24 @@ def choose(rows: np.ndarray, act_max: np.ndarray, weights: list[np.ndarray],
     refs = [x @ w for w in weights]
     norm = sum(float(np.sum(r * r)) for r in refs) or 1.0
 
-    def error(s: np.ndarray) -> float:
+    # best_alpha's loop written out: through its callback this default path measured 20%
+    # slower (0.19 -> 0.24 s for 6 choices of three 384-wide weights)
+    best: Choice | None = None
+    plain = float("nan")
+    for alpha in alphas:
+        s = scales(act_max, w_max, alpha) if alpha else np.ones(len(act_max), np.float32)
         xq = fake_quant(x / s, act_max / s)
         err = 0.0
         for w, ref in zip(weights, refs):
             d = xq @ fake_quant_weight(w * s[:, None], 1) - ref
             err += float(np.sum(d * d))
-        return err / norm
-
-    return best_alpha(act_max, w_max, error, alphas)
+        err /= norm
+        if alpha == 0:
+            plain = err
+        if best is None or err < best.error:
+            best = Choice(alpha, s, err, plain)
+    assert best is not None
+    return Choice(best.alpha, best.s, best.error, plain)
 
 
 def fake_quant(x: np.ndarray, top: np.ndarray) -> np.ndarray:
@@ -274,9 +283,11 @@ def fake_quant(x: np.ndarray, top: np.ndarray) -> np.ndarray:
 
 
 def fake_quant_weight(w: np.ndarray, axis: int) -> np.ndarray:
-    """w through per-channel INT8 along `axis`, as the Q/DQ graph holds it."""
-    q, scale = quantize_weight(w, axis)
-    return q * scale.reshape([-1 if d == axis else 1 for d in range(w.ndim)])
+    """w through per-channel INT8 along `axis`, as the Q/DQ graph holds it (qdq's scales;
+    no int8 copy: this runs per alpha and weight)."""
+    scale, shape = channel_scales(w, axis, 127.0)
+    step = scale.reshape(shape)
+    return np.clip(np.round(w / step), -127, 127) * step
 
 
 def best_alpha(act_max: np.ndarray, w_max: np.ndarray, error: Any,
