@@ -174,7 +174,7 @@ def test_timing_cache_file_is_read_and_merged(tmp_path, monkeypatch):
         ctx = Context(settings, tmp_path / "out", Report(None))
         ctx.artifacts.clean = onnx_path
         record = engines.run(ctx)
-        assert record["engines"][0]["builder_version"] == "10.13.0.35"
+        assert record.engines[0].builder_version == "10.13.0.35"
         assert ctx.artifacts.engines[0].builder == "tensorrt"
     assert seen == [None, b"+t"]
     assert (tmp_path / "c" / "ampere+" / "trt-10.13.0" / "timing.cache").read_bytes() == b"+t+t"

@@ -25,3 +25,74 @@ def test_records_of_other_versions_are_read_or_skipped():
     assert (found.precision, found.path, found.weights_stripped) == ("fp16", "p", False)
     assert engine_records({"stage": "build", "engines": "oops"}) == []
     assert engine_records(None) == [] and engine_records({"skipped": "no builder"}) == []
+
+
+def test_every_stage_record_of_a_build_is_its_type_and_round_trips(tmp_path):
+    """A real build (fp16 + int8 with a target, engines skipped): each stage returned its
+    typed record (Record.of checked it against the schema), and report.json reads back to
+    records that write the same JSON."""
+    import trtbuild.api as api
+    from trtbuild.demo import CALIB_DIR, SRC, VAL_DIR
+    from trtbuild.records import RECORDS, parse_stages
+
+    result = api.build(SRC, tmp_path / "o", cache=False,
+                       fp16=True, int8=True, calib=str(CALIB_DIR), val=str(VAL_DIR),
+                       target="onnx", accuracy_target="top1_agreement>=0.9")
+    written = json.loads((tmp_path / "o" / "report.json").read_text())
+    records = parse_stages(written)
+    assert [r.stage for r in records] == ["export", "clean", "fp16", "calibrate", "quantize",
+                                          "sensitivity", "validate"]
+    for record, raw in zip(records, written["stages"]):
+        assert type(record) is RECORDS[record.stage]
+        assert json.loads(json.dumps(record.to_json())) == raw
+    validate = records[-1]
+    assert validate.outputs["output"].top1_agreement > 0.9 and validate.label_accuracy.labelled
+    assert records[5].regions and all(g.precision in ("int8", "fp16") for g in records[5].regions)
+    assert result.stage("validate") == written["stages"][-1]
+
+
+def test_a_stage_and_its_record_type_must_agree():
+    import numpy as np
+    import pytest
+
+    from trtbuild.records import CalibrateRecord, ValidateRecord
+
+    with pytest.raises(TypeError, match=r"outputs: unknown field\(s\) \['cosine'\]"):
+        ValidateRecord.of({"outputs": {"y": {"cosine": 1.0}}})
+    with pytest.raises(TypeError, match="samples"):
+        CalibrateRecord.of({"samples": "many"})
+    # what JSON would take: numpy scalars, tuples
+    r = ValidateRecord.of({"samples": np.int64(3), "outputs": {"y": {"cosine_mean": np.float32(0.5)}}})
+    assert r.samples == 3 and r.outputs["y"].cosine_mean == 0.5
+
+
+def test_nan_and_absent_stay_apart_through_json():
+    """A NaN metric is written as null and read back as NaN; a metric never measured is
+    absent and reads back as None (report.html shows n/a and red for the first only)."""
+    import math
+
+    from trtbuild.records import OutputMetrics, ValidateRecord
+    from trtbuild.report import dumps
+
+    record = ValidateRecord(stage="validate", outputs={"y": OutputMetrics(cosine_mean=math.nan)})
+    text = dumps(record.to_json())
+    assert json.loads(text)["outputs"]["y"] == {"cosine_mean": None}
+    back = ValidateRecord.from_json(json.loads(text))
+    assert math.isnan(back.outputs["y"].cosine_mean) and back.outputs["y"].top1_agreement is None
+
+
+def test_other_versions_records_are_read_leniently():
+    from trtbuild.records import BenchRecord, SensitivityRecord, parse_stage
+
+    odd = parse_stage({"stage": "sensitivity", "seconds": "slow", "after": "high",
+                       "regions": [{"node": "a", "macs": 3}, "junk", {"node": 5}],
+                       "new_key": 1})
+    assert isinstance(odd, SensitivityRecord) and odd.after is None and odd.seconds == 0.0
+    assert [g.node for g in odd.regions] == ["a", None] and odd.regions[0].macs == 3.0
+    newer = parse_stage({"stage": "validate", "outputs": {"y": {"cosine_mean": 0.9,
+                                                                 "psnr_db": 41.5}}})
+    assert newer.outputs["y"].values() == {"cosine_mean": 0.9, "psnr_db": 41.5}
+    assert newer.to_json()["outputs"]["y"]["psnr_db"] == 41.5  # written back as it was
+    assert type(parse_stage({"stage": "a_future_stage", "seconds": 1})).__name__ == "StageRecord"
+    assert parse_stage({"seconds": 1}) is None and parse_stage("x") is None
+    assert BenchRecord.from_json({"stage": "bench", "runs": None}).runs == []

@@ -18,6 +18,7 @@ import pytest
 from conftest import run_cli
 
 from trtbuild import report_html
+from trtbuild.records import CleanRecord, ExportRecord, StageRecord
 from trtbuild.report import Report
 
 REGIONS = [  # graph order; MAC shares sum to 1
@@ -121,16 +122,16 @@ def test_missing_and_odd_keys_never_raise():
 
 def test_written_beside_report_json_on_every_save(tmp_path):
     report = Report(tmp_path / "report.json", model="m")
-    report.add("export", 1.0, max_abs_err=0.0)
+    report.add("export", 1.0, ExportRecord(max_abs_err=0.0))
     assert (tmp_path / "report.html").is_file()
-    report.add("clean", 1.0, nodes_before=3, nodes_after=2, max_abs_diff=0.0)
+    report.add("clean", 1.0, CleanRecord(nodes_before=3, nodes_after=2, max_abs_diff=0.0))
     assert "nodes 3 -&gt; 2" in (tmp_path / "report.html").read_text()
     # an output named *.html is the JSON itself: no page overwrites it
-    Report(tmp_path / "r.html", model="m").add("export", 1.0)
+    Report(tmp_path / "r.html", model="m").add("export", 1.0, ExportRecord())
     assert json.loads((tmp_path / "r.html").read_text())["model"] == "m"
     # a link where the page goes is left alone
     (tmp_path / "s.html").symlink_to(tmp_path / "elsewhere")
-    Report(tmp_path / "s.json", model="m").add("export", 1.0)
+    Report(tmp_path / "s.json", model="m").add("export", 1.0, ExportRecord())
     assert (tmp_path / "s.html").is_symlink() and not (tmp_path / "elsewhere").exists()
 
 
@@ -203,7 +204,7 @@ def test_a_failed_gate_and_a_failed_stage_say_so_first(tmp_path):
     (tmp_path / "o").mkdir()
     ctx = pipeline.new_context(build_settings("demo"), tmp_path / "o", "demo")
     with pytest.raises(TrtBuildError):
-        pipeline.run_stages(ctx, [("first", lambda ctx: {}), ("calibrate", broken)])
+        pipeline.run_stages(ctx, [("first", lambda ctx: StageRecord()), ("calibrate", broken)])
     data = json.loads((tmp_path / "o" / "report.json").read_text())
     assert (data["status"], data["error"]) == ("failed", "calibrate: data/7.png: cannot be read")
     assert "calibrate: data/7.png: cannot be read" in (tmp_path / "o" / "report.html").read_text()
@@ -287,12 +288,13 @@ def test_a_record_moved_from_a_workers_scratch_folder_is_rewritten_as_a_record(t
     new = '/home/u/a&b "rel"/digits'
     Path(old).mkdir(parents=True)
     report = Report(Path(old) / "report.json", model=f"{old}/model.onnx")
-    report.add("export", 0.1, output=f"{old}/model.onnx", note=f"{old}2 is another folder")
+    report.add("clean", 0.1, CleanRecord(output=f"{old}/model.onnx",
+                                         check_input=f"{old}2 is another folder"))
     report.finish("passed")
     data = json.loads(_moved(Path(old) / "report.json", old, new))
     assert data["model"] == f"{new}/model.onnx"
     assert data["stages"][0]["output"] == f"{new}/model.onnx"
-    assert data["stages"][0]["note"] == f"{old}2 is another folder"
+    assert data["stages"][0]["check_input"] == f"{old}2 is another folder"
     page = _moved(Path(old) / "report.html", old, new).decode()
     assert page == report_html.render(data) and old not in page.replace(f"{old}2", "")
     (Path(old) / "notes.html").write_text(f"<p>{old}</p>")  # no record beside it: as it is

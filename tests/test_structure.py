@@ -134,9 +134,9 @@ def test_a_refused_engine_is_reported_per_engine(rtx_build, monkeypatch):
     ctx.artifacts.clean = out / "model.clean.onnx"
     ctx.artifacts.engines.append(engine)
     record = validate.run_engines(ctx)
-    (entry,) = record["engines"]
-    assert "refused" in entry and entry["builder"] == "tensorrt-rtx"
-    assert record["gate_failures"] == []
+    (entry,) = record.engines
+    assert entry.refused and entry.builder == "tensorrt-rtx"
+    assert record.gate_failures == []
 
 
 def test_build_progress_reaches_the_display(digits_onnx):

@@ -105,6 +105,7 @@ def validate(reference: str | Path, candidate: str | Path, val: str, precision: 
     from .config import VALIDATE_PRECISIONS
     from .onnx import io
     from .quant.emulate import dequantized, emulate_typed, has_fp8, has_fp16, has_int4
+    from .records import ValidateRecord
     from .report import Report
     from .stages import validate as validate_stage
 
@@ -135,17 +136,14 @@ def validate(reference: str | Path, candidate: str | Path, val: str, precision: 
     ctx = Context(settings, Path(candidate).parent, Report(None, str(candidate)), owns_out=False)
     ctx.artifacts.clean = Path(reference)
 
-    def check(c: Context) -> dict[str, Any]:
+    def check(c: Context) -> ValidateRecord:
         record = validate_stage.check(c, target, precision, basic=has_fp8(written))
         if not isinstance(target, Path):  # the emulation
             record["cpu_check"] = how
-        return record
+        return ValidateRecord.of({**record, "preprocess_from": str(inherited) if inherited else None})
 
     pipeline.run_stages(ctx, [("validate", check)])
-    record = ctx.report.stages[-1]
-    if inherited:
-        record["preprocess_from"] = str(inherited)
-    return record
+    return ctx.report.stages[-1].to_json()
 
 
 def _build_preprocess(model: Path, data: str, options: dict[str, Any]
@@ -211,10 +209,10 @@ def bench(model: str | Path, output: str | Path | None = None, *,
             model, builder, settings.engine.weight_streaming_budget))
     pipeline.run_stages(ctx, [("bench", functools.partial(bench_stage.run, models=models))])
     record = ctx.report.stages[-1]
-    if not record["runs"] and record.get("refused"):
-        raise TrtBuildError(f"{model}: {next(iter(record['refused'].values()))}",
+    if not getattr(record, "runs", None) and getattr(record, "refused", None):
+        raise TrtBuildError(f"{model}: {next(iter(record.refused.values()))}",
                             MISSING_CAPABILITY)
-    return record
+    return record.to_json()
 
 
 def inspect(target: str | Path, cache_dir: str | Path | None = None) -> dict[str, Any]:

@@ -20,12 +20,13 @@ from .config import BuildSettings
 from .context import Context
 from .errors import GATE_FAILED, MISSING_CAPABILITY, TrtBuildError
 from .files import check_utf8, ensure_dir, refuse_links
+from .records import StageRecord
 from .report import Report, Timer
 from .stages import bench, calibrate, clean, engines, export, fp8, fp16, int4, quantize, sensitivity, validate
 
 log = logging.getLogger(__name__)
-Stage = Callable[[Context], dict[str, Any]]
-OnStage = Callable[[str, dict], None]
+Stage = Callable[[Context], StageRecord]
+OnStage = Callable[[str, StageRecord], None]
 
 
 def stages_for(s: BuildSettings) -> list[tuple[str, Stage]]:
@@ -82,23 +83,24 @@ def run_stages(ctx: Context, stages: list[tuple[str, Stage]],
                     e.report = _written_page(ctx)
                 raise
         # the process's peak so far: with each stage's, where memory went (large models)
-        record.setdefault("peak_rss_mb", round(
-            resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1))
-        record = ctx.report.add(name, t.seconds, **record)
+        if record.peak_rss_mb is None:
+            record.peak_rss_mb = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+        record = ctx.report.add(name, t.seconds, record)
         log.info("stage %s: done in %.2fs", name, t.seconds)
         if on_stage:
             on_stage(name, record)
-        if record.get("failed"):  # parts failed, the rest is kept and in the report
+        failed_parts = getattr(record, "failed", None)
+        if failed_parts:  # parts failed, the rest is kept and in the report
             message = f"{name}: " + "; ".join(
-                f"{f['precision']}@{f['arch']}: {f['error']}" for f in record["failed"])
+                f"{f.precision}@{f.arch}: {f.error}" for f in failed_parts)
             ctx.report.finish("failed", message)
-            failed = TrtBuildError(message, record["failed"][0]["code"], record)
+            failed = TrtBuildError(message, failed_parts[0].code, record.to_json())
             failed.report = _written_page(ctx)
             raise failed
-        if record.get("gate_failures"):
-            message = f"{name} gate failed: " + "; ".join(record["gate_failures"])
+        if record.gate_failures:
+            message = f"{name} gate failed: " + "; ".join(record.gate_failures)
             ctx.report.finish("gate_failed", message)
-            failed = TrtBuildError(message, GATE_FAILED, record)
+            failed = TrtBuildError(message, GATE_FAILED, record.to_json())
             failed.report = _written_page(ctx)
             raise failed
     ctx.report.finish("passed")
@@ -113,7 +115,7 @@ def _written_page(ctx: Context) -> Path | None:
     return path if path is not None and ctx.report.stages and path.is_file() else None
 
 
-def _cached(ctx: Context, name: str) -> tuple[dict[str, Any] | None, str | None]:
+def _cached(ctx: Context, name: str) -> tuple[StageRecord | None, str | None]:
     """(the stored record, restored into ctx and OUT, or None; the key to store under, or
     None when this stage is not cached in this run)."""
     from .stagecache import SPECS
@@ -126,7 +128,7 @@ def _cached(ctx: Context, name: str) -> tuple[dict[str, Any] | None, str | None]
         return None, None
     record = ctx.stage_cache.load(ctx, name, key)
     if record is not None:
-        record["reused"] = key[:16]
+        record.reused = key[:16]
     return record, key if record is None else None
 
 

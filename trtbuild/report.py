@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from .files import write_text
+from .records import StageRecord
 from .version import __version__
 
 
@@ -19,16 +20,20 @@ class Report:
 
     path: Path | None            # None: kept in memory only
     model: str = ""
-    stages: list[dict[str, Any]] = field(default_factory=list)
+    stages: list[StageRecord] = field(default_factory=list)
     status: str = "running"      # then passed, gate_failed or failed
     error: str | None = None     # the one line the CLI printed for a failed run
     preprocess: dict[str, Any] = field(default_factory=dict)  # how image samples were read
 
-    def add(self, stage: str, seconds: float, **fields: Any) -> dict[str, Any]:
-        record = {"stage": stage, "seconds": round(seconds, 4), **fields}
-        self.stages = [s for s in self.stages if s["stage"] != stage] + [record]
+    def add(self, stage: str, seconds: float, record: StageRecord) -> StageRecord:
+        """`record` as stage `stage`, replacing an earlier record of that stage."""
+        record.stage, record.seconds = stage, round(seconds, 4)
+        self.stages = [s for s in self.stages if s.stage != stage] + [record]
         self.save()
         return record
+
+    def stage(self, name: str) -> StageRecord | None:
+        return next((s for s in self.stages if s.stage == name), None)
 
     def finish(self, status: str, error: str | None = None) -> None:
         """The run's outcome, at the top of report.json (and report.html's banner); a run
@@ -42,7 +47,7 @@ class Report:
         return {"trtbuild": __version__, "model": self.model, "status": self.status,
                 "error": self.error, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
                 **({"preprocess": self.preprocess} if self.preprocess else {}),
-                "stages": self.stages}
+                "stages": [s.to_json() for s in self.stages]}
 
     def save(self) -> None:
         from .report_html import write_beside  # lazy: only a report on disk needs it

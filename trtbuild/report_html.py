@@ -2,8 +2,9 @@
 
 One self-contained file (inline CSS and SVG, no script, no external resource; a
 Content-Security-Policy says so), so it opens from a CI artifact store or a file:// URL.
-Records are read defensively: a missing or new key must never stop a build, so unknown
-numeric metrics are shown generically and a record that cannot be summarised shows blank.
+The stages are read back as typed records (records.parse_stages, lenient: a missing or
+new key never stops a build); a newer version's metrics are shown generically and a record
+that cannot be summarised shows blank.
 """
 
 from __future__ import annotations
@@ -18,7 +19,21 @@ from pathlib import Path
 from typing import Any
 
 from .files import write_text
-from .records import engine_records
+from .records import (
+    Accuracy,
+    BenchRecord,
+    BenchRun,
+    BuildRecord,
+    EngineCheck,
+    EngineChecksRecord,
+    LabelAccuracy,
+    OutputMetrics,
+    Region,
+    SensitivityRecord,
+    StageRecord,
+    ValidateRecord,
+    parse_stages,
+)
 
 log = logging.getLogger(__name__)
 
@@ -86,19 +101,19 @@ def write_beside(json_path: Path, data: dict[str, Any]) -> Path | None:
 
 def render(data: dict[str, Any]) -> str:
     """The whole page for a report dict."""
-    stages = [s for s in data.get("stages") or [] if isinstance(s, dict)]
-    by_name = {s.get("stage"): s for s in stages}
+    stages = parse_stages(data)
+    by_name = {s.stage: s for s in stages}
     model = str(data.get("model", ""))
     body = [_header(data), _banner(data, stages), _stage_table(stages)]
-    if "build" in by_name:
-        body.append(_engines(by_name["build"]))
+    if isinstance(build := by_name.get("build"), BuildRecord):
+        body.append(_engines(build))
     accuracy = [by_name[n] for n in (*ACCURACY_STAGES, "validate_engines") if n in by_name]
     if accuracy:
         body.append(_accuracy(accuracy))
-    if "sensitivity" in by_name:
-        body.append(_sensitivity(by_name["sensitivity"]))
-    if "bench" in by_name:
-        body.append(_latency(by_name["bench"]))
+    if isinstance(sens := by_name.get("sensitivity"), SensitivityRecord):
+        body.append(_sensitivity(sens))
+    if isinstance(bench := by_name.get("bench"), BenchRecord):
+        body.append(_latency(bench))
     # the CSP forbids every script and remote load: any slip shows as a console error
     return ("<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n"
             "<meta http-equiv=\"Content-Security-Policy\" content=\"default-src 'none'; "
@@ -116,12 +131,11 @@ def _header(data: dict[str, Any]) -> str:
     return f"<header>\n<h1>trtbuild report</h1>\n<dl class=\"meta\">{items}</dl>\n</header>"
 
 
-def _banner(data: dict[str, Any], stages: list[dict[str, Any]]) -> str:
+def _banner(data: dict[str, Any], stages: list[StageRecord]) -> str:
     """PASS or FAIL first, with the error and every failed gate (a report written before
     the run ended, or by an older trtbuild, says so)."""
     status = data.get("status")
-    failures = [f"{s.get('stage')}: {f}" for s in stages
-                for f in (s.get("gate_failures") or []) if isinstance(f, str)]
+    failures = [f"{s.stage}: {f}" for s in stages for f in s.gate_failures or []]
     if status == "passed" and not failures:
         return "<div class=\"banner pass\" id=\"status\">PASS</div>"
     if status in ("failed", "gate_failed") or failures:
@@ -135,33 +149,32 @@ def _banner(data: dict[str, Any], stages: list[dict[str, Any]]) -> str:
             "or stopped before it could say)</div>")
 
 
-def _stage_table(stages: list[dict[str, Any]]) -> str:
-    rows = [f"<tr><td>{escaped(s.get('stage'))}</td><td class=\"num\">{num_text(s.get('seconds'))}"
+def _stage_table(stages: list[StageRecord]) -> str:
+    rows = [f"<tr><td>{escaped(s.stage)}</td><td class=\"num\">{num_text(s.seconds)}"
             f"</td><td class=\"summary\">{escape(_summary(s))}</td></tr>" for s in stages]
     return section_html("stages", "Stages", table_html(["stage", "seconds", "summary"], rows))
 
 
-def _summary(record: dict[str, Any]) -> str:
-    """summary_line's figures without its own stage and seconds columns."""
-    from .summary import summary_line
+def _summary(record: StageRecord) -> str:
+    """The stage's figures as the console shows them."""
+    from .summary import stage_figures
 
     try:
-        line = summary_line(str(record.get("stage")), record)
-    except (KeyError, TypeError, ValueError, AttributeError, IndexError):
-        return ""  # a record of another shape (older, newer): the tables below still show it
-    parts = line.split(None, 2)
+        text = stage_figures(record.stage, record)
+    except (TypeError, ValueError, AttributeError):
+        return ""  # a record missing figures (older, newer): the tables below still show it
     # bench's extra lines are indented for a terminal; the cell keeps their inner alignment
-    return "\n".join(ln.removeprefix("    ") for ln in parts[2].split("\n")) if len(parts) > 2 else ""
+    return "\n".join(ln.removeprefix("    ") for ln in text.split("\n")).strip("\n")
 
 
 # engines ------------------------------------------------------------------------------
 
-def _engines(r: dict[str, Any]) -> str:
+def _engines(r: BuildRecord) -> str:
     """One row per engine built (or taken from the cache), then one per engine that failed."""
-    if "skipped" in r:
-        return section_html("engines", "Engines", f"<p>{escaped(r['skipped'])}</p>")
+    if r.skipped:
+        return section_html("engines", "Engines", f"<p>{escaped(r.skipped)}</p>")
     rows = []
-    for e in engine_records(r):
+    for e in r.engines or []:
         rows.append(
             f"<tr><td>{precision_swatch(e.precision)}</td><td>{escaped(e.arch)}</td>"
             f"<td>{escaped(e.builder)} {escaped(e.builder_version)}</td>"
@@ -170,11 +183,10 @@ def _engines(r: dict[str, Any]) -> str:
             f"<td class=\"path\">{escaped(e.path)}</td>"
             f"<td><code title=\"{escaped(e.key)}\">{escaped(str(e.key or '')[:12])}"
             "</code></td></tr>")
-    for f in r.get("failed") or []:
-        if isinstance(f, dict):
-            rows.append(f"<tr><td>{precision_swatch(f.get('precision'))}</td><td>{escaped(f.get('arch'))}"
-                        f"</td><td colspan=\"5\" class=\"bad\">FAILED: {escaped(f.get('error'))}"
-                        "</td></tr>")
+    for f in r.failed or []:
+        rows.append(f"<tr><td>{precision_swatch(f.precision)}</td><td>{escaped(f.arch)}"
+                    f"</td><td colspan=\"5\" class=\"bad\">FAILED: {escaped(f.error)}"
+                    "</td></tr>")
     table = table_html(["precision", "arch", "builder", "size", "from", "path", "cache key"], rows)
     note = "<p>The engine itself: <code>trtbuild inspect PATH</code> (no GPU needed).</p>"
     return section_html("engines", "Engines", table + note)
@@ -186,78 +198,76 @@ def _mb(n: Any) -> str:
 
 # accuracy -----------------------------------------------------------------------------
 
-def _accuracy(records: list[dict[str, Any]]) -> str:
+def _accuracy(records: list[StageRecord]) -> str:
     """One row per (checked model or engine, output); metric columns are the union."""
-    entries, notes = [], []
+    entries: list[tuple[str, Accuracy]] = []
+    notes = []
     for r in records:
-        if r.get("stage") != "validate_engines":
-            data = str(r.get("val") or "")
+        if isinstance(r, ValidateRecord):
+            data = r.val or ""
             on = ("<br><span class=\"warn\">on random inputs: nothing about real data is "
                   "checked</span>" if data.startswith("random") else
                   f"<br><small class=\"src\">on {escaped(data)}</small>" if data else "")
-            entries.append((f"{escaped(r['stage'])} <small>(ONNX Runtime, CPU)</small>{on}", r))
-        elif "skipped" in r:
-            notes.append(f"<p>engines: not checked: {escaped(r['skipped'])}</p>")
-        else:
-            for e in r.get("engines") or []:
-                if isinstance(e, dict):
-                    where = Path(str(e.get("engine", "?")))
-                    entries.append((escaped(f"engine {where.parent.name}/{where.name}"), e))
+            entries.append((f"{escaped(r.stage)} <small>(ONNX Runtime, CPU)</small>{on}", r))
+        elif r.skipped:
+            notes.append(f"<p>engines: not checked: {escaped(r.skipped)}</p>")
+        elif isinstance(r, EngineChecksRecord):
+            for e in r.engines or []:
+                where = Path(e.engine or "?")
+                entries.append((escaped(f"engine {where.parent.name}/{where.name}"), e))
     found = _metric_keys(e for _, e in entries)
     metrics = [k for k in found if k in KNOWN_METRICS]
     head = ["checked", "precision", "samples", "output", *(_header_name(k) for k in metrics),
             "gates"]
     rows = []
     for what, e in entries:
-        lead = f"<td>{what}</td><td>{precision_swatch(e.get('precision'))}</td>" \
-               f"<td class=\"num\">{num_text(e.get('samples'))}</td>"
-        if "refused" in e:
+        lead = f"<td>{what}</td><td>{precision_swatch(e.precision)}</td>" \
+               f"<td class=\"num\">{num_text(e.samples)}</td>"
+        if isinstance(e, EngineCheck) and e.refused:
             rows.append(f"<tr>{lead}<td colspan=\"{len(head) - 3}\" class=\"bad\">refused: "
-                        f"{escaped(e['refused'])}</td></tr>")
+                        f"{escaped(e.refused)}</td></tr>")
             continue
-        outputs = e.get("outputs") if isinstance(e.get("outputs"), dict) else {}
-        gates = f"<td>{_gates(e.get('gate_failures'))}</td>"
-        for name, m in outputs.items() or [("", {})]:
-            m = m if isinstance(m, dict) else {}
-            cells = "".join(_metric_cell(k, m[k]) if k in m else "<td></td>" for k in metrics)
+        gates = f"<td>{_gates(e.gate_failures)}</td>"
+        outputs = list((e.outputs or {}).items())
+        for name, m in outputs or [("", OutputMetrics())]:
+            values = m.values()
+            cells = "".join(_metric_cell(k, values[k]) if k in values else "<td></td>"
+                            for k in metrics)
             rows.append(f"<tr>{lead}<td>{escaped(name)}</td>{cells}{gates}</tr>")
-            more = [f"{escaped(k)} {num_text(m[k])}" for k in found if k not in KNOWN_METRICS
-                    and k in m]
+            more = [f"{escaped(k)} {num_text(values[k])}" for k in found if k not in KNOWN_METRICS
+                    and k in values]
             if more:  # a second, full-width line: the page never scrolls sideways
                 rows.append(f"<tr><td colspan=\"{len(head)}\" class=\"more\">{escaped(name)}: "
                             + ", ".join(more) + "</td></tr>")
-        task = [x for x in (_label_accuracy(e.get("label_accuracy")),
-                            _scores(e.get("scores"))) if x]
+        task = [x for x in (_label_accuracy(e.label_accuracy), _scores(e.scores)) if x]
         if task:
             rows.append(f"<tr><td colspan=\"{len(head)}\" class=\"more\">"
                         + "; ".join(task) + "</td></tr>")
     marks = ", ".join(f"{k} &lt; {v}" for k, v in SANE.items())
     notes.append(f"<p>Marked red even when no gate asked: {marks}.</p>")
     return section_html("accuracy", "Accuracy per precision",
-                    _accuracy_chart(entries) + table_html(head, rows) + "".join(notes))
+                        _accuracy_chart(entries) + table_html(head, rows) + "".join(notes))
 
 
 CHARTED = ("cosine_min", "top1_agreement", "channel_cosine_min")  # worst-case agreements
 
 
-def _accuracy_chart(entries: list, width: int = 800) -> str:
+def _accuracy_chart(entries: list[tuple[str, Accuracy]], width: int = 800) -> str:
     """One bar per checked model (or engine), output and agreement metric: its distance from
     perfect agreement (1 - metric) on a log axis, so 0.9999 and 0.99 look as different as
     they are; red past the metric's SANE floor (dashed)."""
     bars = []
     for what, e in entries:
-        outputs = e.get("outputs") if isinstance(e.get("outputs"), dict) else {}
-        for name, m in outputs.items():
+        for name, m in (e.outputs or {}).items():
+            values = m.values()
             for k in CHARTED:
-                if not isinstance(m, dict) or k not in m:
+                if k not in values:
                     continue
-                v = m[k]  # None: a NaN in report.json, the worst case: a full red bar
-                v = float(v) if _is_num(v) else float("-inf") if v is None else None
-                if v is None:
-                    continue
+                v = values[k]  # NaN: the worst case, a full red bar
+                v = float("-inf") if math.isnan(v) else v
                 label = unescape(re.sub("<[^>]+>.*", "", what).strip())
-                if label != e.get("precision"):   # "fp16", not "fp16 fp16"
-                    label = f"{label} {e.get('precision', '')}"
+                if label != e.precision:   # "fp16", not "fp16 fp16"
+                    label = f"{label} {e.precision or ''}"
                 bars.append((f"{label} {name}: {_header_name(k)}", k, v))
     if not bars:
         return ""
@@ -308,7 +318,7 @@ def _header_name(key: str) -> str:
 
 def _metric_cell(key: str, v: Any) -> str:
     floor = SANE.get(key)
-    low = floor is not None and (v is None or (_is_num(v) and v < floor))
+    low = floor is not None and (v is None or (_is_num(v) and (math.isnan(v) or v < floor)))
     mark = f" bad\" title=\"below {floor}" if low else ""
     return f"<td class=\"num{mark}\">{num_text(v)}</td>"
 
@@ -316,24 +326,20 @@ def _metric_cell(key: str, v: Any) -> str:
 def _metric_keys(entries: Any) -> list[str]:
     found: set[str] = set()
     for e in entries:
-        for m in (e.get("outputs") or {}).values() if isinstance(e.get("outputs"), dict) else []:
-            # None: a NaN in report.json, still a metric
-            found |= {k for k, v in (m.items() if isinstance(m, dict) else [])
-                      if _is_num(v) or v is None}
+        for m in (e.outputs or {}).values():
+            found |= set(m.values())  # NaN included: still a metric
     return [k for k in KNOWN_METRICS if k in found] + sorted(found - set(KNOWN_METRICS))
 
 
-def _label_accuracy(acc: Any) -> str:
-    if not isinstance(acc, dict):
+def _label_accuracy(acc: LabelAccuracy | None) -> str:
+    if acc is None:
         return ""
-    return (f"label accuracy {num_text(acc.get('reference'))} &rarr; {num_text(acc.get('candidate'))} "
-            f"({num_text(acc.get('delta_points'), '+.2f')} points)")
+    return (f"label accuracy {num_text(acc.reference)} &rarr; {num_text(acc.candidate)} "
+            f"({num_text(acc.delta_points, '+.2f')} points)")
 
 
-def _scores(scores: Any) -> str:
-    if not isinstance(scores, dict):
-        return ""
-    return ", ".join(f"{escaped(k)} {num_text(v)}" for k, v in scores.items())
+def _scores(scores: dict[str, float | None] | None) -> str:
+    return ", ".join(f"{escaped(k)} {num_text(v)}" for k, v in (scores or {}).items())
 
 
 def _gates(failures: Any) -> str:
@@ -345,28 +351,28 @@ def _gates(failures: Any) -> str:
 
 # sensitivity / mixed precision ----------------------------------------------------------
 
-def _sensitivity(r: dict[str, Any]) -> str:
-    regions = [g for g in r.get("regions") or [] if isinstance(g, dict)]
-    totals = [("metric", escaped(r.get("metric"))), ("target", num_text(r.get("target"))),
-              ("before", num_text(r.get("before"))), ("after", num_text(r.get("after"))),
-              ("INT8 MAC coverage", percent_text(r.get("int8_mac_coverage"))),
-              ("evaluations", num_text(r.get("evaluations"))), ("regions", str(len(regions)))]
-    if r.get("held_out"):  # `after` is the held-out half's value
-        totals[4:4] = [("held-out samples", num_text(r.get("held_out"))),
-                       ("searched on", num_text(r.get("searched_on"))),
-                       ("search half's value", num_text(r.get("search_value")))]
-    counts = {p: sum(_prec_class(g.get("precision")) == f"prec-{p}" for g in regions)
+def _sensitivity(r: SensitivityRecord) -> str:
+    regions = r.regions or []
+    totals = [("metric", escaped(r.metric)), ("target", num_text(r.target)),
+              ("before", num_text(r.before)), ("after", num_text(r.after)),
+              ("INT8 MAC coverage", percent_text(r.int8_mac_coverage)),
+              ("evaluations", num_text(r.evaluations)), ("regions", str(len(regions)))]
+    if r.held_out:  # `after` is the held-out half's value
+        totals[4:4] = [("held-out samples", num_text(r.held_out)),
+                       ("searched on", num_text(r.searched_on)),
+                       ("search half's value", num_text(r.search_value))]
+    counts = {p: sum(_prec_class(g.precision) == f"prec-{p}" for g in regions)
               for p in PRECISIONS}
     totals += [(f"{p} regions", str(n)) for p, n in counts.items() if n]
     dl = "<dl class=\"meta\">" + "".join(f"<dt>{k}</dt><dd>{v}</dd>" for k, v in totals) + "</dl>"
     legend = "<p class=\"legend\">" + "".join(
         f"<span class=\"item\"><span class=\"swatch prec-{p}\"></span>{p}</span>"
         for p in PRECISIONS) + "</p>"
-    rows = [f"<tr><td class=\"num\">{i}</td><td>{escaped(g.get('node'))}</td>"
-            f"<td>{escaped(g.get('op_type'))}</td><td class=\"num\">{num_text(g.get('macs'))}</td>"
-            f"<td class=\"num\">{percent_text(g.get('mac_share'))}</td>"
-            f"<td class=\"num\">{num_text(g.get('sensitivity'))}</td>"
-            f"<td>{precision_swatch(g.get('precision'))}</td></tr>" for i, g in enumerate(regions)]
+    rows = [f"<tr><td class=\"num\">{i}</td><td>{escaped(g.node)}</td>"
+            f"<td>{escaped(g.op_type)}</td><td class=\"num\">{num_text(g.macs)}</td>"
+            f"<td class=\"num\">{percent_text(g.mac_share)}</td>"
+            f"<td class=\"num\">{num_text(g.sensitivity)}</td>"
+            f"<td>{precision_swatch(g.precision)}</td></tr>" for i, g in enumerate(regions)]
     table = table_html(["#", "node", "op", "MACs", "MAC share", "sensitivity", "precision"], rows)
     body = (dl + legend + "<h3>Sensitivity per region (graph order)</h3>\n" + _bars(regions)
             + "<h3>Precision map (graph order, width &prop; MAC share)</h3>\n" + _strip(regions)
@@ -374,11 +380,11 @@ def _sensitivity(r: dict[str, Any]) -> str:
     return section_html("sensitivity", "Sensitivity and mixed precision", body)
 
 
-def _bars(regions: list[dict[str, Any]], width: int = 800, height: int = 240) -> str:
+def _bars(regions: list[Region], width: int = 800, height: int = 240) -> str:
     """Vertical bars, one per region in graph order, each numbered under it (the table
     below names them; <title> gives a hover label); labelled axes."""
     pad_l, pad_b, pad_t = 64, 30, 10
-    values = [g.get("sensitivity") if _is_num(g.get("sensitivity")) else 0.0 for g in regions]
+    values = [_finite(g.sensitivity) for g in regions]
     top = max([abs(v) for v in values] + [0.0]) or 1.0
     plot_w, plot_h = width - pad_l - 4, height - pad_t - pad_b
     step = min(plot_w / max(len(regions), 1), 40.0)  # a few regions: no giant bars
@@ -399,7 +405,7 @@ def _bars(regions: list[dict[str, Any]], width: int = 800, height: int = 240) ->
         if i % every == 0:
             parts.append(f"<text x=\"{x + step * 0.4:.2f}\" y=\"{pad_t + plot_h + 12}\" "
                          f"text-anchor=\"middle\">{i}</text>")
-        parts.append(f"<rect class=\"{_prec_class(g.get('precision'))}\" x=\"{x:.2f}\" "
+        parts.append(f"<rect class=\"{_prec_class(g.precision)}\" x=\"{x:.2f}\" "
                      f"y=\"{pad_t + plot_h - h:.2f}\" width=\"{max(step * 0.8, 0.5):.2f}\" "
                      f"height=\"{h:.2f}\"><title>{_region_label(g)}</title></rect>")
     return (f"<svg class=\"chart\" id=\"sensitivity-bars\" xmlns=\"http://www.w3.org/2000/svg\" "
@@ -407,16 +413,17 @@ def _bars(regions: list[dict[str, Any]], width: int = 800, height: int = 240) ->
             f"aria-label=\"sensitivity per region\">{''.join(parts)}</svg>\n")
 
 
-def _strip(regions: list[dict[str, Any]], width: int = 800, height: int = 36) -> str:
+def _strip(regions: list[Region], width: int = 800, height: int = 36) -> str:
     """One rectangle per region, width proportional to its MAC share (MACs when no share)."""
-    shares = [g.get("mac_share") if _is_num(g.get("mac_share")) else None for g in regions]
-    if any(s is None for s in shares):
-        shares = [g.get("macs") if _is_num(g.get("macs")) else 0.0 for g in regions]
+    shares = [g.mac_share for g in regions]
+    if any(s is None or math.isnan(s) for s in shares):
+        shares = [g.macs for g in regions]
+    shares = [_finite(v) for v in shares]
     total = sum(max(s, 0.0) for s in shares) or 1.0
     x, parts = 0.0, []
     for g, s in zip(regions, shares):
         w = width * max(s, 0.0) / total
-        parts.append(f"<rect class=\"{_prec_class(g.get('precision'))}\" x=\"{x:.2f}\" y=\"0\" "
+        parts.append(f"<rect class=\"{_prec_class(g.precision)}\" x=\"{x:.2f}\" y=\"0\" "
                      f"width=\"{w:.2f}\" height=\"{height}\" stroke=\"#fff\" stroke-width=\"0.5\">"
                      f"<title>{_region_label(g)}</title></rect>")
         x += w
@@ -425,48 +432,45 @@ def _strip(regions: list[dict[str, Any]], width: int = 800, height: int = 36) ->
             f"aria-label=\"precision per region\">{''.join(parts)}</svg>\n")
 
 
-def _region_label(g: dict[str, Any]) -> str:
-    return escape(f"{g.get('node')} ({g.get('op_type')}): {g.get('precision')}, sensitivity "
-                  f"{_plain(g.get('sensitivity'))}, MAC share {_plain(g.get('mac_share'))}")
+def _region_label(g: Region) -> str:
+    return escape(f"{g.node} ({g.op_type}): {g.precision}, sensitivity "
+                  f"{_plain(g.sensitivity)}, MAC share {_plain(g.mac_share)}")
 
 
 # latency --------------------------------------------------------------------------------
 
-def _latency(r: dict[str, Any]) -> str:
-    runs = [x for x in r.get("runs") or [] if isinstance(x, dict)]
+def _latency(r: BenchRecord) -> str:
+    runs = [x.to_json() for x in r.runs]
     present = {k for x in runs for k in x}
-    keys = [k for k in KNOWN_RUN_KEYS if k in present] + sorted(
-        k for k in present - set(KNOWN_RUN_KEYS) if any(_is_num(x.get(k)) for x in runs))
+    keys = [k for k in KNOWN_RUN_KEYS if k in present]
     rows = ["<tr>" + "".join(f"<td class=\"num\">{num_text(x.get(k))}</td>" if _is_num(x.get(k))
                              else f"<td>{escaped(x.get(k, ''))}</td>" for k in keys) + "</tr>"
             for x in runs]
-    body = (_latency_chart(runs, r.get("comparison"))
+    body = (_latency_chart(r.runs, r.comparison)
             + table_html([_header_name(k) for k in keys], rows) if runs
             else "<p>no runs</p>")
-    refused = r.get("refused") if isinstance(r.get("refused"), dict) else {}
     body += "".join(f"<p class=\"bad\">{escaped(p)}: refused: {escaped(why)}</p>"
-                    for p, why in refused.items())
-    comparison = [c for c in r.get("comparison") or [] if isinstance(c, dict)]
-    if "comparison" in r:
-        body += (f"<h3>vs {escaped(r.get('baseline'))} (max regression "
-                 f"{percent_text(r.get('max_regression'))})</h3>\n")
+                    for p, why in (r.refused or {}).items())
+    if r.comparison is not None:
+        body += (f"<h3>vs {escaped(r.baseline)} (max regression "
+                 f"{percent_text(r.max_regression)})</h3>\n")
         rows = [f"<tr><td>{escaped(c.get('runner'))}</td><td>{escaped(c.get('model'))}</td>"
                 f"<td>{escaped(c.get('shape'))}</td><td class=\"num\">{num_text(c.get('baseline_p50_ms'))}"
                 f"</td><td class=\"num\">{num_text(c.get('p50_ms'))}</td>"
                 f"<td class=\"num{' bad' if c.get('regressed') else ''}\">"
                 f"{percent_text(c.get('change'), '+.1f')}</td>"
                 f"<td>{REGRESSED if c.get('regressed') else ''}</td>"
-                "</tr>" for c in comparison]
+                "</tr>" for c in r.comparison]
         body += table_html(["runner", "model", "shape", "baseline p50 ms", "p50 ms", "change", ""],
-                       rows)
-    body += _gates(r["gate_failures"]) if r.get("gate_failures") else ""
+                           rows)
+    body += _gates(r.gate_failures) if r.gate_failures else ""
     return section_html("latency", "Latency", body)
 
 
-def _latency_chart(runs: list[dict[str, Any]], comparison: Any, width: int = 800) -> str:
+def _latency_chart(runs: list[BenchRun], comparison: Any, width: int = 800) -> str:
     """One horizontal bar per run (p50, coloured by precision), a whisker to p99, and the
     baseline's p50 as a black tick when a baseline was given."""
-    timed = [x for x in runs if _is_num(x.get("p50_ms"))]
+    timed = [x.to_json() for x in runs if x.p50_ms is not None and math.isfinite(x.p50_ms)]
     if not timed:
         return ""
     base = {(c.get("runner"), c.get("model"), c.get("shape")): c.get("baseline_p50_ms")
@@ -524,6 +528,11 @@ def table_html(head: list[str], rows: list[str]) -> str:
         "\n".join(rows) + "\n</tbody>\n</table></div>\n"
 
 
+def _finite(v: float | None) -> float:
+    """A value a chart can draw: None and NaN as 0."""
+    return v if v is not None and math.isfinite(v) else 0.0
+
+
 def _is_num(v: Any) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool)
 
@@ -536,7 +545,7 @@ def num_text(v: Any, fmt: str = ".4g") -> str:
     """Numbers as text (4 significant digits); None (a NaN in report.json) as n/a. A value
     that rounds to an integer it is not (0.99999 -> 1) keeps its digits: a cosine of 1
     would claim an exact match."""
-    if v is None:
+    if v is None or (isinstance(v, float) and math.isnan(v)):
         return "n/a"
     if isinstance(v, float):
         if fmt != ".4g":

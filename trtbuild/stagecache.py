@@ -33,6 +33,7 @@ from .cache import EngineCache
 from .context import Context
 from .files import atomic_path, file_sha256
 from .onnx.io import model_files
+from .records import RECORDS, StageRecord
 
 log = logging.getLogger(__name__)
 STAGES = "stages"      # the folder under the cache root that is not an architecture
@@ -188,7 +189,7 @@ class StageCache:
             return None, f"cannot read an input ({e})"
         return h.hexdigest(), ""
 
-    def load(self, ctx: Context, stage: str, key: str) -> dict[str, Any] | None:
+    def load(self, ctx: Context, stage: str, key: str) -> StageRecord | None:
         """The stored record with the stage's files copied into OUT and its state restored,
         or None (a miss, or an entry that failed its check and was quarantined)."""
         entry = self.store.entry(STAGES, stage, key)
@@ -200,7 +201,7 @@ class StageCache:
             log.warning("stage cache: %s: not used (%s)", entry, e)
             return None
 
-    def _load(self, ctx: Context, stage: str, key: str, entry: Path) -> dict[str, Any] | None:
+    def _load(self, ctx: Context, stage: str, key: str, entry: Path) -> StageRecord | None:
         with self.store.lock(entry) as writable:
             found = self.store.read(entry, expect={"key": key, "stage": stage},
                                     writable=writable)
@@ -218,10 +219,13 @@ class StageCache:
             if writable:
                 with contextlib.suppress(OSError):
                     os.utime(entry)  # recency for prune
+        record = RECORDS[stage].from_json(_moved(manifest["record"], OUT, str(ctx.out)))
+        if record is None:  # written by a version with another schema: recompute
+            return None
         SPECS[stage].restore(ctx, state)
-        return _moved(manifest["record"], OUT, str(ctx.out))
+        return record
 
-    def save(self, ctx: Context, stage: str, key: str, record: dict[str, Any],
+    def save(self, ctx: Context, stage: str, key: str, record: StageRecord,
              wrote: list[Path]) -> None:
         """Store the files the stage wrote into OUT, its state and its record."""
         state = {k: v for k, v in SPECS[stage].state(ctx).items() if v is not None}
@@ -234,7 +238,7 @@ class StageCache:
                     else self._digest(v)} for n, v in files.items()}
         from .report import dumps
 
-        plain = json.loads(dumps(record))  # as report.json will hold it
+        plain = json.loads(dumps(record.to_json()))  # as report.json will hold it
         manifest = {"key": key, "stage": stage, "source": ctx.settings.src,
                     "created": time.time(), "files": sums,
                     "state": sorted(state), "record": _moved(plain, str(ctx.out), OUT)}

@@ -9,6 +9,7 @@ from typing import Any, Callable
 
 from .. import api
 from ..errors import GATE_FAILED, OK
+from ..records import BenchRecord, StageRecord, ValidateRecord
 from ..report import dumps
 from ..summary import bench_figures, summary_line, validate_figures
 from .args import options
@@ -49,10 +50,10 @@ def _run_summary(args: argparse.Namespace, title: str, run: Callable) -> int:
     if not quiet:
         _say(title, stream)
 
-    def on_stage(name: str, record: dict[str, Any]) -> None:
+    def on_stage(name: str, record: StageRecord) -> None:
         if not quiet:
             _say(summary_line(name, record), stream)
-        done.append({"stage": name, **record})
+        done.append(record.to_json())
 
     def failed(code: int, message: str) -> None:
         emit(args, {"stages": done, "error": {"exit_code": code, "message": message}}, [])
@@ -119,7 +120,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
     opts = options(args)
     val = opts.pop("val", None)
     return _show(args, lambda r: [f"validate {args.candidate} vs {args.reference}: "
-                                  f"{validate_figures(r)}"],
+                                  f"{validate_figures(ValidateRecord.from_json(r))}"],
                  lambda: api.validate(args.reference, args.candidate, val, args.precision,
                                       **opts))
 
@@ -127,7 +128,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
 def cmd_bench(args: argparse.Namespace) -> int:
     opts = options(args)
     opts.pop("builder", None)
-    return _show(args, lambda r: [f"bench {args.model}:{bench_figures(r)}"],
+    return _show(args, lambda r: [f"bench {args.model}:{bench_figures(BenchRecord.from_json(r))}"],
                  lambda: api.bench(args.model, args.output, reference=args.reference,
                                    builder=args.builder, **opts))
 

@@ -14,6 +14,7 @@ a plain run, the engine at OUT/NAME/engines/ARCH/model.PRECISION.engine.
 
 from __future__ import annotations
 
+import math
 import resource
 import time
 from dataclasses import replace
@@ -22,7 +23,7 @@ from typing import Any, Callable
 
 from ..config import BuildSettings
 from ..errors import GATE_FAILED, INTERNAL_ERROR, TrtBuildError
-from ..records import engine_records
+from ..records import Accuracy, EngineChecksRecord, StageRecord, engine_records, parse_stages
 from .manifest import ModelEntry
 
 PREPARED = ("clean", "fp16", "int8", "calib_cache")  # Artifacts fields an engine job reads
@@ -66,7 +67,7 @@ def prepare(entry: ModelEntry, out: str) -> dict[str, Any]:
 
 def engine(entry: ModelEntry, out: str, precision: str, arch: str,
            artifacts: dict[str, str | None]) -> dict[str, Any]:
-    records: dict[str, dict] = {}
+    records: dict[str, StageRecord] = {}
     return _measured(lambda: _engine(entry, Path(out), precision, arch, artifacts, records),
                      lambda: _engine_record(records))
 
@@ -103,7 +104,7 @@ def _prepare(entry: ModelEntry, out: Path) -> dict[str, Any]:
 
 
 def _engine(entry: ModelEntry, out: Path, precision: str, arch: str,
-            artifacts: dict[str, str | None], records: dict[str, dict]) -> dict[str, Any]:
+            artifacts: dict[str, str | None], records: dict[str, StageRecord]) -> dict[str, Any]:
     from .. import pipeline
     from ..context import Context
     from ..report import Report, Timer
@@ -124,10 +125,10 @@ def _engine(entry: ModelEntry, out: Path, precision: str, arch: str,
     for name, stage in (("build", engines.run), ("validate_engines", validate.run_engines)):
         with Timer() as t:
             record = stage(ctx)
-        records[name] = ctx.report.add(name, t.seconds, **record)
-        if records[name].get("gate_failures"):
-            raise TrtBuildError(f"{name} gate failed: " + "; ".join(record["gate_failures"]),
-                                GATE_FAILED, record)
+        records[name] = ctx.report.add(name, t.seconds, record)
+        if record.gate_failures:
+            raise TrtBuildError(f"{name} gate failed: " + "; ".join(record.gate_failures),
+                                GATE_FAILED, record.to_json())
     return {}
 
 
@@ -178,47 +179,55 @@ def _one_line(text: str) -> str:
 
 # --- record summaries (from report.json / the stage records) -----------------------------
 
-def accuracy(r: dict[str, Any] | None) -> dict[str, Any] | None:
+def accuracy(r: Accuracy | None) -> dict[str, Any] | None:
     """One precision's accuracy vs FP32 from a validate/fp16 record: the worst output's
-    cosine_mean (top-1 agreement, correlation), the plug-in scores, label accuracy."""
-    if not isinstance(r, dict) or "outputs" not in r:
+    cosine_mean (top-1 agreement, correlation; NaN if any output's is NaN), the plug-in
+    scores, label accuracy."""
+    if r is None or r.outputs is None:
         return None
-    outs = [m for m in (r.get("outputs") or {}).values() if isinstance(m, dict)]
-    worst = {k: min((m[k] for m in outs if isinstance(m.get(k), (int, float))), default=None)
+    outs = list(r.outputs.values())
+    worst = {k: _worst([getattr(m, k) for m in outs])
              for k in ("cosine_mean", "top1_agreement", "correlation")}
-    label = r.get("label_accuracy") if isinstance(r.get("label_accuracy"), dict) else {}
+    label = r.label_accuracy
     return {**{k: v for k, v in worst.items() if v is not None},
-            "scores": r.get("scores") or {}, "samples": r.get("samples"),
-            **({"label_accuracy_delta_points": label.get("delta_points")} if label else {}),
-            "gate_failures": r.get("gate_failures") or []}
+            "scores": r.scores or {}, "samples": r.samples,
+            **({"label_accuracy_delta_points": label.delta_points} if label else {}),
+            "gate_failures": r.gate_failures or []}
+
+
+def _worst(values: list[float | None]) -> float | None:
+    found = [v for v in values if v is not None]
+    if not found:
+        return None
+    return math.nan if any(math.isnan(v) for v in found) else min(found)
 
 
 def _prepared_record(out: Path) -> dict[str, Any]:
     import json
 
     path = out / "report.json"
-    stages = json.loads(path.read_text())["stages"] if path.is_file() else []
-    by = {s["stage"]: s for s in stages}
+    stages = parse_stages(json.loads(path.read_text())) if path.is_file() else []
+    by = {s.stage: s for s in stages}
     acc = {p: accuracy(by.get(stage)) for p, stage in (("fp16", "fp16"), ("int8", "validate"))}
-    sens = by.get("sensitivity") or {}
-    return {"report": str(path), "stages": [[s["stage"], s["seconds"]] for s in stages],
+    sens = by.get("sensitivity")
+    return {"report": str(path), "stages": [[s.stage, s.seconds] for s in stages],
             "accuracy": {p: a for p, a in acc.items() if a},
-            "int8_mac_coverage": sens.get("int8_mac_coverage")}
+            "int8_mac_coverage": sens.int8_mac_coverage if sens else None}
 
 
-def _engine_record(records: dict[str, dict]) -> dict[str, Any]:
+def _engine_record(records: dict[str, StageRecord]) -> dict[str, Any]:
     found = engine_records(records.get("build"))
-    record = {"stages": [[n, r["seconds"]] for n, r in records.items()]}
+    record: dict[str, Any] = {"stages": [[n, r.seconds] for n, r in records.items()]}
     if found:
         e = found[0]
         record["engine"] = {"path": e.path, "bytes": e.bytes, "build_seconds": e.build_seconds,
                             "cache_hit": e.cache_hit, "key": e.key, "sha256": e.sha256,
                             "builder": e.builder, "builder_version": e.builder_version}
-    checked = records.get("validate_engines") or {}
-    if "skipped" in checked:
-        record["engine_check"] = checked["skipped"]
-    elif checked.get("engines"):
-        record["engine_accuracy"] = accuracy(checked["engines"][0])
+    checked = records.get("validate_engines")
+    if checked is not None and checked.skipped:
+        record["engine_check"] = checked.skipped
+    elif isinstance(checked, EngineChecksRecord) and checked.engines:
+        record["engine_accuracy"] = accuracy(checked.engines[0])
     return record
 
 

@@ -14,11 +14,12 @@ from .. import timing
 from ..context import Context
 from ..onnx.inputs import model_inputs, random_feed
 from ..onnx.shapes import profile_shapes, shape_label
+from ..records import BenchRecord
 
 log = logging.getLogger(__name__)
 
 
-def run(ctx: Context, models: dict[str, Path] | None = None) -> dict[str, Any]:
+def run(ctx: Context, models: dict[str, Path] | None = None) -> BenchRecord:
     """Runs, each with its runner and device; gate failures list the regressions beyond
     the baseline. An engine its runtime refuses is listed under `refused`. `models`
     ({label: ONNX file}, default: the build's precision models) are timed on the CPU when
@@ -55,7 +56,7 @@ def run(ctx: Context, models: dict[str, Path] | None = None) -> dict[str, Any]:
             f"{r['baseline_p50_ms']:.3f} ms" for r in rows if r["regressed"]]
         if not rows:
             log.warning("%s: no bench run matches this build's runners and shapes", s.baseline)
-    return record
+    return BenchRecord.of(record)
 
 
 def _engine_runs(engines: list, shapes: dict, s: Any, refused: dict[str, str]) -> list[dict]:

@@ -18,6 +18,7 @@ from ..onnx import io
 from ..onnx.inputs import model_inputs
 from ..progress import bar
 from ..quant.qdq import QuantPlan, plan
+from ..records import CalibrateRecord
 from ..report import Timer
 
 log = logging.getLogger(__name__)
@@ -34,7 +35,7 @@ def required_tensors(model: Any, qplan: QuantPlan) -> list[str]:
     return floats + [t for t in qplan.activations if t not in floats]
 
 
-def run(ctx: Context) -> dict[str, Any]:
+def run(ctx: Context) -> CalibrateRecord:
     """Thresholds for the cleaned model's Q/DQ tensors -> ctx.int8.amaxes and out/calib.cache.
 
     Uses the given calibration cache when it covers every needed tensor; otherwise
@@ -74,7 +75,7 @@ def run(ctx: Context) -> dict[str, Any]:
             model, qplan = ctx.clean_model(), plan(ctx.clean_model())
         elif ctx.int8.smooth:
             record["smoothquant"] = {"applied": True, "smoothed": len(ctx.int8.smooth),
-                                     "from": str(smooth_file(s.cache))}
+                                     "source": str(smooth_file(s.cache))}
     if amaxes is None:
         # --calibrator trt: TensorRT calibrates the clean FP32 graph itself
         if (s.smoothquant == "auto" or s.equalize == "on") and s.data \
@@ -88,7 +89,7 @@ def run(ctx: Context) -> dict[str, Any]:
     ctx.artifacts.calib_cache = cache_path
     ctx.int8.amaxes = amaxes
     record.update(output=str(cache_path), tensors=len(amaxes))
-    return record
+    return CalibrateRecord.of(record)
 
 
 def _calibrate(ctx: Context, model: Any, qplan: QuantPlan, needed: list[str],

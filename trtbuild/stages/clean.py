@@ -19,6 +19,7 @@ from ..errors import GATE_FAILED, TrtBuildError
 from ..onnx import io
 from ..onnx.inputs import model_inputs, model_outputs, random_feed
 from ..passes import PASSES, PREPARE, Pass
+from ..records import CleanRecord
 from ..report import Timer
 
 log = logging.getLogger(__name__)
@@ -44,12 +45,12 @@ class CleanResult:
                 "prepared": self.prepared, "check_input": self.check_input}
 
 
-def run(ctx: Context) -> dict[str, Any]:
+def run(ctx: Context) -> CleanRecord:
     """out/model.onnx -> out/model.clean.onnx, the FP32 reference of every later stage."""
     result = clean(ctx.artifacts.model, ctx.out / "model.clean.onnx",
                    feed=lambda model: check_feed(ctx, model))
     ctx.set_clean(result.path)
-    return result.record()
+    return CleanRecord.of(result.record())
 
 
 def check_feed(ctx: Context, model: Any) -> tuple[dict[str, Any], str]:

@@ -24,7 +24,7 @@ from ..onnx.inputs import model_inputs
 from ..onnx.io import model_files
 from ..onnx.shapes import Profile
 from ..progress import Bar, bar
-from ..records import EngineRecord
+from ..records import BuildRecord, EngineRecord, FailedEngine
 from ..trt import backend as trt_backend
 from ..trt.gpu import gpu_info
 from ..version import __version__
@@ -46,7 +46,7 @@ def models_to_build(ctx: Context) -> dict[str, Path]:
     return models
 
 
-def run(ctx: Context) -> dict[str, Any]:
+def run(ctx: Context) -> BuildRecord:
     """Build (or fetch from the cache) one engine per (precision, arch).
 
     With target 'auto' and no builder installed, returns a record that says why and builds
@@ -59,7 +59,7 @@ def run(ctx: Context) -> dict[str, Any]:
         if t.target == "engine":
             raise
         log.warning("no engine built: %s", e.message)
-        return {"skipped": f"no engine built: {e.message}"}
+        return BuildRecord(skipped=f"no engine built: {e.message}")
     archs = trt_backend.target_archs(backend, t.archs, ctx.settings.engine.hardware_compat)
     settings, profiles_from = engine_settings(ctx)
     models = models_to_build(ctx)
@@ -82,8 +82,8 @@ def run(ctx: Context) -> dict[str, Any]:
                     # the others still build; the pipeline fails the stage after the record,
                     # in one line naming every failure
                     log.info("%s@%s: %s", precision, arch, e.message)
-                    failed.append({"precision": precision, "arch": arch, "error": e.message,
-                                   "code": e.code})
+                    failed.append(FailedEngine(precision=precision, arch=arch,
+                                               error=e.message, code=e.code))
                     progress.advance(1)
                     continue
                 records.append(r)
@@ -92,12 +92,10 @@ def run(ctx: Context) -> dict[str, Any]:
                     Path(r.refit_from) if r.refit_from else None,
                     settings.weight_streaming_budget))
                 progress.advance(1)
-    record = {"builder": backend.name, "trt_version": backend.version,
-              "cache_dir": str(cache.root), "profiles_from": profiles_from,
-              "engines": [r.to_json() for r in records],
-              "built": sum(not e.cache_hit for e in records),
-              "cache_hits": sum(e.cache_hit for e in records)}
-    return {**record, "failed": failed} if failed else record
+    return BuildRecord(builder=backend.name, trt_version=backend.version,
+                       cache_dir=str(cache.root), profiles_from=profiles_from, engines=records,
+                       built=sum(not e.cache_hit for e in records),
+                       cache_hits=sum(e.cache_hit for e in records), failed=failed or None)
 
 
 def engine_settings(ctx: Context) -> tuple[EngineSettings, str]:

@@ -20,6 +20,7 @@ from ..files import WORK_DIR, atomic_path
 from ..onnx import io, source
 from ..onnx.inputs import model_inputs, model_outputs, random_feed
 from ..onnx.source import Source
+from ..records import ExportRecord
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +50,7 @@ class ExportResult:
         return r
 
 
-def run(ctx: Context) -> dict[str, Any]:
+def run(ctx: Context) -> ExportRecord:
     """SRC -> out/model.onnx; a torch SRC's module is kept only for --bench's eager latency
     baseline (Context.take_source)."""
     s = ctx.settings.export
@@ -57,7 +58,7 @@ def run(ctx: Context) -> dict[str, Any]:
                                               dict(s.inputs) or None))
     result = export(src, ctx.out / "model.onnx", s)
     ctx.artifacts.model = result.path
-    return result.record()
+    return ExportRecord.of(result.record())
 
 
 def export(src: Source, out: Path, settings: ExportSettings = ExportSettings()) -> ExportResult:

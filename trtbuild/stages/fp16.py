@@ -18,12 +18,13 @@ from ..passes import fold_batchnorm
 from ..quant import fp16
 from ..quant.emulate import emulate_typed
 from ..quant.fp16_range import range_keeps
+from ..records import Fp16Record
 from . import fp16_target, validate
 
 log = logging.getLogger(__name__)
 
 
-def run(ctx: Context) -> dict[str, Any]:
+def run(ctx: Context) -> Fp16Record:
     s = ctx.settings.fp16_options
     folded, n_folded = fold_batchnorm(ctx.clean_model())
     keeps = range_keeps(folded, s, ctx.probe_feeds())
@@ -40,7 +41,7 @@ def run(ctx: Context) -> dict[str, Any]:
         record["gate_failures"] += search.pop("gate_failures", [])
         record["target_search"] = search
     record.update(batchnorm_folded=n_folded, auto_fp32=auto)
-    return record
+    return Fp16Record.of(record)
 
 
 def _written_and_checked(ctx: Context, folded: Any, keep_at: frozenset[int]) -> dict[str, Any]:

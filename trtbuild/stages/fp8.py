@@ -8,7 +8,6 @@ quantize to E4M3 as QuantizeLinear-19 says (saturating, round to nearest even)."
 from __future__ import annotations
 
 import logging
-from typing import Any
 
 from ..calib import merge
 from ..context import Context
@@ -17,6 +16,7 @@ from ..onnx import io
 from ..progress import bar
 from ..quant.mixed import at_opset
 from ..quant.qdq import insert_qdq, plan
+from ..records import Fp8Record
 from . import validate
 from .calibrate import required_tensors
 
@@ -29,7 +29,7 @@ def has_fp8(arch: str) -> bool:
     return arch.startswith("sm_") and arch[3:].isdigit() and int(arch[3:]) >= 89
 
 
-def run(ctx: Context) -> dict[str, Any]:
+def run(ctx: Context) -> Fp8Record:
     source = ctx.settings.calib.data
     model = at_opset(ctx.clean_model(), FP8_OPSET, "FP8 Q/DQ")
     qplan = plan(model)
@@ -55,4 +55,4 @@ def run(ctx: Context) -> dict[str, Any]:
         cpu_check="FP8 E4M3 Q/DQ in ONNX Runtime's CPU kernels (QuantizeLinear-19: "
                   "saturating, round to nearest even; basic graph optimizations), FP32 "
                   "elsewhere")
-    return record
+    return Fp8Record.of(record)

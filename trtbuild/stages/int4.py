@@ -23,6 +23,7 @@ from ..quant import fp16, int4
 from ..quant.emulate import dequantized, emulate_typed
 from ..quant.fp16_range import range_keeps
 from ..quant.mixed import at_opset
+from ..records import Int4Record
 from . import validate
 
 log = logging.getLogger(__name__)
@@ -33,7 +34,7 @@ ROWS = 512  # calibration rows per layer that its scaling is judged on (R x K x 
 MAX_GPTQ_K = 8192
 
 
-def run(ctx: Context) -> dict[str, Any]:
+def run(ctx: Context) -> Int4Record:
     s = ctx.settings.int4
     model = at_opset(ctx.clean_model(), int4.INT4_OPSET, "INT4 weights (DequantizeLinear "
                                                          "block_size)")
@@ -87,7 +88,7 @@ def run(ctx: Context) -> dict[str, Any]:
             "awq_alpha_median": float(np.median(alphas))} if s.method == "awq" else {}),
         **({"error_ratio_median": round(float(np.median(  # vs rounding, calibration rows
             [q.error_ratio for _, q in chosen.values()])), 4)} if stats else {}))
-    return record
+    return Int4Record.of(record)
 
 
 def _activations(ctx: Context, model: Any, found: list,

@@ -14,11 +14,12 @@ from ..errors import MISSING_CAPABILITY, TrtBuildError
 from ..onnx import io
 from ..progress import bar
 from ..quant.qdq import insert_qdq, plan
+from ..records import QuantizeRecord
 
 log = logging.getLogger(__name__)
 
 
-def run(ctx: Context) -> dict[str, Any]:
+def run(ctx: Context) -> QuantizeRecord:
     model = base_model(ctx)
     qplan = plan(model)
     rounding = _round_weights(ctx, model, qplan)
@@ -32,7 +33,7 @@ def run(ctx: Context) -> dict[str, Any]:
     record.update(quantized_activations=ops.count("QuantizeLinear"),
                   quantized_weights=len(qplan.weights),
                   dequantize_nodes=ops.count("DequantizeLinear"))
-    return record
+    return QuantizeRecord.of(record)
 
 
 def base_model(ctx: Context) -> Any:

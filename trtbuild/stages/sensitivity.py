@@ -40,6 +40,7 @@ from ..quant.sensitivity import (
     search,
     switchable_model,
 )
+from ..records import Region, SensitivityRecord
 from .quantize import base_model, correct_biases, with_float_parts, write_int8
 
 log = logging.getLogger(__name__)
@@ -49,7 +50,7 @@ SENSITIVITY_SAMPLES = (2, 16)  # samples each region's sensitivity is measured o
 HELD_MIN = 32             # samples each half needs for the search to be split
 
 
-def run(ctx: Context) -> dict[str, Any]:
+def run(ctx: Context) -> SensitivityRecord:
     t0 = time.perf_counter()
     target = ctx.settings.gates.accuracy_target
     model = base_model(ctx)
@@ -113,10 +114,9 @@ def run(ctx: Context) -> dict[str, Any]:
         "macs_outside_regions": total - sum(r.macs for r in found),
         "output": str(ctx.artifacts.int8),
         "model": {k: v for k, v in written.items() if k != "output"},
-        "regions": [{"node": r.node, "op_type": r.op_type, "macs": r.macs,
-                     "mac_share": r.macs / total, "sensitivity": errors[r.node],
-                     "rank": rank[r.node],
-                     "precision": high if r.node in fallen else "int8"} for r in found]}
+        "regions": [Region(node=r.node, op_type=r.op_type, macs=r.macs, mac_share=r.macs / total,
+                           sensitivity=errors[r.node], rank=rank[r.node],
+                           precision=high if r.node in fallen else "int8") for r in found]}
     if not result.met:
         log.warning("%s: %s not reached even with %d of %d regions in float (%.4f)",
                     ctx.artifacts.int8, target, len(fallen), len(found), result.value)
@@ -128,7 +128,7 @@ def run(ctx: Context) -> dict[str, Any]:
         log.warning("%s: only %d samples: the search's value is measured on the samples it "
                     "chose on (give %d or more to hold half out)", label, len(names),
                     2 * HELD_MIN)
-    return record
+    return SensitivityRecord.of(record)
 
 
 class Part:

@@ -18,13 +18,14 @@ import numpy as np
 from ..context import Context
 from ..data import named_batches, read_labels
 from ..metrics import batch_axes, compare, feature_outputs, gate_failures, stack
+from ..records import EngineChecksRecord, ValidateRecord
 
 log = logging.getLogger(__name__)
 TOLERANCES = {"fp32": (1e-4, 1e-4), "fp16": (1e-2, 1e-2), "int8": (1e-1, 1e-1),
               "int4": (1e-1, 1e-1), "fp8": (1e-1, 1e-1)}  # atol, rtol
 
 
-def run(ctx: Context, precision: str = "int8") -> dict[str, Any]:
+def run(ctx: Context, precision: str = "int8") -> ValidateRecord:
     """CPU accuracy of the `precision` model against the cleaned FP32 model (ONNX Runtime)."""
     if not ctx.settings.val:
         log.warning("no --val data: nothing held out checked the %s model (it was compared "
@@ -33,8 +34,8 @@ def run(ctx: Context, precision: str = "int8") -> dict[str, Any]:
     if precision == "int8" and ctx.int8.check is not None:  # FP16 parts: the emulation
         record = check(ctx, ctx.int8.check, precision)
         record["cpu_check"] = "FP16 parts emulated (rounded, overflow to inf) in FP32 kernels"
-        return record
-    return check(ctx, ctx.artifacts.precision_models()[precision], precision)
+        return ValidateRecord.of(record)
+    return ValidateRecord.of(check(ctx, ctx.artifacts.precision_models()[precision], precision))
 
 
 def check(ctx: Context, candidate: Any, precision: str, basic: bool = False) -> dict[str, Any]:
@@ -68,7 +69,7 @@ def check(ctx: Context, candidate: Any, precision: str, basic: bool = False) -> 
     return record
 
 
-def run_engines(ctx: Context) -> dict[str, Any]:
+def run_engines(ctx: Context) -> EngineChecksRecord:
     """Each engine this machine can run against the FP32 ONNX model, loaded with the
     runtime that built it; an engine a runtime refuses is reported in its own entry."""
     from ..trt import runtime
@@ -76,7 +77,7 @@ def run_engines(ctx: Context) -> dict[str, Any]:
     engines = ctx.artifacts.engines
     why = runtime.machine_refusal() if engines else "no engines were built"
     if why:
-        return {"skipped": why}
+        return EngineChecksRecord(skipped=why)
     results = []
     data, labels, _ = ctx.eval_data()  # re-iterable: one pass per engine
     for e in engines:
@@ -89,8 +90,8 @@ def run_engines(ctx: Context) -> dict[str, Any]:
             results.append({**entry, "refused": str(refused)})
             continue
         results.append({**entry, **r, "gate_failures": gate_failures(r, ctx.settings.gates)})
-    return {"engines": results,
-            "gate_failures": [f for r in results for f in r.get("gate_failures", [])]}
+    return EngineChecksRecord.of({
+        "engines": results, "gate_failures": [f for r in results for f in r.get("gate_failures", [])]})
 
 
 def _reference_runner(ctx: Context) -> Any:
