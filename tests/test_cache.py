@@ -67,7 +67,8 @@ def test_layout_and_hit(tmp_path):
     assert not list(tmp_path.rglob("*.trtbuild-tmp-*"))  # no temp left behind
 
 
-@pytest.mark.parametrize("damage", ["truncate", "flip", "foreign", "extra_file", "bad_json"])
+@pytest.mark.parametrize("damage", ["truncate", "flip", "foreign", "extra_file", "bad_json",
+                                    "forged_as_stage_entry"])
 def test_damaged_entries_are_quarantined_and_rebuilt(tmp_path, damage):
     cache = EngineCache(tmp_path)
     build, calls = fake_build()
@@ -86,6 +87,13 @@ def test_damaged_entries_are_quarantined_and_rebuilt(tmp_path, damage):
         manifest.write_text(json.dumps(m))
     elif damage == "extra_file":
         (entry / "notes.txt").write_text("x")
+    elif damage == "forged_as_stage_entry":  # other bytes, hashed into a stage entry's list
+        import hashlib
+
+        engine.write_bytes(b"forged")
+        m = json.loads(manifest.read_text())
+        m["files"] = {ENGINE: {"bytes": 6, "sha256": hashlib.sha256(b"forged").hexdigest()}}
+        manifest.write_text(json.dumps(m))
     else:
         manifest.write_text("{not json")
     again = cache.get_or_build("sm_86", "trt-rtx-1.7.1", "b" * 64, build)

@@ -127,7 +127,7 @@ class EngineCache:
         entry = self.entry(arch, tag, key)
         with self.lock(entry) as writable:
             found = self.read(entry, expect={"key": key, "arch": arch, "builder": tag},
-                              writable=writable)
+                              writable=writable, layout="engine")
             if found is not None:
                 if writable:
                     os.utime(entry)  # recency for prune
@@ -139,11 +139,12 @@ class EngineCache:
             return Lookup(engine, manifest, False, entry)
 
     def read(self, entry: Path, expect: dict[str, str] | None = None,
-             writable: bool = True) -> tuple[bytes, dict] | None:
-        """(engine, manifest) if the entry exists and verifies; else None (quarantined)."""
+             writable: bool = True, layout: str | None = None) -> tuple[bytes, dict] | None:
+        """(engine, manifest) if the entry exists and verifies; else None (quarantined).
+        `layout`: "engine" or "stage", what the caller will serve (None: either)."""
         if not entry.exists() and not entry.is_symlink():
             return None
-        problem, found = self.check(entry, expect)
+        problem, found = self.check(entry, expect, layout)
         if problem:
             log.warning("engine cache: %s: %s; %s", entry, problem,
                         "quarantined, rebuilding" if writable else "rebuilding (read-only)")
@@ -183,13 +184,18 @@ class EngineCache:
             return "engine or manifest is not a regular file", {}
         return None, manifest
 
-    def check(self, entry: Path, expect: dict[str, str] | None = None
-              ) -> tuple[str | None, tuple[bytes, dict] | None]:
+    def check(self, entry: Path, expect: dict[str, str] | None = None,
+              layout: str | None = None) -> tuple[str | None, tuple[bytes, dict] | None]:
         """(problem, None) or (None, (engine, manifest)); reads nothing unbounded. A stage
-        entry's files are checked (size, sha256) and left on disk: engine is b""."""
+        entry's files are checked (size, sha256) and left on disk: engine is b"". An entry
+        of the other `layout` is a problem (a forged engine manifest listing stage files
+        would otherwise be served as an empty engine)."""
         problem, manifest = self.manifest(entry)
         if problem:
             return problem, None
+        found = "stage" if "files" in manifest else "engine"
+        if layout is not None and found != layout:
+            return f"expected a {layout} entry, found a {found} entry's manifest", None
         for k, v in (expect or {"key": entry.name}).items():
             if manifest.get(k) != v:
                 return f"foreign entry ({k} {manifest.get(k)!r}, expected {v!r})", None

@@ -204,7 +204,7 @@ class StageCache:
     def _load(self, ctx: Context, stage: str, key: str, entry: Path) -> StageRecord | None:
         with self.store.lock(entry) as writable:
             found = self.store.read(entry, expect={"key": key, "stage": stage},
-                                    writable=writable)
+                                    writable=writable, layout="stage")
             if found is None:
                 return None
             manifest = found[1]
