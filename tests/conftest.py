@@ -19,6 +19,15 @@ SESSION_CACHE = tempfile.mkdtemp(prefix="trtbuild-test-cache-")
 atexit.register(shutil.rmtree, SESSION_CACHE, ignore_errors=True)
 os.environ["XDG_CACHE_HOME"] = SESSION_CACHE  # in-process builds too (engines, stage outputs)
 
+def _has_gpu() -> bool:
+    from trtbuild.trt.gpu import gpu_info
+
+    return gpu_info() is not None
+
+
+# a test that checks what happens on a machine without a GPU (CI's) says so
+no_gpu = pytest.mark.skipif(_has_gpu(), reason="checks the behaviour without a GPU")
+
 FACTORY_FILE = '''
 import torch
 

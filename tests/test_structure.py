@@ -11,7 +11,7 @@ from pathlib import Path
 
 import onnx
 import pytest
-from conftest import REPO, run_cli
+from conftest import REPO, no_gpu, run_cli
 
 from trtbuild.demo import VAL_DIR
 
@@ -86,6 +86,7 @@ def test_nothing_to_quantize_is_one_line(tmp_path):
     assert len(proc.stderr.strip().splitlines()) == 1
 
 
+@no_gpu
 def test_native_arch_without_a_gpu_is_exit_3(digits_onnx, tmp_path):
     pytest.importorskip("tensorrt_rtx")
     proc = run_cli(digits_onnx / "model.onnx", "--arch", "native", "--out", tmp_path / "o",
@@ -191,7 +192,8 @@ def test_non_editable_install_runs_the_demo(tmp_path):
 
 def _imports() -> tuple[dict[str, set[str]], list[tuple[str, str]]]:
     """{trtbuild module: the trtbuild modules it imports, at any depth in its code} and
-    (module, name) for every private name one module imports from another."""
+    (module, name) for every private name one module imports from another or reads as an
+    attribute of another (`pipeline._helper` after `from .. import pipeline`)."""
     import ast
 
     root = REPO / "trtbuild"
@@ -204,13 +206,17 @@ def _imports() -> tuple[dict[str, set[str]], list[tuple[str, str]]]:
     for mod, path in mods.items():
         package = mod.split(".") if path.name == "__init__.py" else mod.split(".")[:-1]
         deps = set()
-        for node in ast.walk(ast.parse(path.read_text())):
+        tree = ast.parse(path.read_text())
+        bound: dict[str, str] = {}  # local name -> the trtbuild module it names
+        for node in ast.walk(tree):
             if isinstance(node, ast.ImportFrom):
                 base = package[:len(package) - node.level + 1] if node.level else []
                 target = ".".join(base + ([node.module] if node.module else []))
                 for alias in node.names:
                     full = f"{target}.{alias.name}"
                     deps.add(full if full in mods else target)
+                    if full in mods:
+                        bound[alias.asname or alias.name] = full
                     module = full in mods or any(  # a private module (_hist.c built) is fine
                         REPO.joinpath(*full.split(".")).parent.glob(f"{alias.name}.*.so"))
                     if alias.name.startswith("_") and not alias.name.startswith("__") and \
@@ -218,6 +224,12 @@ def _imports() -> tuple[dict[str, set[str]], list[tuple[str, str]]]:
                         private.append((mod, f"{target}.{alias.name}"))
             elif isinstance(node, ast.Import):
                 deps |= {a.name for a in node.names}
+                bound.update({a.asname: a.name for a in node.names if a.asname and a.name in mods})
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) \
+                    and node.value.id in bound and node.attr.startswith("_") \
+                    and not node.attr.startswith("__") and bound[node.value.id] != mod:
+                private.append((mod, f"{bound[node.value.id]}.{node.attr}"))
         edges[mod] = {d for d in deps if d in mods and d != mod}
     return edges, private
 

@@ -201,7 +201,7 @@ def run(settings: BuildSettings, on_stage: OnStage | None = None) -> Context:
 
     src = source.parse(settings.src)  # validates SRC before creating any directory
     check_files(settings)
-    _choose_engine_runtime(settings)
+    choose_engine_runtime(settings)
     check_targets(settings)
     loaded = check_data(settings, src)
     out = settings.out_dir(src.name)
@@ -472,7 +472,7 @@ def check_library(path: Path) -> None:
         raise TrtBuildError(f"{path}: not a shared library (plugins are ELF .so files)")
 
 
-def _choose_engine_runtime(s: BuildSettings) -> None:
+def choose_engine_runtime(s: BuildSettings) -> None:
     """Polygraphy binds to tensorrt or tensorrt_rtx at its first import; on a GPU machine
     whose engines will come from TensorRT-RTX, bind it to RTX before any stage imports it."""
     from .trt import runtime

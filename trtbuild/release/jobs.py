@@ -111,7 +111,7 @@ def _engine(entry: ModelEntry, out: Path, precision: str, arch: str,
     from ..stages import engines, validate
 
     settings = engine_settings(entry, out, precision, arch)
-    pipeline._choose_engine_runtime(settings)
+    pipeline.choose_engine_runtime(settings)
     ctx = Context(settings, out, Report(None, entry.src))
     ctx.set_clean(Path(artifacts["clean"]))
     if precision == "fp16":

@@ -42,11 +42,11 @@ def fresh(m: Manifest, out: Path, workers: int, baseline: Path | None) -> dict[s
     for j in jobs.values():
         j.update(status="pending", error=None, exit_code=None, seconds=None, peak_rss_mb=None,
                  record={}, reused=False)
-    now = _now()
+    stamp = now()
     return {"trtbuild": __version__, "manifest": {"path": str(m.path),
                                                   "sha256": file_sha256(m.path)},
             "out": str(out), "workers": workers,
-            "baseline": str(baseline) if baseline else None, "started": now, "updated": now,
+            "baseline": str(baseline) if baseline else None, "started": stamp, "updated": stamp,
             "finished": None, "totals": {}, "jobs": jobs}
 
 
@@ -77,7 +77,7 @@ def _why(e: Exception) -> str:
 
 
 def save(path: Path, journal: dict[str, Any]) -> None:
-    journal["updated"] = _now()
+    journal["updated"] = now()
     journal["totals"] = totals(journal)
     write_text(path, dumps(journal) + "\n")
 
@@ -134,5 +134,5 @@ def _table(value: Any) -> dict[str, Any]:
     return value if isinstance(value, dict) else {}
 
 
-def _now() -> str:
+def now() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%S%z")

@@ -92,7 +92,7 @@ def release(manifest: str | Path, out: str | Path | None = None,
         try:  # the backend (a Ray runtime too) is shut down whatever happens from here on
             journal.update(workers=backend.slots, backend=backend.name,
                            baseline=str(baseline) if baseline else None, finished=None,
-                           started=jn._now())
+                           started=jn.now())
             jn.save(path, journal)
             start = time.perf_counter()
             _Pool(m, models, path, journal, backend, on_job).run(todo)
@@ -101,7 +101,7 @@ def release(manifest: str | Path, out: str | Path | None = None,
         journal["wall_seconds"] = round(time.perf_counter() - start, 3)
         if base is not None:
             jn.compare(journal, base)
-        journal["finished"] = jn._now()
+        journal["finished"] = jn.now()
         jn.save(path, journal)
         write_html(out / "release.html", journal)
     message = failure_message(journal, path)
