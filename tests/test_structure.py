@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -38,6 +39,19 @@ def test_help_command():
     assert "usage: trtbuild build" in build.stdout
     bad = run_cli("help", "nope")
     assert bad.returncode == 2 and "no command 'nope'" in bad.stderr
+
+
+def test_the_help_names_every_option_that_runs_code():
+    """Issue 19: --val FILE.py:FN ran a loader's code with no word of it in the help."""
+    from trtbuild.cli.args import DESCRIPTION, build_parser, commands
+
+    subs = commands(build_parser())
+    helps = {a.option_strings[0] if a.option_strings else a.dest: a.help or ""
+             for name in ("build", "release") for a in subs[name]._actions}
+    for flag in ("--calib", "--val", "--data-loader-script", "--metric-script", "--plugins",
+                 "manifest"):
+        assert re.search(r"\bruns?\b", helps[flag].lower()), (flag, helps[flag])
+        assert flag in DESCRIPTION or flag == "manifest"
 
 
 def test_calibrate_a_fresh_torch_export(tmp_path, factory_file):

@@ -160,7 +160,8 @@ class CalibSettings:
         None, "--calib", metavar="DIR", path="data",
         help="calibration samples: images (.png .jpg .jpeg .bmp, preprocessed per "
              "DIR/preprocess.json and the flags below), .npy (one sample or a batch on axis "
-             "0) or .npz (arrays keyed by input name)")
+             "0) or .npz (arrays keyed by input name); or FILE.py:FN, a data loader "
+             "(runs the script's code)")
     cache: Path | None = option(
         None, "--calib-cache", metavar="FILE", path="path",
         help="reuse a TensorRT calibration cache; recalibrates (and says why) when it lacks "
@@ -568,8 +569,8 @@ class BuildSettings:
              "its engines, checked on the CPU like INT8")
     val: str | None = option(  # held-out data for every accuracy check
         None, "--val", metavar="DIR", path="data",
-        help="held-out validation samples (same formats as --calib; DIR/labels.csv "
-             "`file,label` adds label accuracy)")
+        help="held-out validation samples (same formats as --calib, a FILE.py:FN loader "
+             "included, whose code runs; DIR/labels.csv `file,label` adds label accuracy)")
     export: ExportSettings = ExportSettings()
     data: DataSettings = DataSettings()
     calib: CalibSettings = CalibSettings()

@@ -23,9 +23,10 @@ pipeline: export -> clean -> calibrate -> quantize -> build -> cache -> validate
 SRC is one of: model.onnx | path/to/file.py:factory | package.module:factory |
 torchvision:NAME. A factory returns a torch.nn.Module or (module, example_inputs).
 
-Options that run code: a FILE.py:FN or module:FN SRC, --data-loader-script,
---metric-script (and a release manifest's src, calib, val and metric_script keys) import
-and call Python; --plugins loads shared libraries into the builder. Give only files you trust.
+Options that run code: a FILE.py:FN or module:FN SRC, --data-loader-script, --calib or
+--val given as FILE.py:FN, --metric-script (and a release manifest's src, calib, val and
+metric_script keys) import and call Python; --plugins loads shared libraries into the
+builder. Give only files you trust.
 
 exit codes: 0 ok, 1 an accuracy/latency gate failed, 2 bad input, 3 missing capability,
 4 internal error (a bug, or a crash in a library trtbuild drives), 130 interrupted."""
@@ -225,7 +226,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("release", help="a release from a TOML manifest: every model x "
                        "precision x arch on a local pool of workers (or Ray tasks), "
                        "resumable, with release.json and release.html")
-    p.add_argument("manifest", type=Path, metavar="MANIFEST.toml")
+    p.add_argument("manifest", type=Path, metavar="MANIFEST.toml",
+                   help="the models and their options; its src, calib, val and metric_script "
+                        "keys may name Python (FILE.py:FN, module:FN) that runs, and plugins "
+                        "shared libraries that load: give only manifests you trust")
     p.add_argument("--out", type=Path, help="output directory (default: "
                    "trtbuild-out/release-<manifest name>/); rerun to resume")
     p.add_argument("--baseline", type=Path, metavar="OLD/release.json",
