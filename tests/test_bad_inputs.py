@@ -527,6 +527,57 @@ def test_read_only_cache_still_serves_hits(tmp_path, monkeypatch):
     assert not miss.hit and not cache.entry("sm_86", "trt-x", "m" * 64).exists()
 
 
+def _main(capsys, *argv) -> tuple[int, list[str]]:
+    from trtbuild.cli import main
+
+    code = main([str(a) for a in argv])
+    return code, capsys.readouterr().err.strip().splitlines()
+
+
+def test_a_read_only_out_fails_before_any_stage(tmp_path, monkeypatch, capsys):
+    """Root ignores file modes here, so a read-only --out is simulated where trtbuild first
+    writes into it (EROFS); it used to end as an internal error after the work."""
+    import errno
+
+    real_open = os.open
+
+    def read_only(path, *args, **kwargs):
+        if ".write-check" in str(path):
+            raise OSError(errno.EROFS, os.strerror(errno.EROFS), str(path))
+        return real_open(path, *args, **kwargs)
+
+    monkeypatch.setattr(os, "open", read_only)
+    code, err = _main(capsys, DIGITS, "--out", tmp_path / "o", "--target", "onnx")
+    assert code == 2 and err[-1] == (f"trtbuild: error: {tmp_path / 'o'}: cannot write to "
+                                     "output directory (Read-only file system)")
+    assert not (tmp_path / "o" / "model.onnx").exists()
+
+
+def test_a_full_disk_is_one_line_naming_the_file(tmp_path, monkeypatch, capsys):
+    """ENOSPC (or a permission refused) anywhere in a run: exit 2, the path and what to do,
+    never 'internal error'; a release job says the same in its journal entry."""
+    import errno
+
+    from trtbuild import report
+    from trtbuild.release import jobs
+
+    def full(path, *args, **kwargs):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+
+    monkeypatch.setattr(report, "write_text", full)
+    code, err = _main(capsys, DIGITS, "--out", tmp_path / "o", "--target", "onnx")
+    assert code == 2 and len(err) == 1 and err[0].startswith("trtbuild: error: ")
+    assert err[0].endswith("report.json: No space left on device (free some space or point "
+                           "--out/--cache-dir elsewhere)")
+
+    def unreadable():
+        raise PermissionError(errno.EACCES, "Permission denied", "calib/")
+
+    job = jobs._measured(unreadable, dict)
+    assert (job["status"], job["exit_code"]) == ("failed", 2)
+    assert job["error"] == "calib/: Permission denied (check the path's permissions)"
+
+
 def test_a_model_tensorrt_cannot_parse_is_one_line(tmp_path):
     """TensorRT's ONNX parser prints 'Unsupported ONNX data type: INT16 (5)' straight to
     file descriptor 2 beside its reported errors; the user sees only trtbuild's line."""

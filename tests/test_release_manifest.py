@@ -136,15 +136,19 @@ src = "torchvision:resnet18"
 calib = "calib"
 metric_script = "m.py:nope"
 """)
+    (tmp_path / "m.py").write_text(f"open({str(tmp_path / 'ran')!r}, 'w').close()\n")
     assert problems(path) == [
         f"[models.nocalib] calib: {tmp_path}/empty: no samples (.png .jpg .jpeg .bmp .npy "
         ".npz) in directory",
         "[models.trt] --calibrator trt calibrates in TensorRT from --calib data: give --calib "
         "DIR or --data-loader-script (a cache alone is not enough)",
         "[models.fp16only] calib_cache: needs \"int8\" in precisions",
-        f"[models.script] metric_script: {tmp_path}/m.py:nope: {tmp_path}/m.py has no "
-        "callable 'nope'",
     ]
+    assert not (tmp_path / "ran").exists()  # a rejected manifest runs none of its scripts
+    alone = write(tmp_path / "alone.toml", path.read_text().split("[models.nocalib]")[0]
+                  + path.read_text()[path.read_text().index("[models.script]"):])
+    assert problems(alone) == [f"[models.script] metric_script: {tmp_path}/m.py:nope: "
+                               f"{tmp_path}/m.py has no callable 'nope'"]
 
 
 def test_int8_options_from_defaults_apply_where_int8_is_built(tmp_path):

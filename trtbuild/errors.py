@@ -1,5 +1,6 @@
 """The one exception type that carries a user-facing message and an exit code."""
 
+import errno
 from pathlib import Path
 
 OK = 0
@@ -25,3 +26,23 @@ class TrtBuildError(Exception):
         self.code = code
         self.record = record  # for a failed gate: the measurements that failed it
         self.report: Path | None = None  # the report.html of the run it ended, when one was written
+
+
+# what the machine refuses, not a bug: a full disk, a read-only or forbidden path, a name
+# too long for the filesystem (os.strerror gives the words)
+ENVIRONMENT = {errno.ENOSPC: "free some space or point --out/--cache-dir elsewhere",
+               errno.EDQUOT: "free some space or point --out/--cache-dir elsewhere",
+               errno.EROFS: "choose a writable --out/--cache-dir",
+               errno.EACCES: "check the path's permissions",
+               errno.EPERM: "check the path's permissions",
+               errno.ENAMETOOLONG: "use a shorter name"}
+
+
+def environment_error(e: BaseException) -> TrtBuildError | None:
+    """An OSError the machine raised about a path (disk full, read-only, permission, name
+    too long) as a user error naming the path; None for anything else."""
+    if not isinstance(e, OSError) or e.errno not in ENVIRONMENT:
+        return None
+    where = f"{e.filename}: " if e.filename else ""
+    return TrtBuildError(f"{where}{e.strerror or errno.errorcode[e.errno]} "
+                         f"({ENVIRONMENT[e.errno]})", BAD_INPUT)

@@ -110,6 +110,15 @@ def ensure_dir(path: str | Path) -> Path:
         path.mkdir(parents=True, exist_ok=True)
     except (FileExistsError, NotADirectoryError):
         raise TrtBuildError(f"{path}: cannot create output directory (a parent is a file)")
+    except OSError as e:
+        raise TrtBuildError(f"{path}: cannot create output directory ({e.strerror})")
+    probe = tmp_name(path / ".write-check")  # a read-only OUT fails here, not after the work
+    try:
+        probe.unlink(missing_ok=True)  # a killed run's, with this pid
+        os.close(os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600))
+        os.unlink(probe)
+    except OSError as e:
+        raise TrtBuildError(f"{path}: cannot write to output directory ({e.strerror})")
     return path
 
 

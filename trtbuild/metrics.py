@@ -291,6 +291,14 @@ def label_accuracy(ref: np.ndarray, cand: np.ndarray, origins: list[str],
 _LOADED: dict[tuple[Path, str], Callable] = {}  # (file, function): imported once per process
 
 
+def metric_file(spec: Any) -> str:
+    """The FILE of --metric-script FILE.py:FN, checked to exist (nothing imported)."""
+    target = str(spec).rpartition(":")[0]
+    if not Path(target).is_file():
+        raise TrtBuildError(f"{target}: --metric-script: no such file")
+    return target
+
+
 def load_metric(spec: Any) -> tuple[Callable, str]:
     """(callable, label) for --metric-script FILE.py:FN, or a callable given to the API.
     The file is imported once; every later check (each search step) reuses it."""
@@ -298,9 +306,7 @@ def load_metric(spec: Any) -> tuple[Callable, str]:
         return spec, getattr(spec, "__name__", "metric")
     from .onnx.source import import_target
 
-    target, _, fn_name = str(spec).rpartition(":")
-    if not Path(target).is_file():
-        raise TrtBuildError(f"{target}: --metric-script: no such file")
+    target, fn_name = metric_file(spec), str(spec).rpartition(":")[2]
     key = (Path(target).resolve(), fn_name)
     if key not in _LOADED:
         fn = getattr(import_target(target), fn_name, None)

@@ -391,8 +391,10 @@ def _example_inputs(src: Any, s: BuildSettings) -> list:
             for n, x in zip(names, examples)]
 
 
-def check_files(s: BuildSettings) -> None:
-    """Paths named in the settings that must exist, checked before any work."""
+def check_files(s: BuildSettings, run_code: bool = True) -> None:
+    """Paths named in the settings that must exist, checked before any work. `run_code`:
+    also import --metric-script to check its function (a release manifest's check does that
+    only once nothing else is wrong with it)."""
     if s.int8 and not s.calib.data and not s.calib.cache:
         raise TrtBuildError("--int8 needs calibration data: --calib DIR, --data-loader-script "
                             "FILE.py:FN or --calib-cache FILE")
@@ -427,9 +429,12 @@ def check_files(s: BuildSettings) -> None:
     if s.bench.baseline and not s.bench.baseline.is_file():
         raise TrtBuildError(f"{s.bench.baseline}: no such baseline report")
     if s.gates.metric_script is not None:
-        from .metrics import load_metric
+        from .metrics import load_metric, metric_file
 
-        load_metric(s.gates.metric_script)  # a missing file or function: exit 2 now
+        if run_code:
+            load_metric(s.gates.metric_script)  # a missing file or function: exit 2 now
+        else:
+            metric_file(s.gates.metric_script)
     if s.engine.weight_streaming and ((s.fp16 and s.fp16_options.mode == "flag")
                                       or (s.int8 and s.engine.calibrator == "trt")):
         from .trt.builder import STREAMING_NEEDS_TYPED

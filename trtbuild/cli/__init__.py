@@ -8,14 +8,15 @@ import signal
 import sys
 from typing import Any
 
-from ..errors import BAD_INPUT, INTERNAL_ERROR, INTERRUPTED, TrtBuildError, internal_error
-from .args import build_parser, commands
+from ..errors import BAD_INPUT, INTERNAL_ERROR, INTERRUPTED, TrtBuildError, environment_error, internal_error
+from .args import build_parser
+from .args import commands as subparsers_of  # not `commands`: the submodule of that name replaces it
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
-    subparsers = commands(parser)
+    subparsers = subparsers_of(parser)
     if argv and not argv[0].startswith("-") and argv[0] not in subparsers:
         argv.insert(0, "build")
     args = parser.parse_args(argv)
@@ -43,6 +44,12 @@ def main(argv: list[str] | None = None) -> int:
         print("trtbuild: interrupted", file=sys.stderr)
         return INTERRUPTED
     except Exception as e:  # noqa: BLE001 - the guard: one line, its own exit code
+        told = environment_error(e)
+        if told is not None:  # disk full, read-only, permission: the path and what to do
+            if args.verbose:
+                logging.getLogger("trtbuild").exception("error")
+            print(f"trtbuild: error: {told.message}", file=sys.stderr)
+            return told.code
         if args.verbose:
             logging.getLogger("trtbuild").exception("internal error")
         print(f"trtbuild: {internal_error(e)} (a bug in trtbuild or a library it drives; -v "

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from ..config import BuildSettings
-from ..errors import GATE_FAILED, INTERNAL_ERROR, TrtBuildError
+from ..errors import GATE_FAILED, INTERNAL_ERROR, TrtBuildError, environment_error
 from ..records import Accuracy, EngineChecksRecord, StageRecord, engine_records, parse_stages
 from .manifest import ModelEntry
 
@@ -147,8 +147,9 @@ def _measured(work: Callable[[], dict], summary: Callable[[], dict]) -> dict[str
         status = "gate_failed" if e.code == GATE_FAILED else "failed"
         error, code = _one_line(e.message), e.code
     except Exception as e:  # noqa: BLE001 - recorded; the other jobs go on
-        status, code = "failed", INTERNAL_ERROR
-        error = _one_line(f"internal error: {type(e).__name__}: {e}")
+        told = environment_error(e)
+        status, code = "failed", told.code if told else INTERNAL_ERROR
+        error = _one_line(told.message if told else f"internal error: {type(e).__name__}: {e}")
     seconds = time.perf_counter() - start
     try:
         record = {**summary(), **extra}

@@ -140,6 +140,16 @@ def load(path: str | Path) -> Manifest:
     run = checker.release(checker.table(doc, "release"))
     if checker.problems:
         raise _failed(path, checker.problems)
+    for entry in models:  # a metric script's code runs only for a manifest otherwise good
+        if entry.settings.gates.metric_script is not None:
+            from ..metrics import load_metric
+
+            try:
+                load_metric(entry.settings.gates.metric_script)
+            except TrtBuildError as e:
+                checker.add(_table_name(entry.name), "metric_script", e.message)
+    if checker.problems:
+        raise _failed(path, checker.problems)
     return Manifest(path.resolve(), models, **run)
 
 
@@ -242,7 +252,7 @@ class _Checker:
         flags = {p: p in precisions for p in PRECISIONS}
         try:  # what no single option shows, e.g. calibrator = "trt" with calib_cache only
             settings = build_settings(src, archs=archs, **flags, **options)
-            check_files(settings)
+            check_files(settings, run_code=False)  # load() imports scripts once all is well
         except TrtBuildError as e:
             self.add(table, None, e.message)
             return None
@@ -282,7 +292,7 @@ class _Checker:
         if key in FILE_KEYS:
             from ..pipeline import check_files
 
-            check_files(s)
+            check_files(s, run_code=False)
         if key == "archs":
             if not s.targets.archs:
                 raise TrtBuildError("empty: list at least one, e.g. [\"sm_86\"]")
