@@ -426,15 +426,19 @@ def test_a_job_submitted_to_a_pool_broken_meanwhile_is_lost_not_raised() -> None
 
 
 def test_failure_list_is_capped_at_20_lines() -> None:
+    from trtbuild.release.journal import Job, Journal
     from trtbuild.release.run import failure_message
 
-    jobs = {f"m{i}/prepare": {"status": "failed", "error": f"boom {i}"} for i in range(25)}
-    jobs["ok/prepare"] = {"status": "ok", "error": None}
-    head, *lines = failure_message({"jobs": jobs}, Path("o/release.json")).splitlines()
+    jobs = {f"m{i}/prepare": Job(model=f"m{i}", kind="prepare", status="failed",
+                                 error=f"boom {i}") for i in range(25)}
+    jobs["ok/prepare"] = Job(model="ok", kind="prepare", status="ok")
+    head, *lines = failure_message(Journal(manifest={}, jobs=jobs),
+                                   Path("o/release.json")).splitlines()
     assert head == "25 of 26 release jobs did not pass (o/release.json):"
     assert lines[0] == "  m0/prepare: failed: boom 0" and len(lines) == 21
     assert lines[-1] == "  and 5 more"
-    assert failure_message({"jobs": {"ok/prepare": jobs["ok/prepare"]}}, Path("x")) is None
+    assert failure_message(Journal(manifest={}, jobs={"ok/prepare": jobs["ok/prepare"]}),
+                           Path("x")) is None
 
 
 def test_one_driver_per_output_directory(tmp_path: Path) -> None:
@@ -496,27 +500,35 @@ gates = ["cosine_mean>=0.95"]
         assert Path(record["engine"]["path"]).is_file()
 
 
-def test_a_baseline_of_another_shape_is_compared_field_by_field() -> None:
+def test_a_baseline_of_another_shape_is_compared_field_by_field(tmp_path: Path) -> None:
     """A --baseline release.json whose jobs hold other shapes (a record that is a string,
-    an engine entry that is a list) raised AttributeError after every job had run; the
-    comparison now treats such fields as absent."""
+    an engine entry that is a list) raised AttributeError after every job had run; read as
+    typed records, such fields are absent, a job without its model or kind is new, and a
+    file that is not a journal is one error line."""
+    from trtbuild.errors import TrtBuildError
     from trtbuild.release import journal as jn
 
-    ours = {"jobs": {k: {"kind": "engine", "status": "ok", "record": {
-        "engine": {"bytes": 100}, "accuracy": {"cosine_mean": 0.99}}}
-        for k in ("a/fp16/sm_86", "b/fp16/sm_86", "c/fp16/sm_86")}}
-    odd = {"jobs": {"a/fp16/sm_86": {"status": "ok", "record": "not a table"},
-                    "b/fp16/sm_86": {"status": "ok", "record": {"engine": [1, 2],
-                                                                 "accuracy": 5}},
-                    "c/fp16/sm_86": {"status": "ok", "record": {
-                        "engine": {"bytes": 80}, "accuracy": {"cosine_mean": 0.98}}}}}
+    def job(key, record, **more):
+        return {"model": key[0], "kind": "engine", "status": "ok", "record": record, **more}
+
+    ours = jn.Journal.from_json({"manifest": {}, "jobs": {k: job(k, {
+        "engine": {"path": "e", "bytes": 100}, "accuracy": {"cosine_mean": 0.99}})
+        for k in ("a/fp16/sm_86", "b/fp16/sm_86", "c/fp16/sm_86", "d/fp16/sm_86")}})
+    odd = jn.Journal.from_json({"manifest": {}, "jobs": {
+        "a/fp16/sm_86": job("a", "not a table"),
+        "b/fp16/sm_86": job("b", {"engine": [1, 2], "accuracy": 5}),
+        "c/fp16/sm_86": job("c", {"engine": {"path": "e", "bytes": 80},
+                                  "accuracy": {"cosine_mean": 0.98}}),
+        "d/fp16/sm_86": {"status": "ok", "record": {}}}})  # no model, no kind
     jn.compare(ours, odd)
-    vs = {k: j["vs_baseline"] for k, j in ours["jobs"].items()}
+    vs = {k: j.vs_baseline for k, j in ours.jobs.items()}
     assert vs["a/fp16/sm_86"] == vs["b/fp16/sm_86"] == {"latency": "not measured"}
     assert vs["c/fp16/sm_86"]["engine_bytes_change"] == 20
     assert abs(vs["c/fp16/sm_86"]["cosine_mean_change"] - 0.01) < 1e-9
-    jn.compare(ours, {"jobs": ["not", "a", "table"]})
-    assert all(j["vs_baseline"] == {"new": True} for j in ours["jobs"].values())
+    assert vs["d/fp16/sm_86"] == {"new": True}
+    (tmp_path / "old.json").write_text(json.dumps({"manifest": {}, "jobs": ["not", "a"]}))
+    with pytest.raises(TrtBuildError, match="not a trtbuild release.json"):
+        jn.read(tmp_path / "old.json", "baseline")
 
 
 @pytest.mark.parametrize("src,arch,code,says", [
@@ -552,3 +564,26 @@ def test_a_worker_whose_driver_died_while_it_started_exits() -> None:
     orphan = subprocess.run([sys.executable, "-c", code, str(os.getpid() + 10 ** 6)], env=env,
                             capture_output=True, text=True, timeout=120)
     assert orphan.returncode == 1 and orphan.stdout == ""
+
+
+def test_a_journal_entry_missing_a_field_is_redone_not_a_crash(tmp_path: Path) -> None:
+    """Issue 19, finding 11: a journal job without a field ended in KeyError (exit 4) on
+    resume. Read as typed records: a job without model or kind is dropped, one without
+    status or record reads as pending (both are redone), the others are kept as written."""
+    from trtbuild.release import journal as jn
+
+    path = tmp_path / "release.json"
+    path.write_text(json.dumps({"manifest": {"path": "m.toml", "sha256": "x"}, "jobs": {
+        "a/prepare": {"model": "a", "kind": "prepare", "status": "ok", "seconds": 1.0,
+                      "record": {"artifacts": {"clean": "a/model.clean.onnx"},
+                                 "sha256": {"clean": "00"}}},
+        "a/fp16/sm_86": {"model": "a", "kind": "engine", "precision": "fp16"},
+        "b/prepare": {"kind": "prepare", "status": "ok"}}}))
+    journal = jn.read(path)
+    assert sorted(journal.jobs) == ["a/fp16/sm_86", "a/prepare"]
+    prep, engine = journal.jobs["a/prepare"], journal.jobs["a/fp16/sm_86"]
+    assert prep.status == "ok" and prep.record.artifacts == {"clean": "a/model.clean.onnx"}
+    assert engine.status == "pending" and engine.record.engine is None
+    from trtbuild.release.run import _files_there
+
+    assert not _files_there(prep, (tmp_path,))  # the file is not there: redone

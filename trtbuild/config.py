@@ -18,7 +18,7 @@ from dataclasses import MISSING, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
-from .errors import TrtBuildError
+from .errors import OptionError, TrtBuildError
 from .onnx.shapes import Profile, Shape, parse_input_spec, parse_profile_spec
 
 DEFAULT_OPSET = 17  # widest TensorRT 8.6-11 / RTX parser support; Q/DQ later raises it to 19
@@ -78,14 +78,14 @@ def _finite(name: str, value: float | None, low: float | None = None,
     if value is None:
         return
     if not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise TrtBuildError(f"--{name}: {value!r} is not a finite number")
+        raise OptionError(f"--{name}", f"{value!r} is not a finite number")
     if (low is not None and value < low) or (high is not None and value > high):
-        raise TrtBuildError(f"--{name}: {value} is outside [{low}, {high}]")
+        raise OptionError(f"--{name}", f"{value} is outside [{low}, {high}]")
 
 
 def _choice(name: str, value: str, allowed: tuple[str, ...]) -> None:
     if value not in allowed:
-        raise TrtBuildError(f"--{name}: '{value}' is not one of {', '.join(allowed)}")
+        raise OptionError(f"--{name}", f"'{value}' is not one of {', '.join(allowed)}")
 
 
 @dataclass(frozen=True)
@@ -105,10 +105,10 @@ class ExportSettings:
         specs = tuple(parse_input_spec(s) if isinstance(s, str) else (s[0], tuple(s[1]))
                       for s in _many(self.inputs))
         if len({n for n, _ in specs}) != len(specs):
-            raise TrtBuildError("--input: an input name is given twice")
+            raise OptionError("--input", "an input name is given twice")
         object.__setattr__(self, "inputs", specs)
         if not isinstance(self.opset, int) or not 7 <= self.opset <= 25:
-            raise TrtBuildError(f"--opset: {self.opset} is outside the supported 7-25")
+            raise OptionError("--opset", f"{self.opset} is outside the supported 7-25")
 
 
 # DataSettings.preprocess (a manifest's preprocess table): keys over DIR/preprocess.json,
@@ -144,9 +144,9 @@ class DataSettings:
 
     def __post_init__(self) -> None:
         if not isinstance(self.batch_size, int) or self.batch_size < 1:
-            raise TrtBuildError(f"--calib-batch-size: {self.batch_size} must be >= 1")
+            raise OptionError("--calib-batch-size", f"{self.batch_size} must be >= 1")
         if not isinstance(self.max_samples, int) or self.max_samples < 0:
-            raise TrtBuildError(f"--max-samples: {self.max_samples} must be >= 0 (0 = all)")
+            raise OptionError("--max-samples", f"{self.max_samples} must be >= 0 (0 = all)")
         unknown = set(self.preprocess) - set(PREPROCESS_KEYS)
         if unknown:
             raise TrtBuildError(f"preprocess: unknown keys {sorted(unknown)}")
@@ -274,7 +274,7 @@ class Int4Settings:
     def __post_init__(self) -> None:
         b = self.block_size
         if not isinstance(b, int) or not 16 <= b <= 4096 or b & (b - 1):
-            raise TrtBuildError(f"--int4-block-size: {b} is not a power of two in 16-4096")
+            raise OptionError("--int4-block-size", f"{b} is not a power of two in 16-4096")
         _choice("int4-method", self.method, INT4_METHODS)
 
 
@@ -309,7 +309,7 @@ def parse_gate(text: Any, flag: str = "gate") -> Gate:
     except ValueError:
         value = math.nan
     if not m or not math.isfinite(value):
-        raise TrtBuildError(f"--{flag}: '{text}' is not NAME>=NUMBER (or >, <=, <), e.g. "
+        raise OptionError(f"--{flag}", f"'{text}' is not NAME>=NUMBER (or >, <=, <), e.g. "
                             "strings_equal>=0.95 or cosine_mean>=0.99")
     return Gate(m.group(1), m.group(2), value)
 
@@ -351,7 +351,7 @@ class GateSettings:
         if m is not None and not callable(m):
             target, sep, fn = str(m).rpartition(":")
             if not (sep and fn and target.endswith(".py")):
-                raise TrtBuildError(f"--metric-script: '{m}' is not FILE.py:FUNCTION")
+                raise OptionError("--metric-script", f"'{m}' is not FILE.py:FUNCTION")
             object.__setattr__(self, "metric_script", str(m))
 
 
@@ -409,12 +409,12 @@ class EngineSettings:
                          for p in _many(self.profiles))
         object.__setattr__(self, "profiles", profiles)
         if len({p.name for p in profiles}) != len(profiles):
-            raise TrtBuildError("--shapes: an input name is given twice")
+            raise OptionError("--shapes", "an input name is given twice")
         if not isinstance(self.workspace_mb, int) or not 1 <= self.workspace_mb <= MAX_WORKSPACE_MB:
-            raise TrtBuildError(f"--workspace: {self.workspace_mb} MB must be between 1 and "
+            raise OptionError("--workspace", f"{self.workspace_mb} MB must be between 1 and "
                                 f"{MAX_WORKSPACE_MB} (1 TiB; the builder takes a byte count)")
         if self.opt_level not in range(6):
-            raise TrtBuildError(f"--opt-level: {self.opt_level} must be 0-5")
+            raise OptionError("--opt-level", f"{self.opt_level} must be 0-5")
         _choice("hardware-compat", self.hardware_compat, HARDWARE_COMPAT)
         _choice("calibrator", self.calibrator, CALIBRATORS)
         object.__setattr__(self, "plugins", _plugin_files(_many(self.plugins)))
@@ -465,7 +465,7 @@ class TargetSettings:
         archs = tuple(a.strip() for a in archs if a.strip())
         for a in archs:
             if a not in ("native", "ampere+") and not (a.startswith("sm_") and a[3:].isdigit()):
-                raise TrtBuildError(f"--arch: '{a}' is not a compute capability like sm_86 "
+                raise OptionError("--arch", f"'{a}' is not a compute capability like sm_86 "
                                     "(or native, ampere+)")
         object.__setattr__(self, "archs", archs)
 
@@ -494,9 +494,9 @@ class BenchSettings:
 
     def __post_init__(self) -> None:
         if not isinstance(self.iterations, int) or self.iterations < 1:
-            raise TrtBuildError(f"--iterations: {self.iterations} must be >= 1")
+            raise OptionError("--iterations", f"{self.iterations} must be >= 1")
         if not isinstance(self.warmup, int) or self.warmup < 0:
-            raise TrtBuildError(f"--warmup: {self.warmup} must be >= 0")
+            raise OptionError("--warmup", f"{self.warmup} must be >= 0")
         _finite("duration", self.duration, 0.0)
         if isinstance(self.max_regression, str):
             object.__setattr__(self, "max_regression", parse_regression(self.max_regression))
@@ -521,7 +521,7 @@ def parse_stream_budget(text: str) -> tuple[str, float]:
     size = float(m.group(1)) * SIZE_UNITS[m.group(2) or ""] if m and m.group(2) != "%" else 0
     if size >= 1:
         return "bytes", size
-    raise TrtBuildError(f"--weight-streaming-budget: {text!r} is not auto, a percentage in "
+    raise OptionError("--weight-streaming-budget", f"{text!r} is not auto, a percentage in "
                         "(0, 100] or a size like 512MiB")
 
 
@@ -538,7 +538,7 @@ def parse_regression(text: str) -> float:
     try:
         value = float(text.rstrip("%")) / (100.0 if text.endswith("%") else 1.0)
     except ValueError:
-        raise TrtBuildError(f"--max-regression: '{text}' is not a percentage like 5%")
+        raise OptionError("--max-regression", f"'{text}' is not a percentage like 5%")
     _finite("max-regression", value, 0.0)
     return value
 

@@ -28,6 +28,18 @@ class TrtBuildError(Exception):
         self.report: Path | None = None  # the report.html of the run it ended, when one was written
 
 
+
+class OptionError(TrtBuildError):
+    """A bad option value: `problem` said of `flag` (and of the file `where`). The CLI prints
+    '[WHERE: ]FLAG: PROBLEM'; a release manifest names its own key instead of the flag."""
+
+    def __init__(self, flag: str, problem: str, where: str | Path | None = None,
+                 code: int = BAD_INPUT):
+        lead = f"{where}: " if where is not None else ""
+        super().__init__(f"{lead}{flag}: {problem}", code)
+        self.flag, self.problem = flag, f"{lead}{problem}"
+
+
 # what the machine refuses, not a bug: a full disk, a read-only or forbidden path, a name
 # too long for the filesystem (os.strerror gives the words)
 ENVIRONMENT = {errno.ENOSPC: "free some space or point --out/--cache-dir elsewhere",

@@ -18,7 +18,7 @@ from typing import Any, Callable
 
 from .config import BuildSettings
 from .context import Context
-from .errors import GATE_FAILED, MISSING_CAPABILITY, TrtBuildError
+from .errors import GATE_FAILED, MISSING_CAPABILITY, OptionError, TrtBuildError
 from .files import check_utf8, ensure_dir, refuse_links
 from .records import StageRecord
 from .report import Report, Timer
@@ -319,8 +319,8 @@ def check_targets(s: BuildSettings) -> None:
     if s.fp8 and no_fp8:
         fix = "give --arch sm_89 (or sm_120)" if found.is_rtx else \
             "build on a GPU with FP8 (sm_89 and newer)"
-        raise TrtBuildError(f"--fp8: {', '.join(no_fp8)} has no FP8 (Ada sm_89 and newer): "
-                            f"{fix}", MISSING_CAPABILITY)
+        raise OptionError("--fp8", f"{', '.join(no_fp8)} has no FP8 (Ada sm_89 and newer): "
+                          f"{fix}", code=MISSING_CAPABILITY)
     from .trt.builder import check_refit
 
     check_refit(found, archs[0], s.engine)
@@ -410,9 +410,9 @@ def check_files(s: BuildSettings, run_code: bool = True) -> None:
         raise TrtBuildError("--fp8 scales activations by their range on calibration data: "
                             "give --calib DIR or --data-loader-script FILE.py:FN")
     if int4_data and not s.calib.data:
-        raise TrtBuildError(f"--int4-weights: --int4-method {s.int4.method} chooses each "
-                            "layer's weights on calibration data: give --calib DIR, or "
-                            "--int4-method nearest")
+        raise OptionError("--int4-weights", f"--int4-method {s.int4.method} chooses each "
+                          "layer's weights on calibration data: give --calib DIR, or "
+                          "--int4-method nearest")
     from .data import check_source, read_labels
 
     if s.calib.data:

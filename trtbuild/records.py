@@ -21,6 +21,8 @@ from dataclasses import MISSING, dataclass, field, fields
 from pathlib import PurePath
 from typing import Any, ClassVar, Union
 
+NULL = {"null": True}  # field metadata: written as null when None
+
 
 class _Bad(Exception):
     """A JSON value that does not fit its field's type."""
@@ -32,8 +34,11 @@ class Record:
     NULL_IS_NAN: ClassVar[bool] = True  # False: a record that writes None as null
 
     def to_json(self) -> dict[str, Any]:
+        """Fields that are None are left out, except those declared with NULL (a schema
+        that always has the key)."""
         found = {f.name: _encode(getattr(self, f.name)) for f in fields(self)  # type: ignore[arg-type]
-                 if getattr(self, f.name) is not None and f.name != "extra"}
+                 if (getattr(self, f.name) is not None or f.metadata.get("null"))
+                 and f.name != "extra"}
         return {**found, **(getattr(self, "extra", None) or {})}
 
     @classmethod
@@ -115,7 +120,12 @@ def _decode(tp: Any, value: Any, nan: bool = True, strict: bool = False) -> Any:
                     why = e
         raise why
     if isinstance(tp, type) and issubclass(tp, Record):
-        return value if isinstance(value, tp) else _build(tp, value, strict)
+        if isinstance(value, tp) or strict:
+            return value if isinstance(value, tp) else _build(tp, value, strict)
+        found = tp.from_json(value)  # a type's own reading (Job: its record by kind)
+        if found is None:
+            raise _Bad(f"not a {tp.__name__}: {value!r}"[:200])
+        return found
     if tp is float:
         if value is None:
             return math.nan

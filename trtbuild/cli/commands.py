@@ -10,6 +10,7 @@ from typing import Any, Callable
 from .. import api
 from ..errors import GATE_FAILED, OK
 from ..records import BenchRecord, StageRecord, ValidateRecord
+from ..release.journal import EngineJobSummary, Job, Journal, Totals
 from ..report import dumps
 from ..summary import bench_figures, summary_line, validate_figures
 from .args import options
@@ -255,7 +256,7 @@ def cmd_release(args: argparse.Namespace) -> int:
     print(f"trtbuild release: {args.manifest} -> {out}/", file=stream, flush=True)
     try:  # one bar for the whole release (on a terminal), a line per job above it
         with bar("release", len(m.jobs()) + len(m.models)) as progress:
-            def on_job(key: str, j: dict) -> None:  # sys.stdout now: the bar's proxy
+            def on_job(key: str, j: Job) -> None:  # sys.stdout now: the bar's proxy
                 print(f"  {release_line(key, j)}", file=sys.stderr if args.json else sys.stdout,
                       flush=True)
                 progress.advance(1)
@@ -271,25 +272,26 @@ def cmd_release(args: argparse.Namespace) -> int:
     return 0
 
 
-def release_line(key: str, j: dict) -> str:
-    e = (j.get("record") or {}).get("engine") or {}
-    parts = [f"{key:<28} {j['status']:<11}"]
-    if j.get("reused"):
+def release_line(key: str, j: Job) -> str:
+    e = j.record.engine if isinstance(j.record, EngineJobSummary) else None
+    parts = [f"{key:<28} {j.status:<11}"]
+    if j.reused:
         parts.append("done by an earlier run")
-    elif j.get("seconds") is not None and j["status"] != "skipped":
-        parts.append(f"{j['seconds']:6.2f}s {j.get('peak_rss_mb') or 0:7.1f} MB")
-    if e.get("path"):
-        parts.append(f"{e['bytes'] / 1e6:.3f} MB engine{' (cached)' if e.get('cache_hit') else ''}")
-    if j.get("error"):
-        parts.append(j["error"].removeprefix("skipped ").strip("()"))
+    elif j.seconds is not None and j.status != "skipped":
+        parts.append(f"{j.seconds:6.2f}s {j.peak_rss_mb or 0:7.1f} MB")
+    if e is not None and e.bytes is not None:
+        parts.append(f"{e.bytes / 1e6:.3f} MB engine{' (cached)' if e.cache_hit else ''}")
+    if j.error:
+        parts.append(j.error.removeprefix("skipped ").strip("()"))
     return "  ".join(parts)
 
 
 def _release_summary(journal: dict, out: Any) -> list[str]:
-    t = journal["totals"]
-    return [f"  {t['ok']} of {t['jobs']} jobs ok ({t['reused']} done by an earlier run), "
-            f"{t['failed']} failed, {t['gate_failed']} gate failed, {t['skipped']} skipped; "
-            f"{t['engines']} engines, {t['cache_hits']} from the cache",
+    found = Journal.from_json(journal)
+    t = found.totals if found else Totals()
+    return [f"  {t.ok} of {t.jobs} jobs ok ({t.reused} done by an earlier run), "
+            f"{t.failed} failed, {t.gate_failed} gate failed, {t.skipped} skipped; "
+            f"{t.engines} engines, {t.cache_hits} from the cache",
             f"  {'release':<16} {out}/release.json  {out}/release.html"]
 
 

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any, Iterator
 
 import numpy as np
 
-from ..errors import TrtBuildError
+from ..errors import OptionError, TrtBuildError
 from ..onnx.inputs import InputSpec, model_inputs
 from . import loader
 from .arrays import Header, load_npy, npy_header, npz_arrays, npz_headers
@@ -242,13 +242,13 @@ def check_source(source: str, flag: str) -> None:
     if is_script(str(source)):
         path = Path(loader.parse(str(source)).path)
         if not path.is_file():
-            raise TrtBuildError(f"{path}: {flag}: no such data loader script")
+            raise OptionError(flag, "no such data loader script", where=path)
         return
     folder = Path(source)
     if not folder.is_dir() and ".py:" in str(source):  # e.g. a call missing its ')'
-        raise TrtBuildError(f"{source}: {flag}: not a loader call; give FILE.py:FN or "
-                            "FILE.py:FN(key=value, ...)")
+        raise OptionError(flag, "not a loader call; give FILE.py:FN or FILE.py:FN(key=value, ...)",
+                          where=source)
     if not folder.is_dir():
-        raise TrtBuildError(f"{folder}: {flag}: no such data directory")
+        raise OptionError(flag, "no such data directory", where=folder)
     if not any(p.suffix.lower() in IMAGE_EXTS | ARRAY_EXTS for p in folder.iterdir()):
         raise TrtBuildError(f"{folder}: no samples (.png .jpg .jpeg .bmp .npy .npz) in directory")

@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from ..config import FLAGS, OPTIONS, PRECISIONS, TOP_LEVEL, BuildSettings, build_settings
-from ..errors import TrtBuildError
+from ..errors import OptionError, TrtBuildError
 
 # Build options a release sets itself: fp32/fp16/int8 per job (from `precisions`), `out`.
 NOT_KEYS = {
@@ -270,7 +270,7 @@ class _Checker:
             try:
                 good[key] = self.option(key, value)
             except TrtBuildError as e:
-                self.add(table, key, _unflag(e.message))
+                self.add(table, key, e.problem if isinstance(e, OptionError) else e.message)
                 bad.add(key)
         return good, bad
 
@@ -410,9 +410,3 @@ def _resolve(key: str, value: Any, base: Path) -> Any:
 def _path(text: str, base: Path) -> str:
     path = Path(text).expanduser()
     return str((base / path).resolve() if not path.is_absolute() else path)
-
-
-def _unflag(message: str) -> str:
-    """'--calib-method: 'x' is not one of ...' -> the same without the CLI flag: the problem
-    line names the manifest key instead."""
-    return re.sub(r"--[a-z0-9-]+: ", "", message, count=1)

@@ -82,7 +82,7 @@ def release(manifest: str | Path, out: str | Path | None = None,
         if models != out:  # only this release's directories: others may share shared_dir
             for entry in m.models:
                 _sweep_temp_files(models / entry.name)
-        todo = [k for k, j in journal["jobs"].items() if not j["reused"]]
+        todo = [k for k, j in journal.jobs.items() if not j.reused]
         if ray is not None:
             from .ray_backend import RayTasks
 
@@ -90,24 +90,24 @@ def release(manifest: str | Path, out: str | Path | None = None,
         else:
             backend = Local(workers or max(1, min(_cores(), len(todo))))
         try:  # the backend (a Ray runtime too) is shut down whatever happens from here on
-            journal.update(workers=backend.slots, backend=backend.name,
-                           baseline=str(baseline) if baseline else None, finished=None,
-                           started=jn.now())
+            journal.workers, journal.backend = backend.slots, backend.name
+            journal.baseline = str(baseline) if baseline else None
+            journal.finished, journal.started = None, jn.now()
             jn.save(path, journal)
             start = time.perf_counter()
             _Pool(m, models, path, journal, backend, on_job).run(todo)
         finally:
             backend.close()
-        journal["wall_seconds"] = round(time.perf_counter() - start, 3)
+        journal.wall_seconds = round(time.perf_counter() - start, 3)
         if base is not None:
             jn.compare(journal, base)
-        journal["finished"] = jn.now()
+        journal.finished = jn.now()
         jn.save(path, journal)
         write_html(out / "release.html", journal)
     message = failure_message(journal, path)
     if message:
-        raise TrtBuildError(message, GATE_FAILED, journal)
-    return journal
+        raise TrtBuildError(message, GATE_FAILED, journal.to_json())
+    return journal.to_json()
 
 
 def _check_models(m: Manifest, archs: bool) -> None:
@@ -127,7 +127,7 @@ def _check_models(m: Manifest, archs: bool) -> None:
             raise TrtBuildError(f"{m.path}: [models.{entry.name}] {e.message}", e.code)
 
 
-def failure_message(journal: dict[str, Any], path: Path) -> str | None:
+def failure_message(journal: jn.Journal, path: Path) -> str | None:
     """'N of M release jobs did not pass (PATH):' and a line per job, at most MAX_LISTED,
     then 'and K more'; None when every job passed."""
     failed = jn.failures(journal)
@@ -135,11 +135,11 @@ def failure_message(journal: dict[str, Any], path: Path) -> str | None:
         return None
     listed = failed[:MAX_LISTED] + ([f"and {len(failed) - MAX_LISTED} more"]
                                      if len(failed) > MAX_LISTED else [])
-    return "\n".join([f"{len(failed)} of {len(journal['jobs'])} release jobs did not pass "
+    return "\n".join([f"{len(failed)} of {len(journal.jobs)} release jobs did not pass "
                       f"({path}):", *(f"  {x}" for x in listed)])
 
 
-def _resume(m: Manifest, path: Path, notice: Notice) -> dict[str, Any]:
+def _resume(m: Manifest, path: Path, notice: Notice) -> jn.Journal:
     """The journal to go on with: the previous one's finished jobs whose files are still
     there are kept (reused); everything else starts over."""
     out = path.parent
@@ -148,22 +148,24 @@ def _resume(m: Manifest, path: Path, notice: Notice) -> dict[str, Any]:
     old = jn.read(path)
     if old is None:
         return new
-    if old["manifest"].get("sha256") != new["manifest"]["sha256"]:
+    if old.manifest.get("sha256") != new.manifest["sha256"]:
         notice(f"{m.path} changed since {path} was written (sha256 differs): rebuilding "
                "every job")
         return new
     redo = set()  # models whose prepare job runs again: that clears their engines too
-    for key, j in new["jobs"].items():
-        before = old["jobs"].get(key)
-        if (j["model"] not in redo and before and before.get("status") == "ok"
-                and set(j) <= set(before) and _files_there(before, roots)):
-            new["jobs"][key] = {**before, "reused": True}
-        elif j["kind"] == "prepare":
-            redo.add(j["model"])
+    for key, j in new.jobs.items():
+        before = old.jobs.get(key)
+        if (j.model not in redo and before is not None and before.status == "ok"
+                and (before.model, before.kind, before.precision, before.arch)
+                == (j.model, j.kind, j.precision, j.arch) and _files_there(before, roots)):
+            before.reused = True
+            new.jobs[key] = before
+        elif j.kind == "prepare":
+            redo.add(j.model)
     return new
 
 
-def _files_there(job: dict[str, Any], roots: tuple[Path, ...]) -> bool:
+def _files_there(job: jn.Job, roots: tuple[Path, ...]) -> bool:
     """The job's output files are inside OUT or the shared_dir (`roots`; symlinks
     resolved) and hash to the sha256 the job recorded: an engine overwritten with other
     bytes of its size, two engines swapped, a model.int8.onnx replaced or a journal pointing
@@ -171,20 +173,21 @@ def _files_there(job: dict[str, Any], roots: tuple[Path, ...]) -> bool:
     hand-edited journal)."""
     from ..files import file_sha256
 
+    record = job.record
+    if job.seconds is None:
+        return False
+    if isinstance(record, jn.PrepareSummary):
+        wanted = [(p, record.sha256.get(k)) for k, p in record.artifacts.items() if p]
+    elif isinstance(record, jn.EngineJobSummary) and record.engine is not None:
+        wanted = [(record.engine.path, record.engine.sha256)]
+    else:
+        return False
+    inside = [r.resolve() for r in roots]
     try:
-        record = job["record"]
-        if not isinstance(job.get("seconds"), (int, float)):
-            return False
-        if job.get("kind") == "prepare":
-            hashes = record["sha256"]
-            wanted = [(p, hashes[k]) for k, p in record["artifacts"].items() if p]
-        else:
-            wanted = [(record["engine"]["path"], record["engine"]["sha256"])]
-        inside = [r.resolve() for r in roots]
         return bool(wanted) and all(
-            any(Path(p).resolve().is_relative_to(r) for r in inside) and Path(p).is_file()
-            and file_sha256(Path(p)) == h for p, h in wanted)
-    except (KeyError, TypeError, AttributeError, OSError):
+            h is not None and any(Path(p).resolve().is_relative_to(r) for r in inside)
+            and Path(p).is_file() and file_sha256(Path(p)) == h for p, h in wanted)
+    except OSError:
         return False
 
 
@@ -235,23 +238,23 @@ class Local:
 
 
 class _Pool:
-    def __init__(self, m: Manifest, models: Path, path: Path, journal: dict[str, Any],
+    def __init__(self, m: Manifest, models: Path, path: Path, journal: jn.Journal,
                  backend: Any, on_job: OnJob | None):
         # models: where each model's directory goes (OUT, or the manifest's shared_dir)
         self.m, self.models, self.path, self.journal = m, models, path, journal
         self.backend, self.workers, self.on_job = backend, backend.slots, on_job
         self.html = path.parent / "release.html"
-        self.jobs = journal["jobs"]
-        self.peak_mb = max((j["peak_rss_mb"] or 0 for j in self.jobs.values()), default=0)
-        self.memory_waits = journal["memory_waits"] = 0
+        self.jobs = journal.jobs
+        self.peak_mb = max((j.peak_rss_mb or 0 for j in self.jobs.values()), default=0)
+        self.memory_waits = journal.memory_waits = 0
 
     def run(self, todo: list[str]) -> None:
-        ready = deque(k for k in todo if self.jobs[k]["kind"] == "prepare"
-                      or self.jobs[jn.prepare_key(self.jobs[k]["model"])]["status"] == "ok")
+        ready = deque(k for k in todo if self.jobs[k].kind == "prepare"
+                      or self.jobs[jn.prepare_key(self.jobs[k].model)].status == "ok")
         waiting = [k for k in todo if k not in ready]
         running: dict[Any, str] = {}  # the backend's handle (a Future, a Ray ref) -> job
         for key, j in self.jobs.items():
-            if j["reused"] and self.on_job:
+            if j.reused and self.on_job:
                 self.on_job(key, j)
         if not todo:
             return
@@ -284,7 +287,7 @@ class _Pool:
         except BaseException:  # interrupted: stop the workers too (their temp files are swept
             pool.kill()  # by the next run; unfinished jobs stay pending in the journal)
             raise
-        self.journal["memory_waits"] = self.memory_waits
+        self.journal.memory_waits = self.memory_waits
 
     @staticmethod
     def _next(ready: deque, running: dict, suspects: set[str]) -> str | None:
@@ -297,12 +300,13 @@ class _Pool:
 
     def _call(self, key: str) -> tuple[Callable, tuple]:
         j = self.jobs[key]
-        entry = self.m.model(j["model"])
-        out = str(self.models / j["model"])
-        if j["kind"] == "prepare":
+        entry = self.m.model(j.model)
+        out = str(self.models / j.model)
+        if j.kind == "prepare":
             return worker.prepare, (entry, out)
-        artifacts = self.jobs[jn.prepare_key(j["model"])]["record"]["artifacts"]
-        return worker.engine, (entry, out, j["precision"], j["arch"], artifacts)
+        prepared = self.jobs[jn.prepare_key(j.model)].record
+        assert isinstance(prepared, jn.PrepareSummary)
+        return worker.engine, (entry, out, j.precision, j.arch, prepared.artifacts)
 
     def _memory_ok(self, running: dict) -> bool:
         """Start a job only when what is free holds the largest job seen (or none runs)."""
@@ -316,34 +320,35 @@ class _Pool:
 
     def _finish(self, key: str, result: dict[str, Any], waiting: list[str]) -> list[str]:
         """Record one job; returns the jobs it makes ready."""
-        j = self.jobs[key]
-        j.update(result, reused=False)
-        self.peak_mb = max(self.peak_mb, j["peak_rss_mb"] or 0)
+        j = self.jobs[key] = self.jobs[key].finished(result)
+        self.peak_mb = max(self.peak_mb, j.peak_rss_mb or 0)
         ready: list[str] = []
         mine: list[str] = []
-        if j["kind"] == "prepare":
-            mine = [k for k in waiting if self.jobs[k]["model"] == j["model"]]
+        if isinstance(j.record, jn.PrepareSummary):
+            mine = [k for k in waiting if self.jobs[k].model == j.model]
             for k in mine:
                 waiting.remove(k)
-            if j["status"] == "ok":
+            if j.status == "ok":
                 ready = mine
             else:
-                why = "prepare gate failed" if j["status"] == "gate_failed" else "prepare failed"
-                measured = j["record"].get("accuracy") or {}  # up to the stage that failed
+                why = "prepare gate failed" if j.status == "gate_failed" else "prepare failed"
+                measured = j.record.accuracy  # up to the stage that failed
                 for k in mine:
-                    acc = measured.get(self.jobs[k]["precision"])
-                    self.jobs[k].update(status="skipped", error=f"skipped ({why})",
-                                        exit_code=None, seconds=0.0, reused=False,
-                                        record={"accuracy": acc} if acc else {})
+                    skipped = self.jobs[k]
+                    skipped.status, skipped.error = "skipped", f"skipped ({why})"
+                    skipped.exit_code, skipped.seconds, skipped.reused = None, 0.0, False
+                    skipped.record = jn.EngineJobSummary(
+                        accuracy=measured.get(skipped.precision or ""))
         else:
-            prepared = self.jobs[jn.prepare_key(j["model"])]["record"]
-            j["record"]["accuracy"] = (prepared.get("accuracy") or {}).get(j["precision"])
-            if j["precision"] == "int8":
-                j["record"]["int8_mac_coverage"] = prepared.get("int8_mac_coverage")
+            prepared = self.jobs[jn.prepare_key(j.model)].record
+            assert isinstance(prepared, jn.PrepareSummary) and isinstance(j.record, jn.EngineJobSummary)
+            j.record.accuracy = prepared.accuracy.get(j.precision or "")
+            if j.precision == "int8":
+                j.record.int8_mac_coverage = prepared.int8_mac_coverage
         jn.save(self.path, self.journal)
         write_html(self.html, self.journal)  # a view: at every job too
         if self.on_job:
-            for k in [key, *(mine if j["kind"] == "prepare" and not ready else [])]:
+            for k in [key, *(mine if j.kind == "prepare" and not ready else [])]:
                 self.on_job(k, self.jobs[k])
         return ready
 
