@@ -281,6 +281,12 @@ def _(tmp):
     return [DIGITS, "--target", "onnx", "--out", tmp / "o", "--cache-dir", tmp / "afile" / "sub"]
 
 
+@case("--cache-dir names a file", 2, "afile: not a directory")
+def _(tmp):
+    (tmp / "afile").write_text("x")
+    return [DIGITS, "--target", "onnx", "--out", tmp / "o", "--cache-dir", tmp / "afile"]
+
+
 @case("--cache-dir /dev/null", 2, "/dev/null: not a directory")
 def _(tmp):
     return [DIGITS, "--target", "onnx", "--out", tmp / "o", "--cache-dir", "/dev/null"]

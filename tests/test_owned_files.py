@@ -57,6 +57,26 @@ def test_failed_validate_keeps_files_beside_the_users_model(tmp_path):
     assert sorted(p.name for p in models.iterdir()) == ["cand.onnx", "notes.txt", "ref.onnx"]
 
 
+def test_failed_bench_keeps_files_beside_the_users_model(tmp_path, monkeypatch):
+    """bench runs in the user's model folder too (issue 19, finding 4); the timing is made
+    to fail after another file appeared there (a fake failure: our control flow)."""
+    from trtbuild import timing
+
+    models = tmp_path / "models"
+    models.mkdir()
+    model = _relu(models / "m.onnx")
+    users = models / "notes.txt"
+
+    def fails(*args, **kwargs):
+        users.write_text("written while bench ran")
+        raise TrtBuildError("timing broke")
+
+    monkeypatch.setattr(timing, "bench_onnxruntime", fails)
+    with pytest.raises(TrtBuildError, match="timing broke"):
+        api.bench(model)
+    assert sorted(p.name for p in models.iterdir()) == ["m.onnx", "notes.txt"]
+
+
 def test_an_engine_that_fails_does_not_remove_the_engines_that_built(tmp_path, monkeypatch):
     """fp16 and int8 engines for sm_86 with real TensorRT-RTX builds, the int8 one failed by
     a fake failure wrapped around the real builder (our control flow under test): the fp16
