@@ -77,6 +77,29 @@ def test_failed_bench_keeps_files_beside_the_users_model(tmp_path, monkeypatch):
     assert sorted(p.name for p in models.iterdir()) == ["m.onnx", "notes.txt"]
 
 
+def test_a_failed_stage_removes_only_the_files_it_wrote(tmp_path):
+    """In the run's own OUT, a failed stage's files go (nothing stale, nothing half-made),
+    but a file another process put there meanwhile stays (issue 19, finding 4). The stages
+    are fakes around files.write_text: our control flow under test."""
+    from trtbuild import pipeline
+    from trtbuild.config import build_settings
+    from trtbuild.files import write_text
+    from trtbuild.records import StageRecord
+
+    out = tmp_path / "o"
+    out.mkdir()
+    ctx = pipeline.new_context(build_settings("demo"), out, "demo")
+
+    def fails(ctx):
+        write_text(out / "model.int8.onnx", "half a model")  # the stage's own, atomically
+        (out / "theirs.txt").write_text("another process")   # not through trtbuild
+        raise TrtBuildError("quantize broke")
+
+    with pytest.raises(TrtBuildError, match="quantize broke"):
+        pipeline.run_stages(ctx, [("first", lambda ctx: StageRecord()), ("quantize", fails)])
+    assert sorted(p.name for p in out.iterdir()) == ["report.html", "report.json", "theirs.txt"]
+
+
 def test_an_engine_that_fails_does_not_remove_the_engines_that_built(tmp_path, monkeypatch):
     """fp16 and int8 engines for sm_86 with real TensorRT-RTX builds, the int8 one failed by
     a fake failure wrapped around the real builder (our control flow under test): the fp16

@@ -61,9 +61,14 @@ def pid_alive(pid: int) -> bool:
     return state not in ("Z", "X")
 
 
+# every file this process put in place: a failed stage removes only these (pipeline)
+WRITTEN: set[str] = set()
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
-    """Yield a temp path to write; on success it is renamed to `path`, on error removed."""
+    """Yield a temp path to write; on success it is renamed to `path` (and noted in
+    WRITTEN), on error removed."""
     path = Path(path)
     tmp = tmp_name(path)
     try:
@@ -71,6 +76,7 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
+        WRITTEN.add(os.path.abspath(path))
         fsync_dir(path.parent)
     finally:
         with contextlib.suppress(FileNotFoundError):

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
 import resource
 import shutil
 import threading
@@ -19,7 +20,7 @@ from typing import Any, Callable
 from .config import BuildSettings
 from .context import Context
 from .errors import GATE_FAILED, MISSING_CAPABILITY, OptionError, TrtBuildError
-from .files import check_utf8, ensure_dir, refuse_links
+from .files import WRITTEN, check_utf8, ensure_dir, refuse_links
 from .records import StageRecord
 from .report import Report, Timer
 from .stages import bench, calibrate, clean, engines, export, fp8, fp16, int4, quantize, sensitivity, validate
@@ -76,7 +77,8 @@ def run_stages(ctx: Context, stages: list[tuple[str, Stage]],
                             p for p, stamp in after.items() if before.get(p) != stamp))
             except BaseException as e:  # what the failed stage wrote is not in the report
                 for path in _files(ctx.out) - before.keys() if ctx.owns_out else ():
-                    path.unlink(missing_ok=True)
+                    if os.path.abspath(path) in WRITTEN:  # ours: not another process's
+                        path.unlink(missing_ok=True)
                 ctx.report.finish("failed", f"{name}: " + (
                     e.message if isinstance(e, TrtBuildError) else f"{type(e).__name__}: {e}"))
                 if isinstance(e, TrtBuildError):
