@@ -96,3 +96,65 @@ def test_other_versions_records_are_read_leniently():
     assert type(parse_stage({"stage": "a_future_stage", "seconds": 1})).__name__ == "StageRecord"
     assert parse_stage({"seconds": 1}) is None and parse_stage("x") is None
     assert BenchRecord.from_json({"stage": "bench", "runs": None}).runs == []
+
+
+def test_labels_that_name_no_sample_leave_no_label_accuracy(tmp_path, capsys):
+    """labels.csv naming none of the samples gave an empty label accuracy, which the
+    console then formatted: exit 4 (review of the typed records)."""
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    from trtbuild.cli import main
+
+    w = numpy_helper.from_array(np.eye(4, dtype=np.float32), "w")
+    g = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["y"])], "g",
+                          [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 4])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 4])], [w])
+    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]),
+              str(tmp_path / "m.onnx"))
+    (tmp_path / "val").mkdir()
+    for k in range(4):
+        np.save(tmp_path / "val" / f"s{k}.npy", np.random.default_rng(k).random((1, 4), np.float32))
+    (tmp_path / "val" / "labels.csv").write_text("file,label\nother0.npy,1\n")
+    code = main([str(tmp_path / "m.onnx"), "--fp16", "--val", str(tmp_path / "val"),
+                 "--target", "onnx", "--out", str(tmp_path / "o")])
+    assert code == 0, capsys.readouterr().err
+    fp16 = next(s for s in json.loads((tmp_path / "o" / "report.json").read_text())["stages"]
+                if s["stage"] == "fp16")
+    assert "label_accuracy" not in fp16 and "label accuracy" not in capsys.readouterr().out
+
+
+def test_a_stages_none_stays_none_and_errors_cross_processes():
+    """Record.of keeps a stage's None (not measured) as None; only JSON's null is NaN.
+    TrtBuildError and OptionError pickle whole (workers hand them back)."""
+    import pickle
+
+    from trtbuild.errors import OptionError, TrtBuildError
+    from trtbuild.records import OutputMetrics
+
+    assert OutputMetrics.of({"correlation": None}).correlation is None
+    option = pickle.loads(pickle.dumps(OptionError("--calib", "no such data directory",
+                                                   where="d", code=3)))
+    assert (option.message, option.problem, option.code) == (
+        "d: --calib: no such data directory", "d: no such data directory", 3)
+    error = pickle.loads(pickle.dumps(TrtBuildError("gate", 1, {"stage": "validate"})))
+    assert (error.message, error.code, error.record) == ("gate", 1, {"stage": "validate"})
+
+
+def test_json_output_names_the_exit_code_of_a_full_disk(tmp_path, monkeypatch, capsys):
+    import errno
+    import os
+
+    from trtbuild import api
+    from trtbuild.cli import main
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(tmp_path / "o" / "x"))
+
+    monkeypatch.setattr(api, "build", full)
+    code = main(["build", "m.onnx", "--json"])
+    printed = json.loads(capsys.readouterr().out)
+    assert code == 2 and printed["error"]["exit_code"] == 2
+    assert printed["error"]["message"].endswith("No space left on device (free some space or "
+                                                "point --out/--cache-dir elsewhere)")

@@ -371,3 +371,16 @@ def test_release_table(tmp_path):
     wrong = write(tmp_path / "wrong.toml", model + '[release]\ncalib_shard_samples = "64"\n')
     assert problems(wrong) == ['[release] calib_shard_samples: expected an integer, got a '
                                'string "64"']
+
+
+def test_a_missing_metric_script_names_the_key_not_the_flag(tmp_path):
+    samples(tmp_path / "calib")
+    path = write(tmp_path / "release.toml", """
+[models.x]
+src = "torchvision:resnet18"
+precisions = ["int8"]
+archs = ["sm_86"]
+calib = "calib"
+metric_script = "nothere.py:score"
+""")
+    assert problems(path) == [f"[models.x] metric_script: {tmp_path}/nothere.py: no such file"]

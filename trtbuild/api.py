@@ -41,8 +41,10 @@ def build(src: str, out: str | Path | None = None, *, on_stage: OnStage | None =
           **options: Any) -> Result:
     """The whole pipeline on SRC (model.onnx, file.py:fn, module:fn, torchvision:NAME) into
     `out` (default trtbuild-out/<model>/): export, clean, [fp16], [calibrate, quantize,
-    validate], engines, [bench]. Raises TrtBuildError (exit code 1 for a failed gate: the
-    report up to that stage is on disk)."""
+    validate], engines, [bench]. `on_stage(name, record)` is called as each stage ends with
+    its typed record (trtbuild.records; `record.to_json()` is its report.json entry).
+    Raises TrtBuildError (exit code 1 for a failed gate: the report up to that stage is on
+    disk)."""
     from . import pipeline
 
     settings = build_settings(str(src), out=Path(out) if out else None, **options)
@@ -245,8 +247,10 @@ def release(manifest: str | Path, out: str | Path | None = None, *,
     trtbuild-out/release-<manifest stem>/). Rerunning resumes from out/release.json. Returns
     release.json's content; raises TrtBuildError: 2 for a bad manifest, baseline or
     journal; 1 listing every job that did not pass (its `record` is release.json's content).
-    `on_job(key, job)` is called as each job finishes. `ray`: "" runs the jobs as tasks on
-    a local Ray runtime, "HOST:PORT" on that Ray cluster (exit 3 without Ray installed)."""
+    `on_job(key, job)` is called as each job finishes, with its typed entry
+    (trtbuild.release.journal.Job; `job.to_json()` is its release.json entry). `ray`: ""
+    runs the jobs as tasks on a local Ray runtime, "HOST:PORT" on that Ray cluster (exit 3
+    without Ray installed)."""
     from .release.run import release as run_release
 
     return run_release(manifest, out, baseline, workers, on_job, ray=ray)

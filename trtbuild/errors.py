@@ -27,6 +27,9 @@ class TrtBuildError(Exception):
         self.record = record  # for a failed gate: the measurements that failed it
         self.report: Path | None = None  # the report.html of the run it ended, when one was written
 
+    def __reduce__(self) -> tuple:  # whole across processes (Exception pickles args only)
+        return (TrtBuildError, (self.message, self.code, self.record))
+
 
 
 class OptionError(TrtBuildError):
@@ -38,6 +41,10 @@ class OptionError(TrtBuildError):
         lead = f"{where}: " if where is not None else ""
         super().__init__(f"{lead}{flag}: {problem}", code)
         self.flag, self.problem = flag, f"{lead}{problem}"
+        self._args = (flag, problem, where, code)
+
+    def __reduce__(self) -> tuple:
+        return (OptionError, self._args)
 
 
 # what the machine refuses, not a bug: a full disk, a read-only or forbidden path, a name

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import contextlib
+import itertools
 import os
+import threading
 from pathlib import Path
 from typing import Iterator
 
@@ -61,8 +63,23 @@ def pid_alive(pid: int) -> bool:
     return state not in ("Z", "X")
 
 
-# every file this process put in place: a failed stage removes only these (pipeline)
-WRITTEN: set[str] = set()
+# every file this process put in place -> when (a count): a failed stage removes only what
+# it wrote itself (pipeline.run_stages), never another process's file
+WRITTEN: dict[str, int] = {}
+_WRITES = itertools.count(1)
+
+
+def note_written(path: str | Path) -> None:
+    WRITTEN[os.path.realpath(path)] = next(_WRITES)
+
+
+def written_since(mark: int) -> set[str]:
+    """The files (real paths) this process put in place after `mark` (writes_so_far())."""
+    return {p for p, n in WRITTEN.items() if n > mark}
+
+
+def writes_so_far() -> int:
+    return max(WRITTEN.values(), default=0)
 
 
 @contextlib.contextmanager
@@ -76,7 +93,7 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
-        WRITTEN.add(os.path.abspath(path))
+        note_written(path)
         fsync_dir(path.parent)
     finally:
         with contextlib.suppress(FileNotFoundError):
@@ -112,18 +129,23 @@ def ensure_dir(path: str | Path) -> Path:
     path = Path(path)
     if path.exists() and not path.is_dir():
         raise TrtBuildError(f"{path}: output directory is an existing file")
+    created = not path.exists()
     try:
         path.mkdir(parents=True, exist_ok=True)
     except (FileExistsError, NotADirectoryError):
         raise TrtBuildError(f"{path}: cannot create output directory (a parent is a file)")
     except OSError as e:
         raise TrtBuildError(f"{path}: cannot create output directory ({e.strerror})")
-    probe = tmp_name(path / ".write-check")  # a read-only OUT fails here, not after the work
+    # a read-only OUT fails here, not after the work (one probe name per thread)
+    probe = tmp_name(path / f".write-check-{threading.get_ident()}")
     try:
         probe.unlink(missing_ok=True)  # a killed run's, with this pid
         os.close(os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600))
         os.unlink(probe)
     except OSError as e:
+        if created:
+            with contextlib.suppress(OSError):
+                path.rmdir()
         raise TrtBuildError(f"{path}: cannot write to output directory ({e.strerror})")
     return path
 

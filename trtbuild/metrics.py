@@ -19,7 +19,7 @@ from typing import Any, Callable, Iterator
 import numpy as np
 
 from .config import Gate, GateSettings
-from .errors import TrtBuildError
+from .errors import OptionError, TrtBuildError
 from .quant.qdq import PASS_THROUGH
 
 SLICE_MAX = 4096  # axes longer than this (flattened positions) get no per-slice cosine
@@ -276,12 +276,14 @@ def is_distribution(y: np.ndarray) -> bool:
 
 
 def label_accuracy(ref: np.ndarray, cand: np.ndarray, origins: list[str],
-                   labels: dict[str, int]) -> dict[str, Any]:
+                   labels: dict[str, int]) -> dict[str, Any] | None:
+    """Label accuracy of both models on the samples labels.csv names; None when it names
+    none of them."""
     keys = [Path(o).name for o in origins]
     have = np.array([k in labels for k in keys])
     y = np.array([labels.get(k, -1) for k in keys])
     if not have.any():
-        return {}
+        return None
     ref_acc = float((ref.argmax(1)[have] == y[have]).mean())
     cand_acc = float((cand.argmax(1)[have] == y[have]).mean())
     return {"labelled": int(have.sum()), "reference": ref_acc, "candidate": cand_acc,
@@ -295,7 +297,7 @@ def metric_file(spec: Any) -> str:
     """The FILE of --metric-script FILE.py:FN, checked to exist (nothing imported)."""
     target = str(spec).rpartition(":")[0]
     if not Path(target).is_file():
-        raise TrtBuildError(f"{target}: --metric-script: no such file")
+        raise OptionError("--metric-script", "no such file", where=target)
     return target
 
 
@@ -343,7 +345,9 @@ def compare(ref: dict[str, np.ndarray], cand: dict[str, np.ndarray], names: list
     for name in ref:
         record["outputs"][name] = output_metrics(ref[name], cand[name], name not in features)
         if labels and class_scores(ref[name]) and "label_accuracy" not in record:
-            record["label_accuracy"] = label_accuracy(ref[name], cand[name], names, labels)
+            found = label_accuracy(ref[name], cand[name], names, labels)
+            if found is not None:
+                record["label_accuracy"] = found
     if metric_script is not None:
         record["scores"] = task_scores(metric_script, ref, cand, names)
     return record

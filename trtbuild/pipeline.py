@@ -20,7 +20,7 @@ from typing import Any, Callable
 from .config import BuildSettings
 from .context import Context
 from .errors import GATE_FAILED, MISSING_CAPABILITY, OptionError, TrtBuildError
-from .files import WRITTEN, check_utf8, ensure_dir, refuse_links
+from .files import check_utf8, ensure_dir, refuse_links, writes_so_far, written_since
 from .records import StageRecord
 from .report import Report, Timer
 from .stages import bench, calibrate, clean, engines, export, fp8, fp16, int4, quantize, sensitivity, validate
@@ -63,7 +63,7 @@ def run_stages(ctx: Context, stages: list[tuple[str, Stage]],
     from the stage cache). Raises TrtBuildError (bad input, failed gate)."""
     for name, stage in stages:
         log.info("stage %s: start", name)
-        before = _stamps(_files(ctx.out))
+        before, mark = _stamps(_files(ctx.out)), writes_so_far()
         with Timer() as t:
             try:
                 record, key = _cached(ctx, name)
@@ -76,8 +76,9 @@ def run_stages(ctx: Context, stages: list[tuple[str, Stage]],
                         ctx.stage_cache.save(ctx, name, key, record, sorted(
                             p for p, stamp in after.items() if before.get(p) != stamp))
             except BaseException as e:  # what the failed stage wrote is not in the report
+                ours = written_since(mark)  # not another process's files
                 for path in _files(ctx.out) - before.keys() if ctx.owns_out else ():
-                    if os.path.abspath(path) in WRITTEN:  # ours: not another process's
+                    if os.path.realpath(path) in ours:
                         path.unlink(missing_ok=True)
                 ctx.report.finish("failed", f"{name}: " + (
                     e.message if isinstance(e, TrtBuildError) else f"{type(e).__name__}: {e}"))
@@ -90,7 +91,11 @@ def run_stages(ctx: Context, stages: list[tuple[str, Stage]],
         record = ctx.report.add(name, t.seconds, record)
         log.info("stage %s: done in %.2fs", name, t.seconds)
         if on_stage:
-            on_stage(name, record)
+            try:
+                on_stage(name, record)
+            except BaseException as e:  # the report says the run did not finish
+                ctx.report.finish("failed", f"{name}: {type(e).__name__}: {e}")
+                raise
         failed_parts = getattr(record, "failed", None)
         if failed_parts:  # parts failed, the rest is kept and in the report
             message = f"{name}: " + "; ".join(

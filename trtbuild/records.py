@@ -109,8 +109,8 @@ def _decode(tp: Any, value: Any, nan: bool = True, strict: bool = False) -> Any:
         return value
     if origin in (Union, types.UnionType):
         args = typing.get_args(tp)
-        if value is None:  # null: a NaN float, else "none"
-            return math.nan if nan and float in args else None
+        if value is None:  # JSON's null: a NaN float (see NULL_IS_NAN); a stage's None: none
+            return math.nan if nan and float in args and not strict else None
         why = _Bad(f"does not fit {tp}: {value!r}"[:200])
         for arg in args:
             if arg is not type(None):

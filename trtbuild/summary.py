@@ -102,7 +102,7 @@ def validate_figures(r: Accuracy) -> str:
     parts += [f"{k} {v:.4f}" for k, v in (r.scores or {}).items()
               if v is not None and not math.isnan(v)]
     acc = r.label_accuracy
-    if acc:
+    if acc is not None and None not in (acc.reference, acc.candidate, acc.delta_points):
         parts.append(f"label accuracy fp32 {acc.reference:.4f} -> {r.precision} "
                      f"{acc.candidate:.4f} ({acc.delta_points:+.2f} points)")
     return "; ".join(parts) + f" ({r.samples} samples)"

@@ -43,7 +43,7 @@ def _run_summary(args: argparse.Namespace, title: str, run: Callable) -> int:
     --json, whose report goes to stdout at the end); when a stage fails or the run is
     interrupted, with --json {"stages": [...], "error": {"exit_code", "message"}} on stdout,
     so a pipeline reading stdout sees what ran and why it stopped."""
-    from ..errors import INTERNAL_ERROR, INTERRUPTED, TrtBuildError, internal_error
+    from ..errors import INTERNAL_ERROR, INTERRUPTED, TrtBuildError, environment_error, internal_error
 
     stream = sys.stderr if args.json else sys.stdout
     quiet = getattr(args, "quiet", False)
@@ -67,8 +67,12 @@ def _run_summary(args: argparse.Namespace, title: str, run: Callable) -> int:
     except KeyboardInterrupt:  # SIGINT, or SIGTERM through main's handler
         failed(INTERRUPTED, "interrupted")
         raise
-    except Exception as e:  # main() prints the same line and exits INTERNAL_ERROR
-        failed(INTERNAL_ERROR, internal_error(e))
+    except Exception as e:  # main() prints the same line and exits with the same code
+        told = environment_error(e)
+        if told is not None:
+            failed(told.code, told.message)
+        else:
+            failed(INTERNAL_ERROR, internal_error(e))
         raise
     report = result.out / "report.json"
     engines = [f"  {'engine':<16}          {e.path}" for e in result.engines]

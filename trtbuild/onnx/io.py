@@ -72,7 +72,7 @@ def save(model: Any, path: str | Path, keep_weights: bool = True) -> None:
     import onnx
     from onnx.external_data_helper import load_external_data_for_model, set_external_data
 
-    from ..files import WORK_DIR, WRITTEN, atomic_path
+    from ..files import WORK_DIR, atomic_path, note_written
 
     path = Path(path)
     with atomic_path(path) as tmp:
@@ -100,7 +100,7 @@ def save(model: Any, path: str | Path, keep_weights: bool = True) -> None:
             # onnx creates the weights file 0600; it is as readable as the .onnx beside it
             os.chmod(Path(folder) / data.name, 0o666 & ~umask())
             os.replace(Path(folder) / data.name, data)
-            WRITTEN.add(os.path.abspath(data))
+            note_written(data)
             os.replace(staged, tmp)
 
 

@@ -192,7 +192,8 @@ def accuracy(r: Accuracy | None) -> dict[str, Any] | None:
     label = r.label_accuracy
     return {**{k: v for k, v in worst.items() if v is not None},
             "scores": r.scores or {}, "samples": r.samples,
-            **({"label_accuracy_delta_points": label.delta_points} if label else {}),
+            **({"label_accuracy_delta_points": label.delta_points}
+               if label is not None and label.delta_points is not None else {}),
             "gate_failures": r.gate_failures or []}
 
 

@@ -91,7 +91,7 @@ class EngineJobSummary(Record):
     engine_check: str | None = None
     engine_accuracy: PrecisionAccuracy | None = None
     accuracy: PrecisionAccuracy | None = field(default=None, metadata=NULL)  # null for FP32
-    int8_mac_coverage: float | None = None
+    int8_mac_coverage: float | None = field(default=None, metadata=NULL)  # INT8: the search's
     summary_error: str | None = None
 
 
