@@ -32,9 +32,6 @@ class Report:
         self.save()
         return record
 
-    def stage(self, name: str) -> StageRecord | None:
-        return next((s for s in self.stages if s.stage == name), None)
-
     def finish(self, status: str, error: str | None = None) -> None:
         """The run's outcome, at the top of report.json (and report.html's banner); a run
         that failed before any stage finished writes no report (bad input leaves OUT as it
