@@ -26,10 +26,11 @@ for name in sys.argv[4:]:
     path = f"{out}/{name}"
     model = onnx.load(path)
     onnx.checker.check_model(model, full_check=True)
-    # ORT 1.32's NCHWc layout transformer segfaults creating a session for vit_b_16's FP16
-    # model (it runs with every other optimizer on): not a check of trtbuild's graph
+    # ORT 1.32 segfaults at its default level on Transpose[1,0,2] -> Cast -> MatMul, a Cast it
+    # inserts itself before an FP16 MatMul (any FP16 ViT): trtbuild's sessions turn that
+    # fusion off (io.ort_workarounds), and so does this check
     sess = ort.InferenceSession(path, providers=["CPUExecutionProvider"],
-                                disabled_optimizers=["NchwcTransformer"])
+                                disabled_optimizers=["MatmulTransposeFusion"])
     feed = next(open_dataset(data, model, DataSettings()).samples())[1] if data else \\
         random_feed(model, batch=2, dim=dim)
     results = sess.run(None, feed)
@@ -122,3 +123,39 @@ def test_every_artifact_of_a_random_graph_runs(seed, tmp_path):
     assert assert_artifacts_run(tmp_path / "o") == [
         "model.clean.onnx", "model.fp16.onnx", "model.fp8.onnx", "model.int8.onnx",
         "model.onnx"]
+
+
+def _transpose_matmul(dtype: int) -> onnx.ModelProto:
+    """Transpose(perm [1,0,2]) -> MatMul with a constant weight: torchvision's attention in
+    FP16, which ONNX Runtime 1.32's CPU provider crashed on at session creation."""
+    np_type = {TensorProto.FLOAT16: np.float16, TensorProto.FLOAT: np.float32}[dtype]
+    w = numpy_helper.from_array(np.random.default_rng(0).normal(0, 0.1, (8, 16)).astype(np_type), "w")
+    g = helper.make_graph([helper.make_node("Transpose", ["x"], ["t"], perm=[1, 0, 2]),
+                           helper.make_node("MatMul", ["t", "w"], ["y"])], "g",
+                          [helper.make_tensor_value_info("x", dtype, [2, 4, 8])],
+                          [helper.make_tensor_value_info("y", dtype, [4, 2, 16])], [w])
+    return helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+
+
+def test_trtbuild_sessions_load_an_fp16_transpose_matmul(tmp_path):
+    """Every way trtbuild makes an ONNX Runtime session (a ModelProto, bytes, a file, the
+    bench's) loads and runs the pattern; in a child process, as a crash would end pytest."""
+    import subprocess
+    import sys
+
+    from trtbuild.onnx import io
+
+    onnx.save(_transpose_matmul(TensorProto.FLOAT16), str(tmp_path / "m.onnx"))
+    assert io.ort_workarounds(tmp_path / "m.onnx") == ["MatmulTransposeFusion"]
+    assert io.ort_workarounds(_transpose_matmul(TensorProto.FLOAT)) == []  # fused, no crash
+    code = f"""
+import numpy as np, onnx
+from trtbuild.onnx import io
+path = {str(tmp_path / "m.onnx")!r}
+x = {{"x": np.ones((2, 4, 8), np.float16)}}
+for model in (onnx.load(path), open(path, "rb").read(), path):
+    assert io.session(model).run(None, x)[0].shape == (4, 2, 16)
+print(io.session(path, disabled=io.ort_workarounds(path)).run(None, x)[0].shape)
+"""
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0 and proc.stdout.strip() == "(4, 2, 16)", proc.stderr[-2000:]

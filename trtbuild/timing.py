@@ -78,7 +78,7 @@ def timed_cuda(run: Callable[[Any], Any], s: BenchSettings) -> list[float]:
 def bench_onnxruntime(model: Path, feeds: dict[str, np.ndarray], s: BenchSettings) -> dict:
     from .onnx import io
 
-    sess = io.session(model)
+    sess = io.session(model, disabled=io.ort_workarounds(model))  # ORT's defaults where safe
     batch = len(next(iter(feeds.values())))
     return {"runner": "onnxruntime-cpu", "device": "cpu",
             **stats(timed_cpu(lambda: sess.run(None, feeds), s), batch)}

@@ -322,10 +322,13 @@ def model_files(path: Path) -> list[Path]:
 
 
 def session(model: Any, threads: int = 0, where: str | Path | None = None,
-            light: bool = False) -> Any:
+            light: bool = False, disabled: list[str] | None = None) -> Any:
     """A CPU ONNX Runtime session from a ModelProto, its bytes or a path (named `where` in
     errors). `light`: no pre-packed weight copies (a one-sample check of a large model:
-    ONNX Runtime would hold its MatMul weights twice).
+    ONNX Runtime would hold its MatMul weights twice). `disabled`: ONNX Runtime optimizers
+    to turn off; default: ort_workarounds for a ModelProto, and MatmulTransposeFusion for
+    bytes or a file (not parsed again: a copy of a large model's weights; on vit_b_16 the
+    fusion's absence was within the run-to-run spread).
     Raises TrtBuildError(3) when ONNX Runtime cannot load the model."""
     import onnxruntime as ort
 
@@ -333,6 +336,9 @@ def session(model: Any, threads: int = 0, where: str | Path | None = None,
 
     opts = ort.SessionOptions()
     opts.log_severity_level = ort_severity()
+    if disabled is None:
+        disabled = (list(WORKAROUND) if isinstance(model, (str, Path, bytes))
+                    else ort_workarounds(model))
     # DQ(INT4)+MatMul fused into MatMulNBits computes in FP32, not with 8-bit activations
     opts.add_session_config_entry("session.qdq_matmulnbits_accuracy_level", "1")
     if light:
@@ -342,14 +348,58 @@ def session(model: Any, threads: int = 0, where: str | Path | None = None,
     try:
         if is_large(model):  # ONNX Runtime reads the weights in while the session is made
             with on_disk(model) as path:
-                return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+                return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"],
+                                            disabled_optimizers=disabled)
         data = model if isinstance(model, (str, Path, bytes)) else model.SerializeToString()
         return ort.InferenceSession(str(data) if isinstance(data, Path) else data, opts,
-                                    providers=["CPUExecutionProvider"])
+                                    providers=["CPUExecutionProvider"],
+                                    disabled_optimizers=disabled)
     except Exception as e:  # noqa: BLE001 - ORT raises its own pybind exception types
         where = where or (model if isinstance(model, (str, Path)) else "model")
         raise TrtBuildError(f"{where}: ONNX Runtime (trtbuild's CPU reference) cannot load "
                             f"it: {_first_line(e)}", MISSING_CAPABILITY)
+
+
+WORKAROUND = ("MatmulTransposeFusion",)
+
+
+def ort_workarounds(model: Any) -> list[str]:
+    """ONNX Runtime optimizers to turn off for `model` (a ModelProto, its bytes or a path).
+    ORT 1.32's CPU provider segfaults creating a session at its default level for
+    Transpose(perm [1,0,2]) -> Cast -> MatMul; it inserts that Cast itself before an FP16
+    MatMul, so every FP16 ViT (torchvision's attention) hit it. Without MatmulTransposeFusion
+    it loads and runs."""
+    import onnx
+
+    if isinstance(model, (str, Path)):
+        model = onnx.load(str(model), load_external_data=False)
+    elif isinstance(model, bytes):
+        model = onnx.load_from_string(model)
+    nodes = [n for g in _graphs(model.graph) for n in g.node]
+    producer = {o: n for n in nodes for o in n.output}
+    fp16 = {t.name for g in _graphs(model.graph) for t in g.initializer
+            if t.data_type == onnx.TensorProto.FLOAT16}
+
+    def swaps_leading(name: str) -> bool:
+        n = producer.get(name)
+        perm = next((list(a.ints) for a in n.attribute if a.name == "perm"), None) if n else None
+        return n is not None and n.op_type == "Transpose" and perm == [1, 0, 2]
+
+    for n in nodes:
+        if n.op_type != "MatMul" or not n.input:
+            continue
+        a = producer.get(n.input[0])
+        via_cast = a is not None and a.op_type == "Cast" and swaps_leading(a.input[0])
+        if via_cast or (swaps_leading(n.input[0]) and any(i in fp16 for i in n.input[1:])):
+            return list(WORKAROUND)
+    return []
+
+
+def _graphs(graph: Any) -> Iterator[Any]:
+    yield graph
+    for node in graph.node:
+        for body in subgraphs(node):
+            yield from _graphs(body)
 
 
 def run(sess: Any, feed: dict[str, np.ndarray], where: str) -> list[np.ndarray]:
