@@ -75,10 +75,12 @@ def timed_cuda(run: Callable[[Any], Any], s: BenchSettings) -> list[float]:
     return bounded(warm, once, s)
 
 
-def bench_onnxruntime(model: Path, feeds: dict[str, np.ndarray], s: BenchSettings) -> dict:
+def bench_onnxruntime(model: Path, feeds: dict[str, np.ndarray], s: BenchSettings,
+                      disabled: list[str] | None = None) -> dict:
+    """`disabled`: ONNX Runtime optimizers to turn off (io.ort_workarounds of the model)."""
     from .onnx import io
 
-    sess = io.session(model, disabled=io.ort_workarounds(model))  # ORT's defaults where safe
+    sess = io.session(model, disabled=list(disabled or []))  # ORT's defaults where safe
     batch = len(next(iter(feeds.values())))
     return {"runner": "onnxruntime-cpu", "device": "cpu",
             **stats(timed_cpu(lambda: sess.run(None, feeds), s), batch)}

@@ -106,10 +106,8 @@ def save(model: Any, path: str | Path, keep_weights: bool = True) -> None:
 
 def _initializers(graph: Any) -> Iterator[Any]:
     """Every initializer of the graph and of its subgraphs."""
-    yield from graph.initializer
-    for node in graph.node:
-        for body in subgraphs(node):
-            yield from _initializers(body)
+    for g in _graphs(graph):
+        yield from g.initializer
 
 
 def umask() -> int:

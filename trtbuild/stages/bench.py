@@ -4,6 +4,7 @@ baseline for torch SRCs; at each profile shape; compared with a baseline report.
 
 from __future__ import annotations
 
+import functools
 import logging
 from pathlib import Path
 from typing import Any
@@ -12,6 +13,7 @@ import numpy as np
 
 from .. import timing
 from ..context import Context
+from ..onnx import io
 from ..onnx.inputs import model_inputs, random_feed
 from ..onnx.shapes import profile_shapes, shape_label
 from ..records import BenchRecord
@@ -32,13 +34,15 @@ def run(ctx: Context, models: dict[str, Path] | None = None) -> BenchRecord:
     engines = [] if runtime.machine_refusal() else ctx.artifacts.engines
     refused: dict[str, str] = {}
     runs = []
+    # once per model, not per shape: a model's file is parsed to find the pattern
+    workarounds = functools.cache(io.ort_workarounds)
     for shapes in profile_shapes(model_inputs(reference), ctx.settings.engine.profiles):
         feeds = random_feed(reference, shapes=shapes)
         label = shape_label(shapes)
         timed = _engine_runs(engines, shapes, s, refused) if engines else []
         if not timed:  # no engine runs here (or every one was refused): the CPU models
-            timed = [{**timing.bench_onnxruntime(path, feeds, s), "model": precision}
-                     for precision, path in models.items()]
+            timed = [{**timing.bench_onnxruntime(path, feeds, s, workarounds(path)),
+                      "model": precision} for precision, path in models.items()]
         if ctx.torch_module is not None:
             timed.append({**timing.bench_torch(ctx.torch_module, _torch_inputs(feeds), s),
                           "model": "fp32"})
