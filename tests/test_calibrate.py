@@ -135,6 +135,45 @@ def test_c_kernel_and_numpy_fallback_agree():
     assert (c.range, c.amax, c.ignored) == (py.range, py.amax, py.ignored) and c.ignored == 3
 
 
+def _relu_model():
+    import onnx
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "relu",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    onnx.checker.check_model(model)
+    return model
+
+
+def test_a_wide_batch_runs_in_pieces_under_the_budget(monkeypatch):
+    """One run's observed tensors stay under the budget (vit_b_16's 97 tensors at batch 16
+    were 2.1 GB), sized from the model's shapes and then from what a run measured; batches
+    that fit run whole (a smaller first batch changed entropy thresholds: the histograms
+    grow their range with the batches); the thresholds are those of whole batches."""
+    from types import SimpleNamespace
+
+    from trtbuild.calib import stream
+    from trtbuild.onnx import io
+
+    rng = np.random.default_rng(0)
+    feeds = [{"x": rng.standard_normal((8, 4)).astype(np.float32)} for _ in range(3)]
+    data = SimpleNamespace(inputs=[SimpleNamespace(name="x")], batches=lambda: iter(feeds))
+
+    def runs() -> tuple[list[int], float]:
+        seen: list[int] = []
+        found = stream.calibrate(_relu_model(), ["y"], data, "max", 99.99,
+                                 extra=(["y"], lambda values, n: seen.append(n)))
+        return seen, found.amaxes["y"]
+
+    whole, amax = runs()
+    assert whole == [8, 8, 8]
+    monkeypatch.setattr(io, "RUN_BYTES", 3 * 4 * 4)  # three rows of y
+    cut, amax_cut = runs()
+    assert cut == [3, 3, 2] * 3 and amax_cut == amax
+
+
 def test_a_failing_histogram_thread_fails_calibration(monkeypatch):
     """An error in the thread that histograms a batch reaches the caller. It was printed and
     lost: calibration returned the batches before it (6 samples, amax 2.0 of 6.0) and that

@@ -172,6 +172,30 @@ def test_range_keeps_measures_each_tensor_once_and_judges_subnormal_loss(tmp_pat
     assert "rounding error" in _fp16_error(x * 1e-6)  # all subnormal: 6e-8 steps
 
 
+def test_the_range_probe_observes_in_groups_under_its_budget(tmp_path, monkeypatch):
+    """ONNX Runtime allocates every graph output of a run, fetched or not (vit_b_16's probe of
+    all its tensors took 2.1 GB for one sample): over the budget the tensors are observed in
+    groups, each by its own session, and the answer is the same as from one session."""
+    from trtbuild.onnx import io
+    from trtbuild.quant.fp16_range import range_keeps
+
+    model, s = _square_model(tmp_path), Fp16Settings()
+    feeds = [{"x": np.full((1, 8), 300, np.float32)}, {"x": np.full((1, 8), 2, np.float32)}]
+    whole = range_keeps(model, s, feeds)
+    made = []
+
+    def counted(*args, **kwargs):
+        made.append(1)
+        return real(*args, **kwargs)
+
+    real = io.session
+    monkeypatch.setattr(io, "session", counted)
+    monkeypatch.setattr(io, "RUN_BYTES", 1)
+    grouped = range_keeps(model, s, feeds)
+    observed = io.float_tensors(model) - {i.name for i in model.graph.initializer}
+    assert grouped == whole and whole and len(made) == len(observed) == 3  # x, m, y alone
+
+
 def anchor_grid_model(path) -> None:
     """YOLOv8's anchor grid in small: the input's width (a shape value) cast to float is the
     limit of a Range added to the features; the pooling needs an even width."""

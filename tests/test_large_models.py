@@ -53,6 +53,22 @@ def test_every_stage_past_the_protobuf_limit_gives_the_same_numbers(tmp_path, mo
             "model.fp16.engine", "model.int8.engine"]
 
 
+def test_heavy_models_read_from_files_give_the_same_files_and_numbers(tmp_path, monkeypatch):
+    """Over io.HEAVY_BYTES (every model here) the stages keep no serialized copy beside a
+    session: ONNX Runtime reads files, and the cleaned model is written before its check.
+    What is written and measured is the same."""
+    trtbuild.build("trtbuild.demo.digits:digits_cnn", tmp_path / "light", target="onnx",
+                   **OPTIONS)
+    monkeypatch.setattr(io, "HEAVY_BYTES", 0)
+    assert io.is_heavy(onnx.load(str(tmp_path / "light" / "model.clean.onnx")))
+    trtbuild.build("trtbuild.demo.digits:digits_cnn", tmp_path / "heavy", target="onnx",
+                   **OPTIONS)
+    assert _metrics(tmp_path / "heavy") == _metrics(tmp_path / "light")
+    for name in ("model.clean.onnx", "model.fp16.onnx", "model.int8.onnx"):
+        assert (tmp_path / "heavy" / name).read_bytes() == \
+            (tmp_path / "light" / name).read_bytes(), name
+
+
 def _has_rtx() -> bool:
     try:
         import tensorrt_rtx  # noqa: F401

@@ -2,8 +2,9 @@
 Q/DQ goes on, and turn each histogram into a threshold (entropy, max, percentile, mse, or auto: per tensor
 the one of least quantization error).
 
-Peak memory does not grow with the sample count: only one batch's activations and the
-per-tensor histograms are alive at any time.
+Peak memory does not grow with the sample count: only two runs' observed tensors (one
+being histogrammed, one computed) and the per-tensor histograms are alive at any time, and a
+run's observed tensors stay under io.run_budget (a batch of a wide model runs in pieces).
 """
 
 from __future__ import annotations
@@ -15,7 +16,9 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator
 
-from ..data import Dataset, rows
+import numpy as np
+
+from ..data import Batch, Dataset, rows
 from .observer import Histogram
 from .thresholds import choose
 
@@ -51,6 +54,34 @@ def observed_model(model: Any, tensors: list[str]) -> Any:
     return m
 
 
+class Pieces:
+    """Batches cut so that one run's observed tensors stay under `budget` bytes (vit_b_16's
+    97 at batch 16 were 2.1 GB), as many rows to a run as fit: the bytes of a row are
+    estimated from the model's shapes until a run measures them (`saw`). A batch that fits
+    runs whole, so a small model keeps its batches (and its histograms)."""
+
+    def __init__(self, budget: int, per_row: int) -> None:
+        self.budget, self.per_row = budget, per_row
+
+    def __call__(self, feed: Batch) -> Iterator[Batch]:
+        n, start = rows(feed), 0
+        while start < n:
+            stop = min(n, start + max(1, self.budget // max(self.per_row, 1)))
+            yield feed if (start, stop) == (0, n) else {
+                k: a[start:stop] if np.ndim(a) and len(a) == n else a for k, a in feed.items()}
+            start = stop
+
+    def saw(self, outs: list, n: int) -> None:
+        self.per_row = sum(np.asarray(o).nbytes for o in outs) // max(n, 1)
+
+    @classmethod
+    def of(cls, model: Any, names: list[str]) -> "Pieces":
+        from ..onnx import io
+
+        budget = io.run_budget(model)
+        return cls(budget, sum(io.tensor_bytes(model, names, budget // 64)))
+
+
 def layer_inputs(model: Any, widths: dict[str, int | None], data: Dataset, where: Any, source: Any,
                  limit: int | None = None) -> Iterator[tuple[int, dict[str, Any]]]:
     """Per batch of `data` (up to `limit` samples): (its sample count, {tensor: its values
@@ -58,15 +89,15 @@ def layer_inputs(model: Any, widths: dict[str, int | None], data: Dataset, where
     width None: the array as it is), from one ONNX Runtime pass over `model` with those
     tensors as its outputs. Errors name the model `where` (loading) and the data `source`
     (running)."""
-    import numpy as np
-
     from ..data import named_batches
     from ..onnx import io
 
     names = list(widths)
     sess = io.session(observed_model(model, names), where=where)
-    for _, feed in named_batches(data, limit):
+    pieces = Pieces.of(model, names)
+    for feed in (p for _, batch in named_batches(data, limit) for p in pieces(batch)):
         values = io.run(sess, feed, str(source))
+        pieces.saw(values, rows(feed))
         yield rows(feed), {n: np.asarray(v, np.float32) if widths[n] is None else
                            np.asarray(v, np.float32).reshape(-1, widths[n])
                            for n, v in zip(names, values)}
@@ -76,8 +107,6 @@ def reservoir(kept: Any, x: Any, seen: int, rng: Any, size: int) -> Any:
     """A uniform sample of at most `size` of all rows so far (Algorithm R, a batch `x` at a
     time; `seen` rows came before it): the first `size` rows fill it, row i after that
     replaces a random slot with chance size / (i + 1)."""
-    import numpy as np
-
     fill = max(0, min(len(x), size - seen))
     kept = x[:fill].copy() if kept is None else np.concatenate([kept, x[:fill]])
     later = np.arange(fill, len(x))
@@ -111,10 +140,12 @@ def calibrate(model: Any, tensors: list[str], data: Dataset, method: str, percen
     # histogramming of batch k overlaps inference of batch k+1 (ORT releases the GIL);
     # .result() re-raises the histogram thread's error here (a plain Thread printed and lost
     # it, and the thresholds came from the batches before it)
+    pieces = Pieces.of(model, names)
     with ThreadPoolExecutor(1) as worker:
         observing = None
-        for feed in _prefetched(data.batches()):
+        for feed in (p for batch in _prefetched(data.batches()) for p in pieces(batch)):
             outs = sess.run(names, feed)
+            pieces.saw(outs, rows(feed))
             if observing:
                 observing.result()
             observing = worker.submit(_observe, hists, tensors, outs)

@@ -60,6 +60,8 @@ def check_model(model: Any, where: str | Path, ours: bool = False) -> None:
 
 PROTO_LIMIT = 1_800_000_000  # protobuf files stop at 2 GiB; above this, weights go external
 HOLD_BYTES = 1 << 20  # weights set aside while onnx's tools serialize a large model
+HEAVY_BYTES = 64 << 20  # weights over this: sessions and checks read the model from a file
+RUN_BYTES = 256 << 20  # the outputs one observing run may return (run_budget)
 
 
 def save(model: Any, path: str | Path, keep_weights: bool = True) -> None:
@@ -144,6 +146,12 @@ def is_large(model: Any) -> bool:
 
 
 _ITEM = 16  # a field's tag, length prefix or number: at most 15 bytes
+
+
+def is_heavy(model: Any) -> bool:
+    """A ModelProto whose weights are over HEAVY_BYTES: ONNX Runtime gets it as a file, not
+    as bytes (a session made from bytes keeps them for its lifetime: vit_b_16's 346 MB)."""
+    return not isinstance(model, (str, Path, bytes)) and _size_bounds(model)[0] > HEAVY_BYTES
 
 
 def _fields(msg: Any, skip: tuple[str, ...] = ()) -> int:
@@ -344,7 +352,7 @@ def session(model: Any, threads: int = 0, where: str | Path | None = None,
     if threads:
         opts.intra_op_num_threads = threads
     try:
-        if is_large(model):  # ONNX Runtime reads the weights in while the session is made
+        if is_large(model) or is_heavy(model):  # ONNX Runtime reads the file: no bytes kept
             with on_disk(model) as path:
                 return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"],
                                             disabled_optimizers=disabled)
@@ -406,6 +414,42 @@ def run(sess: Any, feed: dict[str, np.ndarray], where: str) -> list[np.ndarray]:
         return sess.run(None, feed)
     except Exception as e:  # noqa: BLE001 - ORT raises its own pybind exception types
         raise TrtBuildError(f"{where}: ONNX Runtime failed running the model: {_first_line(e)}")
+
+
+def run_budget(model: Any) -> int:
+    """Bytes one observing run of `model` may return: RUN_BYTES, or half its weights when
+    that is more (the values come back as copies of ONNX Runtime's own buffers, so they
+    cost twice their size: at most the weights' size again)."""
+    return max(RUN_BYTES, _size_bounds(model)[0] // 2)
+
+
+def output_groups(model: Any, names: list[str], budget: int) -> list[list[str]]:
+    """`names` in order, cut into groups whose float32 values for one sample fit `budget`,
+    each to be observed by its own session: ONNX Runtime allocates every graph output of a
+    run, fetched or not (vit_b_16's FP16 probe of all its tensors: 2.1 GB a sample)."""
+    groups: list[list[str]] = [[]]
+    total = 0
+    for name, size in zip(names, tensor_bytes(model, names, budget // 64)):
+        if groups[-1] and total + size > budget:
+            groups.append([])
+            total = 0
+        groups[-1].append(name)
+        total += size
+    return groups
+
+
+def tensor_bytes(model: Any, names: list[str], unknown: int) -> list[int]:
+    """Each tensor's float32 bytes for one sample, from the model's shapes (a symbolic dim,
+    the batch's included, as 1; `unknown` where no shape is known)."""
+    shapes = {v.name: v.type.tensor_type.shape for g in (
+        model.graph.value_info, model.graph.output, model.graph.input) for v in g}
+    out = []
+    for name in names:
+        shape = shapes.get(name)
+        known = shape is not None and len(shape.dim) > 0
+        out.append(4 * int(np.prod([max(d.dim_value, 1) for d in shape.dim], dtype=np.int64))
+                   if known else max(unknown, 1))
+    return out
 
 
 def _first_line(e: BaseException) -> str:

@@ -13,10 +13,13 @@ from ..onnx import io
 def fold_batchnorm(model: Any) -> tuple[Any, int]:
     """A copy with every BatchNormalization that follows a Conv or (group 1) ConvTranspose
     with constant weights, whose output nothing else reads, folded into its weights and
-    bias."""
+    bias; `model` itself when it has no BatchNormalization (a transformer: no second copy
+    of its weights)."""
     import onnx
     from onnx import numpy_helper
 
+    if not any(n.op_type == "BatchNormalization" for n in model.graph.node):
+        return model, 0
     m = onnx.ModelProto()
     m.CopyFrom(model)
     g = m.graph

@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from ..calib.stream import observed_model
 from ..config import Fp16Settings
 from ..onnx import io
 from .fp16 import half_nodes
@@ -30,7 +31,6 @@ def range_keeps(model: Any, s: Fp16Settings, feeds: list[dict[str, np.ndarray]],
     `known`: tensor and weight name -> why FP16 cannot hold it (None: it can), filled in
     here; names already in it are not measured again (the sensitivity search's models
     share their tensors and differ only by INT8 noise on them)."""
-    import onnx
     from onnx import numpy_helper
 
     g = model.graph
@@ -61,17 +61,14 @@ def range_keeps(model: Any, s: Fp16Settings, feeds: list[dict[str, np.ndarray]],
                     for o in n.output if o in floats})
     names = [t for t in watched if t not in known]
     if names and feeds:
-        probe = onnx.ModelProto()
-        probe.CopyFrom(model)
-        del probe.graph.output[:]
-        probe.graph.output.extend(onnx.helper.make_tensor_value_info(
-            t, onnx.TensorProto.FLOAT, None) for t in names)
-        sess = io.session(probe)
         found: dict[str, str | None] = dict.fromkeys(names)
-        for feed in feeds:
-            for name, y in zip(names, io.run(sess, feed, "FP16 range probe")):
-                if found[name] is None:
-                    found[name] = _fp16_error(np.asarray(y))
+        for group in io.output_groups(model, names, io.run_budget(model)):
+            sess = io.session(observed_model(model, group))
+            for feed in feeds:
+                for name, y in zip(group, io.run(sess, feed, "FP16 range probe")):
+                    if found[name] is None:
+                        found[name] = _fp16_error(np.asarray(y))
+            del sess
         known.update(found)  # only once every sample has run
     worst = {t: known[t] for t in watched if known.get(t)}
     for name, reason in worst.items():  # the writer and every FP16 reader stay FP32

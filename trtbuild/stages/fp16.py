@@ -57,6 +57,7 @@ def _written_and_checked(ctx: Context, folded: Any, keep_at: frozenset[int]) -> 
     except ValueError as e:  # an op shape inference cannot type: the file on ORT's kernels
         check, how = out, f"not emulated ({e}): ONNX Runtime's FP16 kernels, FP32 between casts"
         log.warning("%s: %s", out, how)
+    del model  # written: not held beside the check's sessions
     record = validate.check(ctx, check, "fp16")
     record.update(info, output=str(out),
                   cpu_check=how or "FP16 emulation (FP16 tensors and weights rounded, overflow "
