@@ -47,3 +47,43 @@ def test_unholdable_scale_keeps_its_layer_fp32_and_the_engine_builds(tmp_path):
     assert inits[dq2.input[1]] == TensorProto.FLOAT16  # the other weights: FP16 scales
     assert stages["validate"]["outputs"]["y"]["cosine_mean"] > 0.99
     assert stages["build"]["engines"][0]["precision"] == "int8"
+
+
+def test_opset_17_to_19_is_a_bump_unless_the_reduce_axes_move(monkeypatch):
+    """Between opsets 17 and 19 the converter only raises the version (and infers shapes)
+    unless a Reduce op's axes move from attribute to input: at_opset does the same without
+    serializing the model through it (0.5 s on resnet18, four copies of the weights)."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper, version_converter
+
+    from trtbuild.quant.mixed import at_opset
+
+    def model(reduce: bool):
+        nodes = [helper.make_node("Shape", ["x"], ["s"]),
+                 helper.make_node("Reshape", ["x", "flat"], ["r"]),
+                 helper.make_node("Cast", ["r"], ["y"], to=TensorProto.FLOAT)]
+        if reduce:
+            nodes.append(helper.make_node("ReduceMean", ["y"], ["m"], axes=[1]))
+        g = helper.make_graph(
+            nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 3, 4])],
+            [helper.make_tensor_value_info("m" if reduce else "y", TensorProto.FLOAT,
+                                           [2, 1] if reduce else [2, 12]),
+             helper.make_tensor_value_info("s", TensorProto.INT64, [3])],
+            [numpy_helper.from_array(np.array([2, 12], np.int64), "flat")])
+        m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+        onnx.checker.check_model(m)
+        return m
+
+    plain, real, calls = model(False), version_converter.convert_version, []
+    converted = real(plain, 19)
+    monkeypatch.setattr(version_converter, "convert_version",
+                        lambda *a: calls.append(1) or real(*a))
+    bumped = at_opset(plain, 19)
+    assert calls == []
+    assert bumped.graph.node == converted.graph.node
+    assert bumped.graph.initializer == converted.graph.initializer
+    assert [o.version for o in bumped.opset_import] == [19]
+    assert [o.version for o in plain.opset_import] == [17]  # the caller's model untouched
+    onnx.checker.check_model(bumped, full_check=True)
+    reduced = at_opset(model(True), 19)
+    assert calls == [1] and list(reduced.graph.node[-1].input)[1:]  # axes now an input

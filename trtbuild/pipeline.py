@@ -85,6 +85,10 @@ def run_stages(ctx: Context, stages: list[tuple[str, Stage]],
                 if isinstance(e, TrtBuildError):
                     e.report = _written_page(ctx)
                 raise
+        if _heavy(ctx):  # what the stage freed back to the system before the next one (its
+            from .onnx import io  # copies would otherwise raise the later stages' peaks)
+
+            io.trim_heap()
         # the process's peak so far: with each stage's, where memory went (large models)
         if record.peak_rss_mb is None:
             record.peak_rss_mb = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
@@ -169,6 +173,15 @@ def clear_previous(out: Path, keep: tuple[Path, ...] = ()) -> list[str]:
     if removed:
         log.info("%s: removed %d files of an earlier run", out, len(removed))
     return removed
+
+
+def _heavy(ctx: Context) -> bool:
+    """Is the exported model (with its weights file) over io.HEAVY_BYTES?"""
+    from .onnx.io import HEAVY_BYTES
+
+    path = ctx.artifacts.model
+    files = [path, path.with_name(f"{path.name}.data")] if path else []
+    return sum(f.stat().st_size for f in files if f.is_file()) > HEAVY_BYTES
 
 
 def _stamps(paths: set[Path]) -> dict[Path, tuple]:
