@@ -159,7 +159,8 @@ def test_a_wide_batch_runs_in_pieces_under_the_budget(monkeypatch):
 
     rng = np.random.default_rng(0)
     feeds = [{"x": rng.standard_normal((8, 4)).astype(np.float32)} for _ in range(3)]
-    data = SimpleNamespace(inputs=[SimpleNamespace(name="x")], batches=lambda: iter(feeds))
+    data = SimpleNamespace(inputs=[SimpleNamespace(name="x")], batches=lambda: iter(feeds),
+                           batch_size=8)
 
     def runs() -> tuple[list[int], float]:
         seen: list[int] = []
@@ -172,6 +173,8 @@ def test_a_wide_batch_runs_in_pieces_under_the_budget(monkeypatch):
     monkeypatch.setattr(io, "RUN_BYTES", 3 * 4 * 4)  # three rows of y
     cut, amax_cut = runs()
     assert cut == [3, 3, 2] * 3 and amax_cut == amax
+    data.batch_size = 1  # no stackable batch axis: a sample's axis 0 is never cut
+    assert runs()[0] == [8, 8, 8]
 
 
 def test_a_failing_histogram_thread_fails_calibration(monkeypatch):

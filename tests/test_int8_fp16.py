@@ -50,9 +50,10 @@ def test_unholdable_scale_keeps_its_layer_fp32_and_the_engine_builds(tmp_path):
 
 
 def test_opset_17_to_19_is_a_bump_unless_the_reduce_axes_move(monkeypatch):
-    """Between opsets 17 and 19 the converter only raises the version (and infers shapes)
-    unless a Reduce op's axes move from attribute to input: at_opset does the same without
-    serializing the model through it (0.5 s on resnet18, four copies of the weights)."""
+    """Between opsets 17 and 19 the converter only raises the version, gives a Split its
+    num_outputs and infers shapes, unless a Reduce op's axes move from attribute to input:
+    at_opset does the same without serializing the model through it (0.5 s on resnet18,
+    four copies of the weights)."""
     import onnx
     from onnx import TensorProto, helper, numpy_helper, version_converter
 
@@ -60,7 +61,9 @@ def test_opset_17_to_19_is_a_bump_unless_the_reduce_axes_move(monkeypatch):
 
     def model(reduce: bool):
         nodes = [helper.make_node("Shape", ["x"], ["s"]),
-                 helper.make_node("Reshape", ["x", "flat"], ["r"]),
+                 helper.make_node("Split", ["x"], ["h1", "h2"], axis=2),  # num_outputs at 18
+                 helper.make_node("Concat", ["h2", "h1"], ["c"], axis=2),
+                 helper.make_node("Reshape", ["c", "flat"], ["r"]),
                  helper.make_node("Cast", ["r"], ["y"], to=TensorProto.FLOAT)]
         if reduce:
             nodes.append(helper.make_node("ReduceMean", ["y"], ["m"], axes=[1]))

@@ -176,10 +176,11 @@ def clear_previous(out: Path, keep: tuple[Path, ...] = ()) -> list[str]:
 
 
 def _heavy(ctx: Context) -> bool:
-    """Is the exported model (with its weights file) over io.HEAVY_BYTES?"""
+    """Is the run's model (with its weights file) over io.HEAVY_BYTES? The cleaned model
+    once there is one: trtbuild names its weights file (a user's file may name it anything)."""
     from .onnx.io import HEAVY_BYTES
 
-    path = ctx.artifacts.model
+    path = ctx.artifacts.clean or ctx.artifacts.model
     files = [path, path.with_name(f"{path.name}.data")] if path else []
     return sum(f.stat().st_size for f in files if f.is_file()) > HEAVY_BYTES
 

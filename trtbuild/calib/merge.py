@@ -82,7 +82,9 @@ def calibrate(model: Any, tensors: list[str], data: Dataset, method: str, percen
 
 def sharded(model: Any, tensors: list[str], data: Dataset, method: str, percentile: float,
             shards: int, run: Map = local_map) -> CalibResult:
-    """stream.calibrate's result over `shards` shards run by `run`, bit for bit."""
+    """stream.calibrate's result over `shards` shards run by `run`, bit for bit where the
+    single process runs its batches whole (it cuts those whose observed tensors pass
+    io.run_budget, 2 GB; the shards do not, and a histogram's bins follow its batches)."""
     from ..errors import TrtBuildError
 
     blob = observed_model(model, tensors).SerializeToString()

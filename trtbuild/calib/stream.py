@@ -57,8 +57,9 @@ def observed_model(model: Any, tensors: list[str]) -> Any:
 class Pieces:
     """Batches cut so that one run's observed tensors stay under `budget` bytes (vit_b_16's
     97 at batch 16 were 2.1 GB), as many rows to a run as fit: the bytes of a row are
-    estimated from the model's shapes until a run measures them (`saw`). A batch that fits
-    runs whole, so a small model keeps its batches (and its histograms)."""
+    estimated from the model's shapes (tensors of no known shape as 0) until a run measures
+    them (`saw`). A batch that fits runs whole, so a small model keeps its batches (and its
+    histograms); so does every batch of data without a stackable batch axis."""
 
     def __init__(self, budget: int, per_row: int) -> None:
         self.budget, self.per_row = budget, per_row
@@ -75,11 +76,12 @@ class Pieces:
         self.per_row = sum(np.asarray(o).nbytes for o in outs) // max(n, 1)
 
     @classmethod
-    def of(cls, model: Any, names: list[str]) -> "Pieces":
+    def of(cls, model: Any, names: list[str], data: Any) -> "Pieces":
         from ..onnx import io
 
-        budget = io.run_budget(model)
-        return cls(budget, sum(io.tensor_bytes(model, names, budget // 64)))
+        if getattr(data, "batch_size", 1) < 2:  # a sample's own axis 0 is no batch to cut
+            return cls(1 << 62, 1)
+        return cls(io.run_budget(model), sum(b or 0 for b in io.tensor_bytes(model, names)))
 
 
 def layer_inputs(model: Any, widths: dict[str, int | None], data: Dataset, where: Any, source: Any,
@@ -94,7 +96,7 @@ def layer_inputs(model: Any, widths: dict[str, int | None], data: Dataset, where
 
     names = list(widths)
     sess = io.session(observed_model(model, names), where=where)
-    pieces = Pieces.of(model, names)
+    pieces = Pieces.of(model, names, data)
     for feed in (p for _, batch in named_batches(data, limit) for p in pieces(batch)):
         values = io.run(sess, feed, str(source))
         pieces.saw(values, rows(feed))
@@ -140,7 +142,7 @@ def calibrate(model: Any, tensors: list[str], data: Dataset, method: str, percen
     # histogramming of batch k overlaps inference of batch k+1 (ORT releases the GIL);
     # .result() re-raises the histogram thread's error here (a plain Thread printed and lost
     # it, and the thresholds came from the batches before it)
-    pieces = Pieces.of(model, names)
+    pieces = Pieces.of(model, names, data)
     with ThreadPoolExecutor(1) as worker:
         observing = None
         for feed in (p for batch in _prefetched(data.batches()) for p in pieces(batch)):

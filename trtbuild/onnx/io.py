@@ -430,10 +430,15 @@ def run_budget(model: Any) -> int:
 def output_groups(model: Any, names: list[str], budget: int) -> list[list[str]]:
     """`names` in order, cut into groups whose float32 values for one sample fit `budget`,
     each to be observed by its own session: ONNX Runtime allocates every graph output of a
-    run, fetched or not (vit_b_16's FP16 probe of all its tensors: 2.1 GB a sample)."""
+    run, fetched or not (vit_b_16's FP16 probe of all its tensors: 2.1 GB a sample). A
+    tensor of no known shape counts as the mean of the others."""
+    sizes = tensor_bytes(model, names)
+    known = [b for b in sizes if b is not None]
+    guess = int(np.mean(known)) if known else 0
     groups: list[list[str]] = [[]]
     total = 0
-    for name, size in zip(names, tensor_bytes(model, names, budget // 64)):
+    for name, size in zip(names, sizes):
+        size = guess if size is None else size
         if groups[-1] and total + size > budget:
             groups.append([])
             total = 0
@@ -442,17 +447,16 @@ def output_groups(model: Any, names: list[str], budget: int) -> list[list[str]]:
     return groups
 
 
-def tensor_bytes(model: Any, names: list[str], unknown: int) -> list[int]:
+def tensor_bytes(model: Any, names: list[str]) -> list[int | None]:
     """Each tensor's float32 bytes for one sample, from the model's shapes (a symbolic dim,
-    the batch's included, as 1; `unknown` where no shape is known)."""
-    shapes = {v.name: v.type.tensor_type.shape for g in (
+    the batch's included, as 1; None where no shape is known)."""
+    types = {v.name: v.type.tensor_type for g in (
         model.graph.value_info, model.graph.output, model.graph.input) for v in g}
-    out = []
+    out: list[int | None] = []
     for name in names:
-        shape = shapes.get(name)
-        known = shape is not None and len(shape.dim) > 0
-        out.append(4 * int(np.prod([max(d.dim_value, 1) for d in shape.dim], dtype=np.int64))
-                   if known else max(unknown, 1))
+        t = types.get(name)
+        out.append(4 * int(np.prod([max(d.dim_value, 1) for d in t.shape.dim], dtype=np.int64))
+                   if t is not None and t.HasField("shape") else None)
     return out
 
 

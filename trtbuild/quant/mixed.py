@@ -47,6 +47,7 @@ FP16_QDQ_OPSET = 19  # QuantizeLinear/DequantizeLinear take float16 scales from 
 
 # between opsets 17 and 19 the ops changed by more types, or by attributes and inputs whose
 # defaults keep the old meaning, except these: their axes moved from attribute to input
+# (the converter rewrites them), and Split, which needs num_outputs without a split input
 AXES_INPUT_18 = frozenset({"ReduceL1", "ReduceL2", "ReduceLogSum", "ReduceLogSumExp",
                            "ReduceMax", "ReduceMean", "ReduceMin", "ReduceProd",
                            "ReduceSumSquare"})
@@ -54,10 +55,10 @@ AXES_INPUT_18 = frozenset({"ReduceL1", "ReduceL2", "ReduceLogSum", "ReduceLogSum
 
 def at_opset(model: Any, version: int, purpose: str = "FP16 Q/DQ scales") -> Any:
     """`model` converted to at least `version` (onnx.version_converter). From opset 17 to
-    19 without the ops of AXES_INPUT_18 the converter only bumps the opset (and infers
-    shapes), so that is all done: it took 0.5 s on resnet18 and held four copies of the
-    weights. Raises TrtBuildError(3) when the converter cannot (the caller may fall back
-    to FP32)."""
+    19 without the ops of AXES_INPUT_18 the converter only bumps the opset, gives a Split
+    without a split input its num_outputs (its adapter Split_17_18) and infers shapes, so
+    that is all done here: it took 0.5 s on resnet18 and held four copies of the weights.
+    Raises TrtBuildError(3) when the converter cannot (the caller may fall back to FP32)."""
     from contextlib import nullcontext
 
     import onnx
@@ -75,6 +76,12 @@ def at_opset(model: Any, version: int, purpose: str = "FP16 Q/DQ scales") -> Any
         for entry in bumped.opset_import:
             if entry.domain in ("", "ai.onnx"):
                 entry.version = version
+        for g in io.graphs(bumped.graph):  # Split-18: a split input or num_outputs
+            for n in g.node:
+                sized = (len(n.input) > 1 and n.input[1]) or any(
+                    a.name == "num_outputs" for a in n.attribute)
+                if n.op_type == "Split" and n.domain in ("", "ai.onnx") and not sized:
+                    n.attribute.append(onnx.helper.make_attribute("num_outputs", len(n.output)))
         return bumped
     try:
         with weights_aside(model) if io.is_large(model) else nullcontext({}) as held:
