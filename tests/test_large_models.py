@@ -255,3 +255,14 @@ def test_saving_a_large_model_beside_a_users_data_file(digits_onnx, tmp_path, mo
         {t.name: t.raw_data for t in model.graph.initializer}
     with io.on_disk(model) as path:  # what ONNX Runtime and the checker get
         assert io.uses_external_data(path)
+
+
+def test_a_compacted_model_is_the_same_model_and_a_large_one_is_left_alone(digits_onnx,
+                                                                          monkeypatch):
+    """io.compacted drops the bytes a ModelProto keeps for fields replaced in it (insert_qdq's
+    FP32 weights): a serialization round trip, so never past protobuf's limit."""
+    model = onnx.load(str(digits_onnx / "model.clean.onnx"))
+    fresh = io.compacted(model)
+    assert fresh is not model and fresh == model
+    monkeypatch.setattr(io, "PROTO_LIMIT", 2000)
+    assert io.compacted(model) is model

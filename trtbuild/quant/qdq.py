@@ -196,7 +196,7 @@ def insert_qdq(model: Any, plan_: QuantPlan, amaxes: dict[str, float],
     del g.node[:]
     g.node.extend(nodes)
     io.drop_unused_initializers(g)
-    return m
+    return io.compacted(m)
 
 
 def _int8_zero(name: str, shape: tuple) -> Any:
