@@ -257,12 +257,10 @@ def test_saving_a_large_model_beside_a_users_data_file(digits_onnx, tmp_path, mo
         assert io.uses_external_data(path)
 
 
-def test_a_compacted_model_is_the_same_model_and_a_large_one_is_left_alone(digits_onnx,
-                                                                          monkeypatch):
+def test_a_compacted_model_is_the_same_model(digits_onnx):
     """io.compacted drops the bytes a ModelProto keeps for fields replaced in it (insert_qdq's
-    FP32 weights): a serialization round trip, so never past protobuf's limit."""
+    FP32 weights; measured: vit_b_16's copy with its weights dropped held 374 MB, compacted
+    44 MB): a new message, equal to the old."""
     model = onnx.load(str(digits_onnx / "model.clean.onnx"))
     fresh = io.compacted(model)
     assert fresh is not model and fresh == model
-    monkeypatch.setattr(io, "PROTO_LIMIT", 2000)
-    assert io.compacted(model) is model
