@@ -85,10 +85,10 @@ def run_stages(ctx: Context, stages: list[tuple[str, Stage]],
                 if isinstance(e, TrtBuildError):
                     e.report = _written_page(ctx)
                 raise
-        if _heavy(ctx):  # what the stage freed back to the system before the next one (its
-            from .onnx import io  # copies would otherwise raise the later stages' peaks)
+        if _heavy(ctx):
+            from .onnx import io
 
-            io.trim_heap()
+            io.trim_heap()  # freed copies back to the system: kept, they raised later peaks
         # the process's peak so far: with each stage's, where memory went (large models)
         if record.peak_rss_mb is None:
             record.peak_rss_mb = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)

@@ -4,7 +4,7 @@ the one of least quantization error).
 
 Peak memory does not grow with the sample count: only two runs' observed tensors (one
 being histogrammed, one computed) and the per-tensor histograms are alive at any time, and a
-run's observed tensors stay under io.run_budget (a batch of a wide model runs in pieces).
+run's observed tensors stay near io.run_budget (a batch of a wide model runs in pieces).
 """
 
 from __future__ import annotations
