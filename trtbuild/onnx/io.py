@@ -149,10 +149,13 @@ _ITEM = 16  # a field's tag, length prefix or number: at most 15 bytes
 
 
 def is_heavy(model: Any) -> bool:
-    """A ModelProto whose weights are over HEAVY_BYTES: ONNX Runtime gets it as a file, not
-    as bytes (a session made from bytes keeps them for its lifetime). Writing the file
-    costs time (part of the 20% vit_b_16 took with a 64 MB bound), so only past 1 GB."""
-    return not isinstance(model, (str, Path, bytes)) and _size_bounds(model)[0] > HEAVY_BYTES
+    """A ModelProto whose weights are over HEAVY_BYTES, or a large one: ONNX Runtime gets
+    it as a file, not as bytes (a session made from bytes keeps them for its lifetime).
+    Writing the file costs time (part of the 20% vit_b_16 took with a 64 MB bound), so
+    only past 1 GB."""
+    if isinstance(model, (str, Path, bytes)):
+        return False
+    return _size_bounds(model)[0] > HEAVY_BYTES or is_large(model)
 
 
 def _fields(msg: Any, skip: tuple[str, ...] = ()) -> int:
@@ -365,7 +368,7 @@ def session(model: Any, threads: int = 0, where: str | Path | None = None,
     if threads:
         opts.intra_op_num_threads = threads
     try:
-        if is_large(model) or is_heavy(model):  # ONNX Runtime reads the file: no bytes kept
+        if is_heavy(model):  # ONNX Runtime reads the file: no bytes kept
             with on_disk(model) as path:
                 return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"],
                                             disabled_optimizers=disabled)

@@ -81,7 +81,7 @@ def clean_model(model: Any, passes: list[tuple[str, Pass]] = PASSES) -> tuple[An
 
     graph = gs.import_onnx(model)
     done = []
-    large = io.is_large(model) or io.is_heavy(model)
+    large = io.is_heavy(model)
     for name, fn in passes:
         with Timer() as t:
             graph = fn(graph)
@@ -116,7 +116,7 @@ def clean(src: Path, out: Path, passes: list[tuple[str, Pass]] = PASSES,
     cleaned, done = clean_model(prepared_model, passes)
     del prepared_model
     after = op_counts(cleaned)
-    if not (io.is_large(cleaned) or io.is_heavy(cleaned)):
+    if not io.is_heavy(cleaned):
         io.check_model(cleaned, out, ours=True)
         diff = outputs_diff(src, cleaned, feed=inputs, where=src, given=given)
         _check_diff(diff, src, described)

@@ -46,7 +46,7 @@ def check(ctx: Context, candidate: Any, precision: str, basic: bool = False) -> 
     from ..onnx import io
 
     if not isinstance(candidate, (str, Path, bytes)):
-        if not (io.is_large(candidate) or io.is_heavy(candidate)):
+        if not io.is_heavy(candidate):
             return check(ctx, candidate.SerializeToString(), precision, basic)
         with io.on_disk(candidate) as path:  # by path (weights beside it past 2 GiB): a
             return check(ctx, path, precision, basic)  # session from bytes keeps them
